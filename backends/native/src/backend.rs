@@ -1,0 +1,130 @@
+//! The native implementation of every `PvMmuOps` hook.
+
+use core::ops::Range;
+
+use pvops::{Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT};
+
+use crate::cpu::NativeCpu;
+
+/// Direct page-table writes and a single cr3.
+pub struct NativeBackend {
+    mem: &'static dyn PhysMem,
+    cpu: &'static dyn NativeCpu,
+}
+
+impl core::fmt::Debug for NativeBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NativeBackend")
+    }
+}
+
+impl NativeBackend {
+    /// A backend over the given seams.
+    pub fn new(mem: &'static dyn PhysMem, cpu: &'static dyn NativeCpu) -> Self {
+        NativeBackend { mem, cpu }
+    }
+}
+
+fn check_index(index: usize) -> Result<(), PvError> {
+    if index >= ENTRIES_PER_TABLE {
+        return Err(PvError::BadIndex { index });
+    }
+    Ok(())
+}
+
+impl PvMmuOps for NativeBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn reserved_l4_slots(&self) -> Range<usize> {
+        0..0
+    }
+
+    fn pgd_alloc(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    fn pgd_free(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
+        if self.read_cr3() == pgd {
+            return Err(PvError::WrongState { what: "pgd_free of the loaded pgd" });
+        }
+        Ok(())
+    }
+
+    fn alloc_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    fn release_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    #[inline]
+    fn set_entry(
+        &self,
+        _mm: &dyn MmServices,
+        _level: Level,
+        table: Pfn,
+        index: usize,
+        pte: Pte,
+    ) -> Result<(), PvError> {
+        check_index(index)?;
+        self.mem.write_entry(table, index, pte.0);
+        Ok(())
+    }
+
+    fn read_entry(&self, _level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
+        check_index(index)?;
+        Ok(Pte(self.mem.read_entry(table, index)))
+    }
+
+    #[inline]
+    fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
+        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
+        Ok(())
+    }
+
+    fn read_cr3(&self) -> Pfn {
+        Pfn::containing(self.cpu.read_cr3() & pvops::pte::flags::ADDR_MASK)
+    }
+
+    fn activate_mm(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    fn exit_mm(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
+        if self.read_cr3() == pgd {
+            return Err(PvError::WrongState { what: "exit_mm of the loaded pgd" });
+        }
+        Ok(())
+    }
+
+    fn flush_tlb_all(&self) -> Result<(), PvError> {
+        self.cpu.flush_all();
+        Ok(())
+    }
+
+    fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError> {
+        self.cpu.invlpg(va);
+        Ok(())
+    }
+
+    fn lazy_mmu_enter(&self) {}
+
+    fn lazy_mmu_leave(&self) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    fn lazy_mmu_flush(&self) -> Result<(), PvError> {
+        Ok(())
+    }
+
+    fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {
+        Ok(pte.0)
+    }
+
+    fn entry_value(&self, raw: u64) -> Pte {
+        Pte(raw)
+    }
+}

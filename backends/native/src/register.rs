@@ -1,0 +1,45 @@
+//! Registration in the pvops registry.
+
+use alloc::boxed::Box;
+
+use linkme::distributed_slice;
+use pvops::{BackendDesc, BootEnv, EntryKind, PhysMem, PvError, PvMmuOps, BACKENDS};
+
+use crate::backend::NativeBackend;
+use crate::cpu::NativeCpu;
+
+/// The hardware handles the native backend needs, passed in `BootEnv::platform`.
+#[derive(Clone, Copy)]
+pub struct NativePlatform {
+    /// Page-table memory.
+    pub mem: &'static dyn PhysMem,
+    /// cr3 and TLB.
+    pub cpu: &'static dyn NativeCpu,
+}
+
+impl core::fmt::Debug for NativePlatform {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NativePlatform")
+    }
+}
+
+fn probe(env: &BootEnv<'_>) -> Result<(), &'static str> {
+    if env.entry != EntryKind::Pvh {
+        return Err("not entered natively (PVH)");
+    }
+    if env.platform.downcast_ref::<NativePlatform>().is_none() {
+        return Err("platform is not a NativePlatform");
+    }
+    Ok(())
+}
+
+fn instantiate(env: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> {
+    let p = env
+        .platform
+        .downcast_ref::<NativePlatform>()
+        .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
+    Ok(Box::leak(Box::new(NativeBackend::new(p.mem, p.cpu))))
+}
+
+#[distributed_slice(BACKENDS)]
+static NATIVE: BackendDesc = BackendDesc { name: "native", priority: 0, probe, instantiate };

@@ -1,0 +1,390 @@
+//! Address spaces: create, map, unmap, translate, activate, fork, exit.
+//!
+//! Everything goes through [`PvMmuOps`]: this module never writes a page
+//! table itself, so the same code is correct natively and on Xen.
+
+use core::cell::Cell;
+
+use pvops::pte::flags;
+use pvops::{
+    Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, USER_LIMIT, USER_PGD_SLOTS,
+};
+
+use crate::frames::FrameAllocator;
+use crate::walk::{ensure_l1, find_l1, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
+
+/// Permissions of a user page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFlags {
+    /// Writable from user mode.
+    pub writable: bool,
+    /// Executable.
+    pub executable: bool,
+}
+
+impl PageFlags {
+    /// Read-write data.
+    pub const DATA: PageFlags = PageFlags { writable: true, executable: false };
+    /// Read-only code.
+    pub const CODE: PageFlags = PageFlags { writable: false, executable: true };
+    /// Read-only data.
+    pub const RODATA: PageFlags = PageFlags { writable: false, executable: false };
+
+    fn user_bits(self) -> u64 {
+        let mut f = flags::PRESENT | flags::USER;
+        if self.writable {
+            f |= flags::WRITABLE;
+        }
+        if !self.executable {
+            f |= flags::NO_EXECUTE;
+        }
+        f
+    }
+}
+
+/// One user address space (Linux's `mm_struct`). Dropping it does nothing:
+/// it must be given back with [`Mm::exit`], which is where errors can be seen.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AddressSpace {
+    pgd: Pfn,
+    pinned: bool,
+}
+
+impl AddressSpace {
+    /// The frame of its top-level table (the kernel pgd on Xen).
+    pub fn pgd(&self) -> Pfn {
+        self.pgd
+    }
+    /// True once it has been activated (pinned on Xen).
+    pub fn is_pinned(&self) -> bool {
+        self.pinned
+    }
+}
+
+/// The memory manager: `init_mm`, the frame allocator and the selected backend.
+pub struct Mm<'a> {
+    ops: &'a dyn PvMmuOps,
+    mem: &'a dyn PhysMem,
+    frames: &'a FrameAllocator<'a>,
+    init_pgd: Pfn,
+    active: Cell<Pfn>,
+}
+
+impl core::fmt::Debug for Mm<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Mm(backend {}, init_mm {:?})", self.ops.name(), self.init_pgd)
+    }
+}
+
+fn user_va(addr: u64) -> Result<VirtAddr, PvError> {
+    let va = VirtAddr::try_new(addr)?;
+    if !va.is_page_aligned() {
+        return Err(PvError::Unaligned { addr });
+    }
+    if addr >= USER_LIMIT {
+        return Err(PvError::NotUserAddress { addr: va });
+    }
+    Ok(va)
+}
+
+impl<'a> Mm<'a> {
+    /// Takes over the root the platform booted on as `init_mm`. Works before frame
+    /// metadata exists (the early-boot path).
+    pub fn adopt_boot(
+        ops: &'a dyn PvMmuOps,
+        mem: &'a dyn PhysMem,
+        frames: &'a FrameAllocator<'a>,
+        boot_pgd: Pfn,
+    ) -> Result<Self, PvError> {
+        ops.adopt_boot_root(frames, boot_pgd)?;
+        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd, active: Cell::new(boot_pgd) })
+    }
+
+    /// The backend in use.
+    pub fn ops(&self) -> &'a dyn PvMmuOps {
+        self.ops
+    }
+
+    /// The frame allocator.
+    pub fn frames(&self) -> &'a FrameAllocator<'a> {
+        self.frames
+    }
+
+    /// `init_mm`'s root.
+    pub fn init_pgd(&self) -> Pfn {
+        self.init_pgd
+    }
+
+    /// The root currently loaded (as far as this `Mm` switched it).
+    pub fn active_pgd(&self) -> Pfn {
+        self.active.get()
+    }
+
+    /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
+    /// Call before creating address spaces: new pgds copy the kernel half's slots.
+    pub fn map_kernel(&self, addr: u64, frame: Pfn, writable: bool) -> Result<(), PvError> {
+        let va = VirtAddr::try_new(addr)?;
+        if !va.is_page_aligned() {
+            return Err(PvError::Unaligned { addr });
+        }
+        if addr < USER_LIMIT {
+            return Err(PvError::WrongState { what: "map_kernel below USER_LIMIT" });
+        }
+        if self.ops.reserved_l4_slots().contains(&va.index(Level::L4)) {
+            return Err(PvError::ReservedSlot { index: va.index(Level::L4) });
+        }
+        let l1 = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
+        if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
+            return Err(PvError::AlreadyMapped { addr: va });
+        }
+        let f = flags::PRESENT | if writable { flags::WRITABLE } else { 0 };
+        self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, f))?;
+        self.ops.lazy_mmu_flush()
+    }
+
+    /// A new, empty user address space sharing `init_mm`'s kernel half.
+    pub fn create(&self) -> Result<AddressSpace, PvError> {
+        let pgd = self.frames.alloc_zeroed_frame()?;
+        let reserved = self.ops.reserved_l4_slots();
+        for slot in USER_PGD_SLOTS..ENTRIES_PER_TABLE {
+            if reserved.contains(&slot) {
+                continue;
+            }
+            let e = self.ops.read_entry(Level::L4, self.init_pgd, slot)?;
+            if e.is_present() {
+                // A fresh pgd is not live yet: no backend needs a hypercall here.
+                if let Err(err) = self.ops.set_entry(self.frames, Level::L4, pgd, slot, e) {
+                    let _ = self.frames.free_frame(pgd);
+                    return Err(err);
+                }
+            }
+        }
+        if let Err(err) = self.ops.pgd_alloc(self.frames, pgd) {
+            let _ = self.frames.free_frame(pgd);
+            return Err(err);
+        }
+        Ok(AddressSpace { pgd, pinned: false })
+    }
+
+    /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
+    pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+        let va = user_va(addr)?;
+        self.check_live(space)?;
+        if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
+            if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
+                return Err(PvError::AlreadyMapped { addr: va });
+            }
+        }
+        let frame = self.frames.alloc_zeroed_frame()?;
+        let result = ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS).and_then(|l1| {
+            self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, perm.user_bits()))?;
+            self.ops.lazy_mmu_flush()
+        });
+        match result {
+            Ok(()) => Ok(frame),
+            Err(e) => {
+                let _ = self.frames.free_frame(frame);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmaps the page at `addr` and frees its frame.
+    pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
+        let va = user_va(addr)?;
+        self.check_live(space)?;
+        let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
+        let e = self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?;
+        if !e.is_present() {
+            return Err(PvError::NotMapped { addr: va });
+        }
+        self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::EMPTY)?;
+        self.ops.lazy_mmu_flush()?;
+        if self.active.get() == space.pgd {
+            self.ops.flush_tlb_one(va)?;
+        }
+        self.frames.free_frame(e.pfn())
+    }
+
+    /// The frame and user permissions mapped at `addr`, if any.
+    pub fn translate(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
+        let va = user_va(addr)?;
+        let Some(l1) = find_l1(self.ops, space.pgd, va)? else {
+            return Ok(None);
+        };
+        let e = self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?;
+        if !e.is_present() {
+            return Ok(None);
+        }
+        let perm = PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 };
+        Ok(Some((e.pfn(), perm)))
+    }
+
+    /// Writes a 64-bit word into the page mapped at `addr` (kernel-side access, for loading).
+    pub fn poke(&self, space: &AddressSpace, addr: u64, value: u64) -> Result<(), PvError> {
+        let (frame, _) = self
+            .translate(space, addr & !0xfff)?
+            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value);
+        Ok(())
+    }
+
+    /// Reads a 64-bit word from the page mapped at `addr` (kernel-side access).
+    pub fn peek(&self, space: &AddressSpace, addr: u64) -> Result<u64, PvError> {
+        let (frame, _) = self
+            .translate(space, addr & !0xfff)?
+            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        Ok(self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
+    }
+
+    /// Switches to `space`; its first activation pins it (Xen).
+    pub fn activate(&self, space: &mut AddressSpace) -> Result<(), PvError> {
+        self.check_live(space)?;
+        if !space.pinned {
+            self.ops.activate_mm(self.frames, space.pgd)?;
+            space.pinned = true;
+        }
+        self.ops.write_cr3(self.frames, space.pgd)?;
+        self.active.set(space.pgd);
+        Ok(())
+    }
+
+    /// Switches back to `init_mm` (kernel only: no user pgd).
+    pub fn activate_init(&self) -> Result<(), PvError> {
+        self.ops.write_cr3(self.frames, self.init_pgd)?;
+        self.active.set(self.init_pgd);
+        Ok(())
+    }
+
+    fn check_live(&self, space: &AddressSpace) -> Result<(), PvError> {
+        if space.pgd == self.init_pgd {
+            return Err(PvError::WrongState { what: "init_mm is not a user address space" });
+        }
+        Ok(())
+    }
+
+    /// A copy of `parent`'s user half: new tables and new frames with the same
+    /// contents. On failure the partial child is destroyed: nothing leaks.
+    pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
+        self.check_live(parent)?;
+        let child = self.create()?;
+        self.ops.lazy_mmu_enter();
+        let copied = self.copy_user_half(parent, &child);
+        let flushed = self.ops.lazy_mmu_leave();
+        match copied.and(flushed) {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = self.exit(child);
+                Err(e)
+            }
+        }
+    }
+
+    fn copy_user_half(&self, parent: &AddressSpace, child: &AddressSpace) -> Result<(), PvError> {
+        let mut result = Ok(());
+        self.for_each_user_page(parent.pgd, &mut |va, pte| {
+            if result.is_err() {
+                return;
+            }
+            result = (|| {
+                let perm = PageFlags { writable: pte.is_writable(), executable: pte.0 & flags::NO_EXECUTE == 0 };
+                let frame = self.map(child, va.as_u64(), perm)?;
+                for i in 0..ENTRIES_PER_TABLE {
+                    let w = self.mem.read_entry(pte.pfn(), i);
+                    if w != 0 {
+                        self.mem.write_entry(frame, i, w);
+                    }
+                }
+                Ok(())
+            })();
+        })?;
+        result
+    }
+
+    /// Calls `f` for every present user page below `root`, in address order.
+    fn for_each_user_page(&self, root: Pfn, f: &mut dyn FnMut(VirtAddr, Pte)) -> Result<(), PvError> {
+        for i4 in 0..USER_PGD_SLOTS {
+            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
+            if !e4.is_present() {
+                continue;
+            }
+            for i3 in 0..ENTRIES_PER_TABLE {
+                let e3 = self.ops.read_entry(Level::L3, e4.pfn(), i3)?;
+                if !e3.is_present() {
+                    continue;
+                }
+                for i2 in 0..ENTRIES_PER_TABLE {
+                    let e2 = self.ops.read_entry(Level::L2, e3.pfn(), i2)?;
+                    if !e2.is_present() {
+                        continue;
+                    }
+                    for i1 in 0..ENTRIES_PER_TABLE {
+                        let e1 = self.ops.read_entry(Level::L1, e2.pfn(), i1)?;
+                        if e1.is_present() {
+                            f(VirtAddr::from_indices(i4, i3, i2, i1), e1);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
+    /// Refused, with `space` given back unchanged, while it is the active one.
+    pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
+        if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
+            return Err((PvError::WrongState { what: "exit of the active address space" }, space));
+        }
+        if let Err(e) = self.check_live(&space) {
+            return Err((e, space));
+        }
+        if space.pinned {
+            if let Err(e) = self.ops.exit_mm(self.frames, space.pgd) {
+                return Err((e, space));
+            }
+        }
+        let root = space.pgd;
+        let result = self.free_user_half(root).and_then(|()| {
+            self.ops.pgd_free(self.frames, root)?;
+            self.frames.free_frame(root)
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e, AddressSpace { pgd: root, pinned: false })),
+        }
+    }
+
+    fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {
+        for i4 in 0..USER_PGD_SLOTS {
+            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
+            if !e4.is_present() {
+                continue;
+            }
+            self.free_table(root, Level::L3, e4.pfn())?;
+            self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
+            self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
+            self.frames.free_frame(e4.pfn())?;
+        }
+        self.ops.lazy_mmu_flush()
+    }
+
+    /// Frees everything below the `level` table `table` (not the table itself).
+    fn free_table(&self, root: Pfn, level: Level, table: Pfn) -> Result<(), PvError> {
+        for i in 0..ENTRIES_PER_TABLE {
+            let e = self.ops.read_entry(level, table, i)?;
+            if !e.is_present() {
+                continue;
+            }
+            match level.lower() {
+                None => self.frames.free_frame(e.pfn())?,
+                Some(lower) => {
+                    self.free_table(root, lower, e.pfn())?;
+                    self.ops.release_pt(self.frames, root, lower, e.pfn())?;
+                    self.frames.free_frame(e.pfn())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

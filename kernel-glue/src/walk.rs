@@ -1,0 +1,101 @@
+//! Walking and building page tables through `PvMmuOps` only.
+
+use pvops::pte::flags;
+use pvops::{Level, MmServices, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
+
+/// Flags for intermediate tables: present, writable, user. The leaf decides
+/// the real permission.
+pub(crate) const TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE | flags::USER;
+
+/// Flags for kernel intermediate tables (no user bit).
+pub(crate) const KERNEL_TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE;
+
+/// Finds the L1 table covering `va` below `root`, without building anything.
+pub(crate) fn find_l1(ops: &dyn PvMmuOps, root: Pfn, va: VirtAddr) -> Result<Option<Pfn>, PvError> {
+    let mut table = root;
+    for level in [Level::L4, Level::L3, Level::L2] {
+        let e = ops.read_entry(level, table, va.index(level))?;
+        if !e.is_present() {
+            return Ok(None);
+        }
+        table = e.pfn();
+    }
+    Ok(Some(table))
+}
+
+/// Tables created by one [`ensure_l1`] call, so a failure can undo them.
+pub(crate) struct NewTables {
+    /// (parent table, parent level, slot, new table).
+    created: [(Pfn, Level, usize, Pfn); 3],
+    len: usize,
+}
+
+impl Default for NewTables {
+    fn default() -> Self {
+        NewTables { created: [(Pfn(0), Level::L4, 0, Pfn(0)); 3], len: 0 }
+    }
+}
+
+/// Finds or builds the L1 table covering `va` below `root`. On failure every
+/// table this call created is unlinked and freed again.
+pub(crate) fn ensure_l1(
+    ops: &dyn PvMmuOps,
+    mm: &dyn MmServices,
+    root: Pfn,
+    va: VirtAddr,
+    table_flags: u64,
+) -> Result<Pfn, PvError> {
+    let mut made = NewTables::default();
+    match build(ops, mm, root, va, table_flags, &mut made) {
+        Ok(l1) => Ok(l1),
+        Err(e) => {
+            undo(ops, mm, root, &made);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    ops: &dyn PvMmuOps,
+    mm: &dyn MmServices,
+    root: Pfn,
+    va: VirtAddr,
+    table_flags: u64,
+    made: &mut NewTables,
+) -> Result<Pfn, PvError> {
+    let mut table = root;
+    for level in [Level::L4, Level::L3, Level::L2] {
+        let slot = va.index(level);
+        let e = ops.read_entry(level, table, slot)?;
+        if e.is_present() {
+            table = e.pfn();
+            continue;
+        }
+        let lower = level.lower().ok_or(PvError::WrongState { what: "no level below L1" })?;
+        let new = mm.alloc_zeroed_frame()?;
+        if let Err(err) = ops.alloc_pt(mm, root, lower, new) {
+            let _ = mm.free_frame(new);
+            return Err(err);
+        }
+        if let Err(err) = ops.set_entry(mm, level, table, slot, Pte::new(new, table_flags)) {
+            let _ = ops.release_pt(mm, root, lower, new);
+            let _ = mm.free_frame(new);
+            return Err(err);
+        }
+        made.created[made.len] = (table, level, slot, new);
+        made.len += 1;
+        table = new;
+    }
+    Ok(table)
+}
+
+fn undo(ops: &dyn PvMmuOps, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+    for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
+        let lower = level.lower().unwrap_or(Level::L1);
+        // Best effort: these only fail if the hypervisor already refused us once.
+        let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
+        let _ = ops.release_pt(mm, root, lower, new);
+        let _ = mm.free_frame(new);
+    }
+    let _ = ops.lazy_mmu_flush();
+}

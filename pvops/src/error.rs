@@ -1,0 +1,122 @@
+//! One error type with a variant per failure a caller can act on.
+
+use core::fmt;
+
+use crate::addr::{Level, Pfn, VirtAddr};
+
+/// Everything that can go wrong in a pvops operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PvError {
+    /// No frame could be allocated.
+    OutOfMemory,
+    /// A virtual address is not in canonical form.
+    NonCanonical {
+        /// The offending value.
+        addr: u64,
+    },
+    /// An address that must be page aligned is not.
+    Unaligned {
+        /// The offending value.
+        addr: u64,
+    },
+    /// A user mapping was requested at or above the user limit.
+    NotUserAddress {
+        /// The offending address.
+        addr: VirtAddr,
+    },
+    /// The page is already mapped.
+    AlreadyMapped {
+        /// The address.
+        addr: VirtAddr,
+    },
+    /// Nothing is mapped at the address.
+    NotMapped {
+        /// The address.
+        addr: VirtAddr,
+    },
+    /// A table slot index is out of range (>= 512).
+    BadIndex {
+        /// The index.
+        index: usize,
+    },
+    /// The slot belongs to the hypervisor (Xen's L4 slots 256..=271).
+    ReservedSlot {
+        /// The index.
+        index: usize,
+    },
+    /// The operation is not valid in the object's current state.
+    WrongState {
+        /// What was wrong, for the log.
+        what: &'static str,
+    },
+    /// A frame has no metadata or is outside managed memory.
+    BadFrame {
+        /// The frame.
+        pfn: Pfn,
+    },
+    /// A frame has no machine-frame translation (p2m hole).
+    NoTranslation {
+        /// The frame.
+        pfn: Pfn,
+    },
+    /// A table was expected at this level and was not one.
+    NotATable {
+        /// The frame.
+        pfn: Pfn,
+        /// The level expected.
+        level: Level,
+    },
+    /// A hypercall (or one entry of a batch) failed.
+    Hypercall {
+        /// Which operation, for the log.
+        op: &'static str,
+        /// Index of the failing entry in its batch (0 for a single call).
+        index: usize,
+        /// Xen's (negative errno) return code.
+        code: i64,
+    },
+    /// `pvops::init` found no backend that accepts this platform.
+    NoBackend,
+    /// Two registered backends share a name.
+    DuplicateBackend {
+        /// The name.
+        name: &'static str,
+    },
+    /// `pvops::init` was called twice.
+    AlreadyInitialized,
+    /// `pvops::ops()` was used before `pvops::init`.
+    NotInitialized,
+    /// A forced backend name is not registered.
+    UnknownBackend,
+}
+
+impl fmt::Display for PvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PvError::OutOfMemory => write!(f, "out of memory"),
+            PvError::NonCanonical { addr } => write!(f, "non-canonical address {addr:#x}"),
+            PvError::Unaligned { addr } => write!(f, "unaligned address {addr:#x}"),
+            PvError::NotUserAddress { addr } => {
+                write!(f, "{:#x} is not a user address", addr.as_u64())
+            }
+            PvError::AlreadyMapped { addr } => write!(f, "{:#x} is already mapped", addr.as_u64()),
+            PvError::NotMapped { addr } => write!(f, "{:#x} is not mapped", addr.as_u64()),
+            PvError::BadIndex { index } => write!(f, "table index {index} out of range"),
+            PvError::ReservedSlot { index } => write!(f, "L4 slot {index} belongs to the hypervisor"),
+            PvError::WrongState { what } => write!(f, "wrong state: {what}"),
+            PvError::BadFrame { pfn } => write!(f, "frame {:#x} is not managed", pfn.0),
+            PvError::NoTranslation { pfn } => write!(f, "pfn {:#x} has no machine frame", pfn.0),
+            PvError::NotATable { pfn, level } => {
+                write!(f, "frame {:#x} is not an {level:?} table", pfn.0)
+            }
+            PvError::Hypercall { op, index, code } => {
+                write!(f, "hypercall {op} failed at entry {index} with {code}")
+            }
+            PvError::NoBackend => write!(f, "no backend accepts this platform"),
+            PvError::DuplicateBackend { name } => write!(f, "backend {name} registered twice"),
+            PvError::AlreadyInitialized => write!(f, "pvops::init called twice"),
+            PvError::NotInitialized => write!(f, "pvops used before pvops::init"),
+            PvError::UnknownBackend => write!(f, "no backend of that name is registered"),
+        }
+    }
+}

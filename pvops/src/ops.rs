@@ -1,0 +1,135 @@
+//! The `PvMmuOps` interface: everything core kernel code needs from the MMU,
+//! whichever hypervisor (or none) it runs on.
+//!
+//! Each method's doc is a contract; the conformance suite (`tests/conformance`)
+//! has a case for each MUST.
+
+use core::ops::Range;
+
+use crate::addr::{Level, Pfn, VirtAddr};
+use crate::error::PvError;
+use crate::pte::Pte;
+use crate::services::MmServices;
+
+/// Counters a backend keeps about its own traffic to the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpStats {
+    /// Traps into the hypervisor (one per hypercall, a multicall counts once).
+    pub hypercalls: u64,
+    /// Multicall entries issued.
+    pub multicall_entries: u64,
+    /// Individual `mmu_update` records.
+    pub mmu_updates: u64,
+    /// Individual `mmuext_op` records.
+    pub mmuext_ops: u64,
+    /// `update_va_mapping` calls (alone or in a multicall).
+    pub update_va_mappings: u64,
+    /// Direct stores to page-table memory.
+    pub direct_writes: u64,
+}
+
+/// The paravirt MMU interface.
+///
+/// Tables are named by their frame; entries are pfn based ([`Pte`]). Every
+/// method returns an error rather than panicking; an error leaves the state
+/// as it was unless the method says otherwise.
+pub trait PvMmuOps: Sync {
+    /// The backend's registry name.
+    fn name(&self) -> &'static str;
+
+    /// L4 slots the guest MUST NOT use (Xen's 256..272; empty natively).
+    fn reserved_l4_slots(&self) -> Range<usize>;
+
+    /// The platform booted on `pgd` and it is live (loaded; on Xen also pinned by
+    /// the domain builder). It becomes `init_mm`'s root, which never has a user pgd.
+    fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
+        let _ = (mm, pgd);
+        Ok(())
+    }
+
+    /// A new top-level table `pgd` (zeroed, kernel half filled by the caller)
+    /// is about to be used by an address space. MUST fail with
+    /// [`PvError::OutOfMemory`] and change nothing when a needed frame cannot be had.
+    fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
+
+    /// `pgd` is about to be freed; release what `pgd_alloc` attached.
+    /// MUST fail with [`PvError::WrongState`] if `pgd` is still pinned.
+    fn pgd_free(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
+
+    /// Frame `pfn` (zeroed) becomes a table of `level` in the address space rooted at `root`,
+    /// before it is linked into its parent.
+    fn alloc_pt(&self, mm: &dyn MmServices, root: Pfn, level: Level, pfn: Pfn) -> Result<(), PvError>;
+
+    /// Frame `pfn`, already unlinked from its parent, stops being a table of `level`.
+    fn release_pt(&self, mm: &dyn MmServices, root: Pfn, level: Level, pfn: Pfn) -> Result<(), PvError>;
+
+    /// Writes slot `index` of the `level` table in frame `table`.
+    /// MUST reject `index >= 512` and, for L4, the reserved slots.
+    fn set_entry(&self, mm: &dyn MmServices, level: Level, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError>;
+
+    /// Reads slot `index` of the `level` table in frame `table`, as a pfn-based entry.
+    fn read_entry(&self, level: Level, table: Pfn, index: usize) -> Result<Pte, PvError>;
+
+    /// Switches to the address space rooted at `pgd` (both roots on Xen).
+    fn write_cr3(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
+
+    /// The root that is really loaded now.
+    fn read_cr3(&self) -> Pfn;
+
+    /// First use of an address space (Xen: pin both pgds). Idempotent per pin state:
+    /// MUST fail with [`PvError::WrongState`] when already pinned.
+    fn activate_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
+
+    /// The address space is exiting (Xen: unpin). MUST fail when `pgd` is loaded.
+    fn exit_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
+
+    /// Flushes the whole (non-global) TLB.
+    fn flush_tlb_all(&self) -> Result<(), PvError>;
+
+    /// Flushes one address from the TLB.
+    fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError>;
+
+    /// Enters lazy-MMU mode: updates MAY be queued until [`PvMmuOps::lazy_mmu_leave`].
+    fn lazy_mmu_enter(&self);
+
+    /// Leaves lazy-MMU mode, issuing everything queued.
+    fn lazy_mmu_leave(&self) -> Result<(), PvError>;
+
+    /// Issues everything queued without leaving lazy mode.
+    fn lazy_mmu_flush(&self) -> Result<(), PvError>;
+
+    /// Encodes a pfn-based entry as the hardware will see it (identity natively).
+    fn make_entry(&self, pte: Pte) -> Result<u64, PvError>;
+
+    /// Decodes a hardware entry back to pfn-based form.
+    fn entry_value(&self, raw: u64) -> Pte;
+
+    /// Hypervisor traffic so far.
+    fn stats(&self) -> OpStats {
+        OpStats::default()
+    }
+
+    /// Convenience: [`PvMmuOps::set_entry`] at L4.
+    fn set_pgd(&self, mm: &dyn MmServices, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
+        self.set_entry(mm, Level::L4, table, index, pte)
+    }
+    /// Convenience: [`PvMmuOps::set_entry`] at L3.
+    fn set_pud(&self, mm: &dyn MmServices, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
+        self.set_entry(mm, Level::L3, table, index, pte)
+    }
+    /// Convenience: [`PvMmuOps::set_entry`] at L2.
+    fn set_pmd(&self, mm: &dyn MmServices, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
+        self.set_entry(mm, Level::L2, table, index, pte)
+    }
+    /// Convenience: [`PvMmuOps::set_entry`] at L1.
+    fn set_pte(&self, mm: &dyn MmServices, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
+        self.set_entry(mm, Level::L1, table, index, pte)
+    }
+}
+
+/// Top of user space, rounded up to an L4 boundary (the seed's `USER_LIMIT`).
+/// Everything below is user; user pgds mirror exactly the slots below it.
+pub const USER_LIMIT: u64 = 0x0000_8000_0000_0000;
+
+/// `pgd_index(USER_LIMIT)`: the first L4 slot that is never user.
+pub const USER_PGD_SLOTS: usize = (USER_LIMIT >> 39) as usize;

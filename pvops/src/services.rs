@@ -1,0 +1,48 @@
+//! What backends need from the core kernel, and what they need from hardware.
+//!
+//! Backends never name kernel-glue's types: the glue implements [`MmServices`]
+//! (frames and per-frame metadata, Linux's `struct page`), and the platform
+//! implements [`PhysMem`] (page-table memory by frame).
+
+use crate::addr::Pfn;
+use crate::error::PvError;
+
+/// Frame allocation and per-frame metadata, provided by the core kernel.
+///
+/// During early boot the metadata does not exist yet: [`MmServices::has_metadata`]
+/// is false and backends take their early path (the seed's
+/// "page structures are not available").
+pub trait MmServices {
+    /// True once per-frame metadata is set up.
+    fn has_metadata(&self) -> bool;
+    /// Allocates one zeroed frame.
+    fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError>;
+    /// Returns a frame to the allocator.
+    fn free_frame(&self, pfn: Pfn) -> Result<(), PvError>;
+    /// The frame's private word (Linux's `page->private`).
+    fn private(&self, pfn: Pfn) -> Result<u64, PvError>;
+    /// Sets the frame's private word.
+    fn set_private(&self, pfn: Pfn, value: u64) -> Result<(), PvError>;
+    /// The frame's pinned flag (Linux's `PG_pinned`).
+    fn is_pinned(&self, pfn: Pfn) -> Result<bool, PvError>;
+    /// Sets the frame's pinned flag.
+    fn set_pinned(&self, pfn: Pfn, pinned: bool) -> Result<(), PvError>;
+}
+
+/// Access to page-table memory by frame: the one hardware seam every backend shares.
+///
+/// Natively this is the kernel's direct map; on Xen it is the direct map too, and
+/// a store to a pinned table is a fault — which is why backends only call
+/// [`PhysMem::write_entry`] on tables they know are not live.
+pub trait PhysMem: Sync {
+    /// Reads the 64-bit word `index` of frame `pfn`.
+    fn read_entry(&self, pfn: Pfn, index: usize) -> u64;
+    /// Writes the 64-bit word `index` of frame `pfn`.
+    fn write_entry(&self, pfn: Pfn, index: usize, value: u64);
+    /// Zeroes a whole frame.
+    fn zero_frame(&self, pfn: Pfn) {
+        for i in 0..crate::ENTRIES_PER_TABLE {
+            self.write_entry(pfn, i, 0);
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The cases. Each name is the claim it checks.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use kernel_glue::{AddressSpace, Mm, PageFlags};
+use pvops::{PvError, USER_LIMIT};
+
+use crate::env::{Case, CaseResult, Env};
+
+/// A user address in L4 slot 0.
+const VA: u64 = 0x40_0000;
+/// A user address in the last user L4 slot.
+const VA_HIGH: u64 = USER_LIMIT - 0x1000;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn ok<T>(r: Result<T, PvError>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn exit(mm: &Mm<'_>, s: AddressSpace) -> CaseResult {
+    mm.exit(s).map_err(|(e, _)| format!("exit: {e}"))
+}
+
+/// Runs `body` with a fresh space, activating nothing; always exits it.
+fn with_space(env: &Env<'_>, body: impl FnOnce(&Mm<'_>, &mut AddressSpace) -> CaseResult) -> CaseResult {
+    let mm = env.mm;
+    let mut s = ok(mm.create(), "create")?;
+    let r = body(mm, &mut s);
+    let back = mm.activate_init();
+    let e = exit(mm, s);
+    r.and(ok(back, "activate init")).and(e)
+}
+
+fn expect_err<T>(r: Result<T, PvError>, want: fn(&PvError) -> bool, what: &str) -> CaseResult {
+    match r {
+        Ok(_) => Err(format!("{what}: succeeded, expected an error")),
+        Err(e) if want(&e) => Ok(()),
+        Err(e) => Err(format!("{what}: wrong error {e}")),
+    }
+}
+
+fn create_then_exit_returns_every_frame(env: &Env<'_>) -> CaseResult {
+    let before = env.mm.frames().free_frames();
+    let s = ok(env.mm.create(), "create")?;
+    exit(env.mm, s)?;
+    ensure!(env.mm.frames().free_frames() == before, "frames not returned");
+    Ok(())
+}
+
+fn map_then_translate_gives_the_frame(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        let t = ok(mm.translate(s, VA), "translate")?;
+        ensure!(t == Some((f, PageFlags::DATA)), "translate gave {t:?}, mapped {f:?}");
+        Ok(())
+    })
+}
+
+fn map_rejects_unaligned_address(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        expect_err(mm.map(s, VA + 8, PageFlags::DATA), |e| matches!(e, PvError::Unaligned { .. }), "map")?;
+        ensure!(ok(mm.translate(s, VA), "translate")?.is_none(), "something got mapped");
+        Ok(())
+    })
+}
+
+fn map_rejects_non_canonical_address(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        expect_err(
+            mm.map(s, 0x0000_9000_0000_0000, PageFlags::DATA),
+            |e| matches!(e, PvError::NonCanonical { .. }),
+            "map",
+        )
+    })
+}
+
+fn map_rejects_address_at_user_limit(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        expect_err(
+            mm.map(s, 0xffff_8880_0000_0000, PageFlags::DATA),
+            |e| matches!(e, PvError::NotUserAddress { .. }),
+            "kernel half",
+        )?;
+        expect_err(
+            mm.map(s, 0xffff_ffff_ffff_f000, PageFlags::DATA),
+            |e| matches!(e, PvError::NotUserAddress { .. }),
+            "top page",
+        )
+    })
+}
+
+fn map_accepts_last_user_page(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map")?;
+        ensure!(ok(mm.translate(s, VA_HIGH), "translate")? == Some((f, PageFlags::DATA)), "not mapped");
+        Ok(())
+    })
+}
+
+fn double_map_is_rejected_and_keeps_the_first(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        expect_err(mm.map(s, VA, PageFlags::CODE), |e| matches!(e, PvError::AlreadyMapped { .. }), "second map")?;
+        ensure!(ok(mm.translate(s, VA), "translate")? == Some((f, PageFlags::DATA)), "first mapping changed");
+        Ok(())
+    })
+}
+
+fn unmap_of_nothing_is_rejected(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        expect_err(mm.unmap(s, VA), |e| matches!(e, PvError::NotMapped { .. }), "unmap, no tables")?;
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        expect_err(mm.unmap(s, VA + 0x1000), |e| matches!(e, PvError::NotMapped { .. }), "unmap, tables present")
+    })
+}
+
+fn unmap_removes_the_mapping_and_frees_the_frame(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        let before = mm.frames().free_frames();
+        ok(mm.unmap(s, VA), "unmap")?;
+        ensure!(mm.frames().free_frames() == before + 1, "frame not freed");
+        ensure!(ok(mm.translate(s, VA), "translate")?.is_none(), "still mapped");
+        Ok(())
+    })
+}
+
+fn user_mode_reads_its_own_page(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, false) == Some(f), "user read failed");
+        ensure!(env.machine.user_access(VA, true) == Some(f), "user write failed");
+        Ok(())
+    })
+}
+
+fn user_mode_cannot_write_a_read_only_page(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::RODATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, false) == Some(f), "user read failed");
+        ensure!(env.machine.user_access(VA, true).is_none(), "user wrote a read-only page");
+        Ok(())
+    })
+}
+
+fn user_mode_cannot_read_kernel_mappings(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(env.kernel_va, false).is_none(), "user read a kernel page");
+        Ok(())
+    })
+}
+
+fn user_mode_cannot_write_kernel_mappings(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(env.kernel_va, true).is_none(), "user wrote a kernel page");
+        Ok(())
+    })
+}
+
+fn kernel_half_is_shared_with_init_mm(env: &Env<'_>) -> CaseResult {
+    let want = env.machine.kernel_access(env.kernel_va, false);
+    ensure!(want.is_some(), "kernel page not mapped in init_mm");
+    with_space(env, |mm, s| {
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.kernel_access(env.kernel_va, false) == want, "kernel half differs in a user space");
+        Ok(())
+    })
+}
+
+fn switching_address_spaces_changes_what_user_mode_sees(env: &Env<'_>) -> CaseResult {
+    let mm = env.mm;
+    let mut a = ok(mm.create(), "create a")?;
+    let mut b = ok(mm.create(), "create b")?;
+    let r = (|| {
+        let fa = ok(mm.map(&a, VA, PageFlags::DATA), "map a")?;
+        let fb = ok(mm.map(&b, VA, PageFlags::DATA), "map b")?;
+        ok(mm.map(&b, VA + 0x1000, PageFlags::DATA), "map b2")?;
+        ok(mm.activate(&mut a), "activate a")?;
+        ensure!(env.machine.user_access(VA, false) == Some(fa), "a: wrong frame");
+        ensure!(env.machine.user_access(VA + 0x1000, false).is_none(), "a sees b's page");
+        ok(mm.activate(&mut b), "activate b")?;
+        ensure!(env.machine.user_access(VA, false) == Some(fb), "b: wrong frame");
+        ok(mm.activate(&mut a), "activate a again")?;
+        ensure!(env.machine.user_access(VA, false) == Some(fa), "a again: wrong frame");
+        Ok(())
+    })();
+    let back = ok(mm.activate_init(), "init");
+    r.and(back).and(exit(mm, a)).and(exit(mm, b))
+}
+
+fn init_mm_gives_user_mode_nothing(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ok(mm.activate_init(), "activate init")?;
+        ensure!(env.machine.user_access(VA, false).is_none(), "user page visible under init_mm");
+        ensure!(env.machine.user_access(env.kernel_va, false).is_none(), "kernel page visible to user under init_mm");
+        Ok(())
+    })
+}
+
+fn fork_copies_contents(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.map(s, VA_HIGH, PageFlags::RODATA), "map high")?;
+        ok(mm.poke(s, VA + 16, 0xfeed_f00d), "poke")?;
+        ok(mm.poke(s, VA_HIGH, 0x1234), "poke high")?;
+        let c = ok(mm.fork(s), "fork")?;
+        let r = (|| {
+            ensure!(ok(mm.peek(&c, VA + 16), "peek")? == 0xfeed_f00d, "contents not copied");
+            ensure!(ok(mm.peek(&c, VA_HIGH), "peek")? == 0x1234, "high contents not copied");
+            let (pf, pp) = ok(mm.translate(s, VA_HIGH), "t")?.ok_or("parent lost page")?;
+            let (cf, cp) = ok(mm.translate(&c, VA_HIGH), "t")?.ok_or("child lacks page")?;
+            ensure!(pf != cf, "child shares the parent's frame");
+            ensure!(pp == cp, "permissions not preserved");
+            Ok(())
+        })();
+        r.and(exit(mm, c))
+    })
+}
+
+fn fork_copies_are_independent(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.poke(s, VA, 1), "poke")?;
+        let mut c = ok(mm.fork(s), "fork")?;
+        let r = (|| {
+            ok(mm.poke(&c, VA, 2), "poke child")?;
+            ensure!(ok(mm.peek(s, VA), "peek")? == 1, "child's write reached the parent");
+            ok(mm.map(&c, VA + 0x1000, PageFlags::DATA), "map in child")?;
+            ensure!(ok(mm.translate(s, VA + 0x1000), "t")?.is_none(), "child's map reached the parent");
+            ok(mm.activate(&mut c), "activate child")?;
+            let cf = env.machine.user_access(VA, false);
+            ok(mm.activate(s), "activate parent")?;
+            let pf = env.machine.user_access(VA, false);
+            ensure!(cf.is_some() && pf.is_some() && cf != pf, "user mode sees the same frame in both");
+            ok(mm.activate_init(), "init")
+        })();
+        let _ = mm.activate_init();
+        r.and(exit(mm, c))
+    })
+}
+
+fn fork_of_an_empty_space_is_empty(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let before = mm.frames().free_frames();
+        let c = ok(mm.fork(s), "fork")?;
+        let used = before - mm.frames().free_frames();
+        let r = ok(mm.translate(&c, VA), "t").and_then(|t| {
+            ensure!(t.is_none(), "child has a page");
+            Ok(())
+        });
+        r.and(exit(mm, c)).and_then(|()| {
+            ensure!(used <= 2, "empty fork used {used} frames (pgd + user pgd at most)");
+            Ok(())
+        })
+    })
+}
+
+fn exit_of_the_active_space_is_refused(env: &Env<'_>) -> CaseResult {
+    let mm = env.mm;
+    let mut s = ok(mm.create(), "create")?;
+    let f = ok(mm.map(&s, VA, PageFlags::DATA), "map");
+    let r = f.and_then(|f| {
+        ok(mm.activate(&mut s), "activate")?;
+        Ok(f)
+    });
+    let f = match r {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = mm.activate_init();
+            let _ = exit(mm, s);
+            return Err(e);
+        }
+    };
+    match mm.exit(s) {
+        Ok(()) => Err(String::from("exit of the active space succeeded")),
+        Err((e, s)) => {
+            let r = (|| {
+                ensure!(matches!(e, PvError::WrongState { .. }), "wrong error {e}");
+                ensure!(env.machine.user_access(VA, false) == Some(f), "refused exit damaged the space");
+                Ok(())
+            })();
+            r.and(ok(mm.activate_init(), "init")).and(exit(mm, s))
+        }
+    }
+}
+
+fn exit_returns_every_frame_of_a_large_space(env: &Env<'_>) -> CaseResult {
+    let before = env.mm.frames().free_frames();
+    with_space(env, |mm, s| {
+        for i in 0..40u64 {
+            // Spread over several L1, L2 and L3 tables.
+            let va = VA + i * 0x1000 + (i % 4) * (1 << 21) + (i % 3) * (1 << 30) + (i % 2) * (1 << 39);
+            ok(mm.map(s, va, PageFlags::DATA), "map")?;
+        }
+        ok(mm.activate(s), "activate")
+    })?;
+    ensure!(env.mm.frames().free_frames() == before, "frames leaked");
+    Ok(())
+}
+
+fn map_in_the_active_space_is_visible_at_once(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.activate(s), "activate")?;
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ensure!(env.machine.user_access(VA, true) == Some(f), "new page not visible");
+        let g = ok(mm.map(s, VA + (1 << 39), PageFlags::DATA), "map in a new slot")?;
+        ensure!(
+            env.machine.user_access(VA + (1 << 39), true) == Some(g),
+            "page in a new L4 slot not visible to user mode"
+        );
+        Ok(())
+    })
+}
+
+fn unmap_in_the_active_space_is_invisible_at_once(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ok(mm.unmap(s, VA), "unmap")?;
+        ensure!(env.machine.user_access(VA, false).is_none(), "unmapped page still reachable");
+        Ok(())
+    })
+}
+
+fn pages_in_first_and_last_user_slot_coexist(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let a = ok(mm.map(s, 0x1000, PageFlags::DATA), "map low")?;
+        let b = ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map high")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(0x1000, false) == Some(a), "low page");
+        ensure!(env.machine.user_access(VA_HIGH, false) == Some(b), "high page");
+        Ok(())
+    })
+}
+
+fn many_address_spaces_coexist(env: &Env<'_>) -> CaseResult {
+    let mm = env.mm;
+    let mut spaces = Vec::new();
+    let mut r = Ok(());
+    for i in 0..8u64 {
+        match mm.create() {
+            Ok(s) => spaces.push(s),
+            Err(e) => {
+                r = Err(format!("create {i}: {e}"));
+                break;
+            }
+        }
+    }
+    if r.is_ok() {
+        r = (|| {
+            let mut frames = Vec::new();
+            for s in spaces.iter_mut() {
+                frames.push(ok(mm.map(s, VA, PageFlags::DATA), "map")?);
+            }
+            for (s, f) in spaces.iter_mut().zip(&frames) {
+                ok(mm.activate(s), "activate")?;
+                ensure!(env.machine.user_access(VA, false) == Some(*f), "space sees the wrong frame");
+            }
+            Ok(())
+        })();
+    }
+    let back = ok(mm.activate_init(), "init");
+    let mut out = r.and(back);
+    for s in spaces {
+        out = out.and(exit(mm, s));
+    }
+    out
+}
+
+/// For every k, the k-th allocation fails: the operation errors and nothing leaks.
+fn sweep(env: &Env<'_>, op: &dyn Fn(&Mm<'_>) -> Result<(), PvError>, what: &str) -> CaseResult {
+    let frames = env.mm.frames();
+    let mut k = 0;
+    loop {
+        let before = frames.free_frames();
+        frames.fail_allocation_after(Some(k));
+        let r = op(env.mm);
+        frames.fail_allocation_after(None);
+        ensure!(
+            frames.free_frames() == before,
+            "{what}: k={k}: {} frame(s) leaked (result {r:?})",
+            before as i64 - frames.free_frames() as i64
+        );
+        match r {
+            Err(PvError::OutOfMemory) => k += 1,
+            Ok(()) => return Ok(()),
+            Err(e) => return Err(format!("{what}: k={k}: unexpected error {e}")),
+        }
+        ensure!(k < 10_000, "{what}: never succeeded");
+    }
+}
+
+fn out_of_memory_in_create_leaks_nothing(env: &Env<'_>) -> CaseResult {
+    sweep(env, &|mm| mm.create().and_then(|s| mm.exit(s).map_err(|(e, _)| e)), "create")
+}
+
+fn out_of_memory_in_map_leaks_nothing(env: &Env<'_>) -> CaseResult {
+    sweep(
+        env,
+        &|mm| {
+            let s = mm.create()?;
+            let r = mm.map(&s, VA, PageFlags::DATA).and_then(|_| mm.map(&s, VA + (1 << 39), PageFlags::DATA));
+            mm.exit(s).map_err(|(e, _)| e)?;
+            r.map(|_| ())
+        },
+        "map",
+    )
+}
+
+fn out_of_memory_in_map_of_an_active_space_leaks_nothing(env: &Env<'_>) -> CaseResult {
+    sweep(
+        env,
+        &|mm| {
+            let mut s = mm.create()?;
+            let r = mm
+                .map(&s, VA, PageFlags::DATA)
+                .and_then(|_| mm.activate(&mut s))
+                .and_then(|()| mm.map(&s, VA + (3 << 39), PageFlags::DATA));
+            mm.activate_init()?;
+            mm.exit(s).map_err(|(e, _)| e)?;
+            r.map(|_| ())
+        },
+        "map",
+    )
+}
+
+fn out_of_memory_in_fork_leaks_nothing(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        let s: &AddressSpace = s;
+        sweep(env, &|mm| mm.fork(s).and_then(|c| mm.exit(c).map_err(|(e, _)| e)), "fork")
+    })
+}
+
+fn kernel_mappings_are_rejected_below_user_limit(env: &Env<'_>) -> CaseResult {
+    expect_err(env.mm.map_kernel(VA, pvops::Pfn(0), false), |e| matches!(e, PvError::WrongState { .. }), "map_kernel")
+}
+
+fn reserved_slots_are_never_used(env: &Env<'_>) -> CaseResult {
+    let reserved = env.mm.ops().reserved_l4_slots();
+    if reserved.is_empty() {
+        return Ok(());
+    }
+    let va = pvops::VirtAddr::from_indices(reserved.start, 0, 0, 0).as_u64();
+    expect_err(env.mm.map_kernel(va, pvops::Pfn(0), false), |e| matches!(e, PvError::ReservedSlot { .. }), "map_kernel")
+}
+
+fn activate_twice_is_harmless(env: &Env<'_>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ok(mm.activate(s), "activate again")?;
+        ensure!(env.machine.user_access(VA, false) == Some(f), "page lost");
+        Ok(())
+    })
+}
+
+macro_rules! cases {
+    ($($f:ident),* $(,)?) => {
+        /// Every case, in the order they run.
+        pub static CASES: &[Case] = &[$(Case { name: stringify!($f), run: $f }),*];
+    };
+}
+
+cases!(
+    create_then_exit_returns_every_frame,
+    map_then_translate_gives_the_frame,
+    map_rejects_unaligned_address,
+    map_rejects_non_canonical_address,
+    map_rejects_address_at_user_limit,
+    map_accepts_last_user_page,
+    double_map_is_rejected_and_keeps_the_first,
+    unmap_of_nothing_is_rejected,
+    unmap_removes_the_mapping_and_frees_the_frame,
+    user_mode_reads_its_own_page,
+    user_mode_cannot_write_a_read_only_page,
+    user_mode_cannot_read_kernel_mappings,
+    user_mode_cannot_write_kernel_mappings,
+    kernel_half_is_shared_with_init_mm,
+    switching_address_spaces_changes_what_user_mode_sees,
+    init_mm_gives_user_mode_nothing,
+    fork_copies_contents,
+    fork_copies_are_independent,
+    fork_of_an_empty_space_is_empty,
+    exit_of_the_active_space_is_refused,
+    exit_returns_every_frame_of_a_large_space,
+    map_in_the_active_space_is_visible_at_once,
+    unmap_in_the_active_space_is_invisible_at_once,
+    pages_in_first_and_last_user_slot_coexist,
+    many_address_spaces_coexist,
+    out_of_memory_in_create_leaks_nothing,
+    out_of_memory_in_map_leaks_nothing,
+    out_of_memory_in_map_of_an_active_space_leaks_nothing,
+    out_of_memory_in_fork_leaks_nothing,
+    kernel_mappings_are_rejected_below_user_limit,
+    reserved_slots_are_never_used,
+    activate_twice_is_harmless,
+);

@@ -1,0 +1,76 @@
+//! What a case runs against, and what it returns.
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+
+use kernel_glue::Mm;
+use pvops::{MmServices, Pfn};
+
+/// What user (or kernel) mode can reach through the translation that is live now.
+pub trait Machine {
+    /// The frame user mode reaches at `va` for a read (or a write), or `None` if it faults.
+    fn user_access(&self, va: u64, write: bool) -> Option<Pfn>;
+    /// The frame kernel mode reaches at `va`, or `None` if it faults.
+    fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn>;
+}
+
+/// Everything a case needs.
+pub struct Env<'a> {
+    /// The memory manager under test.
+    pub mm: &'a Mm<'a>,
+    /// The access oracle.
+    pub machine: &'a dyn Machine,
+    /// A kernel-half address mapped (supervisor, writable) in `init_mm`.
+    pub kernel_va: u64,
+}
+
+impl fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Env({:?})", self.mm)
+    }
+}
+
+/// One conformance case.
+#[derive(Debug)]
+pub struct Case {
+    /// A claim, as a name.
+    pub name: &'static str,
+    /// The check.
+    pub run: fn(&Env<'_>) -> CaseResult,
+}
+
+/// `Err(reason)` when the backend broke the claim.
+pub type CaseResult = Result<(), String>;
+
+/// Totals of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases run.
+    pub total: usize,
+}
+
+impl Env<'_> {
+    /// Runs one case, then checks the environment is back where it started:
+    /// init_mm active, no frame leaked, no fault injection left armed.
+    pub fn run_case(&self, case: &Case) -> CaseResult {
+        let frames = self.mm.frames();
+        let before = frames.free_frames();
+        let result = (case.run)(self);
+        frames.fail_allocation_after(None);
+        if self.mm.active_pgd() != self.mm.init_pgd() {
+            let _ = self.mm.activate_init();
+            return result.and(Err(String::from("case left a user address space active")));
+        }
+        let after = frames.free_frames();
+        if after != before {
+            return result.and(Err(format!("{} frame(s) leaked", before as i64 - after as i64)));
+        }
+        if !frames.has_metadata() {
+            return result.and(Err(String::from("frame metadata vanished")));
+        }
+        result
+    }
+}

@@ -1,0 +1,39 @@
+//! # The pvops conformance suite
+//!
+//! Every case is a function over an [`Env`]: the memory manager (backend +
+//! frame allocator) and a [`Machine`] that answers "what can user mode reach
+//! right now?". The same cases run on the host models and inside the booted
+//! kernel on real page tables.
+//!
+//! A backend author runs everything with [`run_all`] or one case with
+//! [`run_one`]; each result carries a reason.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod cases;
+mod env;
+
+pub use cases::CASES;
+pub use env::{Case, CaseResult, Env, Machine, Summary};
+
+/// Runs every case in order; `report` sees each result as it comes.
+pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&Case, &CaseResult)) -> Summary {
+    let mut summary = Summary::default();
+    for case in CASES {
+        let result = env.run_case(case);
+        summary.total += 1;
+        if result.is_ok() {
+            summary.passed += 1;
+        }
+        report(case, &result);
+    }
+    summary
+}
+
+/// Runs the case called `name`; `None` if there is no such case.
+pub fn run_one(env: &Env<'_>, name: &str) -> Option<CaseResult> {
+    CASES.iter().find(|c| c.name == name).map(|c| env.run_case(c))
+}

@@ -1,0 +1,63 @@
+//! Runs the demo workload and the conformance suite on every registered backend
+//! over its host model, and prints the tables `cargo xtask run` shows.
+//!
+//! `host-report [--backend NAME]` restricts the run to one backend.
+
+use pvops_integration::platform::{boot_backend, platform_for};
+use pvops_integration::workload::{demo, render};
+use pvops_native as _;
+use pvops_xen64 as _;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let forced = args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).cloned();
+    let all = pvops::backends();
+    if let Some(name) = &forced {
+        if !all.iter().any(|d| d.name == name) {
+            let names: Vec<_> = all.iter().map(|d| d.name).collect();
+            eprintln!("error: no backend named {name:?}; registered: {}", names.join(", "));
+            std::process::exit(2);
+        }
+    }
+    let mut failed = false;
+    for desc in all.iter().filter(|d| forced.as_deref().is_none_or(|n| n == d.name)) {
+        let Some(host) = platform_for(desc) else {
+            println!("{}: no host model for this backend", desc.name);
+            continue;
+        };
+        let booted = match boot_backend(desc, &host) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("{}: boot on {} failed: {e}", desc.name, host.label);
+                failed = true;
+                continue;
+            }
+        };
+        match demo(booted.mm, 8) {
+            Ok((steps, leaked)) => {
+                print!("{}", render(desc.name, &steps));
+                println!("[{}] frames leaked: {leaked}{}", desc.name, (host.counters)());
+                failed |= leaked != 0;
+            }
+            Err(e) => {
+                println!("{}: demo failed: {e}", desc.name);
+                failed = true;
+            }
+        }
+        let env =
+            pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: pvops_integration::KERNEL_VA };
+        let summary = pvops_conformance::run_all(&env, &mut |case, r| {
+            if let Err(why) = r {
+                println!("  FAIL {} {}: {why}", desc.name, case.name);
+            }
+        });
+        println!(
+            "conformance {}: {}/{} passed (host model {})\n",
+            desc.name, summary.passed, summary.total, host.label
+        );
+        failed |= summary.passed != summary.total;
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,10 @@
+//! Host platforms: a machine model, the matching boot environment and a booted
+//! memory manager, so tests (and `cargo xtask run`) can drive any registered
+//! backend exactly as the kernel would.
+#![warn(missing_docs)]
+
+pub mod native_host;
+pub mod platform;
+pub mod workload;
+
+pub use platform::{boot_backend, platforms, HostPlatform, KERNEL_VA};

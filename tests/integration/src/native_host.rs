@@ -1,0 +1,46 @@
+//! The native host platform: a [`Machine`] behind `NativePlatform`.
+
+use pvops::{EntryKind, Pfn};
+use pvops_conformance::Machine as Oracle;
+use pvops_model::{Access, Machine};
+use pvops_native::NativePlatform;
+
+use crate::platform::HostPlatform;
+
+/// Frame 0 is never handed out; frame 1 is the boot root.
+const BOOT_PGD: Pfn = Pfn(1);
+
+struct NativeOracle(&'static Machine);
+
+impl Oracle for NativeOracle {
+    fn user_access(&self, va: u64, write: bool) -> Option<Pfn> {
+        let va = pvops::VirtAddr::try_new(va).ok()?;
+        let a = if write { Access::USER_WRITE } else { Access::USER_READ };
+        self.0.access(va, a).ok().map(Pfn)
+    }
+
+    fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn> {
+        let va = pvops::VirtAddr::try_new(va).ok()?;
+        let a = Access { user: false, write, execute: false };
+        self.0.access(va, a).ok().map(Pfn)
+    }
+}
+
+/// A bare-metal-like machine with `nr_frames` frames, booted on an empty root.
+pub fn native_platform(nr_frames: u64) -> HostPlatform {
+    let machine = Machine::leaked(nr_frames);
+    machine.set_cr3(BOOT_PGD.addr());
+    let platform: &'static NativePlatform = Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine }));
+    HostPlatform {
+        label: "native-model",
+        entry: EntryKind::Pvh,
+        handover: "hvm_start_info 0x336ec578",
+        platform,
+        mem: machine,
+        oracle: Box::leak(Box::new(NativeOracle(machine))),
+        nr_frames,
+        boot_pgd: BOOT_PGD,
+        reserved: vec![Pfn(0), BOOT_PGD],
+        counters: Box::new(String::new),
+    }
+}

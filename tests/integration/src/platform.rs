@@ -1,0 +1,78 @@
+//! A host platform and the boot sequence the kernel also follows.
+
+use std::any::Any;
+
+use kernel_glue::{FrameAllocator, Mm};
+use pvops::{BackendDesc, BootEnv, EntryKind, Pfn, PhysMem, PvError, PvMmuOps};
+
+/// The kernel-half address the suite uses as "a kernel mapping" (direct-map slot 273).
+pub const KERNEL_VA: u64 = 0xffff_8880_0000_0000;
+
+/// A modelled machine as the boot path sees it.
+pub struct HostPlatform {
+    /// Short name for reports.
+    pub label: &'static str,
+    /// How the "kernel" was entered.
+    pub entry: EntryKind,
+    /// What the firmware/hypervisor handed over, as text.
+    pub handover: &'static str,
+    /// Handles for the backend (`NativePlatform`, `XenPlatform`).
+    pub platform: &'static (dyn Any + Send + Sync),
+    /// Page-table memory as the guest sees it.
+    pub mem: &'static dyn PhysMem,
+    /// The access oracle for the conformance suite.
+    pub oracle: &'static dyn pvops_conformance::Machine,
+    /// Frames of guest memory.
+    pub nr_frames: u64,
+    /// The root the platform booted on.
+    pub boot_pgd: Pfn,
+    /// Frames the allocator must never hand out.
+    pub reserved: Vec<Pfn>,
+    /// Model-side counters, rendered for reports.
+    pub counters: Box<dyn Fn() -> String>,
+}
+
+impl HostPlatform {
+    /// The boot environment to give the registry.
+    pub fn env(&self) -> BootEnv<'static> {
+        BootEnv { entry: self.entry, handover: self.handover, platform: self.platform }
+    }
+}
+
+/// Every kind of host platform: one per backend family.
+pub fn platforms() -> Vec<HostPlatform> {
+    vec![crate::native_host::native_platform(4096)]
+}
+
+/// A booted memory manager on a host platform with backend `desc`: the same
+/// steps as the kernel (early path, adopt the boot root, map a kernel page,
+/// then frame metadata).
+pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, PvError> {
+    let ops: &'static dyn PvMmuOps = (desc.instantiate)(&host.env())?;
+    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
+    frames.add_free_range(Pfn(0), host.nr_frames);
+    for &r in &host.reserved {
+        frames.reserve(r);
+    }
+    let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd)?));
+    // Early boot: no frame metadata yet.
+    let kpage = pvops::MmServices::alloc_zeroed_frame(frames)?;
+    mm.map_kernel(KERNEL_VA, kpage, true)?;
+    frames.init_metadata();
+    Ok(Booted { ops, frames, mm })
+}
+
+/// The result of [`boot_backend`].
+pub struct Booted {
+    /// The backend.
+    pub ops: &'static dyn PvMmuOps,
+    /// The allocator.
+    pub frames: &'static FrameAllocator<'static>,
+    /// The memory manager.
+    pub mm: &'static Mm<'static>,
+}
+
+/// Finds a host platform whose environment the backend's probe accepts.
+pub fn platform_for(desc: &BackendDesc) -> Option<HostPlatform> {
+    platforms().into_iter().find(|p| (desc.probe)(&p.env()).is_ok())
+}

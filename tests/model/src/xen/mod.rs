@@ -1,0 +1,1 @@
+//! Xen PV MMU model (see `model.rs`).
