@@ -167,26 +167,76 @@ impl<'a> Mm<'a> {
     }
 
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
+    /// On any error nothing changes: new tables are unlinked and freed again.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+        let frame = self.map_queued(space, addr, perm)?;
+        if let Err(e) = self.ops.lazy_mmu_flush() {
+            // The queued leaf write was refused: the page is not mapped.
+            let _ = self.frames.free_frame(frame);
+            return Err(e);
+        }
+        Ok(frame)
+    }
+
+    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
+    fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
         let va = user_va(addr)?;
         self.check_live(space)?;
-        if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
+        let existing_l1 = find_l1(self.ops, space.pgd, va)?;
+        if let Some(l1) = existing_l1 {
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
         let frame = self.frames.alloc_zeroed_frame()?;
-        let result = ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS).and_then(|l1| {
-            self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, perm.user_bits()))?;
-            self.ops.lazy_mmu_flush()
-        });
-        match result {
-            Ok(()) => Ok(frame),
+        let l1 = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS) {
+            Ok(l1) => l1,
             Err(e) => {
                 let _ = self.frames.free_frame(frame);
-                Err(e)
+                return Err(e);
             }
+        };
+        if let Err(e) =
+            self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, perm.user_bits()))
+        {
+            let _ = self.frames.free_frame(frame);
+            if existing_l1.is_none() {
+                // Tables built for this page alone go again.
+                let _ = self.prune(space.pgd, va);
+            }
+            return Err(e);
         }
+        Ok(frame)
+    }
+
+    /// Unlinks and frees the tables on `va`'s path that are empty (after a failed map).
+    fn prune(&self, root: Pfn, va: VirtAddr) -> Result<(), PvError> {
+        let mut path = [(root, Level::L4); 4];
+        let mut table = root;
+        for (i, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
+            path[i] = (table, level);
+            let e = self.ops.read_entry(level, table, va.index(level))?;
+            if !e.is_present() {
+                return Ok(());
+            }
+            table = e.pfn();
+        }
+        path[3] = (table, Level::L1);
+        for i in (1..4).rev() {
+            let (child, child_level) = path[i];
+            let empty = (0..ENTRIES_PER_TABLE).try_fold(true, |acc, j| {
+                Ok::<bool, PvError>(acc && !self.ops.read_entry(child_level, child, j)?.is_present())
+            })?;
+            if !empty {
+                return Ok(());
+            }
+            let (parent, level) = path[i - 1];
+            self.ops.set_entry(self.frames, level, parent, va.index(level), Pte::EMPTY)?;
+            self.ops.lazy_mmu_flush()?;
+            self.ops.release_pt(self.frames, root, child_level, child)?;
+            self.frames.free_frame(child)?;
+        }
+        Ok(())
     }
 
     /// Unmaps the page at `addr` and frees its frame.
@@ -288,7 +338,7 @@ impl<'a> Mm<'a> {
             }
             result = (|| {
                 let perm = PageFlags { writable: pte.is_writable(), executable: pte.0 & flags::NO_EXECUTE == 0 };
-                let frame = self.map(child, va.as_u64(), perm)?;
+                let frame = self.map_queued(child, va.as_u64(), perm)?;
                 for i in 0..ENTRIES_PER_TABLE {
                     let w = self.mem.read_entry(pte.pfn(), i);
                     if w != 0 {

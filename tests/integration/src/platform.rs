@@ -30,6 +30,10 @@ pub struct HostPlatform {
     pub reserved: Vec<Pfn>,
     /// Model-side counters, rendered for reports.
     pub counters: Box<dyn Fn() -> String>,
+    /// Checks that must hold after every step (e.g. the user pgd mirrors the kernel pgd).
+    pub invariants: Box<dyn Fn() -> Result<(), String>>,
+    /// Checks that must hold once every address space has exited (e.g. no pin left).
+    pub quiescent: Box<dyn Fn() -> Result<(), String>>,
 }
 
 impl HostPlatform {
