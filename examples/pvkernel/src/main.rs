@@ -1,0 +1,159 @@
+//! pvkernel: one x86-64 ELF that boots natively (PVH) and as a Xen PV64 dom0.
+//!
+//! Entry paths (`entry.rs`) call [`pvh_rust_entry`] or [`xen_rust_entry`],
+//! which bring up console, traps, memory, the direct map and `syscall`, then
+//! hand over to [`demo::run`] (the phase-1 workload).
+
+#![no_std]
+#![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod console;
+pub mod demo;
+pub mod directmap;
+pub mod entry;
+pub mod exit;
+pub mod memory;
+pub mod paging;
+pub mod platform;
+pub mod pvh;
+pub mod sync;
+pub mod traps;
+pub mod user;
+pub mod x86;
+pub mod xen;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use entry::KERNEL_VMA;
+use exit::ExitCode;
+use platform::Platform;
+
+const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
+
+/// Native entry (from `pvh_start`, already in long mode, higher half).
+#[no_mangle]
+extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
+    platform::set(Platform::Native);
+    console::init_serial();
+    console::init_logger(LOG_LEVEL);
+    log::info!("pvkernel: entry pvh (hvm_start_info at {:#x})", start_info_paddr);
+
+    // SAFETY: the value QEMU passed in %ebx; boot tables are live.
+    let pvh = match unsafe { pvh::read(start_info_paddr) } {
+        Ok(p) => p,
+        Err(e) => panic!("bad PVH start info: {:?}", e),
+    };
+    traps::mask_pic();
+    traps::init_native();
+    if let Err(e) = user::init() {
+        panic!("syscall setup failed: {}", e);
+    }
+
+    let (ks, ke) = entry::kernel_image_range();
+    let mut reserved = [(0u64, 0u64); 9];
+    reserved[0] = (ks - KERNEL_VMA, ke - KERNEL_VMA);
+    for (i, m) in pvh.modules[..pvh.nr_modules].iter().enumerate() {
+        reserved[i + 1] = *m;
+    }
+    if let Err(e) = memory::init_native(&pvh.e820[..pvh.e820_len], &reserved[..pvh.nr_modules + 1]) {
+        panic!("memory map: {:?}", e);
+    }
+    log::info!("memory map (PVH E820, {} entries):", pvh.e820_len);
+    for e in &pvh.e820[..pvh.e820_len] {
+        log::info!("  {:#012x}-{:#012x} {}", e.addr, e.addr + e.size, e.kind_name());
+    }
+    if let Err(e) = directmap::init_native() {
+        panic!("direct map: {}", e);
+    }
+    log::info!("direct map ready at {:#x} (2 MiB pages)", directmap::DIRECT_MAP_BASE);
+    demo::run()
+}
+
+/// Xen PV entry (from `_start`, on our own stack).
+#[no_mangle]
+extern "C" fn xen_rust_entry(si: *const xen::start_info::StartInfo) -> ! {
+    platform::set(Platform::XenPv);
+    console::init_logger(LOG_LEVEL);
+    // SAFETY: `si` is the start_info pointer Xen passed in %rsi.
+    let si = match unsafe { xen::init(si) } {
+        Ok(si) => si,
+        Err(e) => panic!("Xen start of day: {}", e),
+    };
+    let (major, minor) = xen::hypercall::version();
+    log::info!("pvkernel: entry xen (Xen {}.{}, magic {:?})", major, minor, si.magic_str());
+    if let Err(e) = xen::map_shared_info() {
+        panic!("shared_info: {}", e);
+    }
+    if let Err(e) = traps::init_xen() {
+        panic!("trap setup: {}", e);
+    }
+    if let Err(e) = user::init() {
+        panic!("syscall callback: {}", e);
+    }
+    let Some(region) = xen::initial_region() else { panic!("no initial region") };
+    let (ks, _) = entry::kernel_image_range();
+    log::info!(
+        "start_info: nr_pages {} ({} MiB), flags {:#x}, pt_base {:#x} ({} frames), mfn_list {:#x}, cmdline {:?}",
+        si.nr_pages,
+        si.nr_pages / 256,
+        si.flags,
+        si.pt_base,
+        si.nr_pt_frames,
+        si.mfn_list,
+        si.cmdline()
+    );
+    log::info!(
+        "initial region: pfn 0..{:#x}, boot tables {:#x}..{:#x}, padding {:#x}..{:#x}",
+        region.end_pfn,
+        region.pt_start_pfn,
+        region.pt_end_pfn,
+        region.boot_end_pfn,
+        region.end_pfn
+    );
+    let root = paging::kernel_root().pfn();
+    let last = xen::VIRT_BASE + ((region.end_pfn - 1) << 12);
+    if xen::mmu::lookup(root, last).is_none() || xen::mmu::lookup(root, last + 4096).is_some() {
+        panic!("initial region end {:#x} does not match the boot page tables", region.end_pfn);
+    }
+    if xen::mmu::lookup(root, xen::VIRT_BASE + 4096).is_none() {
+        panic!("pfn 1 is not mapped in the initial region");
+    }
+    if let Err(e) = memory::init_xen(si.nr_pages, region.boot_end_pfn, region.end_pfn, (ks - KERNEL_VMA) >> 12) {
+        panic!("memory map: {:?}", e);
+    }
+    if xen::mmu::lookup(root, 0).is_some() {
+        if let Err(e) = xen::hypercall::update_va_mapping(0, 0, xen::hypercall::UVMF_INVLPG) {
+            panic!("unmapping VA 0: {}", e);
+        }
+        log::info!("unmapped VA 0");
+    } else {
+        log::info!("VA 0 is not mapped (VIRT_BASE is high)");
+    }
+    if let Err(e) = directmap::init_xen() {
+        panic!("direct map: {}", e);
+    }
+    log::info!("direct map ready at {:#x} (4 KiB pages, {} pfns)", directmap::DIRECT_MAP_BASE, si.nr_pages);
+    demo::run()
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        exit::exit(ExitCode::Fail);
+    }
+    match info.location() {
+        Some(l) => console::print_fmt_unlocked(format_args!(
+            "\nKERNEL PANIC at {}:{}:{}: {}\n",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        )),
+        None => console::print_fmt_unlocked(format_args!("\nKERNEL PANIC: {}\n", info.message())),
+    }
+    exit::exit(ExitCode::Fail)
+}

@@ -1,0 +1,437 @@
+//! Exceptions.
+//!
+//! * Native: our own GDT (kernel code 0x08, data 0x10, user data 0x1b, user
+//!   code 0x23, TSS 0x28), a TSS whose RSP0 is the trap stack (IST1 for
+//!   #DF), and an IDT with stubs for vectors 0..31.
+//! * Xen PV: `set_trap_table` with the same stubs prefixed by `pop %rcx;
+//!   pop %r11` (Xen's bounce frame carries them), `stack_switch` to the trap
+//!   stack for entries from user mode, and event/failsafe callbacks.
+//!
+//! Every stub pushes (error code or 0, vector) and jumps to `trap_common`,
+//! which sends user-mode traps to `user_trap_entry` (see `user.rs`) and
+//! kernel-mode traps to [`kernel_trap`], which panics with a register dump.
+
+use core::arch::{asm, global_asm};
+use core::fmt;
+
+use crate::platform;
+use crate::x86;
+use crate::xen::{self, hypercall};
+
+/// Kernel code selector (native).
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector (native).
+pub const KERNEL_DS: u16 = 0x10;
+/// User data selector (native, RPL 3).
+pub const USER_DS: u16 = 0x1b;
+/// User 64-bit code selector (native, RPL 3).
+pub const USER_CS: u16 = 0x23;
+const TSS_SEL: u16 = 0x28;
+
+/// Size of each per-vector stub (they are 16-byte aligned).
+const STUB_STRIDE: usize = 16;
+const TRAP_STACK_SIZE: usize = 16 * 1024;
+const DF_STACK_SIZE: usize = 8 * 1024;
+
+extern "C" {
+    static native_trap_stubs: u8;
+    static xen_trap_stubs: u8;
+    static trap_stack_top: u8;
+    static df_stack_top: u8;
+    fn xen_event_callback();
+    fn xen_failsafe_callback();
+}
+
+global_asm!(
+    r#"
+    .macro NSTUB vec, err
+    .p2align 4
+    .if \err == 0
+    push $0
+    .endif
+    push $\vec
+    jmp trap_common
+    .endm
+
+    .macro XSTUB vec, err
+    .p2align 4
+    pop %rcx
+    pop %r11
+    .if \err == 0
+    push $0
+    .endif
+    push $\vec
+    jmp trap_common
+    .endm
+
+    .section .text.traps, "ax"
+    .p2align 4
+    .globl native_trap_stubs
+native_trap_stubs:
+    NSTUB 0,0
+    NSTUB 1,0
+    NSTUB 2,0
+    NSTUB 3,0
+    NSTUB 4,0
+    NSTUB 5,0
+    NSTUB 6,0
+    NSTUB 7,0
+    NSTUB 8,1
+    NSTUB 9,0
+    NSTUB 10,1
+    NSTUB 11,1
+    NSTUB 12,1
+    NSTUB 13,1
+    NSTUB 14,1
+    NSTUB 15,0
+    NSTUB 16,0
+    NSTUB 17,1
+    NSTUB 18,0
+    NSTUB 19,0
+    NSTUB 20,0
+    NSTUB 21,1
+    NSTUB 22,0
+    NSTUB 23,0
+    NSTUB 24,0
+    NSTUB 25,0
+    NSTUB 26,0
+    NSTUB 27,0
+    NSTUB 28,0
+    NSTUB 29,1
+    NSTUB 30,1
+    NSTUB 31,0
+
+    .p2align 4
+    .globl xen_trap_stubs
+xen_trap_stubs:
+    XSTUB 0,0
+    XSTUB 1,0
+    XSTUB 2,0
+    XSTUB 3,0
+    XSTUB 4,0
+    XSTUB 5,0
+    XSTUB 6,0
+    XSTUB 7,0
+    XSTUB 8,1
+    XSTUB 9,0
+    XSTUB 10,1
+    XSTUB 11,1
+    XSTUB 12,1
+    XSTUB 13,1
+    XSTUB 14,1
+    XSTUB 15,0
+    XSTUB 16,0
+    XSTUB 17,1
+    XSTUB 18,0
+    XSTUB 19,0
+    XSTUB 20,0
+    XSTUB 21,1
+    XSTUB 22,0
+    XSTUB 23,0
+    XSTUB 24,0
+    XSTUB 25,0
+    XSTUB 26,0
+    XSTUB 27,0
+    XSTUB 28,0
+    XSTUB 29,1
+    XSTUB 30,1
+    XSTUB 31,0
+
+    /* stack: vector, error, rip, cs, rflags, rsp, ss */
+trap_common:
+    testb $3, 24(%rsp)
+    jnz user_trap_entry
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    and $-16, %rsp
+    call kernel_trap
+    ud2
+
+    /* Xen event upcall: we bind no event channels; acknowledge and return. */
+    .globl xen_event_callback
+xen_event_callback:
+    pop %rcx
+    pop %r11
+    movb $0, SHARED_INFO_PAGE(%rip)     /* vcpu_info[0].evtchn_upcall_pending */
+    pushq $0                            /* iret flags */
+    jmp hypercall_page + 23 * 32
+
+    .globl xen_failsafe_callback
+xen_failsafe_callback:
+    and $-16, %rsp
+    call xen_failsafe
+    ud2
+
+    .section .bss.trap_stacks, "aw", @nobits
+    .p2align 12
+    .skip {trap_stack}
+    .globl trap_stack_top
+trap_stack_top:
+    .skip {df_stack}
+    .globl df_stack_top
+df_stack_top:
+"#,
+    trap_stack = const TRAP_STACK_SIZE,
+    df_stack = const DF_STACK_SIZE,
+    options(att_syntax)
+);
+
+/// Registers saved by `trap_common` for a kernel-mode trap (lowest address
+/// first).
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// Name of an exception vector.
+pub fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        _ => "?",
+    }
+}
+
+/// Faulting address of the last page fault (CR2; vcpu_info.arch.cr2 on Xen).
+pub fn fault_address() -> u64 {
+    if platform::is_xen() {
+        xen::vcpu0_cr2()
+    } else {
+        x86::read_cr2()
+    }
+}
+
+impl fmt::Display for TrapFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} (vector {}) error {:#x} at rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}",
+            vector_name(self.vector),
+            self.vector,
+            self.error_code,
+            self.rip,
+            self.cs,
+            self.rflags,
+            self.rsp,
+            self.ss
+        )?;
+        writeln!(f, "rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", self.rax, self.rbx, self.rcx, self.rdx)?;
+        writeln!(f, "rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", self.rsi, self.rdi, self.rbp, self.r8)?;
+        writeln!(f, "r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", self.r9, self.r10, self.r11, self.r12)?;
+        write!(f, "r13 {:#018x} r14 {:#018x} r15 {:#018x}", self.r13, self.r14, self.r15)
+    }
+}
+
+/// Kernel-mode exception: fatal.
+#[no_mangle]
+extern "C" fn kernel_trap(frame: &TrapFrame) -> ! {
+    let cr2 = if frame.vector == 14 { fault_address() } else { 0 };
+    panic!("kernel exception: {}\ncr2 {:#x}", frame, cr2);
+}
+
+#[no_mangle]
+extern "C" fn xen_failsafe() -> ! {
+    panic!("Xen failsafe callback (bad segment on return to guest)");
+}
+
+fn stub_addr(base: *const u8, vector: usize) -> u64 {
+    base as u64 + (vector * STUB_STRIDE) as u64
+}
+
+// ------------------------------------------------------------------ native
+
+#[repr(C, packed)]
+struct Tss {
+    _res0: u32,
+    rsp: [u64; 3],
+    _res1: u64,
+    ist: [u64; 7],
+    _res2: u64,
+    _res3: u16,
+    iomap_base: u16,
+}
+
+static mut TSS: Tss = Tss {
+    _res0: 0,
+    rsp: [0; 3],
+    _res1: 0,
+    ist: [0; 7],
+    _res2: 0,
+    _res3: 0,
+    iomap_base: core::mem::size_of::<Tss>() as u16,
+};
+
+static mut GDT: [u64; 7] = [
+    0,
+    0x00af_9a00_0000_ffff, // 0x08 kernel code64
+    0x00cf_9200_0000_ffff, // 0x10 kernel data
+    0x00cf_f200_0000_ffff, // 0x18 user data (DPL 3)
+    0x00af_fa00_0000_ffff, // 0x20 user code64 (DPL 3)
+    0,                     // 0x28 TSS (low)
+    0,                     // 0x30 TSS (high)
+];
+
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+
+static mut IDT: Idt = Idt([0; 512]);
+
+#[repr(C, packed)]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+/// Installs GDT, TSS and IDT (native only).
+pub fn init_native() {
+    // SAFETY: single-threaded early boot on the BSP; the statics are only
+    // touched here and by the CPU after loading.
+    unsafe {
+        let tss = &raw mut TSS;
+        (*tss).rsp[0] = (&raw const trap_stack_top) as u64;
+        (*tss).ist[0] = (&raw const df_stack_top) as u64;
+
+        let base = tss as u64;
+        let limit = (core::mem::size_of::<Tss>() - 1) as u64;
+        let low = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89u64 << 40) // present, 64-bit TSS (available)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
+        let gdt = &raw mut GDT as *mut u64;
+        gdt.add(5).write(low);
+        gdt.add(6).write(base >> 32);
+
+        let gdtr = DescriptorPointer { limit: (7 * 8 - 1) as u16, base: gdt as u64 };
+        asm!(
+            "lgdt ({gdtr})",
+            "pushq ${cs}",
+            "lea 2f(%rip), %rax",
+            "pushq %rax",
+            "lretq",
+            "2:",
+            "mov ${ds}, %eax",
+            "mov %eax, %ds",
+            "mov %eax, %es",
+            "mov %eax, %ss",
+            "ltr %cx",
+            gdtr = in(reg) &raw const gdtr,
+            cs = const KERNEL_CS,
+            ds = const KERNEL_DS,
+            in("cx") TSS_SEL,
+            out("rax") _,
+            options(att_syntax)
+        );
+
+        let stubs = &raw const native_trap_stubs;
+        let idt = &raw mut IDT as *mut u64;
+        for v in 0..32usize {
+            let off = stub_addr(stubs, v);
+            let ist: u64 = if v == 8 { 1 } else { 0 };
+            let low = (off & 0xffff)
+                | ((KERNEL_CS as u64) << 16)
+                | (ist << 32)
+                | (0x8eu64 << 40) // present, DPL 0, interrupt gate
+                | (((off >> 16) & 0xffff) << 48);
+            idt.add(2 * v).write(low);
+            idt.add(2 * v + 1).write(off >> 32);
+        }
+        let idtr = DescriptorPointer { limit: (256 * 16 - 1) as u16, base: idt as u64 };
+        asm!("lidt ({})", in(reg) &raw const idtr, options(att_syntax, nostack));
+    }
+}
+
+/// Masks both legacy PICs (the firmware leaves IRQ0 -> vector 8 unmasked).
+pub fn mask_pic() {
+    // SAFETY: standard 8259 mask registers, native ring 0.
+    unsafe {
+        x86::outb(0x21, 0xff);
+        x86::outb(0xa1, 0xff);
+    }
+}
+
+// --------------------------------------------------------------------- xen
+
+/// Registers the virtual IDT, the user->kernel stack and the event and
+/// failsafe callbacks (Xen PV only).
+pub fn init_xen() -> Result<(), hypercall::XenError> {
+    let stubs = &raw const xen_trap_stubs;
+    let mut table = [hypercall::TrapInfo::default(); 33];
+    let mut n = 0;
+    for v in 0..20u8 {
+        if v == 2 || v == 15 {
+            continue; // NMI goes through its own callback; 15 is reserved
+        }
+        let dpl = if v == 3 || v == 4 { 3 } else { 0 };
+        table[n] = hypercall::TrapInfo {
+            vector: v,
+            flags: dpl | 4, // mask events on entry
+            cs: hypercall::FLAT_CS64,
+            _pad: 0,
+            address: stub_addr(stubs, v as usize),
+        };
+        n += 1;
+    }
+    hypercall::set_trap_table(&table[..n + 1])?;
+    let top = (&raw const trap_stack_top) as u64;
+    hypercall::stack_switch(hypercall::FLAT_SS64, top)?;
+    hypercall::register_callback(hypercall::CALLBACKTYPE_EVENT, 0, xen_event_callback as *const () as u64)?;
+    hypercall::register_callback(
+        hypercall::CALLBACKTYPE_FAILSAFE,
+        hypercall::CALLBACKF_MASK_EVENTS,
+        xen_failsafe_callback as *const () as u64,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Xen PV64 hypercalls through the hypercall page (notes §4.1).
+//!
+//! Stub `nr` lives at `hypercall_page + nr * 32`; arguments go in rdi, rsi,
+//! rdx, r10, r8 (arg 5 is r8, not r9); the result (negative errno on error)
+//! comes back in rax; argument registers, rcx and r11 are clobbered.
+
+use core::arch::asm;
+use core::fmt;
+
+use crate::entry::hypercall_page;
+
+/// Hypercall numbers (xen/include/public/xen.h).
+pub mod nr {
+    pub const SET_TRAP_TABLE: u64 = 0;
+    pub const MMU_UPDATE: u64 = 1;
+    pub const STACK_SWITCH: u64 = 3;
+    pub const CONSOLE_IO: u64 = 18;
+    pub const UPDATE_VA_MAPPING: u64 = 14;
+    pub const XEN_VERSION: u64 = 17;
+    pub const VM_ASSIST: u64 = 21;
+    pub const IRET: u64 = 23;
+    pub const MMUEXT_OP: u64 = 26;
+    pub const SCHED_OP: u64 = 29;
+    pub const CALLBACK_OP: u64 = 30;
+    pub const PHYSDEV_OP: u64 = 33;
+}
+
+/// `DOMID_SELF`.
+pub const DOMID_SELF: u64 = 0x7ff0;
+/// `UVMF_INVLPG` (local): flush the one TLB entry after the update.
+pub const UVMF_INVLPG: u64 = 2;
+/// `UVMF_NONE`.
+pub const UVMF_NONE: u64 = 0;
+
+/// `FLAT_RING3_CS64`: the PV64 kernel and user code selector.
+pub const FLAT_CS64: u16 = 0xe033;
+/// `FLAT_RING3_SS64` (= `FLAT_KERNEL_SS64`).
+pub const FLAT_SS64: u16 = 0xe02b;
+
+/// Xen MMU extended commands (`mmuext_op.cmd`).
+pub mod mmuext {
+    pub const PIN_L1_TABLE: u32 = 0;
+    pub const PIN_L2_TABLE: u32 = 1;
+    pub const PIN_L3_TABLE: u32 = 2;
+    pub const PIN_L4_TABLE: u32 = 3;
+    pub const UNPIN_TABLE: u32 = 4;
+    pub const NEW_BASEPTR: u32 = 5;
+    pub const TLB_FLUSH_LOCAL: u32 = 6;
+    pub const INVLPG_LOCAL: u32 = 7;
+    pub const NEW_USER_BASEPTR: u32 = 15;
+}
+
+/// A failed hypercall: the negative errno Xen returned, plus which call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenError {
+    /// Name of the hypercall / operation.
+    pub op: &'static str,
+    /// The (negative) return value.
+    pub rc: i64,
+}
+
+impl fmt::Display for XenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match -self.rc {
+            1 => "EPERM",
+            3 => "ESRCH",
+            12 => "ENOMEM",
+            13 => "EACCES",
+            14 => "EFAULT",
+            16 => "EBUSY",
+            22 => "EINVAL",
+            38 => "ENOSYS",
+            95 => "EOPNOTSUPP",
+            _ => "?",
+        };
+        write!(f, "{} failed: {} ({})", self.op, self.rc, name)
+    }
+}
+
+fn check(op: &'static str, rc: i64) -> Result<i64, XenError> {
+    if rc < 0 {
+        Err(XenError { op, rc })
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Raw 5-argument hypercall.
+///
+/// # Safety
+/// Must only be called under Xen PV (the hypercall page is filled), with
+/// arguments valid for hypercall `nr` (pointers to live, correctly laid out
+/// memory).
+#[inline]
+pub unsafe fn hypercall5(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    // SAFETY: address arithmetic within the hypercall page (nr < 128).
+    let stub = unsafe { (&raw const hypercall_page as *const u8).add((nr as usize) * 32) };
+    let ret: i64;
+    // SAFETY: caller guarantees we are a PV guest and the arguments are valid.
+    unsafe {
+        asm!(
+            "call {stub}",
+            stub = in(reg) stub,
+            inlateout("rdi") a1 => _,
+            inlateout("rsi") a2 => _,
+            inlateout("rdx") a3 => _,
+            inlateout("r10") a4 => _,
+            inlateout("r8") a5 => _,
+            lateout("rax") ret,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// `mmu_update` request: `ptr` = machine address of the entry | command.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmuUpdate {
+    pub ptr: u64,
+    pub val: u64,
+}
+
+/// `mmuext_op` request (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmuextOp {
+    pub cmd: u32,
+    pub _pad: u32,
+    /// mfn or linear address.
+    pub arg1: u64,
+    /// nr_ents / vcpumask / src_mfn.
+    pub arg2: u64,
+}
+
+/// `trap_info` (16 bytes); a zero `address` ends the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapInfo {
+    pub vector: u8,
+    /// Bits 0-1: DPL; bit 2: mask events on entry.
+    pub flags: u8,
+    pub cs: u16,
+    pub _pad: u32,
+    pub address: u64,
+}
+
+/// `callback_register` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct CallbackRegister {
+    ty: u16,
+    flags: u16,
+    _pad: u32,
+    address: u64,
+}
+
+/// `CALLBACKTYPE_event`.
+pub const CALLBACKTYPE_EVENT: u16 = 0;
+/// `CALLBACKTYPE_failsafe`.
+pub const CALLBACKTYPE_FAILSAFE: u16 = 1;
+/// `CALLBACKTYPE_syscall`.
+pub const CALLBACKTYPE_SYSCALL: u16 = 2;
+/// `CALLBACKF_mask_events`.
+pub const CALLBACKF_MASK_EVENTS: u16 = 1;
+
+/// Writes bytes to the Xen console (`CONSOLEIO_write`).
+pub fn console_write(bytes: &[u8]) -> Result<(), XenError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: `bytes` is a live buffer of the given length.
+    let rc = unsafe {
+        hypercall5(nr::CONSOLE_IO, 0, bytes.len() as u64, bytes.as_ptr() as u64, 0, 0)
+    };
+    check("console_io", rc).map(|_| ())
+}
+
+/// Applies a batch of page-table updates (`mmu_update`, DOMID_SELF).
+pub fn mmu_update(reqs: &[MmuUpdate]) -> Result<(), XenError> {
+    let mut done: u32 = 0;
+    // SAFETY: `reqs` and `done` are live; Xen only reads `reqs`.
+    let rc = unsafe {
+        hypercall5(
+            nr::MMU_UPDATE,
+            reqs.as_ptr() as u64,
+            reqs.len() as u64,
+            (&raw mut done) as u64,
+            DOMID_SELF,
+            0,
+        )
+    };
+    check("mmu_update", rc).map(|_| ())
+}
+
+/// Applies a batch of extended MMU operations (`mmuext_op`, DOMID_SELF).
+pub fn mmuext_op(ops: &[MmuextOp]) -> Result<(), XenError> {
+    let mut done: u32 = 0;
+    // SAFETY: `ops` and `done` are live; Xen only reads `ops`.
+    let rc = unsafe {
+        hypercall5(
+            nr::MMUEXT_OP,
+            ops.as_ptr() as u64,
+            ops.len() as u64,
+            (&raw mut done) as u64,
+            DOMID_SELF,
+            0,
+        )
+    };
+    check("mmuext_op", rc).map(|_| ())
+}
+
+/// One extended MMU operation taking an mfn/address argument.
+pub fn mmuext(cmd: u32, arg1: u64) -> Result<(), XenError> {
+    mmuext_op(&[MmuextOp { cmd, _pad: 0, arg1, arg2: 0 }])
+}
+
+/// Rewrites the L1 entry mapping `va` in the current page tables.
+pub fn update_va_mapping(va: u64, pte: u64, flags: u64) -> Result<(), XenError> {
+    // SAFETY: scalar arguments only.
+    let rc = unsafe { hypercall5(nr::UPDATE_VA_MAPPING, va, pte, flags, 0, 0) };
+    check("update_va_mapping", rc).map(|_| ())
+}
+
+/// Installs the virtual IDT (`set_trap_table`); `table` must end with a
+/// zero-address entry.
+pub fn set_trap_table(table: &[TrapInfo]) -> Result<(), XenError> {
+    if table.last().map(|t| t.address) != Some(0) {
+        return Err(XenError { op: "set_trap_table (unterminated)", rc: -22 });
+    }
+    // SAFETY: `table` is live and terminated.
+    let rc = unsafe { hypercall5(nr::SET_TRAP_TABLE, table.as_ptr() as u64, 0, 0, 0, 0) };
+    check("set_trap_table", rc).map(|_| ())
+}
+
+/// Registers an entry callback (`callback_op(CALLBACKOP_register)`).
+pub fn register_callback(ty: u16, flags: u16, address: u64) -> Result<(), XenError> {
+    let reg = CallbackRegister { ty, flags, _pad: 0, address };
+    // SAFETY: `reg` is live for the call.
+    let rc = unsafe { hypercall5(nr::CALLBACK_OP, 0, (&raw const reg) as u64, 0, 0, 0) };
+    check("callback_op(register)", rc).map(|_| ())
+}
+
+/// Sets the kernel stack used on entry from user mode.
+pub fn stack_switch(ss: u16, rsp: u64) -> Result<(), XenError> {
+    // SAFETY: scalar arguments only.
+    let rc = unsafe { hypercall5(nr::STACK_SWITCH, ss as u64, rsp, 0, 0, 0) };
+    check("stack_switch", rc).map(|_| ())
+}
+
+/// `PHYSDEVOP_set_iopl`: grants the kernel port I/O (and makes cli/sti no-ops).
+pub fn set_iopl(iopl: u32) -> Result<(), XenError> {
+    let arg: u32 = iopl;
+    // SAFETY: `arg` is live for the call.
+    let rc = unsafe { hypercall5(nr::PHYSDEV_OP, 6, (&raw const arg) as u64, 0, 0, 0) };
+    check("physdev_op(set_iopl)", rc).map(|_| ())
+}
+
+/// `SCHEDOP_shutdown` with the given reason (0 poweroff, 1 reboot, 3 crash).
+pub fn shutdown(reason: u32) -> Result<(), XenError> {
+    let arg: u32 = reason;
+    // SAFETY: `arg` is live for the call.
+    let rc = unsafe { hypercall5(nr::SCHED_OP, 2, (&raw const arg) as u64, 0, 0, 0) };
+    check("sched_op(shutdown)", rc).map(|_| ())
+}
+
+/// `SCHEDOP_yield`.
+pub fn sched_yield() {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe {
+        hypercall5(nr::SCHED_OP, 0, 0, 0, 0, 0);
+    }
+}
+
+/// `xen_version(XENVER_version)`: (major, minor).
+pub fn version() -> (u32, u32) {
+    // SAFETY: XENVER_version (0) takes no argument pointer.
+    let v = unsafe { hypercall5(nr::XEN_VERSION, 0, 0, 0, 0, 0) } as u64;
+    ((v >> 16) as u32 & 0xffff, v as u32 & 0xffff)
+}

@@ -1,0 +1,156 @@
+//! Xen PV64 guest support: start of day, p2m/M2P, shared_info.
+
+pub mod hypercall;
+pub mod mmu;
+pub mod start_info;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::entry::KERNEL_VMA;
+use start_info::StartInfo;
+
+/// `VIRT_BASE` of our image: Xen's initial region maps pfn `p` at
+/// `VIRT_BASE + p * 4096`.
+pub const VIRT_BASE: u64 = KERNEL_VMA;
+
+/// Start of Xen's read-only M2P table (`MACH2PHYS_VIRT_START`).
+pub const M2P_BASE: u64 = 0xffff_8000_0000_0000;
+
+static START_INFO: AtomicU64 = AtomicU64::new(0);
+static MFN_LIST: AtomicU64 = AtomicU64::new(0);
+static NR_PAGES: AtomicU64 = AtomicU64::new(0);
+static REGION_END_PFN: AtomicU64 = AtomicU64::new(0);
+static SHARED_INFO_MAPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Layout of Xen's initial region, derived from `start_info`.
+#[derive(Clone, Copy, Debug)]
+pub struct InitialRegion {
+    /// First pfn of the bootstrap page tables (`pt_base`).
+    pub pt_start_pfn: u64,
+    /// One past the last bootstrap page-table pfn.
+    pub pt_end_pfn: u64,
+    /// One past the boot stack (first padding pfn).
+    pub boot_end_pfn: u64,
+    /// End of the initial mapping (4 MiB aligned): pfns below are mapped at
+    /// `VIRT_BASE + pfn * 4096`.
+    pub end_pfn: u64,
+}
+
+/// Validates and records `start_info`. Must run before any other function
+/// of this module.
+///
+/// # Safety
+/// `si` must be the `start_info` pointer Xen passed in `%rsi`.
+pub unsafe fn init(si: *const StartInfo) -> Result<&'static StartInfo, &'static str> {
+    if si.is_null() {
+        return Err("start_info pointer is null");
+    }
+    // SAFETY: Xen maps start_info in the initial region for ever.
+    let si: &'static StartInfo = unsafe { &*si };
+    if !si.is_valid() {
+        return Err("bad start_info magic");
+    }
+    START_INFO.store(si as *const _ as u64, Ordering::Release);
+    MFN_LIST.store(si.mfn_list, Ordering::Release);
+    NR_PAGES.store(si.nr_pages, Ordering::Release);
+    let r = region_from(si);
+    REGION_END_PFN.store(r.end_pfn, Ordering::Release);
+    Ok(si)
+}
+
+fn region_from(si: &StartInfo) -> InitialRegion {
+    // xen/arch/x86/pv/dom0_build.c: boot stack is the page after the page
+    // tables; the region ends 4 MiB-aligned with >= 512 KiB padding.
+    let pt_start = (si.pt_base - VIRT_BASE) >> 12;
+    let pt_end = pt_start + si.nr_pt_frames;
+    let boot_end = pt_end + 1;
+    let vstack_end = boot_end << 12;
+    let mut v_end = (vstack_end + (1 << 22) - 1) & !((1u64 << 22) - 1);
+    if v_end - vstack_end < (512 << 10) {
+        v_end += 1 << 22;
+    }
+    InitialRegion {
+        pt_start_pfn: pt_start,
+        pt_end_pfn: pt_end,
+        boot_end_pfn: boot_end,
+        end_pfn: v_end >> 12,
+    }
+}
+
+/// The recorded `start_info`, if [`init`] ran.
+pub fn start_info() -> Option<&'static StartInfo> {
+    let p = START_INFO.load(Ordering::Acquire) as *const StartInfo;
+    // SAFETY: set once by `init` from Xen's permanently mapped start_info.
+    unsafe { p.as_ref() }
+}
+
+/// Initial-region layout, if [`init`] ran.
+pub fn initial_region() -> Option<InitialRegion> {
+    start_info().map(region_from)
+}
+
+/// Number of guest pseudo-physical pages.
+pub fn nr_pages() -> u64 {
+    NR_PAGES.load(Ordering::Relaxed)
+}
+
+/// p2m lookup: machine frame backing `pfn`.
+pub fn pfn_to_mfn(pfn: u64) -> Option<u64> {
+    let list = MFN_LIST.load(Ordering::Relaxed) as *const u64;
+    if list.is_null() || pfn >= nr_pages() {
+        return None;
+    }
+    // SAFETY: mfn_list holds nr_pages entries and stays mapped.
+    Some(unsafe { list.add(pfn as usize).read_volatile() })
+}
+
+/// M2P lookup: pseudo-physical frame of machine frame `mfn` (Xen's
+/// read-only M2P table, readable by the guest kernel).
+pub fn mfn_to_pfn(mfn: u64) -> u64 {
+    // SAFETY: Xen maps the M2P read-only in every guest kernel L4 (slot
+    // 256); entries for MFNs owned by this domain are valid.
+    unsafe { ((M2P_BASE + mfn * 8) as *const u64).read_volatile() }
+}
+
+/// VA of `pfn` in Xen's initial region, if it lies there.
+pub fn initial_va(pfn: u64) -> Option<u64> {
+    if pfn < REGION_END_PFN.load(Ordering::Relaxed) {
+        Some(VIRT_BASE + (pfn << 12))
+    } else {
+        None
+    }
+}
+
+#[repr(C, align(4096))]
+struct PageBuf([u8; 4096]);
+
+/// Page of `.bss` whose mapping is replaced by the shared_info frame
+/// (referenced by name from the event-callback assembly in `traps`).
+#[no_mangle]
+static mut SHARED_INFO_PAGE: PageBuf = PageBuf([0; 4096]);
+
+/// Maps shared_info over a `.bss` page (`update_va_mapping`).
+pub fn map_shared_info() -> Result<(), hypercall::XenError> {
+    let si = start_info().ok_or(hypercall::XenError { op: "map_shared_info (no start_info)", rc: -22 })?;
+    let va = (&raw const SHARED_INFO_PAGE) as u64;
+    let pte = (si.shared_info & !0xfff) | mmu::PTE_P | mmu::PTE_RW | mmu::PTE_A | mmu::PTE_D;
+    hypercall::update_va_mapping(va, pte, hypercall::UVMF_INVLPG)?;
+    SHARED_INFO_MAPPED.store(va, Ordering::Release);
+    Ok(())
+}
+
+/// VA of the mapped shared_info page (0 if not mapped yet).
+pub fn shared_info_va() -> u64 {
+    SHARED_INFO_MAPPED.load(Ordering::Acquire)
+}
+
+/// vCPU 0's virtual CR2 (`vcpu_info[0].arch.cr2`), 0 if shared_info is not
+/// mapped yet.
+pub fn vcpu0_cr2() -> u64 {
+    let va = shared_info_va();
+    if va == 0 {
+        return 0;
+    }
+    // SAFETY: shared_info is mapped at `va`; vcpu_info[0].arch.cr2 is at +16.
+    unsafe { ((va + 16) as *const u64).read_volatile() }
+}
