@@ -3,6 +3,8 @@
 //! caught), run a second one that does syscall round trips and exits, then
 //! leave QEMU with "pass".
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::arch::global_asm;
 
 use crate::exit::{self, ExitCode};
@@ -97,11 +99,34 @@ fn print_memory() {
     }
 }
 
+fn heap_check() {
+    use core::hint::black_box;
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..10_000u64 {
+        black_box(&mut v).push(i * i);
+    }
+    let b = black_box(Box::new([7u8; 3000]));
+    let (in_use, size) = crate::heap::usage();
+    let sum: u64 = black_box(&v).iter().sum();
+    if sum != 333_283_335_000 || b[2999] != 7 || in_use < 80_000 {
+        panic!("heap check failed (sum {}, in use {})", sum, in_use);
+    }
+    drop(v);
+    drop(b);
+    let (after, _) = crate::heap::usage();
+    if after != 0 {
+        panic!("heap leak: {} bytes still in use", after);
+    }
+    kprintln!("heap: ok ({} KiB in use at peak check, {} KiB total)", in_use / 1024, size / 1024);
+}
+
 /// The phase-1 demo. Never returns.
 pub fn run() -> ! {
     let p = platform::get();
     kprintln!("pvkernel: booted via {} entry ({:?})", p.entry_name(), p);
     print_memory();
+
+    heap_check();
 
     let (code, entry2) = user_program();
     let code_pfn = memory::alloc_frame().unwrap_or_else(|| panic!("no frame for user code"));
@@ -127,12 +152,7 @@ pub fn run() -> ! {
     let stack_top = USER_STACK_VA + 4096;
     match user::run_user(USER_CODE_VA, stack_top, root) {
         UserExit::Faulted(f) if f.vector == 14 && f.addr == probe && f.error_code & 4 != 0 => {
-            kprintln!(
-                "user task 1 killed: #PF at {:#x} (error {:#x}) rip {:#x}",
-                f.addr,
-                f.error_code,
-                f.rip
-            );
+            kprintln!("user task 1 killed: #PF at {:#x} (error {:#x}) rip {:#x}", f.addr, f.error_code, f.rip);
             kprintln!("user isolation: ok");
         }
         other => {

@@ -95,6 +95,37 @@ pub fn virt_to_phys(va: u64) -> Option<u64> {
     }
 }
 
+/// Reads 64-bit word `index` (< 512) of frame `pfn` through the direct map
+/// (the `PhysMem::read_entry` seam of the library).
+///
+/// # Safety
+/// `pfn` must be mapped by the direct map ([`is_mapped`]).
+#[inline]
+pub unsafe fn read_u64(pfn: u64, index: usize) -> u64 {
+    // SAFETY: caller guarantees the frame is mapped; index is masked.
+    unsafe { (pfn_to_virt(pfn) as *const u64).add(index & 511).read_volatile() }
+}
+
+/// Writes 64-bit word `index` (< 512) of frame `pfn` through the direct map.
+///
+/// # Safety
+/// `pfn` must be mapped writable by the direct map: on Xen PV that excludes
+/// every frame in use as a page table (use `mmu_update` for those).
+#[inline]
+pub unsafe fn write_u64(pfn: u64, index: usize, value: u64) {
+    // SAFETY: caller guarantees the frame is mapped writable; index masked.
+    unsafe { (pfn_to_virt(pfn) as *mut u64).add(index & 511).write_volatile(value) }
+}
+
+/// Zeroes frame `pfn` through the direct map.
+///
+/// # Safety
+/// As for [`write_u64`].
+pub unsafe fn zero_frame(pfn: u64) {
+    // SAFETY: caller guarantees the frame is mapped writable.
+    unsafe { core::ptr::write_bytes(pfn_to_virt(pfn), 0, 4096) }
+}
+
 /// `true` once the direct map is complete.
 pub fn is_ready() -> bool {
     READY.load(Ordering::Acquire) != 0
@@ -151,7 +182,7 @@ pub fn init_native() -> Result<(), DirectMapError> {
         if end > DIRECT_MAP_MAX_PFN {
             return Err(DirectMapError::TooMuchRam(end));
         }
-        mapped.push(FrameRange { start, end }).map_err(|_| DirectMapError::TooManyRanges)?;
+        mapped.push_merge(FrameRange { start, end }).map_err(|_| DirectMapError::TooManyRanges)?;
         let mut pfn = start;
         while pfn < end {
             let l3i = (pfn >> 18) as usize;
@@ -163,9 +194,7 @@ pub fn init_native() -> Result<(), DirectMapError> {
             }
             let l2i = ((pfn >> 9) & 511) as usize;
             // SAFETY: l2s[l3i] is our fresh, writable table; index < 512.
-            unsafe {
-                l2s[l3i].add(l2i).write_volatile((pfn << 12) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS)
-            };
+            unsafe { l2s[l3i].add(l2i).write_volatile((pfn << 12) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS) };
             pfn += 512;
         }
     }
@@ -216,9 +245,7 @@ pub fn init_xen() -> Result<(), DirectMapError> {
     }
     let root = region.pt_start_pfn;
     let table_flags = PTE_P | PTE_RW | PTE_A | PTE_D;
-    let is_table = |pfn: u64| {
-        (region.pt_start_pfn..region.pt_end_pfn).contains(&pfn) || memory::was_allocated(pfn)
-    };
+    let is_table = |pfn: u64| (region.pt_start_pfn..region.pt_end_pfn).contains(&pfn) || memory::was_allocated(pfn);
 
     let (l3, _) = xen_new_table()?;
     mmu::set_aliases_writable(l3, false)?;

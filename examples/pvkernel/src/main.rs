@@ -8,11 +8,14 @@
 #![no_main]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 pub mod console;
 pub mod demo;
 pub mod directmap;
 pub mod entry;
 pub mod exit;
+pub mod heap;
 pub mod memory;
 pub mod paging;
 pub mod platform;
@@ -68,6 +71,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         panic!("direct map: {}", e);
     }
     log::info!("direct map ready at {:#x} (2 MiB pages)", directmap::DIRECT_MAP_BASE);
+    init_heap();
     demo::run()
 }
 
@@ -135,7 +139,20 @@ extern "C" fn xen_rust_entry(si: *const xen::start_info::StartInfo) -> ! {
         panic!("direct map: {}", e);
     }
     log::info!("direct map ready at {:#x} (4 KiB pages, {} pfns)", directmap::DIRECT_MAP_BASE, si.nr_pages);
+    // From here on a free frame's only kernel mapping is the direct map.
+    match xen::retire_initial_aliases(&memory::free_frames()) {
+        Ok(n) => log::info!("unmapped the initial-region alias of {} free frames", n),
+        Err(e) => panic!("retiring initial-region aliases: {}", e),
+    }
+    init_heap();
     demo::run()
+}
+
+fn init_heap() {
+    match heap::init(heap::DEFAULT_HEAP_PAGES) {
+        Ok(pfn) => log::info!("heap: {} KiB at pfn {:#x}", heap::DEFAULT_HEAP_PAGES * 4, pfn),
+        Err(e) => panic!("heap: {:?}", e),
+    }
 }
 
 static PANICKING: AtomicBool = AtomicBool::new(false);

@@ -43,14 +43,7 @@ impl FrameRange {
 
 impl fmt::Display for FrameRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pfn {:#x}..{:#x} ({} pages, {} KiB)",
-            self.start,
-            self.end,
-            self.len(),
-            self.len() * 4
-        )
+        write!(f, "pfn {:#x}..{:#x} ({} pages, {} KiB)", self.start, self.end, self.len(), self.len() * 4)
     }
 }
 
@@ -91,6 +84,18 @@ impl RangeList {
         self.ranges[self.len] = r;
         self.len += 1;
         Ok(())
+    }
+
+    /// Appends a range, merging it into the last one if they overlap or touch.
+    pub fn push_merge(&mut self, r: FrameRange) -> Result<(), RangeListFull> {
+        if let Some(last) = self.ranges[..self.len].last_mut() {
+            if r.start <= last.end && r.end >= last.start {
+                last.start = last.start.min(r.start);
+                last.end = last.end.max(r.end);
+                return Ok(());
+            }
+        }
+        self.push(r)
     }
 
     /// Removes `[start, end)` from every range, splitting where needed.
@@ -269,6 +274,17 @@ pub fn init_xen(nr_pages: u64, boot_end: u64, region_end: u64, image_start: u64)
 /// Allocates one frame from the boot allocator (never freed).
 pub fn alloc_frame() -> Option<u64> {
     STATE.lock().free.take_first()
+}
+
+/// Allocates `pages` physically contiguous frames (from the front of the
+/// first range that has enough); returns the first.
+pub fn alloc_contiguous(pages: u64) -> Option<u64> {
+    let mut st = STATE.lock();
+    let len = st.free.len;
+    let r = st.free.ranges[..len].iter_mut().find(|r| r.len() >= pages)?;
+    let first = r.start;
+    r.start += pages;
+    Some(first)
 }
 
 /// `true` if `pfn` was free at boot and has been handed out since.

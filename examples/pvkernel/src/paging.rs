@@ -120,8 +120,11 @@ pub fn translate(root: RootHandle, va: u64) -> Option<(u64, u64)> {
     }
     let mut table = root.pfn();
     for level in (1..=4u32).rev() {
+        if !directmap::is_mapped(table) {
+            return None;
+        }
         // SAFETY: `table` is a page-table frame, mapped (at least read-only)
-        // by the direct map; index < 512.
+        // by the direct map (checked); index < 512.
         let e = unsafe { table_ptr(table).add(index(va, level)).read_volatile() };
         if e & PTE_P == 0 {
             return None;
@@ -154,9 +157,7 @@ pub fn copy_from_user(root: RootHandle, va: u64, out: &mut [u8]) -> usize {
         let n = in_page.min(out.len() - done);
         // SAFETY: `pa..pa+n` lies in one present user page, mapped by the
         // direct map; `out[done..done+n]` is in bounds.
-        unsafe {
-            core::ptr::copy_nonoverlapping(directmap::phys_to_virt(pa), out[done..].as_mut_ptr(), n)
-        };
+        unsafe { core::ptr::copy_nonoverlapping(directmap::phys_to_virt(pa), out[done..].as_mut_ptr(), n) };
         done += n;
     }
     done

@@ -13,6 +13,8 @@ use crate::entry::hypercall_page;
 pub mod nr {
     pub const SET_TRAP_TABLE: u64 = 0;
     pub const MMU_UPDATE: u64 = 1;
+    pub const MEMORY_OP: u64 = 12;
+    pub const MULTICALL: u64 = 13;
     pub const STACK_SWITCH: u64 = 3;
     pub const CONSOLE_IO: u64 = 18;
     pub const UPDATE_VA_MAPPING: u64 = 14;
@@ -171,44 +173,67 @@ pub fn console_write(bytes: &[u8]) -> Result<(), XenError> {
         return Ok(());
     }
     // SAFETY: `bytes` is a live buffer of the given length.
-    let rc = unsafe {
-        hypercall5(nr::CONSOLE_IO, 0, bytes.len() as u64, bytes.as_ptr() as u64, 0, 0)
-    };
+    let rc = unsafe { hypercall5(nr::CONSOLE_IO, 0, bytes.len() as u64, bytes.as_ptr() as u64, 0, 0) };
     check("console_io", rc).map(|_| ())
+}
+
+/// `mmu_update` (DOMID_SELF): Xen's status and how many records took
+/// effect (`done`).
+pub fn mmu_update_counted(reqs: &[MmuUpdate]) -> (i64, u32) {
+    let mut done: u32 = 0;
+    // SAFETY: `reqs` and `done` are live; Xen only reads `reqs`.
+    let rc = unsafe {
+        hypercall5(nr::MMU_UPDATE, reqs.as_ptr() as u64, reqs.len() as u64, (&raw mut done) as u64, DOMID_SELF, 0)
+    };
+    (rc, done)
 }
 
 /// Applies a batch of page-table updates (`mmu_update`, DOMID_SELF).
 pub fn mmu_update(reqs: &[MmuUpdate]) -> Result<(), XenError> {
+    check("mmu_update", mmu_update_counted(reqs).0).map(|_| ())
+}
+
+/// `mmuext_op` (DOMID_SELF): Xen's status and how many ops took effect.
+pub fn mmuext_op_counted(ops: &[MmuextOp]) -> (i64, u32) {
     let mut done: u32 = 0;
-    // SAFETY: `reqs` and `done` are live; Xen only reads `reqs`.
+    // SAFETY: `ops` and `done` are live; Xen only reads `ops`.
     let rc = unsafe {
-        hypercall5(
-            nr::MMU_UPDATE,
-            reqs.as_ptr() as u64,
-            reqs.len() as u64,
-            (&raw mut done) as u64,
-            DOMID_SELF,
-            0,
-        )
+        hypercall5(nr::MMUEXT_OP, ops.as_ptr() as u64, ops.len() as u64, (&raw mut done) as u64, DOMID_SELF, 0)
     };
-    check("mmu_update", rc).map(|_| ())
+    (rc, done)
 }
 
 /// Applies a batch of extended MMU operations (`mmuext_op`, DOMID_SELF).
 pub fn mmuext_op(ops: &[MmuextOp]) -> Result<(), XenError> {
-    let mut done: u32 = 0;
-    // SAFETY: `ops` and `done` are live; Xen only reads `ops`.
-    let rc = unsafe {
-        hypercall5(
-            nr::MMUEXT_OP,
-            ops.as_ptr() as u64,
-            ops.len() as u64,
-            (&raw mut done) as u64,
-            DOMID_SELF,
-            0,
-        )
-    };
-    check("mmuext_op", rc).map(|_| ())
+    check("mmuext_op", mmuext_op_counted(ops).0).map(|_| ())
+}
+
+/// `multicall_entry` (64 bytes): Xen writes `result`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MulticallEntry {
+    pub op: u64,
+    pub result: u64,
+    pub args: [u64; 6],
+}
+
+/// Runs `entries` as one `multicall`; each entry's `result` is filled in.
+/// Returns the multicall's own status (non-zero: nothing ran).
+///
+/// # Safety
+/// Every pointer in the entries' arguments must be valid for its call.
+pub unsafe fn multicall(entries: &mut [MulticallEntry]) -> i64 {
+    // SAFETY: `entries` is live and writable; the caller vouches for the
+    // pointers inside the arguments.
+    unsafe { hypercall5(nr::MULTICALL, entries.as_mut_ptr() as u64, entries.len() as u64, 0, 0, 0) }
+}
+
+/// `XENMEM_machphys_mapping`: (M2P start VA, end VA, max mfn).
+pub fn machphys_mapping() -> Result<(u64, u64, u64), XenError> {
+    let mut m = [0u64; 3];
+    // SAFETY: `m` is a live, writable `xen_machphys_mapping`.
+    let rc = unsafe { hypercall5(nr::MEMORY_OP, 12, m.as_mut_ptr() as u64, 0, 0, 0) };
+    check("memory_op(machphys_mapping)", rc).map(|_| (m[0], m[1], m[2]))
 }
 
 /// One extended MMU operation taking an mfn/address argument.

@@ -23,7 +23,8 @@ pub fn make_pte(pfn: u64, flags: u64) -> Result<u64, XenError> {
     Ok((mfn << 12) | flags)
 }
 
-/// Guest frame an entry points to (through the M2P).
+/// Guest frame an entry points to (through the M2P; `u64::MAX` if the MFN
+/// is beyond the M2P).
 pub fn pte_pfn(entry: u64) -> u64 {
     mfn_to_pfn((entry & PTE_ADDR_MASK) >> 12)
 }
@@ -80,13 +81,25 @@ pub fn set_user_baseptr(pfn: Option<u64>) -> Result<(), XenError> {
 /// Reads entry `index` of the table in guest frame `table_pfn`, through the
 /// direct map if it covers the frame, else through the initial region.
 pub fn read_entry(table_pfn: u64, index: usize) -> Option<u64> {
-    let va = if directmap::is_mapped(table_pfn) {
-        directmap::pfn_to_virt(table_pfn) as u64
-    } else {
-        initial_va(table_pfn)?
-    };
+    let va =
+        if directmap::is_mapped(table_pfn) { directmap::pfn_to_virt(table_pfn) as u64 } else { initial_va(table_pfn)? };
     // SAFETY: `va` maps the whole frame (read-only at least); index < 512.
     Some(unsafe { ((va as *const u64).add(index & 511)).read_volatile() })
+}
+
+/// Machine address of the L1 entry mapping `va` in the tables rooted at
+/// `root_pfn` (the L1 must exist).
+pub fn l1_entry_maddr(root_pfn: u64, va: u64) -> Option<u64> {
+    let mut table = root_pfn;
+    for level in (2..=4).rev() {
+        let idx = ((va >> (12 + 9 * (level - 1))) & 511) as usize;
+        let e = read_entry(table, idx)?;
+        if e & PTE_P == 0 {
+            return None;
+        }
+        table = pte_pfn(e);
+    }
+    entry_maddr(table, ((va >> 12) & 511) as usize).ok()
 }
 
 /// Walks the kernel tables rooted at `root_pfn`: the leaf L1 entry for `va`

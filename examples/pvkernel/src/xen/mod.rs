@@ -21,6 +21,12 @@ static MFN_LIST: AtomicU64 = AtomicU64::new(0);
 static NR_PAGES: AtomicU64 = AtomicU64::new(0);
 static REGION_END_PFN: AtomicU64 = AtomicU64::new(0);
 static SHARED_INFO_MAPPED: AtomicU64 = AtomicU64::new(0);
+static M2P_MAX_MFN: AtomicU64 = AtomicU64::new(0);
+/// Initial-region aliases removed by [`retire_initial_aliases`]: pfns in
+/// `[RETIRED_START, RETIRED_END)` and below `RETIRED_LOW_END` (but >= 1)
+/// have no `VIRT_BASE` mapping any more.
+static RETIRED: crate::sync::SpinLock<crate::memory::RangeList> =
+    crate::sync::SpinLock::new(crate::memory::RangeList::new());
 
 /// Layout of Xen's initial region, derived from `start_info`.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +61,11 @@ pub unsafe fn init(si: *const StartInfo) -> Result<&'static StartInfo, &'static 
     NR_PAGES.store(si.nr_pages, Ordering::Release);
     let r = region_from(si);
     REGION_END_PFN.store(r.end_pfn, Ordering::Release);
+    if let Ok((start, _end, max_mfn)) = hypercall::machphys_mapping() {
+        if start == M2P_BASE {
+            M2P_MAX_MFN.store(max_mfn, Ordering::Release);
+        }
+    }
     Ok(si)
 }
 
@@ -69,12 +80,7 @@ fn region_from(si: &StartInfo) -> InitialRegion {
     if v_end - vstack_end < (512 << 10) {
         v_end += 1 << 22;
     }
-    InitialRegion {
-        pt_start_pfn: pt_start,
-        pt_end_pfn: pt_end,
-        boot_end_pfn: boot_end,
-        end_pfn: v_end >> 12,
-    }
+    InitialRegion { pt_start_pfn: pt_start, pt_end_pfn: pt_end, boot_end_pfn: boot_end, end_pfn: v_end >> 12 }
 }
 
 /// The recorded `start_info`, if [`init`] ran.
@@ -105,20 +111,74 @@ pub fn pfn_to_mfn(pfn: u64) -> Option<u64> {
 }
 
 /// M2P lookup: pseudo-physical frame of machine frame `mfn` (Xen's
-/// read-only M2P table, readable by the guest kernel).
+/// read-only M2P table, readable by the guest kernel). Garbage for MFNs the
+/// domain does not own; see [`mfn_to_pfn_checked`].
 pub fn mfn_to_pfn(mfn: u64) -> u64 {
+    let max = M2P_MAX_MFN.load(Ordering::Relaxed);
+    if max != 0 && mfn > max {
+        return u64::MAX;
+    }
     // SAFETY: Xen maps the M2P read-only in every guest kernel L4 (slot
-    // 256); entries for MFNs owned by this domain are valid.
+    // 256) up to max_mfn (checked above when known).
     unsafe { ((M2P_BASE + mfn * 8) as *const u64).read_volatile() }
 }
 
-/// VA of `pfn` in Xen's initial region, if it lies there.
+/// M2P lookup that also checks the p2m round trip (so foreign or invalid
+/// MFNs give `None`).
+pub fn mfn_to_pfn_checked(mfn: u64) -> Option<u64> {
+    let pfn = mfn_to_pfn(mfn);
+    (pfn_to_mfn(pfn)? == mfn).then_some(pfn)
+}
+
+/// Highest MFN covered by the M2P (0 if unknown).
+pub fn m2p_max_mfn() -> u64 {
+    M2P_MAX_MFN.load(Ordering::Relaxed)
+}
+
+/// VA of `pfn` in Xen's initial region, if it is (still) mapped there.
 pub fn initial_va(pfn: u64) -> Option<u64> {
-    if pfn < REGION_END_PFN.load(Ordering::Relaxed) {
+    if pfn < REGION_END_PFN.load(Ordering::Relaxed) && !RETIRED.lock().contains(pfn) {
         Some(VIRT_BASE + (pfn << 12))
     } else {
         None
     }
+}
+
+/// Removes the initial-region (`VIRT_BASE`) mappings of the frames in
+/// `ranges` (clipped to the region), so that afterwards their only kernel
+/// mapping is the direct map. Frames handed to page-table code must have a
+/// single alias the MMU backend knows about.
+pub fn retire_initial_aliases(ranges: &crate::memory::RangeList) -> Result<u64, hypercall::XenError> {
+    let region_end = REGION_END_PFN.load(Ordering::Relaxed);
+    let root = initial_region().map(|r| r.pt_start_pfn).ok_or(hypercall::XenError { op: "retire", rc: -22 })?;
+    let mut batch = [hypercall::MmuUpdate::default(); 64];
+    let mut n = 0;
+    let mut count = 0;
+    for r in ranges.as_slice() {
+        let end = r.end.min(region_end);
+        for pfn in r.start..end {
+            let va = VIRT_BASE + (pfn << 12);
+            let ptr = mmu::l1_entry_maddr(root, va).ok_or(hypercall::XenError { op: "retire: no L1", rc: -22 })?;
+            batch[n] = hypercall::MmuUpdate { ptr, val: 0 };
+            n += 1;
+            count += 1;
+            if n == batch.len() {
+                hypercall::mmu_update(&batch[..n])?;
+                n = 0;
+            }
+        }
+        if r.start < end {
+            RETIRED
+                .lock()
+                .push(crate::memory::FrameRange { start: r.start, end })
+                .map_err(|_| hypercall::XenError { op: "retire: too many ranges", rc: -12 })?;
+        }
+    }
+    if n > 0 {
+        hypercall::mmu_update(&batch[..n])?;
+    }
+    hypercall::mmuext(hypercall::mmuext::TLB_FLUSH_LOCAL, 0)?;
+    Ok(count)
 }
 
 #[repr(C, align(4096))]
