@@ -10,3 +10,4 @@ pub mod xen;
 
 pub use machine::Machine;
 pub use walk::{Access, Fault};
+pub use xen::{GuestMm, XenGuest, XenModel};

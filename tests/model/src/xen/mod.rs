@@ -1,1 +1,37 @@
-//! Xen PV MMU model (see `model.rs`).
+//! # A strict model of Xen's 64-bit PV MMU
+//!
+//! One PV64 domain on the host: machine frames (a [`crate::Machine`] indexed
+//! by mfn), a scrambled p2m/m2p, Xen's page types, type counts and pins, the
+//! kernel and user base pointers, and the hypercalls that change them. It
+//! enforces the rules of the reference notes §6 and records — never repairs —
+//! what a guest does wrong:
+//!
+//! * a frame becomes a table only with no writable alias or mapping (-EINVAL);
+//!   a table's alias cannot be made writable again (-EBUSY);
+//! * validation takes next-lower types through every present entry,
+//!   PSE/G above L1 are refused, L4 slots 256..=271 are Xen's;
+//! * Xen rewrites present entries (U, A, G, bit 52), so read-backs differ;
+//! * a direct store to a read-only alias is a [`Violation`];
+//! * user mode with no user base pointer crashes the domain.
+//!
+//! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),
+//! `hypercalls.rs` (`HypercallTransport`), `guest_mem.rs` (`PhysMem`, `P2m`),
+//! [`model`] (state, base pointers, access checks, counters) and
+//! [`guest_mm`] (a small `MmServices` for tests), [`guest`] (model + frames +
+//! backend, with the core-kernel steps tests need).
+//!
+//! When the real Xen disagrees with this model, the model is wrong.
+
+pub mod guest;
+mod guest_mem;
+pub mod guest_mm;
+mod hypercalls;
+pub mod model;
+pub mod p2m;
+pub mod types;
+
+pub use guest::XenGuest;
+pub use guest_mm::GuestMm;
+pub use model::{Violation, XenCounters, XenFault, XenModel, DEFAULT_DIRECT_MAP_BASE};
+pub use p2m::P2mTable;
+pub use types::{FrameInfo, PageType};

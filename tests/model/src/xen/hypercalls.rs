@@ -1,0 +1,228 @@
+//! The hypercalls the PV MMU uses, as Xen runs them: `mmu_update`,
+//! `mmuext_op`, `update_va_mapping` and `multicall` (notes §4.4, §6).
+//!
+//! Arrays (`mmu_update`, `mmuext_op`) run in order and stop at the first
+//! failing record; the outcome carries Xen's `done` count. A multicall runs
+//! every entry, whatever an earlier one returned, and records each outcome.
+
+use pvops::pte::flags;
+use pvops::{Level, PAGE_SIZE};
+use pvops_xen64::abi::{errno, mmuext, uvmf, Call, MmuUpdate, MmuextOp, MMU_NORMAL_PT_UPDATE};
+use pvops_xen64::{HypercallTransport, Outcome};
+
+use super::model::{XenModel, XenState};
+use super::types::{adjust_entry, is_guest_l4_slot, Hv, PageType};
+
+impl Hv<'_> {
+    /// Runs one call (not a multicall) and returns its outcome.
+    pub(crate) fn run(&mut self, call: &Call<'_>) -> Outcome {
+        match *call {
+            Call::MmuUpdate(reqs) => {
+                self.st.counters.mmu_update_calls += 1;
+                self.run_array(reqs, |hv, r| {
+                    hv.st.counters.mmu_updates += 1;
+                    hv.mmu_update(r)
+                })
+            }
+            Call::MmuextOp(ops) => {
+                self.st.counters.mmuext_op_calls += 1;
+                self.run_array(ops, |hv, op| {
+                    hv.st.counters.mmuext_ops += 1;
+                    hv.mmuext_op(op)
+                })
+            }
+            Call::UpdateVaMapping { va, val, flags } => {
+                self.st.counters.update_va_mappings += 1;
+                match self.subop(|hv| hv.update_va_mapping(va, val, flags)) {
+                    Ok(()) => Outcome::ok(1),
+                    Err(code) => Outcome::failed(code, 0),
+                }
+            }
+        }
+    }
+
+    fn run_array<T>(&mut self, items: &[T], mut one: impl FnMut(&mut Self, &T) -> Result<(), i64>) -> Outcome {
+        for (done, item) in items.iter().enumerate() {
+            if let Err(code) = self.subop(|hv| one(hv, item)) {
+                return Outcome::failed(code, done as u32);
+            }
+        }
+        Outcome::ok(items.len() as u32)
+    }
+
+    /// One sub-operation, with failure injection and failure counting.
+    fn subop(&mut self, f: impl FnOnce(&mut Self) -> Result<(), i64>) -> Result<(), i64> {
+        let result = match XenState::injected(&mut self.st.inject_subop) {
+            Some(code) => Err(code),
+            None => f(self),
+        };
+        if result.is_err() {
+            self.st.counters.failures += 1;
+        }
+        result
+    }
+
+    /// `MMU_NORMAL_PT_UPDATE`: a checked write of one entry.
+    fn mmu_update(&mut self, req: &MmuUpdate) -> Result<(), i64> {
+        if req.ptr & 3 != MMU_NORMAL_PT_UPDATE {
+            return Err(-errno::ENOSYS);
+        }
+        if req.ptr & 7 != 0 {
+            return Err(-errno::EINVAL);
+        }
+        let mfn = req.ptr >> 12;
+        let index = ((req.ptr & (PAGE_SIZE - 1)) >> 3) as usize;
+        if !self.owns(mfn) {
+            return Err(-errno::EINVAL);
+        }
+        let info = self.st.frames.get(mfn as usize).copied().unwrap_or_default();
+        let PageType::Table(level) = info.page_type else {
+            // Not a table (Xen's writable_page case): a plain write.
+            self.mem.write(mfn, index, req.val);
+            return Ok(());
+        };
+        if info.type_count == 0 {
+            self.mem.write(mfn, index, req.val);
+            return Ok(());
+        }
+        if level == Level::L4 && !is_guest_l4_slot(index) {
+            return Err(-errno::EINVAL);
+        }
+        if req.val & flags::PRESENT != 0 {
+            self.get_entry_ref(level, req.val)?;
+        }
+        let old = self.read(mfn, index);
+        self.mem.write(mfn, index, adjust_entry(level, req.val));
+        self.put_entry_ref(level, old);
+        Ok(())
+    }
+
+    fn mmuext_op(&mut self, op: &MmuextOp) -> Result<(), i64> {
+        let mfn = op.arg1;
+        match op.cmd {
+            mmuext::PIN_L1_TABLE | mmuext::PIN_L2_TABLE | mmuext::PIN_L3_TABLE | mmuext::PIN_L4_TABLE => {
+                self.st.counters.pins += 1;
+                let level = match op.cmd {
+                    mmuext::PIN_L1_TABLE => Level::L1,
+                    mmuext::PIN_L2_TABLE => Level::L2,
+                    mmuext::PIN_L3_TABLE => Level::L3,
+                    _ => Level::L4,
+                };
+                if !self.owns(mfn) || self.st.frames[mfn as usize].pinned {
+                    return Err(-errno::EINVAL);
+                }
+                self.get_type(mfn, PageType::Table(level))?;
+                self.st.frames[mfn as usize].pinned = true;
+                Ok(())
+            }
+            mmuext::UNPIN_TABLE => {
+                self.st.counters.unpins += 1;
+                if !self.owns(mfn) || !self.st.frames[mfn as usize].pinned {
+                    return Err(-errno::EINVAL);
+                }
+                self.st.frames[mfn as usize].pinned = false;
+                self.put_type(mfn);
+                Ok(())
+            }
+            mmuext::NEW_BASEPTR => {
+                self.st.counters.new_baseptrs += 1;
+                if mfn == 0 {
+                    return Err(-errno::EINVAL);
+                }
+                self.get_type(mfn, PageType::Table(Level::L4))?;
+                let old = core::mem::replace(&mut self.st.kernel_base, mfn);
+                if old != 0 {
+                    self.put_type(old);
+                }
+                Ok(())
+            }
+            mmuext::NEW_USER_BASEPTR => {
+                self.st.counters.new_user_baseptrs += 1;
+                if mfn != 0 {
+                    self.get_type(mfn, PageType::Table(Level::L4))?;
+                }
+                let old = core::mem::replace(&mut self.st.user_base, mfn);
+                if old != 0 {
+                    self.put_type(old);
+                }
+                Ok(())
+            }
+            mmuext::TLB_FLUSH_LOCAL => {
+                self.st.counters.tlb_flushes += 1;
+                Ok(())
+            }
+            mmuext::INVLPG_LOCAL => {
+                self.st.counters.invlpgs += 1;
+                Ok(())
+            }
+            _ => Err(-errno::ENOSYS),
+        }
+    }
+
+    /// `update_va_mapping` on the direct map: changes one pfn's alias.
+    ///
+    /// The model knows only the direct map's L1 entries; any other address
+    /// is -EINVAL (Xen: the L1 must exist in the current tables).
+    fn update_va_mapping(&mut self, va: u64, val: u64, uvm_flags: u64) -> Result<(), i64> {
+        let base = self.st.direct_map_base;
+        if va < base || va & (PAGE_SIZE - 1) != 0 || uvm_flags & !3 != 0 {
+            return Err(-errno::EINVAL);
+        }
+        let pfn = (va - base) / PAGE_SIZE;
+        let Some(mfn) = self.st.p2m.pfn_to_mfn(pfn) else {
+            return Err(-errno::EINVAL);
+        };
+        if val & flags::PRESENT != 0 {
+            if (val & flags::ADDR_MASK) >> 12 != mfn {
+                return Err(-errno::EINVAL);
+            }
+            if val & flags::WRITABLE != 0 {
+                if self.st.frames.get(mfn as usize).is_some_and(|f| f.is_table()) {
+                    return Err(-errno::EBUSY);
+                }
+                self.st.set_alias_writable(pfn, true);
+            } else {
+                self.st.set_alias_writable(pfn, false);
+            }
+        } else {
+            self.st.set_alias_writable(pfn, false);
+        }
+        match uvm_flags & 3 {
+            uvmf::INVLPG => self.st.counters.invlpgs += 1,
+            uvmf::TLB_FLUSH => self.st.counters.tlb_flushes += 1,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl HypercallTransport for XenModel {
+    fn call(&self, call: &Call<'_>) -> Outcome {
+        let mut st = self.lock();
+        st.counters.hypercalls += 1;
+        if let Some(code) = XenState::injected(&mut st.inject_hypercall) {
+            st.counters.failures += 1;
+            return Outcome::failed(code, 0);
+        }
+        Hv::new(&mut st, &self.mem).run(call)
+    }
+
+    fn multicall(&self, calls: &[Call<'_>], outcomes: &mut [Outcome]) -> i64 {
+        let mut st = self.lock();
+        st.counters.hypercalls += 1;
+        st.counters.multicalls += 1;
+        if calls.len() != outcomes.len() {
+            return -errno::EINVAL;
+        }
+        if let Some(code) = XenState::injected(&mut st.inject_hypercall) {
+            st.counters.failures += 1;
+            return code;
+        }
+        let mut hv = Hv::new(&mut st, &self.mem);
+        for (call, outcome) in calls.iter().zip(outcomes.iter_mut()) {
+            hv.st.counters.multicall_entries += 1;
+            *outcome = hv.run(call);
+        }
+        0
+    }
+}

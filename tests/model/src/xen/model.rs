@@ -1,0 +1,418 @@
+//! `XenModel`: one PV64 domain's memory as Xen sees it — machine frames, the
+//! p2m/m2p, page types and pins, the two base pointers — plus the counters
+//! and records tests read.
+
+use std::sync::{Mutex, MutexGuard};
+
+use pvops::pte::flags;
+use pvops::{Level, Mfn, Pfn, VirtAddr, PAGE_SIZE};
+use pvops_xen64::abi::{PAGE_GUEST_KERNEL, XEN_L4_FIRST};
+use pvops_xen64::XenPlatform;
+
+use super::p2m::P2mTable;
+use super::types::{FrameInfo, Hv, PageType};
+use crate::machine::Machine;
+use crate::walk::{walk, Access, Fault};
+
+/// Where the model expects the guest's direct map of all its frames (Linux's
+/// `PAGE_OFFSET` under Xen PV, L4 slot 273). `update_va_mapping` on
+/// `direct_map_base + pfn * 4096` changes pfn's alias.
+pub const DEFAULT_DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
+
+/// Traffic into the modelled hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XenCounters {
+    /// Traps into Xen: one per hypercall, a multicall counts once.
+    pub hypercalls: u64,
+    /// `multicall` hypercalls.
+    pub multicalls: u64,
+    /// Entries run inside multicalls.
+    pub multicall_entries: u64,
+    /// `mmu_update` calls (alone or as a multicall entry).
+    pub mmu_update_calls: u64,
+    /// `mmu_update` records.
+    pub mmu_updates: u64,
+    /// `mmuext_op` calls (alone or as a multicall entry).
+    pub mmuext_op_calls: u64,
+    /// `mmuext_op` records of every command.
+    pub mmuext_ops: u64,
+    /// `update_va_mapping` calls.
+    pub update_va_mappings: u64,
+    /// `MMUEXT_PIN_Ln_TABLE` records.
+    pub pins: u64,
+    /// `MMUEXT_UNPIN_TABLE` records.
+    pub unpins: u64,
+    /// `MMUEXT_NEW_BASEPTR` records.
+    pub new_baseptrs: u64,
+    /// `MMUEXT_NEW_USER_BASEPTR` records.
+    pub new_user_baseptrs: u64,
+    /// `MMUEXT_TLB_FLUSH_LOCAL` records.
+    pub tlb_flushes: u64,
+    /// `MMUEXT_INVLPG_LOCAL` records.
+    pub invlpgs: u64,
+    /// Records (or calls) that returned an error.
+    pub failures: u64,
+}
+
+/// A direct guest store the model refused: the pfn's direct-map alias was
+/// read-only (it is, or was made ready to be, a page table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The frame written.
+    pub pfn: Pfn,
+    /// The word index (`None` for a whole-frame zeroing).
+    pub index: Option<usize>,
+    /// The value that was not written.
+    pub value: u64,
+}
+
+/// Why a modelled access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenFault {
+    /// A page fault the guest would see.
+    Page(Fault),
+    /// The address is not canonical.
+    NonCanonical,
+    /// User mode with no user base pointer: Xen crashes the domain
+    /// ("Guest switching to user mode with no user page tables").
+    DomainCrashed,
+    /// The walk ended on a frame the domain does not own.
+    NotGuestFrame(Mfn),
+}
+
+/// A pending failure injection: the `after`-th next item fails with `code`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Injection {
+    pub(crate) after: u64,
+    pub(crate) code: i64,
+}
+
+/// Everything behind the model's lock.
+#[derive(Debug)]
+pub(crate) struct XenState {
+    pub(crate) p2m: P2mTable,
+    pub(crate) frames: Vec<FrameInfo>,
+    alias: Vec<bool>,
+    pub(crate) kernel_base: u64,
+    pub(crate) user_base: u64,
+    pub(crate) counters: XenCounters,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) crash: Option<String>,
+    pub(crate) inject_subop: Option<Injection>,
+    pub(crate) inject_hypercall: Option<Injection>,
+    pub(crate) direct_map_base: u64,
+    nr_mfns: u64,
+}
+
+impl XenState {
+    pub(crate) fn alias_writable(&self, pfn: u64) -> bool {
+        self.alias.get(pfn as usize).copied().unwrap_or(false)
+    }
+
+    pub(crate) fn set_alias_writable(&mut self, pfn: u64, writable: bool) {
+        if let Some(a) = self.alias.get_mut(pfn as usize) {
+            *a = writable;
+        }
+    }
+
+    /// What Xen puts in its L4 slot `index` (256..272): frames outside the
+    /// domain (and outside the modelled machine, so walks there fault).
+    pub(crate) fn xen_l4_entry(&self, index: usize) -> u64 {
+        let mfn = self.nr_mfns + index as u64;
+        let f = if index == XEN_L4_FIRST {
+            // The read-only M2P, readable by the guest.
+            flags::PRESENT | flags::USER | flags::ACCESSED
+        } else {
+            flags::PRESENT | flags::WRITABLE | flags::ACCESSED | flags::DIRTY
+        };
+        (mfn << 12) | f
+    }
+
+    /// Consumes one step of an injection; true when this step must fail.
+    pub(crate) fn injected(slot: &mut Option<Injection>) -> Option<i64> {
+        let inj = slot.as_mut()?;
+        if inj.after == 0 {
+            let code = inj.code;
+            *slot = None;
+            return Some(code);
+        }
+        inj.after -= 1;
+        None
+    }
+}
+
+/// A strict model of Xen's 64-bit PV MMU for one domain.
+///
+/// Implements [`pvops_xen64::HypercallTransport`] (`hypercalls.rs`),
+/// [`pvops_xen64::P2m`] and [`pvops::PhysMem`] (the guest's direct-map view,
+/// `guest_mem.rs`).
+pub struct XenModel {
+    pub(crate) mem: Machine,
+    pub(crate) state: Mutex<XenState>,
+    reserved: Vec<Pfn>,
+    pt_base: Pfn,
+}
+
+impl std::fmt::Debug for XenModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "XenModel({} pages)", self.nr_pages())
+    }
+}
+
+/// Pfns the modelled domain builder uses: start_info, the boot stack, the boot L4.
+const BUILDER_START_INFO: u64 = 0;
+const BUILDER_STACK: u64 = 1;
+const BUILDER_PT_BASE: u64 = 2;
+
+impl XenModel {
+    /// A domain of `nr_pages` frames as Xen's builder leaves it: a scrambled
+    /// p2m from `seed`; an empty boot L4 (the guest fills its kernel half),
+    /// read-only in the direct map, pinned and loaded as the kernel base
+    /// pointer; no user base pointer; every other frame's alias writable.
+    ///
+    /// # Panics
+    /// If `nr_pages < 4` (the builder needs its frames). Test setup only.
+    pub fn boot(nr_pages: u64, seed: u64) -> Self {
+        assert!(nr_pages >= 4, "XenModel::boot needs at least 4 pages");
+        // Spare machine frames beyond the domain's, so mfns are not a mere
+        // permutation of the pfns.
+        let nr_mfns = nr_pages + nr_pages / 4 + 17;
+        let p2m = P2mTable::scrambled(nr_pages, nr_mfns, seed);
+        let state = XenState {
+            p2m,
+            frames: vec![FrameInfo::default(); nr_mfns as usize],
+            alias: vec![true; nr_pages as usize],
+            kernel_base: 0,
+            user_base: 0,
+            counters: XenCounters::default(),
+            violations: Vec::new(),
+            crash: None,
+            inject_subop: None,
+            inject_hypercall: None,
+            direct_map_base: DEFAULT_DIRECT_MAP_BASE,
+            nr_mfns,
+        };
+        let model = XenModel {
+            mem: Machine::new(nr_mfns),
+            state: Mutex::new(state),
+            reserved: vec![Pfn(BUILDER_START_INFO), Pfn(BUILDER_STACK), Pfn(BUILDER_PT_BASE)],
+            pt_base: Pfn(BUILDER_PT_BASE),
+        };
+        {
+            let mut st = model.lock();
+            st.set_alias_writable(BUILDER_PT_BASE, false);
+            let mfn = st.p2m.pfn_to_mfn(BUILDER_PT_BASE).unwrap_or(0);
+            let mut hv = Hv::new(&mut st, &model.mem);
+            let pinned = hv.get_type(mfn, PageType::Table(Level::L4));
+            let loaded = hv.get_type(mfn, PageType::Table(Level::L4));
+            assert_eq!((pinned, loaded), (Ok(()), Ok(())), "boot L4 must validate");
+            st.frames[mfn as usize].pinned = true;
+            st.kernel_base = mfn;
+        }
+        model
+    }
+
+    /// [`XenModel::boot`], leaked: for platforms that need `'static` handles.
+    pub fn leaked(nr_pages: u64, seed: u64) -> &'static XenModel {
+        Box::leak(Box::new(XenModel::boot(nr_pages, seed)))
+    }
+
+    /// Moves the direct map the model expects `update_va_mapping` on.
+    pub fn with_direct_map_base(self, base: u64) -> Self {
+        self.lock().direct_map_base = base;
+        self
+    }
+
+    /// The `XenPlatform` a guest on this model hands the registry.
+    pub fn platform(&'static self) -> XenPlatform {
+        XenPlatform {
+            mem: self,
+            transport: self,
+            p2m: self,
+            direct_map_base: self.direct_map_base(),
+            boot_root: self.pt_base,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, XenState> {
+        // Poisoned only if a test panicked mid-call; the data is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The boot L4's pfn (`start_info.pt_base`).
+    pub fn pt_base(&self) -> Pfn {
+        self.pt_base
+    }
+
+    /// Pfns the builder used; a guest allocator must skip them.
+    pub fn reserved_pfns(&self) -> &[Pfn] {
+        &self.reserved
+    }
+
+    /// The domain's size in frames.
+    pub fn nr_pages(&self) -> u64 {
+        self.lock().p2m.nr_pages()
+    }
+
+    /// Base of the direct map `update_va_mapping` acts on.
+    pub fn direct_map_base(&self) -> u64 {
+        self.lock().direct_map_base
+    }
+
+    /// The direct-map address of `pfn`.
+    pub fn direct_map_va(&self, pfn: Pfn) -> u64 {
+        self.direct_map_base() + pfn.0 * PAGE_SIZE
+    }
+
+    /// The machine memory, indexed by mfn.
+    pub fn machine(&self) -> &Machine {
+        &self.mem
+    }
+
+    /// The mfn of `pfn`.
+    pub fn mfn_of(&self, pfn: Pfn) -> Option<Mfn> {
+        self.lock().p2m.mfn(pfn)
+    }
+
+    /// The pfn of `mfn`.
+    pub fn pfn_of(&self, mfn: Mfn) -> Option<Pfn> {
+        self.lock().p2m.pfn(mfn)
+    }
+
+    /// Word `index` of machine frame `mfn`, as Xen stores it.
+    pub fn read_machine(&self, mfn: Mfn, index: usize) -> u64 {
+        self.mem.read(mfn.0, index).unwrap_or(0)
+    }
+
+    /// Word `index` of guest frame `pfn`, as stored (Xen's rewrites included).
+    pub fn read_guest(&self, pfn: Pfn, index: usize) -> u64 {
+        self.mfn_of(pfn).map_or(0, |m| self.read_machine(m, index))
+    }
+
+    /// Xen's bookkeeping for the frame behind `pfn`.
+    pub fn frame_info(&self, pfn: Pfn) -> FrameInfo {
+        let st = self.lock();
+        st.p2m.pfn_to_mfn(pfn.0).and_then(|m| st.frames.get(m as usize).copied()).unwrap_or_default()
+    }
+
+    /// The type of the frame behind `pfn`.
+    pub fn page_type(&self, pfn: Pfn) -> PageType {
+        self.frame_info(pfn).page_type
+    }
+
+    /// True when the frame behind `pfn` is pinned.
+    pub fn is_pinned(&self, pfn: Pfn) -> bool {
+        self.frame_info(pfn).pinned
+    }
+
+    /// True when `pfn`'s direct-map alias is writable.
+    pub fn alias_writable(&self, pfn: Pfn) -> bool {
+        self.lock().alias_writable(pfn.0)
+    }
+
+    /// The kernel base pointer (mfn; 0 = none).
+    pub fn kernel_base(&self) -> Mfn {
+        Mfn(self.lock().kernel_base)
+    }
+
+    /// The user base pointer (mfn; 0 = none).
+    pub fn user_base(&self) -> Mfn {
+        Mfn(self.lock().user_base)
+    }
+
+    /// Frames pinned now.
+    pub fn pinned_count(&self) -> usize {
+        self.lock().frames.iter().filter(|f| f.pinned).count()
+    }
+
+    /// Frames that are validated tables now.
+    pub fn typed_count(&self) -> usize {
+        self.lock().frames.iter().filter(|f| f.is_table()).count()
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> XenCounters {
+        self.lock().counters
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_counters(&self) {
+        self.lock().counters = XenCounters::default();
+    }
+
+    /// Direct stores the model refused, oldest first.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.lock().violations.clone()
+    }
+
+    /// Forgets recorded violations.
+    pub fn clear_violations(&self) {
+        self.lock().violations.clear();
+    }
+
+    /// Why the domain crashed, if it did.
+    pub fn crashed(&self) -> Option<String> {
+        self.lock().crash.clone()
+    }
+
+    /// Makes the sub-operation (one `mmu_update` record, one `mmuext_op`
+    /// record or one `update_va_mapping`) `after` steps from now fail with
+    /// `code` without effect: `after == 0` fails the very next one.
+    pub fn inject_subop_failure(&self, after: u64, code: i64) {
+        self.lock().inject_subop = Some(Injection { after, code });
+    }
+
+    /// Makes the hypercall (trap) `after` calls from now fail with `code`
+    /// before anything in it runs (a failing multicall runs no entry).
+    pub fn inject_hypercall_failure(&self, after: u64, code: i64) {
+        self.lock().inject_hypercall = Some(Injection { after, code });
+    }
+
+    /// Disarms any pending injection; true if one was still armed.
+    pub fn clear_injections(&self) -> bool {
+        let mut st = self.lock();
+        let armed = st.inject_subop.is_some() || st.inject_hypercall.is_some();
+        st.inject_subop = None;
+        st.inject_hypercall = None;
+        armed
+    }
+
+    /// An access as the CPU would do it for the guest.
+    ///
+    /// Kernel mode walks from the kernel base pointer, user mode from the user
+    /// base pointer. The PV64 kernel runs in ring 3, so both walks are
+    /// user-privilege walks: kernel entries work only because Xen added U
+    /// (§6.4). User mode with no user base pointer crashes the domain.
+    ///
+    /// Deliberately strict: in user mode an L1 entry Xen marked
+    /// `_PAGE_GUEST_KERNEL` (written without U) faults, although real hardware
+    /// would allow it; such a mapping in the user half is a guest bug.
+    pub fn access(&self, va: u64, user_mode: bool, write: bool) -> Result<Pfn, XenFault> {
+        let va = VirtAddr::try_new(va).map_err(|_| XenFault::NonCanonical)?;
+        let root = {
+            let mut st = self.lock();
+            if user_mode && st.user_base == 0 {
+                st.crash = Some(String::from("Guest switching to user mode with no user page tables"));
+                return Err(XenFault::DomainCrashed);
+            }
+            if user_mode {
+                st.user_base
+            } else {
+                st.kernel_base
+            }
+        };
+        let access = Access { user: true, write, execute: false };
+        // The walker reads one entry per level, top down: the fourth is the L1e.
+        let depth = std::cell::Cell::new(0u8);
+        let read = |frame: u64, index: usize| -> Option<u64> {
+            depth.set(depth.get() + 1);
+            let e = self.mem.read(frame, index)?;
+            if user_mode && depth.get() == 4 && e & PAGE_GUEST_KERNEL != 0 {
+                return Some(e & !flags::USER);
+            }
+            Some(e)
+        };
+        let mfn = walk(root, va, access, read).map_err(XenFault::Page)?;
+        self.pfn_of(Mfn(mfn)).ok_or(XenFault::NotGuestFrame(Mfn(mfn)))
+    }
+}

@@ -1,0 +1,262 @@
+//! Page types, type counts, pins and table validation: the heart of Xen's PV
+//! MMU rules (notes §6.1–§6.4; Xen's `xen/arch/x86/mm.c`).
+//!
+//! Every machine frame has one type at a time — none, writable, or a table of
+//! level 1–4 — and a count of references of that type. The type can only
+//! change when the count is 0. A table type is taken by linking the frame
+//! under a validated table, by a pin or by a base pointer; taking it the first
+//! time *validates* the frame: every present entry takes a reference of the
+//! next-lower type on its target (an L1 entry with RW takes a writable
+//! reference), and Xen rewrites the entries (§6.4). Dropping the last
+//! reference releases them again. The guest's direct-map alias of a frame is
+//! modelled as a per-pfn flag: a writable alias is a writable mapping, so a
+//! frame with one cannot become a table (-EINVAL).
+
+use pvops::pte::flags;
+use pvops::{Level, ENTRIES_PER_TABLE};
+use pvops_xen64::abi::{errno, PAGE_GUEST_KERNEL, XEN_L4_END, XEN_L4_FIRST};
+
+use super::model::XenState;
+use crate::machine::Machine;
+
+/// The type a machine frame currently has (Xen's `PGT_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PageType {
+    /// No type (count 0).
+    #[default]
+    None,
+    /// Mapped writable by at least one validated L1 entry.
+    Writable,
+    /// A validated page table of this level.
+    Table(Level),
+}
+
+/// Xen's bookkeeping for one machine frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Current type ([`PageType::None`] whenever `type_count` is 0).
+    pub page_type: PageType,
+    /// References of that type.
+    pub type_count: u32,
+    /// Pinned with `MMUEXT_PIN_Ln_TABLE` (the pin holds one type reference).
+    pub pinned: bool,
+}
+
+impl FrameInfo {
+    /// True when the frame is a validated table of any level.
+    pub fn is_table(&self) -> bool {
+        self.type_count > 0 && matches!(self.page_type, PageType::Table(_))
+    }
+}
+
+/// True for the L4 slots the guest owns (`is_guest_l4_slot`).
+pub(crate) fn is_guest_l4_slot(index: usize) -> bool {
+    !(XEN_L4_FIRST..XEN_L4_END).contains(&index)
+}
+
+/// AVAIL bits 9–11 and AVAIL_HIGH 52–62: free for the guest at every level.
+const AVAIL: u64 = (0x7 << 9) | (0x7ff << 52);
+/// Flags Xen accepts in L2–L4 entries (§6.2): no PSE, no G, no PWT/PCD.
+const UPPER_ALLOWED: u64 =
+    flags::PRESENT | flags::WRITABLE | flags::USER | flags::ACCESSED | flags::DIRTY | AVAIL | flags::NO_EXECUTE;
+/// Flags Xen accepts in L1 entries (dom0 has I/O capabilities: PAT/PCD/PWT allowed).
+const L1_ALLOWED: u64 = UPPER_ALLOWED | flags::GLOBAL | flags::PWT | flags::PCD | flags::HUGE;
+
+/// Xen's rewrite of a present entry (§6.4): what the guest reads back.
+pub(crate) fn adjust_entry(level: Level, entry: u64) -> u64 {
+    if entry & flags::PRESENT == 0 {
+        return entry;
+    }
+    match level {
+        Level::L1 => {
+            let mut e = entry;
+            if e & flags::USER == 0 {
+                e |= flags::USER | PAGE_GUEST_KERNEL;
+            }
+            if e & PAGE_GUEST_KERNEL == 0 {
+                e |= flags::GLOBAL | flags::USER;
+            }
+            e
+        }
+        Level::L2 | Level::L3 => entry | flags::USER,
+        Level::L4 => entry | flags::USER | flags::ACCESSED,
+    }
+}
+
+/// What one present entry holds on its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryRef {
+    /// A type reference on this machine frame.
+    Typed(u64),
+    /// A read-only L1 mapping: no type reference.
+    Untyped,
+}
+
+/// The hypervisor's view while it works: model state plus machine memory.
+pub(crate) struct Hv<'a> {
+    pub(crate) st: &'a mut XenState,
+    pub(crate) mem: &'a Machine,
+    /// Frames being validated right now (a cycle is refused, not recursed).
+    validating: Vec<u64>,
+}
+
+impl<'a> Hv<'a> {
+    pub(crate) fn new(st: &'a mut XenState, mem: &'a Machine) -> Self {
+        Hv { st, mem, validating: Vec::new() }
+    }
+
+    pub(crate) fn read(&self, mfn: u64, index: usize) -> u64 {
+        self.mem.read(mfn, index).unwrap_or(0)
+    }
+
+    /// True when `mfn` is one of the domain's frames (it has an m2p entry).
+    pub(crate) fn owns(&self, mfn: u64) -> bool {
+        self.st.p2m.mfn_to_pfn(mfn).is_some()
+    }
+
+    fn info(&mut self, mfn: u64) -> Result<&mut FrameInfo, i64> {
+        self.st.frames.get_mut(mfn as usize).ok_or(-errno::EINVAL)
+    }
+
+    /// Takes a reference of type `want` on `mfn` (Xen's `get_page_type`).
+    pub(crate) fn get_type(&mut self, mfn: u64, want: PageType) -> Result<(), i64> {
+        if !self.owns(mfn) {
+            return Err(-errno::EINVAL);
+        }
+        let info = *self.info(mfn)?;
+        if info.type_count > 0 {
+            if info.page_type == want {
+                self.info(mfn)?.type_count += 1;
+                return Ok(());
+            }
+            // A table mapped writable is -EBUSY; any other mismatch is "Bad type".
+            return Err(if want == PageType::Writable { -errno::EBUSY } else { -errno::EINVAL });
+        }
+        if let PageType::Table(level) = want {
+            let alias_writable = self.st.p2m.mfn_to_pfn(mfn).is_some_and(|pfn| self.st.alias_writable(pfn));
+            if alias_writable {
+                return Err(-errno::EINVAL);
+            }
+            if self.validating.contains(&mfn) {
+                // A (linear) cycle back to a table under validation: the model
+                // does not support linear page tables; Linux never makes them.
+                return Err(-errno::EINVAL);
+            }
+            self.validate(mfn, level)?;
+        }
+        let info = self.info(mfn)?;
+        info.page_type = want;
+        info.type_count = 1;
+        Ok(())
+    }
+
+    /// Drops a type reference (Xen's `put_page_type`); the last one of a table
+    /// releases what its entries hold.
+    pub(crate) fn put_type(&mut self, mfn: u64) {
+        let Ok(info) = self.info(mfn) else { return };
+        if info.type_count == 0 {
+            return;
+        }
+        info.type_count -= 1;
+        if info.type_count > 0 {
+            return;
+        }
+        let old = info.page_type;
+        info.page_type = PageType::None;
+        if let PageType::Table(level) = old {
+            self.devalidate(mfn, level);
+        }
+    }
+
+    /// Checks one entry for a table of `level` and takes what it needs.
+    pub(crate) fn get_entry_ref(&mut self, level: Level, entry: u64) -> Result<EntryRef, i64> {
+        let allowed = if level == Level::L1 { L1_ALLOWED } else { UPPER_ALLOWED };
+        if entry & !flags::ADDR_MASK & !allowed != 0 {
+            // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
+            return Err(-errno::EINVAL);
+        }
+        let target = (entry & flags::ADDR_MASK) >> 12;
+        if !self.owns(target) {
+            return Err(-errno::EINVAL);
+        }
+        match level.lower() {
+            Some(lower) => {
+                self.get_type(target, PageType::Table(lower))?;
+                Ok(EntryRef::Typed(target))
+            }
+            None if entry & flags::WRITABLE != 0 => {
+                self.get_type(target, PageType::Writable)?;
+                Ok(EntryRef::Typed(target))
+            }
+            None => Ok(EntryRef::Untyped),
+        }
+    }
+
+    /// Releases what a present entry of a `level` table holds.
+    pub(crate) fn put_entry_ref(&mut self, level: Level, entry: u64) {
+        if entry & flags::PRESENT == 0 {
+            return;
+        }
+        if level == Level::L1 && entry & flags::WRITABLE == 0 {
+            return;
+        }
+        self.put_type((entry & flags::ADDR_MASK) >> 12);
+    }
+
+    /// Validates `mfn` as a table of `level` (Xen's `alloc_lN_table`).
+    fn validate(&mut self, mfn: u64, level: Level) -> Result<(), i64> {
+        self.validating.push(mfn);
+        let mut taken: Vec<EntryRef> = Vec::new();
+        let mut adjusted: Vec<(usize, u64)> = Vec::new();
+        let mut result = Ok(());
+        for index in 0..ENTRIES_PER_TABLE {
+            if level == Level::L4 && !is_guest_l4_slot(index) {
+                continue;
+            }
+            let entry = self.read(mfn, index);
+            if entry & flags::PRESENT == 0 {
+                continue;
+            }
+            match self.get_entry_ref(level, entry) {
+                Ok(r) => {
+                    taken.push(r);
+                    adjusted.push((index, adjust_entry(level, entry)));
+                }
+                Err(code) => {
+                    result = Err(code);
+                    break;
+                }
+            }
+        }
+        self.validating.pop();
+        if let Err(code) = result {
+            for r in taken.into_iter().rev() {
+                if let EntryRef::Typed(target) = r {
+                    self.put_type(target);
+                }
+            }
+            return Err(code);
+        }
+        for (index, value) in adjusted {
+            self.mem.write(mfn, index, value);
+        }
+        if level == Level::L4 {
+            // Xen overwrites its own slots in every L4 it validates.
+            for index in XEN_L4_FIRST..XEN_L4_END {
+                self.mem.write(mfn, index, self.st.xen_l4_entry(index));
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every reference a table's entries hold (Xen's `free_lN_table`).
+    fn devalidate(&mut self, mfn: u64, level: Level) {
+        for index in 0..ENTRIES_PER_TABLE {
+            if level == Level::L4 && !is_guest_l4_slot(index) {
+                continue;
+            }
+            let entry = self.read(mfn, index);
+            self.put_entry_ref(level, entry);
+        }
+    }
+}
