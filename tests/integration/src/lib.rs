@@ -3,8 +3,10 @@
 //! backend exactly as the kernel would.
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod native_host;
 pub mod platform;
 pub mod workload;
+pub mod xen_host;
 
 pub use platform::{boot_backend, platforms, HostPlatform, KERNEL_VA};

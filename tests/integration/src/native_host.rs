@@ -42,7 +42,7 @@ pub fn native_platform(nr_frames: u64) -> HostPlatform {
         boot_pgd: BOOT_PGD,
         reserved: vec![Pfn(0), BOOT_PGD],
         counters: Box::new(String::new),
-        invariants: Box::new(|| Ok(())),
+        invariants: Box::new(|_, _| Ok(())),
         quiescent: Box::new(|| Ok(())),
     }
 }

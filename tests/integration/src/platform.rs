@@ -30,8 +30,9 @@ pub struct HostPlatform {
     pub reserved: Vec<Pfn>,
     /// Model-side counters, rendered for reports.
     pub counters: Box<dyn Fn() -> String>,
-    /// Checks that must hold after every step (e.g. the user pgd mirrors the kernel pgd).
-    pub invariants: Box<dyn Fn() -> Result<(), String>>,
+    /// Checks that must hold after every step, given the live pgds (e.g. the
+    /// user pgd mirrors the kernel pgd).
+    pub invariants: Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>,
     /// Checks that must hold once every address space has exited (e.g. no pin left).
     pub quiescent: Box<dyn Fn() -> Result<(), String>>,
 }
@@ -45,7 +46,7 @@ impl HostPlatform {
 
 /// Every kind of host platform: one per backend family.
 pub fn platforms() -> Vec<HostPlatform> {
-    vec![crate::native_host::native_platform(4096)]
+    vec![crate::native_host::native_platform(4096), crate::xen_host::xen_platform(4096)]
 }
 
 /// A booted memory manager on a host platform with backend `desc`: the same

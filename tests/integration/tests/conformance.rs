@@ -1,35 +1,36 @@
 //! The conformance suite on every registered backend, over its host model.
 
-use pvops_integration::platform::{boot_backend, platform_for};
+use pvops_integration::conformance::{run_backend, run_backend_cases};
 use pvops_native as _;
 use pvops_xen64 as _;
 
 #[test]
 fn conformance_on_every_registered_backend() {
-    let mut failures = Vec::new();
     let backends = pvops::backends();
-    assert!(backends.iter().any(|d| d.name == "native"), "native backend not linked");
-    for desc in backends {
-        let Some(host) = platform_for(desc) else {
-            failures.push(format!("{}: no host platform accepts it", desc.name));
-            continue;
-        };
-        let booted = match boot_backend(desc, &host) {
-            Ok(b) => b,
-            Err(e) => {
-                failures.push(format!("{}: boot failed: {e}", desc.name));
-                continue;
-            }
-        };
-        let env =
-            pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: pvops_integration::KERNEL_VA };
-        let summary = pvops_conformance::run_all(&env, &mut |case, r| {
-            if let Err(why) = r {
-                failures.push(format!("{} {}: {why}", desc.name, case.name));
-            }
-        });
-        println!("conformance {}: {}/{} passed", desc.name, summary.passed, summary.total);
-        assert!(summary.total >= 25, "suite too small: {}", summary.total);
+    for expected in ["native", "xen64"] {
+        assert!(backends.iter().any(|d| d.name == expected), "{expected} backend not linked");
     }
-    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+    let mut failed = Vec::new();
+    for desc in backends {
+        match run_backend(desc.name) {
+            Ok(report) => {
+                println!("{report}");
+                assert!(report.cases.len() >= 25, "suite too small: {}", report.cases.len());
+                if !report.all_passed() {
+                    failed.push(report.to_string());
+                }
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    assert!(failed.is_empty(), "failures:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn a_single_case_can_be_run_by_name() {
+    let r = run_backend_cases("native", Some("fork_copies_are_independent")).expect("runs");
+    assert_eq!(r.cases.len(), 1);
+    assert!(r.all_passed(), "{r}");
+    assert!(run_backend_cases("native", Some("no_such_case")).is_err());
+    assert!(run_backend("no-such-backend").expect_err("unknown").contains("registered: "));
 }

@@ -164,7 +164,8 @@ fn check(r: &Runner, reference: &Reference) -> Result<Vec<(u64, bool)>, String> 
         }
         view.push((va, reachable));
     }
-    (r.host.invariants)().map_err(|e| format!("model invariant: {e}"))?;
+    let pgds: Vec<_> = r.spaces.iter().map(|s| s.pgd()).collect();
+    (r.host.invariants)(r.booted.frames, &pgds).map_err(|e| format!("model invariant: {e}"))?;
     Ok(view)
 }
 
@@ -201,7 +202,7 @@ fn run_sequence(ops: &[Op]) -> Result<(), String> {
         if free != r.free_at_start {
             return Err(format!("{}: {} frame(s) leaked", r.name, r.free_at_start as i64 - free as i64));
         }
-        (r.host.invariants)().map_err(|e| format!("{}: after all exits: {e}", r.name))?;
+        (r.host.invariants)(r.booted.frames, &[]).map_err(|e| format!("{}: after all exits: {e}", r.name))?;
         (r.host.quiescent)().map_err(|e| format!("{}: after all exits: {e}", r.name))?;
     }
     Ok(())

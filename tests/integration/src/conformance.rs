@@ -1,0 +1,79 @@
+//! The conformance suite as a product: one call runs it against a backend.
+//!
+//! ```no_run
+//! // In your backend crate's tests/conformance.rs:
+//! use my_backend as _; // link the crate so its registry entry exists
+//! let report = pvops_integration::conformance::run_backend("my-backend").unwrap();
+//! assert!(report.all_passed(), "{report}");
+//! ```
+
+use std::fmt;
+
+use crate::platform::{boot_backend, platform_for};
+
+/// Per-case results of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The backend.
+    pub backend: &'static str,
+    /// The host platform it ran on.
+    pub platform: &'static str,
+    /// `(case, Ok | Err(reason))`.
+    pub cases: Vec<(&'static str, Result<(), String>)>,
+}
+
+impl Report {
+    /// Cases that passed.
+    pub fn passed(&self) -> usize {
+        self.cases.iter().filter(|(_, r)| r.is_ok()).count()
+    }
+    /// True when every case passed (and there was at least one).
+    pub fn all_passed(&self) -> bool {
+        !self.cases.is_empty() && self.passed() == self.cases.len()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, r) in &self.cases {
+            match r {
+                Ok(()) => writeln!(f, "  ok   {name}")?,
+                Err(why) => writeln!(f, "  FAIL {name}: {why}")?,
+            }
+        }
+        write!(
+            f,
+            "conformance {}: {}/{} passed (host model {})",
+            self.backend,
+            self.passed(),
+            self.cases.len(),
+            self.platform
+        )
+    }
+}
+
+/// Runs the whole suite (or only the case `only`) against the registered
+/// backend `name` on the first host platform its probe accepts.
+pub fn run_backend_cases(name: &str, only: Option<&str>) -> Result<Report, String> {
+    let all = pvops::backends();
+    let desc = all.iter().find(|d| d.name == name).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|d| d.name).collect();
+        format!("no backend named {name:?} is linked; registered: {}", names.join(", "))
+    })?;
+    let host = platform_for(desc).ok_or_else(|| format!("{name}: no host platform is accepted by its probe"))?;
+    let booted = boot_backend(desc, &host).map_err(|e| format!("{name}: boot on {} failed: {e}", host.label))?;
+    let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: crate::KERNEL_VA };
+    let mut cases = Vec::new();
+    for case in pvops_conformance::CASES.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        cases.push((case.name, env.run_case(case)));
+    }
+    if cases.is_empty() {
+        return Err(format!("no case named {:?}", only.unwrap_or_default()));
+    }
+    Ok(Report { backend: desc.name, platform: host.label, cases })
+}
+
+/// Runs the whole suite against the registered backend `name`.
+pub fn run_backend(name: &str) -> Result<Report, String> {
+    run_backend_cases(name, None)
+}
