@@ -58,4 +58,4 @@ pub use backend::XenBackend;
 pub use multicall::{FlushCounts, MAX_ARG_BYTES, MAX_CALLBACKS, MAX_ENTRIES};
 pub use register::{XenPlatform, PRIORITY};
 pub use transport::{HypercallTransport, Outcome, P2m};
-pub use user_pgd::UserSlot;
+pub use user_pgd::{attached_user_pgd, UserSlot};

@@ -28,6 +28,12 @@ pub struct UserSlot {
     pub index: usize,
 }
 
+/// The user pgd attached to kernel pgd `pgd`, if any (read from `pgd`'s
+/// private word; `None` before frame metadata exists). For checkers.
+pub fn attached_user_pgd(mm: &dyn MmServices, pgd: Pfn) -> Result<Option<Pfn>, PvError> {
+    attached(mm, pgd)
+}
+
 /// The user pgd attached to kernel pgd `pgd`, if any.
 pub(crate) fn attached(mm: &dyn MmServices, pgd: Pfn) -> Result<Option<Pfn>, PvError> {
     if !mm.has_metadata() {

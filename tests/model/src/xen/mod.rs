@@ -16,12 +16,14 @@
 //!
 //! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),
 //! `hypercalls.rs` (`HypercallTransport`), `guest_mem.rs` (`PhysMem`, `P2m`),
-//! [`model`] (state, base pointers, access checks, counters) and
+//! [`model`] (state, base pointers, access checks, counters), `checks.rs`
+//! (invariants for long random runs),
 //! [`guest_mm`] (a small `MmServices` for tests), [`guest`] (model + frames +
 //! backend, with the core-kernel steps tests need).
 //!
 //! When the real Xen disagrees with this model, the model is wrong.
 
+mod checks;
 pub mod guest;
 mod guest_mem;
 pub mod guest_mm;

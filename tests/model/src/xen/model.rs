@@ -388,11 +388,25 @@ impl XenModel {
     /// `_PAGE_GUEST_KERNEL` (written without U) faults, although real hardware
     /// would allow it; such a mapping in the user half is a guest bug.
     pub fn access(&self, va: u64, user_mode: bool, write: bool) -> Result<Pfn, XenFault> {
+        self.translate(va, user_mode, write, true)
+    }
+
+    /// [`XenModel::access`] as a question, not an event: "what would this
+    /// access reach?" A user-mode probe with no user base pointer answers
+    /// [`XenFault::DomainCrashed`] but records no crash. For access oracles
+    /// that ask about user mode while the guest is in kernel mode.
+    pub fn probe(&self, va: u64, user_mode: bool, write: bool) -> Result<Pfn, XenFault> {
+        self.translate(va, user_mode, write, false)
+    }
+
+    fn translate(&self, va: u64, user_mode: bool, write: bool, record_crash: bool) -> Result<Pfn, XenFault> {
         let va = VirtAddr::try_new(va).map_err(|_| XenFault::NonCanonical)?;
         let root = {
             let mut st = self.lock();
             if user_mode && st.user_base == 0 {
-                st.crash = Some(String::from("Guest switching to user mode with no user page tables"));
+                if record_crash {
+                    st.crash = Some(String::from("Guest switching to user mode with no user page tables"));
+                }
                 return Err(XenFault::DomainCrashed);
             }
             if user_mode {
