@@ -8,16 +8,14 @@
 //!
 //! It is allocated and freed with the kernel pgd (`pgd_alloc`/`pgd_free`) and
 //! attached through the kernel pgd frame's private word (Linux's
-//! `page->private`), tagged so a stray value is caught. init_mm's pgd (the
-//! boot root) never gets one: it never runs user mode. Before frame metadata
-//! exists there is none either.
+//! `page->private`): the word holds the user pgd's pfn, 0 meaning none — so
+//! pfn 0 is never used as a user pgd. init_mm's pgd (the boot root) never
+//! gets one: it never runs user mode. Before frame metadata exists there is
+//! none either.
 
 use pvops::{MmServices, Pfn, PvError, USER_PGD_SLOTS};
 
 use crate::backend::Cx;
-
-/// Tag in the private word marking "a user pgd's pfn" (bit 63, never a pfn bit).
-const USER_PGD_TAG: u64 = 1 << 63;
 
 /// A slot of a user pgd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +39,7 @@ pub(crate) fn attached(mm: &dyn MmServices, pgd: Pfn) -> Result<Option<Pfn>, PvE
     }
     match mm.private(pgd)? {
         0 => Ok(None),
-        v if v & USER_PGD_TAG != 0 => Ok(Some(Pfn(v & !USER_PGD_TAG))),
-        _ => Err(PvError::WrongState { what: "pgd private word holds something other than a user pgd" }),
+        pfn => Ok(Some(Pfn(pfn))),
     }
 }
 
@@ -65,7 +62,7 @@ pub(crate) fn pgd_alloc(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Resul
     if mm.private(pgd)? != 0 {
         return Err(PvError::WrongState { what: "pgd_alloc: a user pgd is already attached" });
     }
-    let user = mm.alloc_zeroed_frame()?;
+    let user = alloc_nameable_frame(mm)?;
     let attach = (|| {
         if mm.is_pinned(user)? {
             return Err(PvError::WrongState { what: "pgd_alloc: the new user pgd is marked pinned" });
@@ -78,7 +75,7 @@ pub(crate) fn pgd_alloc(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Resul
                 cx.store(user, index, raw);
             }
         }
-        mm.set_private(pgd, USER_PGD_TAG | user.0)
+        mm.set_private(pgd, user.0)
     })();
     if let Err(e) = attach {
         // Nothing changed for the caller: give the frame back.
@@ -87,6 +84,17 @@ pub(crate) fn pgd_alloc(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Resul
     }
     log::trace!("xen64: pgd {pgd:?} has user pgd {user:?}");
     Ok(())
+}
+
+/// A zeroed frame other than pfn 0 (which the private word cannot name).
+fn alloc_nameable_frame(mm: &dyn MmServices) -> Result<Pfn, PvError> {
+    let first = mm.alloc_zeroed_frame()?;
+    if first.0 != 0 {
+        return Ok(first);
+    }
+    let second = mm.alloc_zeroed_frame();
+    mm.free_frame(first)?;
+    second
 }
 
 /// `PvMmuOps::pgd_free`.

@@ -44,7 +44,7 @@ impl XenModel {
     }
 
     /// Every kernel pgd that `mm`'s private words say has a user pgd mirrors
-    /// it (the backend's tag: bit 63 | user pgd pfn).
+    /// it (the private word holds the user pgd's pfn).
     pub fn check_user_pgd_mirrors(&self, mm: &dyn MmServices) -> Result<(), String> {
         if !mm.has_metadata() {
             return Ok(());
