@@ -251,7 +251,13 @@ impl<'a> Mm<'a> {
         self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::EMPTY)?;
         self.ops.lazy_mmu_flush()?;
         if self.active.get() == space.pgd {
-            self.ops.flush_tlb_one(va)?;
+            // The frame may only be reused once no TLB can still reach it: if the
+            // single-address flush fails, fall back to a full flush; if that fails
+            // too, keep the frame (report the error) rather than hand it out.
+            if let Err(e) = self.ops.flush_tlb_one(va) {
+                log::warn!("unmap {:#x}: flush_tlb_one failed ({e}); flushing everything", va.as_u64());
+                self.ops.flush_tlb_all()?;
+            }
         }
         self.frames.free_frame(e.pfn())
     }

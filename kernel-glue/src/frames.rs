@@ -118,6 +118,11 @@ impl<'m> FrameAllocator<'m> {
         self.fail_at.set(k);
     }
 
+    /// True while an injected allocation failure is still pending.
+    pub fn injection_armed(&self) -> bool {
+        self.fail_at.get().is_some()
+    }
+
     /// The metadata of a frame, if metadata exists.
     pub fn info(&self, pfn: Pfn) -> Option<FrameInfo> {
         self.meta.borrow().as_ref().and_then(|m| m.get(pfn.0 as usize).copied())
@@ -129,7 +134,8 @@ impl<'m> FrameAllocator<'m> {
         m.get_mut(pfn.0 as usize).map(f).ok_or(PvError::BadFrame { pfn })
     }
 
-    fn is_free(&self, pfn: Pfn) -> bool {
+    /// True when `pfn` is free in the allocator.
+    pub fn is_free(&self, pfn: Pfn) -> bool {
         let bits = self.free.borrow();
         pfn.0 < self.nr_frames && bits[(pfn.0 / 64) as usize] & (1 << (pfn.0 % 64)) != 0
     }

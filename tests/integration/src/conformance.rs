@@ -1,9 +1,9 @@
 //! The conformance suite as a product: one call runs it against a backend.
 //!
-//! ```no_run
-//! // In your backend crate's tests/conformance.rs:
-//! use my_backend as _; // link the crate so its registry entry exists
-//! let report = pvops_integration::conformance::run_backend("my-backend").unwrap();
+//! ```
+//! // In your backend crate's tests/conformance.rs (here: the native backend):
+//! use pvops_native as _; // link the crate so its registry entry exists
+//! let report = pvops_integration::conformance::run_backend("native").unwrap();
 //! assert!(report.all_passed(), "{report}");
 //! ```
 

@@ -43,6 +43,7 @@ pub fn native_platform(nr_frames: u64) -> HostPlatform {
         reserved: vec![Pfn(0), BOOT_PGD],
         counters: Box::new(String::new),
         invariants: Box::new(|_, _| Ok(())),
+        xen: None,
         quiescent: Box::new(|| Ok(())),
     }
 }

@@ -8,6 +8,9 @@ use pvops::{BackendDesc, BootEnv, EntryKind, Pfn, PhysMem, PvError, PvMmuOps};
 /// The kernel-half address the suite uses as "a kernel mapping" (direct-map slot 273).
 pub const KERNEL_VA: u64 = 0xffff_8880_0000_0000;
 
+/// A check over the allocator and the live pgds; `Err` says what is broken.
+pub type InvariantCheck = Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>;
+
 /// A modelled machine as the boot path sees it.
 pub struct HostPlatform {
     /// Short name for reports.
@@ -32,7 +35,9 @@ pub struct HostPlatform {
     pub counters: Box<dyn Fn() -> String>,
     /// Checks that must hold after every step, given the live pgds (e.g. the
     /// user pgd mirrors the kernel pgd).
-    pub invariants: Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>,
+    pub invariants: InvariantCheck,
+    /// The Xen model behind the platform, for hypercall fault injection.
+    pub xen: Option<&'static pvops_model::XenModel>,
     /// Checks that must hold once every address space has exited (e.g. no pin left).
     pub quiescent: Box<dyn Fn() -> Result<(), String>>,
 }

@@ -1,11 +1,9 @@
 //! The Xen host platform: a [`XenModel`] (strict PV MMU rules) behind `XenPlatform`.
 
 use kernel_glue::FrameAllocator;
-use pvops::pte::flags;
-use pvops::{EntryKind, MmServices, Pfn, ENTRIES_PER_TABLE, USER_PGD_SLOTS};
+use pvops::{EntryKind, MmServices, Pfn};
 use pvops_conformance::Machine as Oracle;
 use pvops_model::XenModel;
-use pvops_xen64::abi::XEN_L4_END;
 
 use crate::platform::HostPlatform;
 
@@ -14,43 +12,24 @@ struct XenOracle(&'static XenModel);
 impl Oracle for XenOracle {
     fn user_access(&self, va: u64, write: bool) -> Option<Pfn> {
         // With no user pgd loaded, user mode cannot run at all (Xen would crash
-        // the domain on the way there): it reaches nothing.
-        if self.0.user_base().0 == 0 {
-            return None;
-        }
-        self.0.access(va, true, write).ok()
+        // the domain on the way there): it reaches nothing. `probe` asks without
+        // recording a crash.
+        self.0.probe(va, true, write).ok()
     }
 
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn> {
-        self.0.access(va, false, write).ok()
+        self.0.probe(va, false, write).ok()
     }
 }
 
-/// Every Xen rule the property tests check after each step.
+/// Every Xen rule the property tests check after each step: the model's own
+/// checks, plus that every live pgd has a user pgd.
 fn invariants(model: &'static XenModel, frames: &FrameAllocator<'static>, pgds: &[Pfn]) -> Result<(), String> {
-    let v = model.violations();
-    if !v.is_empty() {
-        return Err(format!("direct writes to protected tables: {v:?}"));
-    }
-    if let Some(c) = model.crashed() {
-        return Err(format!("domain crashed: {c}"));
-    }
+    model.check_invariants()?;
+    model.check_user_pgd_mirrors(frames)?;
     for &pgd in pgds {
-        let user = frames.private(pgd).map_err(|e| e.to_string())?;
-        if user == 0 {
+        if frames.private(pgd).map_err(|e| e.to_string())? == 0 {
             return Err(format!("{pgd:?} has no user pgd"));
-        }
-        let user = Pfn(user);
-        for slot in 0..ENTRIES_PER_TABLE {
-            let k = model.read_guest(pgd, slot);
-            let u = model.read_guest(user, slot);
-            let key = flags::ADDR_MASK | flags::PRESENT;
-            if slot < USER_PGD_SLOTS && k & key != u & key {
-                return Err(format!("{pgd:?} slot {slot}: user pgd {u:#x} does not mirror kernel pgd {k:#x}"));
-            }
-            if slot >= XEN_L4_END && u != 0 {
-                return Err(format!("{pgd:?} slot {slot}: user pgd maps kernel space ({u:#x})"));
-            }
         }
     }
     Ok(())
@@ -78,12 +57,7 @@ pub fn xen_platform(nr_pages: u64) -> HostPlatform {
             )
         }),
         invariants: Box::new(move |frames, pgds| invariants(model, frames, pgds)),
-        quiescent: Box::new(move || {
-            // Only init_mm's boot root stays pinned.
-            match model.pinned_count() {
-                1 => Ok(()),
-                n => Err(format!("{n} pinned tables left (expected only the boot root)")),
-            }
-        }),
+        xen: Some(model),
+        quiescent: Box::new(move || model.check_quiescent()),
     }
 }
