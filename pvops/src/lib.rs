@@ -18,9 +18,14 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod dispatch;
 pub mod error;
 pub mod ops;
 pub mod pte;
+#[cfg(not(loom))]
+mod publish;
+#[cfg(loom)]
+pub mod publish;
 pub mod registry;
 pub mod services;
 

@@ -14,7 +14,6 @@ use core::any::Any;
 use core::fmt;
 
 use linkme::distributed_slice;
-use once_cell::race::OnceRef;
 
 use crate::error::PvError;
 use crate::ops::PvMmuOps;
@@ -158,7 +157,13 @@ impl fmt::Debug for dyn PvMmuOps {
     }
 }
 
-static SELECTED: OnceRef<'static, Selected> = OnceRef::new();
+#[cfg(not(loom))]
+static SELECTED: crate::publish::Cell<'static, Selected> = crate::publish::Cell::new();
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref SELECTED: crate::publish::Cell<'static, Selected> = crate::publish::Cell::new();
+}
 
 /// Picks, instantiates and publishes the backend for this boot. Runs once.
 ///
@@ -184,7 +189,7 @@ fn init_with(env: &BootEnv<'_>, forced: Option<&str>) -> Result<&'static dyn PvM
     let desc = select(env, &list, forced)?;
     let ops = (desc.instantiate)(env)?;
     let sel: &'static Selected = Box::leak(Box::new(Selected { desc, ops }));
-    SELECTED.set(sel).map_err(|()| InitError::from(PvError::AlreadyInitialized))?;
+    crate::publish::publish(&SELECTED, sel)?;
     log::info!("pvops: selected backend {} (priority {})", desc.name, desc.priority);
     Ok(ops)
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod conformance;
+pub mod differential;
 pub mod native_host;
 pub mod platform;
 pub mod workload;
