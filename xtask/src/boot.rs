@@ -73,6 +73,14 @@ impl Platform {
 
     /// Both platforms.
     pub const ALL: [Platform; 2] = [Platform::Native, Platform::Xen];
+
+    /// The backend the registry must pick on this platform.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Platform::Native => "native",
+            Platform::Xen => "xen64",
+        }
+    }
 }
 
 impl fmt::Display for Platform {
@@ -111,6 +119,13 @@ impl BootOutcome {
     /// Last non-empty serial line.
     pub fn last_line(&self) -> &str {
         self.serial.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+    }
+
+    /// The kernel's `RESULT` line if it printed one, else its panic line,
+    /// else the last line.
+    pub fn last_result_or_line(&self) -> String {
+        let find = |p: &str| self.serial.lines().rev().find(|l| l.trim_start().starts_with(p));
+        find("RESULT ").or_else(|| find("KERNEL PANIC")).unwrap_or_else(|| self.last_line()).trim().to_string()
     }
 
     /// Human explanation of the status.
@@ -187,14 +202,21 @@ pub fn ensure_target() -> Result<(), String> {
     run_quiet(&mut c)
 }
 
+/// Cargo target directory of the kernel builds.
+pub fn kernel_target_dir() -> PathBuf {
+    workspace_root().join("target").join("pvkernel")
+}
+
 /// Builds `examples/pvkernel` (release, `x86_64-unknown-none`) with the given
-/// cargo features and returns the path of the ELF.
+/// cargo features and returns the path of a copy of the ELF named after the
+/// features (`pvkernel` or `pvkernel-<features>`), so variants do not
+/// overwrite each other.
 ///
 /// Cargo runs inside the kernel directory so that its `.cargo/config.toml`
 /// (relocation-model=static, code-model=kernel) applies; environment
 /// overrides of rustflags are removed for the same reason.
 pub fn build_kernel(features: &[&str]) -> Result<PathBuf, String> {
-    let target_dir = workspace_root().join("target").join("pvkernel");
+    let target_dir = kernel_target_dir();
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(kernel_dir())
         .args(["build", "--release", "--target", KERNEL_TARGET, "--target-dir"])
@@ -209,11 +231,13 @@ pub fn build_kernel(features: &[&str]) -> Result<PathBuf, String> {
     }
     run_quiet(&mut c)?;
     let elf = target_dir.join(KERNEL_TARGET).join("release").join("pvkernel");
-    if elf.is_file() {
-        Ok(elf)
-    } else {
-        Err(format!("kernel build succeeded but {} is missing", elf.display()))
+    if !elf.is_file() {
+        return Err(format!("kernel build succeeded but {} is missing", elf.display()));
     }
+    let name = if features.is_empty() { "pvkernel".to_string() } else { format!("pvkernel-{}", features.join("+")) };
+    let copy = target_dir.join(name);
+    fs::copy(&elf, &copy).map_err(|e| format!("cannot copy {} to {}: {e}", elf.display(), copy.display()))?;
+    Ok(copy)
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -427,6 +451,16 @@ fn read_lossy(path: &Path) -> String {
 /// is an `Ok` outcome whose [`BootOutcome::passed`] is false (its serial log
 /// is printed to stderr).
 pub fn boot(platform: Platform, kernel: &Path, timeout: Duration) -> Result<BootOutcome, String> {
+    boot_with(platform, kernel, timeout, false)
+}
+
+/// Like [`boot`], for kernels that are expected to fail: the serial log is
+/// not echoed, and it is kept as `serial-<platform>-<kernel file name>.log`.
+pub fn boot_quiet(platform: Platform, kernel: &Path, timeout: Duration) -> Result<BootOutcome, String> {
+    boot_with(platform, kernel, timeout, true)
+}
+
+fn boot_with(platform: Platform, kernel: &Path, timeout: Duration, quiet: bool) -> Result<BootOutcome, String> {
     if !kernel.is_file() {
         return Err(format!("kernel {} does not exist", kernel.display()));
     }
@@ -498,14 +532,19 @@ pub fn boot(platform: Platform, kernel: &Path, timeout: Duration) -> Result<Boot
 
     let serial = read_lossy(&serial_tmp);
     let qemu_output = read_lossy(&qemu_out_path);
-    let serial_path = dir.join(format!("serial-{}.log", platform.name()));
+    let serial_path = if quiet {
+        let k = kernel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        dir.join(format!("serial-{}-{k}.log", platform.name()))
+    } else {
+        dir.join(format!("serial-{}.log", platform.name()))
+    };
     let _ = fs::write(&serial_path, &serial);
     let _ = fs::remove_file(&serial_tmp);
     let _ = fs::remove_file(&qemu_out_path);
 
     let outcome = BootOutcome { platform, status, serial, elapsed, timed_out, qemu_output, serial_path, command };
-    if outcome.passed() {
-        eprintln!("xtask: {} boot: {} in {:.2?}", platform, outcome.verdict(), elapsed);
+    if outcome.passed() || quiet {
+        eprintln!("xtask: {} boot of {}: {} in {:.2?}", platform, kernel.display(), outcome.verdict(), elapsed);
     } else if let Err(report) = outcome.ensure_passed() {
         eprintln!("xtask: {report}");
     }

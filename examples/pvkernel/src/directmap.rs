@@ -151,6 +151,12 @@ pub fn mapped_ranges() -> RangeList {
     }
 }
 
+/// End of the mapped frame range that starts at pfn 0: every frame below
+/// it is mapped (what `pvops_native::DirectMap::new` requires).
+pub fn mapped_from_zero() -> u64 {
+    mapped_ranges().as_slice().iter().find(|r| r.start == 0).map(|r| r.end).unwrap_or(0)
+}
+
 // ------------------------------------------------------------------ native
 
 /// Before the direct map exists, frames below 1 GiB are reachable at

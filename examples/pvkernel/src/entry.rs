@@ -196,7 +196,7 @@ pvh_start:
 
     mov $0xC0000080, %ecx                   /* EFER */
     rdmsr
-    or $0x100, %eax                         /* LME */
+    or $0x900, %eax                         /* LME | NXE (user data pages are NX) */
     wrmsr
 
     mov %cr0, %eax

@@ -1,8 +1,10 @@
 //! pvkernel: one x86-64 ELF that boots natively (PVH) and as a Xen PV64 dom0.
 //!
 //! Entry paths (`entry.rs`) call [`pvh_rust_entry`] or [`xen_rust_entry`],
-//! which bring up console, traps, memory, the direct map and `syscall`, then
-//! hand over to [`demo::run`] (the phase-1 workload).
+//! which bring up console, traps, memory, the direct map and `syscall`, build
+//! the platform handles and hand them to the pvops registry ([`vm::boot`]),
+//! then run [`workload::run`]: the conformance suite, the hypercall demo and
+//! the user processes, all on the libraries.
 
 #![no_std]
 #![no_main]
@@ -11,20 +13,28 @@
 extern crate alloc;
 
 pub mod console;
-pub mod demo;
 pub mod directmap;
 pub mod entry;
 pub mod exit;
 pub mod heap;
 pub mod memory;
-pub mod paging;
+pub mod oracle;
 pub mod platform;
+pub mod process;
 pub mod pvh;
 pub mod sync;
 pub mod traps;
 pub mod user;
+pub mod vm;
+pub mod workload;
 pub mod x86;
 pub mod xen;
+
+// Linked for their registry entries: the registry picks one at boot.
+use pvops_native as _;
+use pvops_xen64 as _;
+
+use alloc::boxed::Box;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +82,21 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     }
     log::info!("direct map ready at {:#x} (2 MiB pages)", directmap::DIRECT_MAP_BASE);
     init_heap();
-    demo::run()
+
+    let nr_frames = directmap::mapped_from_zero();
+    // SAFETY: the direct map covers every frame below `nr_frames` (the
+    // mapped range starting at pfn 0) and is never torn down.
+    let mem: &'static pvops_native::DirectMap =
+        Box::leak(Box::new(unsafe { pvops_native::DirectMap::new(directmap::DIRECT_MAP_BASE, nr_frames) }));
+    static CPU: pvops_native::BareMetalCpu = pvops_native::BareMetalCpu;
+    let platform: &'static pvops_native::NativePlatform =
+        Box::leak(Box::new(pvops_native::NativePlatform { mem, cpu: &CPU }));
+    let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
+    let handover = "hvm_start_info 0x336ec578";
+    match vm::boot(pvops::EntryKind::Pvh, handover, platform, mem, nr_frames, boot_root) {
+        Ok(v) => workload::run(v),
+        Err(e) => panic!("memory management: {}", e),
+    }
 }
 
 /// Xen PV entry (from `_start`, on our own stack).
@@ -116,7 +140,7 @@ extern "C" fn xen_rust_entry(si: *const xen::start_info::StartInfo) -> ! {
         region.boot_end_pfn,
         region.end_pfn
     );
-    let root = paging::kernel_root().pfn();
+    let root = region.pt_start_pfn;
     let last = xen::VIRT_BASE + ((region.end_pfn - 1) << 12);
     if xen::mmu::lookup(root, last).is_none() || xen::mmu::lookup(root, last + 4096).is_some() {
         panic!("initial region end {:#x} does not match the boot page tables", region.end_pfn);
@@ -145,7 +169,7 @@ extern "C" fn xen_rust_entry(si: *const xen::start_info::StartInfo) -> ! {
         Err(e) => panic!("retiring initial-region aliases: {}", e),
     }
     init_heap();
-    demo::run()
+    xen::boot::run()
 }
 
 fn init_heap() {

@@ -2,12 +2,12 @@
 //! user-mode exception, and return to the caller like a function.
 //!
 //! ```text
-//! let mut task = UserTask::new(entry_va, stack_top_va, root);
+//! mm.activate(&mut space)?;                 // the backend loads the roots
+//! let mut task = UserTask::new(entry_va, stack_top_va);
 //! loop {
 //!     match task.resume() {
 //!         UserExit::Syscall { nr, args } => task.set_syscall_return(..),
 //!         UserExit::Faulted(f) => break,   // kill it (or fix and resume)
-//!         UserExit::Exited(_) => unreachable!(), // only from run_user
 //!     }
 //! }
 //! ```
@@ -20,22 +20,21 @@
 //! and return from `resume`. User code must use `syscall` (never `int $N`:
 //! QEMU 7.2 mis-delivers it under Xen PV).
 //!
-//! Roots: natively the task's root is loaded into CR3 (it maps the kernel
-//! half too); under Xen it becomes the user base pointer
-//! (`MMUEXT_NEW_USER_BASEPTR`) while the kernel keeps running on its own L4.
+//! Roots: the caller loads the task's address space with kernel-glue's
+//! `Mm::activate` (the backend's `write_cr3`: natively cr3, which maps the
+//! kernel half too; on Xen `NEW_BASEPTR` + `NEW_USER_BASEPTR`) before
+//! resuming it.
 //!
 //! Syscall ABI: number in rax, arguments in rdi, rsi, rdx, r10, r8, r9,
 //! result in rax; rcx and r11 are clobbered.
 
 use core::arch::global_asm;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::paging::{self, RootHandle};
 use crate::platform;
 use crate::traps::{self, USER_CS, USER_DS};
 use crate::x86;
-use crate::xen::{hypercall, mmu};
+use crate::xen::hypercall;
 
 /// User register state.
 #[repr(C)]
@@ -82,26 +81,7 @@ pub enum UserExit {
     Syscall { nr: u64, args: [u64; 6] },
     /// A user-mode exception.
     Faulted(UserFault),
-    /// The task called the exit syscall ([`run_user`] only).
-    Exited(u64),
 }
-
-/// Syscall numbers understood by [`run_user`].
-pub mod sys {
-    /// exit(code)
-    pub const EXIT: u64 = 0;
-    /// write(buf, len) -> len: print to the kernel console.
-    pub const WRITE: u64 = 1;
-    /// probe() -> a kernel address the task must not be able to read.
-    pub const PROBE: u64 = 2;
-    /// null() -> 0: round trip only.
-    pub const NULL: u64 = 3;
-}
-
-/// `-ENOSYS`.
-pub const ENOSYS: u64 = (-38i64) as u64;
-/// `-EFAULT`.
-pub const EFAULT: u64 = (-14i64) as u64;
 
 const KIND_SYSCALL: u64 = 0;
 const KIND_TRAP: u64 = 1;
@@ -328,35 +308,19 @@ pub fn init() -> Result<(), hypercall::XenError> {
     }
 }
 
-/// The user root currently installed (natively: CR3; Xen: user base ptr).
-static CURRENT_USER_ROOT: AtomicU64 = AtomicU64::new(u64::MAX);
-
-fn activate(root: RootHandle) -> Result<(), hypercall::XenError> {
-    if CURRENT_USER_ROOT.load(Ordering::Relaxed) == root.pfn() {
-        return Ok(());
-    }
-    if platform::is_xen() {
-        mmu::set_user_baseptr(Some(root.pfn()))?;
-    } else {
-        // SAFETY: native roots built by `UserSpaceBuilder` carry the kernel
-        // half, so the kernel keeps running after the switch.
-        unsafe { x86::write_cr3(root.pfn() << 12) };
-    }
-    CURRENT_USER_ROOT.store(root.pfn(), Ordering::Relaxed);
-    Ok(())
-}
-
-/// A user task: registers plus the address space it runs in.
+/// A user task's CPU state. The address space it runs in is installed by
+/// the caller (`Mm::activate`, i.e. the backend's `write_cr3`) before
+/// [`UserTask::resume`]: this module never touches page-table roots.
+#[derive(Debug)]
 pub struct UserTask {
     pub regs: UserRegs,
-    pub root: RootHandle,
 }
 
 impl UserTask {
     /// A task that starts at `entry` with stack pointer `stack_top`.
-    pub fn new(entry: u64, stack_top: u64, root: RootHandle) -> Self {
+    pub fn new(entry: u64, stack_top: u64) -> Self {
         let regs = UserRegs { rip: entry, rsp: stack_top, rflags: RFLAGS_IF | RFLAGS_FIXED, ..UserRegs::default() };
-        Self { regs, root }
+        Self { regs }
     }
 
     /// Sets the value `syscall` returns in rax when the task resumes.
@@ -364,17 +328,16 @@ impl UserTask {
         self.regs.rax = v;
     }
 
-    /// Runs the task until its next syscall or exception. Never returns
-    /// [`UserExit::Exited`]. Panics only if the root cannot be installed.
+    /// Runs the task in the address space that is loaded now, until its next
+    /// syscall or exception.
     pub fn resume(&mut self) -> UserExit {
-        if let Err(e) = activate(self.root) {
-            panic!("cannot install user root {:?}: {}", self.root, e);
-        }
         self.regs.rflags = (self.regs.rflags & RFLAGS_USER_MASK) | RFLAGS_IF | RFLAGS_FIXED;
         let regs = &raw mut self.regs;
         // SAFETY: `regs` stays valid until the entry code hands control back
         // (it is only written by the syscall/trap entry paths, which then
-        // return here); the root maps the user code and stack.
+        // return here); the caller loaded an address space mapping the user
+        // code and stack (natively it also maps the kernel half; on Xen the
+        // kernel keeps its own root).
         let kind = unsafe {
             if platform::is_xen() {
                 user_enter_xen(regs)
@@ -395,63 +358,4 @@ impl UserTask {
             })
         }
     }
-}
-
-/// What a syscall handler wants done.
-pub enum SyscallAction {
-    /// Resume the task with this value in rax.
-    Return(u64),
-    /// Stop running the task; [`run_user_with`] returns `Exited(code)`.
-    Exit(u64),
-}
-
-/// Runs a task until it exits or faults, passing every syscall other than
-/// the built-in ones ([`sys`]) to `handler`.
-pub fn run_user_with(
-    task: &mut UserTask,
-    probe_addr: u64,
-    handler: &mut dyn FnMut(&mut UserTask, u64, [u64; 6]) -> SyscallAction,
-) -> UserExit {
-    loop {
-        match task.resume() {
-            UserExit::Syscall { nr, args } => {
-                let action = match nr {
-                    sys::EXIT => SyscallAction::Exit(args[0]),
-                    sys::WRITE => SyscallAction::Return(sys_write(task.root, args[0], args[1])),
-                    sys::PROBE => SyscallAction::Return(probe_addr),
-                    sys::NULL => SyscallAction::Return(0),
-                    _ => handler(task, nr, args),
-                };
-                match action {
-                    SyscallAction::Return(v) => task.set_syscall_return(v),
-                    SyscallAction::Exit(code) => return UserExit::Exited(code),
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Runs user code at `entry_va` with stack `stack_va` in `root` until it
-/// exits (`Exited`) or faults (`Faulted`); unknown syscalls get `-ENOSYS`.
-/// `PROBE` returns a kernel-image address.
-pub fn run_user(entry_va: u64, stack_va: u64, root: RootHandle) -> UserExit {
-    let mut task = UserTask::new(entry_va, stack_va, root);
-    let probe = crate::entry::kernel_image_range().0;
-    run_user_with(&mut task, probe, &mut |_, _, _| SyscallAction::Return(ENOSYS))
-}
-
-fn sys_write(root: RootHandle, buf: u64, len: u64) -> u64 {
-    let mut chunk = [0u8; 256];
-    let mut done = 0u64;
-    while done < len {
-        let n = ((len - done) as usize).min(chunk.len());
-        let got = paging::copy_from_user(root, buf.wrapping_add(done), &mut chunk[..n]);
-        crate::console::write_bytes(&chunk[..got]);
-        done += got as u64;
-        if got < n {
-            return if done == 0 { EFAULT } else { done };
-        }
-    }
-    done
 }

@@ -1,8 +1,10 @@
 //! Xen PV64 guest support: start of day, p2m/M2P, shared_info.
 
+pub mod boot;
 pub mod hypercall;
 pub mod mmu;
 pub mod start_info;
+pub mod transport;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,216 @@
+//! Parsing what the kernel and the host report print.
+//!
+//! Kernel (serial log):
+//! ```text
+//! RESULT native backend=native conformance=32/32 user_isolation=ok frames_leaked=0
+//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok frames_leaked=0 pins_left=0 hypercalls=H
+//! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
+//! ```
+//! Host report (`host-report`, `workload::render`): a `[xen64] step` header,
+//! then one row per step: the step's name, then hypercalls, mc-ents,
+//! mmu_upd, mmuext, uvm, direct.
+
+use crate::boot::Platform;
+
+/// The kinds counted per step, in the host table's column order.
+pub const KINDS: [&str; 6] =
+    ["hypercalls", "multicall_entries", "mmu_updates", "mmuext_ops", "update_va_mappings", "direct_writes"];
+
+/// A parsed `RESULT` line.
+#[derive(Clone, Debug)]
+pub struct KernelResult {
+    /// The whole line.
+    pub line: String,
+    /// "native" / "xen".
+    pub platform: String,
+    /// `backend=`.
+    pub backend: String,
+    /// `conformance=` ("N/M").
+    pub conformance: String,
+    /// `user_isolation=`.
+    pub isolation: String,
+    /// `frames_leaked=`.
+    pub frames_leaked: Option<i64>,
+    /// `pins_left=` (Xen).
+    pub pins_left: Option<u64>,
+    /// `hypercalls=` (Xen).
+    pub hypercalls: Option<u64>,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+impl KernelResult {
+    /// The last `RESULT` line of a serial log.
+    pub fn parse(serial: &str) -> Option<KernelResult> {
+        let line = serial.lines().rev().find(|l| l.starts_with("RESULT "))?.trim().to_string();
+        let platform = line.split_whitespace().nth(1)?.to_string();
+        Some(KernelResult {
+            platform,
+            backend: field(&line, "backend")?.to_string(),
+            conformance: field(&line, "conformance")?.to_string(),
+            isolation: field(&line, "user_isolation")?.to_string(),
+            frames_leaked: field(&line, "frames_leaked").and_then(|v| v.parse().ok()),
+            pins_left: field(&line, "pins_left").and_then(|v| v.parse().ok()),
+            hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
+            line,
+        })
+    }
+
+    /// Checks the line says everything held on `platform`.
+    pub fn check(&self, platform: Platform) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if self.platform != platform.name() {
+            bad.push(format!("platform {} (expected {})", self.platform, platform.name()));
+        }
+        if self.backend != platform.backend() {
+            bad.push(format!("backend {} (expected {})", self.backend, platform.backend()));
+        }
+        match self.conformance.split_once('/') {
+            Some((a, b)) if a == b && a != "0" => {}
+            _ => bad.push(format!("conformance {}", self.conformance)),
+        }
+        if self.isolation != "ok" {
+            bad.push(format!("user_isolation {}", self.isolation));
+        }
+        if self.frames_leaked != Some(0) {
+            bad.push(format!("frames_leaked {:?}", self.frames_leaked));
+        }
+        if platform == Platform::Xen {
+            if self.pins_left != Some(0) {
+                bad.push(format!("pins_left {:?}", self.pins_left));
+            }
+            if self.hypercalls.is_none() {
+                bad.push("no hypercalls count".into());
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join(", "))
+        }
+    }
+}
+
+/// One step of the fixed workload: its name and counts in [`KINDS`] order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The step's name.
+    pub what: String,
+    /// Counts by kind.
+    pub counts: [u64; 6],
+}
+
+/// The kernel's `HCSTEP <backend> …` lines.
+pub fn parse_kernel_steps(serial: &str, backend: &str) -> Vec<Step> {
+    let prefix = format!("HCSTEP {backend} ");
+    serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix(&prefix)?;
+            let (counts, what) = rest.split_once(" | ")?;
+            let mut c = [0u64; 6];
+            for (i, k) in KINDS.iter().enumerate() {
+                c[i] = field(counts, k)?.parse().ok()?;
+            }
+            Some(Step { what: what.trim().to_string(), counts: c })
+        })
+        .collect()
+}
+
+/// The host report's table for `backend`.
+pub fn parse_host_steps(report: &str, backend: &str) -> Vec<Step> {
+    let header = format!("[{backend}] step");
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(&header));
+    if lines.next().is_none() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for l in lines {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if words.len() < 7 || l.starts_with('[') {
+            break;
+        }
+        let nums: Option<Vec<u64>> = words[words.len() - 6..].iter().map(|w| w.parse().ok()).collect();
+        let Some(nums) = nums else { break };
+        let mut counts = [0u64; 6];
+        counts.copy_from_slice(&nums);
+        out.push(Step { what: words[..words.len() - 6].join(" "), counts });
+    }
+    out
+}
+
+/// Columns that count hypercalls (all but `direct_writes`).
+pub const HYPERCALL_KINDS: usize = 5;
+
+/// A side-by-side table (kernel / model per kind) and the number of steps
+/// whose hypercall counts differ (a missing step counts). Direct stores
+/// (`direct_writes`) are shown but not compared: they are not hypercalls,
+/// and `create` stores one per kernel-half L4 slot of init_mm, which
+/// differs between the real kernel (direct map, probe page, image) and the
+/// host model (one slot).
+pub fn compare_hypercalls(kernel: &[Step], model: &[Step]) -> (String, usize) {
+    let short = ["hc", "mc-ents", "mmu_upd", "mmuext", "uvm", "direct"];
+    let mut t = format!("{:<40}", "step (kernel/model)");
+    for s in short {
+        t += &format!(" {s:>9}");
+    }
+    t += "\n";
+    let mut mismatches = 0;
+    for i in 0..kernel.len().max(model.len()) {
+        let (k, m) = (kernel.get(i), model.get(i));
+        let what = k.or(m).map_or("?", |s| s.what.as_str());
+        let same = matches!((k, m), (Some(k), Some(m))
+            if k.what == m.what && k.counts[..HYPERCALL_KINDS] == m.counts[..HYPERCALL_KINDS]);
+        if !same {
+            mismatches += 1;
+        }
+        t += &format!("{:<40}", if same { what.to_string() } else { format!("{what} <- DIFFERS") });
+        for j in 0..6 {
+            let kv = k.map_or("-".to_string(), |s| s.counts[j].to_string());
+            let mv = m.map_or("-".to_string(), |s| s.counts[j].to_string());
+            t += &format!(" {:>9}", format!("{kv}/{mv}"));
+        }
+        t += "\n";
+    }
+    (t, mismatches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_parse_and_check() {
+        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok frames_leaked=0 pins_left=0 hypercalls=41\n";
+        let r = KernelResult::parse(log).unwrap();
+        assert_eq!(r.hypercalls, Some(41));
+        assert!(r.check(Platform::Xen).is_ok());
+        assert!(r.check(Platform::Native).is_err());
+        let bad =
+            KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
+                .unwrap();
+        assert!(bad.check(Platform::Native).is_err());
+    }
+
+    #[test]
+    fn steps_parse_on_both_sides_and_compare() {
+        let serial = "HCSTEP xen64 1 hypercalls=0 multicall_entries=0 mmu_updates=0 mmuext_ops=0 update_va_mappings=0 direct_writes=1 | create A\n\
+                      HCSTEP xen64 2 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)\n";
+        let host = "[xen64] step                               hypercalls  mc-ents  mmu_upd   mmuext      uvm   direct\n\
+                    create A                                            0        0        0        0        0        1\n\
+                    activate A (first use: pin)                         2        6        0        4        5        1\n\
+                    [xen64] frames leaked: 0\n";
+        let k = parse_kernel_steps(serial, "xen64");
+        let m = parse_host_steps(host, "xen64");
+        assert_eq!(k.len(), 2);
+        assert_eq!(m.len(), 2);
+        assert_eq!(k[0], m[0]);
+        let (_, diff) = compare_hypercalls(&k, &m);
+        assert_eq!(diff, 0, "direct stores are not compared");
+        let mut m2 = m.clone();
+        m2[1].counts[0] = 3;
+        assert_eq!(compare_hypercalls(&k, &m2).1, 1);
+    }
+}
