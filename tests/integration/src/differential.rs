@@ -29,7 +29,7 @@ pub fn page_va(page: u64) -> u64 {
 }
 
 /// One backend under test, with its own spaces.
-struct Runner {
+pub struct Runner {
     name: &'static str,
     host: HostPlatform,
     booted: Booted,
@@ -41,7 +41,8 @@ struct Runner {
 /// The reference: per space, page → tag.
 type Reference = Vec<BTreeMap<u64, u64>>;
 
-fn runners() -> Vec<Runner> {
+/// Boots every registered backend on its host platform.
+pub fn runners() -> Vec<Runner> {
     pvops::backends()
         .into_iter()
         .filter_map(|d| {
@@ -160,7 +161,13 @@ fn check(r: &Runner, reference: &Reference) -> Result<Vec<(u64, bool)>, String> 
 
 /// Runs `ops` on every registered backend; `Err` describes the first disagreement.
 pub fn run_sequence(ops: &[Op]) -> Result<(), String> {
-    let mut runners = runners();
+    run_sequence_on(&mut runners(), ops)
+}
+
+/// [`run_sequence`] on already booted backends. A successful run leaves them
+/// as it found them (every space exited, nothing pinned), so a fuzzer can
+/// reuse them instead of booting (and leaking) new models for every input.
+pub fn run_sequence_on(runners: &mut [Runner], ops: &[Op]) -> Result<(), String> {
     if runners.is_empty() {
         return Err("no backend could be booted".into());
     }
@@ -171,7 +178,7 @@ pub fn run_sequence(ops: &[Op]) -> Result<(), String> {
             apply(r, op, &reference).map_err(|e| format!("step {step} {op:?} on {}: {e}", r.name))?;
         }
         update_reference(&mut reference, op);
-        for r in &runners {
+        for r in runners.iter() {
             views.push((r.name, check(r, &reference).map_err(|e| format!("step {step} {op:?} on {}: {e}", r.name))?));
         }
         if let Some((first, v0)) = views.first() {
@@ -185,6 +192,7 @@ pub fn run_sequence(ops: &[Op]) -> Result<(), String> {
     for r in runners.iter_mut() {
         let mm = r.booted.mm;
         mm.activate_init().map_err(|e| e.to_string())?;
+        r.active = None;
         for s in r.spaces.drain(..) {
             mm.exit(s).map_err(|(e, _)| format!("{}: final exit: {e}", r.name))?;
         }
