@@ -8,8 +8,10 @@
 //!   fmt, clippy, no_std builds, `cargo test`, the kernel's own fmt/clippy,
 //!   both boots (or only the named one), and the deliberately broken kernels,
 //!   each of which must fail.
+//! * `cargo xtask fuzz [--seconds N]` — the differential fuzzer (default 180 s).
 
 mod boot;
+mod fuzz;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +43,12 @@ fn run(mut cmd: Command) -> Result<(), String> {
 }
 
 /// Library crates that must also build for the bare-metal target.
-const NO_STD_CRATES: &[&str] = &["pvops", "pvops-native", "pvops-xen64", "kernel-glue", "pvops-conformance"];
+const NO_STD_CRATES: &[&str] =
+    &["pvops", "pvops-native", "pvops-xen64", "kernel-glue", "pvops-conformance", "pvops-trace"];
+
+/// Seconds of fuzzing in `cargo xtask test` (a smoke run) and `cargo xtask fuzz`.
+const FUZZ_SMOKE_SECONDS: u64 = 20;
+const FUZZ_DEFAULT_SECONDS: u64 = 180;
 
 /// Kernel variants that must NOT pass, and where each is booted.
 const BROKEN: &[(&str, &[Platform])] = &[
@@ -193,6 +200,23 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The loom model of the backend-selection cell (its own target dir: other cfg).
+fn loom_model() -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["test", "-p", "pvops", "--test", "loom", "--release"])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", workspace_root().join("target/loom"));
+    run(c)
+}
+
+fn cmd_fuzz(args: &[String]) -> Result<(), String> {
+    let seconds = match args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)) {
+        Some(s) => s.parse().map_err(|e| format!("--seconds {s}: {e}"))?,
+        None => FUZZ_DEFAULT_SECONDS,
+    };
+    fuzz::fuzz(seconds).map(|_| ())
+}
+
 /// fmt + clippy of the kernel, which lives outside the host workspace.
 fn kernel_lints() -> Result<(), String> {
     let dir = boot::kernel_dir();
@@ -241,6 +265,8 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["test", "--workspace"]);
     run(c)?;
+    loom_model()?;
+    fuzz::fuzz(FUZZ_SMOKE_SECONDS)?;
     kernel_lints()?;
 
     // The real kernel on both platforms, and the model comparison.
@@ -296,7 +322,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => cmd_run(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
-        _ => Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen]>".into()),
+        Some("fuzz") => cmd_fuzz(&args[1..]),
+        _ => {
+            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N]>".into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
