@@ -28,6 +28,27 @@ pub struct OpStats {
     pub direct_writes: u64,
 }
 
+impl OpStats {
+    /// The traffic between `earlier` and `self` (counters only grow).
+    ///
+    /// ```
+    /// use pvops::OpStats;
+    /// let a = OpStats { hypercalls: 3, ..OpStats::default() };
+    /// let b = OpStats { hypercalls: 5, mmu_updates: 2, ..OpStats::default() };
+    /// assert_eq!(b.since(a), OpStats { hypercalls: 2, mmu_updates: 2, ..OpStats::default() });
+    /// ```
+    pub fn since(self, earlier: OpStats) -> OpStats {
+        OpStats {
+            hypercalls: self.hypercalls.saturating_sub(earlier.hypercalls),
+            multicall_entries: self.multicall_entries.saturating_sub(earlier.multicall_entries),
+            mmu_updates: self.mmu_updates.saturating_sub(earlier.mmu_updates),
+            mmuext_ops: self.mmuext_ops.saturating_sub(earlier.mmuext_ops),
+            update_va_mappings: self.update_va_mappings.saturating_sub(earlier.update_va_mappings),
+            direct_writes: self.direct_writes.saturating_sub(earlier.direct_writes),
+        }
+    }
+}
+
 /// The paravirt MMU interface.
 ///
 /// Tables are named by their frame; entries are pfn based ([`Pte`]). Every

@@ -15,6 +15,7 @@ extern crate alloc;
 
 mod cases;
 mod env;
+pub mod workload;
 
 pub use cases::CASES;
 pub use env::{Case, CaseResult, Env, Machine, Summary};
