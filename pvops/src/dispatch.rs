@@ -96,18 +96,23 @@ macro_rules! static_dispatch {
         $vis:vis enum $name:ident {
             $(#[$ometa:meta])*
             dyn $other:ident,
+            $(#[$fmeta:meta])*
+            $first:ident ( $fty:ty ) = $freg:literal => $fctor:expr
             $(
+                ,
                 $(#[$vmeta:meta])*
                 $variant:ident ( $ty:ty ) = $reg:literal => $ctor:expr
-            ),+ $(,)?
+            )* $(,)?
         }
     ) => {
         $(#[$meta])*
         $vis enum $name {
+            $(#[$fmeta])*
+            $first($fty),
             $(
                 $(#[$vmeta])*
                 $variant($ty),
-            )+
+            )*
             $(#[$ometa])*
             $other(&'static dyn $crate::PvMmuOps),
         }
@@ -127,12 +132,16 @@ macro_rules! static_dispatch {
                 desc: &'static $crate::BackendDesc,
                 env: &$crate::BootEnv<'_>,
             ) -> ::core::result::Result<Self, $crate::PvError> {
+                if desc.name == $freg {
+                    let ctor: fn(&$crate::BootEnv<'_>) -> ::core::result::Result<$fty, $crate::PvError> = $fctor;
+                    return ctor(env).map(Self::$first);
+                }
                 $(
                     if desc.name == $reg {
                         let ctor: fn(&$crate::BootEnv<'_>) -> ::core::result::Result<$ty, $crate::PvError> = $ctor;
                         return ctor(env).map(Self::$variant);
                     }
-                )+
+                )*
                 (desc.instantiate)(env).map(Self::$other)
             }
 
@@ -161,7 +170,8 @@ macro_rules! static_dispatch {
             #[allow(dead_code)]
             pub fn as_dyn(&self) -> &dyn $crate::PvMmuOps {
                 match self {
-                    $( Self::$variant(b) => b, )+
+                    Self::$first(b) => b,
+                    $( Self::$variant(b) => b, )*
                     Self::$other(b) => *b,
                 }
             }
@@ -174,191 +184,112 @@ macro_rules! static_dispatch {
         }
 
         impl $crate::PvMmuOps for $name {
-            #[inline]
-            fn name(&self) -> &'static str {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], name())
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn name(&self) -> &'static str);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn reserved_l4_slots(&self) -> ::core::ops::Range<usize>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn adopt_boot_root(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn pgd_alloc(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn pgd_free(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn alloc_pt(&self, mm: &dyn $crate::MmServices, root: $crate::Pfn, level: $crate::Level, pfn: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn release_pt(&self, mm: &dyn $crate::MmServices, root: $crate::Pfn, level: $crate::Level, pfn: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn set_entry(&self, mm: &dyn $crate::MmServices, level: $crate::Level, table: $crate::Pfn, index: usize, pte: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn read_entry(&self, level: $crate::Level, table: $crate::Pfn, index: usize)
+                    -> ::core::result::Result<$crate::Pte, $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn write_cr3(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn read_cr3(&self) -> $crate::Pfn);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn activate_mm(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn exit_mm(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn flush_tlb_all(&self) -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn flush_tlb_one(&self, va: $crate::VirtAddr) -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn lazy_mmu_enter(&self) -> ());
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn lazy_mmu_leave(&self) -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn lazy_mmu_flush(&self) -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn make_entry(&self, pte: $crate::Pte) -> ::core::result::Result<u64, $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn entry_value(&self, raw: u64) -> $crate::Pte);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn stats(&self) -> $crate::OpStats);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn set_pgd(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, pte: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn set_pud(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, pte: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn set_pmd(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, pte: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn set_pte(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, pte: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+        }
+    };
+}
+
+/// One forwarded method: the first built-in is tested inline (one
+/// compare-and-branch, then its method, inlinable); every other variant goes
+/// through an out-of-line `#[cold]` function holding the full `match`, so the
+/// fast path carries no code for them. Internal to [`static_dispatch!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __pvops_method {
+    ($name:ident, $other:ident, $first:ident, [$($rest:ident),*],
+        fn $method:ident(&self $(, $arg:ident : $aty:ty)*) -> $ret:ty) => {
+        #[inline]
+        fn $method(&self $(, $arg: $aty)*) -> $ret {
+            // The receiver and the arguments travel as one tuple, which the
+            // slow path alone builds on the stack: no register is reserved
+            // for the slow call, so the fast path's registers stay its own.
+            #[cold]
+            #[inline(never)]
+            fn slow(args: (&$name, $($aty,)*)) -> $ret {
+                let (this, $($arg,)*) = args;
+                $crate::__pvops_forward!(this, $name, $other, [$first $(, $rest)*], $method($($arg),*))
             }
-            #[inline]
-            fn reserved_l4_slots(&self) -> ::core::ops::Range<usize> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], reserved_l4_slots())
-            }
-            #[inline]
-            fn adopt_boot_root(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], adopt_boot_root(mm, pgd))
-            }
-            #[inline]
-            fn pgd_alloc(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], pgd_alloc(mm, pgd))
-            }
-            #[inline]
-            fn pgd_free(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], pgd_free(mm, pgd))
-            }
-            #[inline]
-            fn alloc_pt(
-                &self,
-                mm: &dyn $crate::MmServices,
-                root: $crate::Pfn,
-                level: $crate::Level,
-                pfn: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], alloc_pt(mm, root, level, pfn))
-            }
-            #[inline]
-            fn release_pt(
-                &self,
-                mm: &dyn $crate::MmServices,
-                root: $crate::Pfn,
-                level: $crate::Level,
-                pfn: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], release_pt(mm, root, level, pfn))
-            }
-            #[inline]
-            fn set_entry(
-                &self,
-                mm: &dyn $crate::MmServices,
-                level: $crate::Level,
-                table: $crate::Pfn,
-                index: usize,
-                pte: $crate::Pte,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], set_entry(mm, level, table, index, pte))
-            }
-            #[inline]
-            fn read_entry(
-                &self,
-                level: $crate::Level,
-                table: $crate::Pfn,
-                index: usize,
-            ) -> ::core::result::Result<$crate::Pte, $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], read_entry(level, table, index))
-            }
-            #[inline]
-            fn write_cr3(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], write_cr3(mm, pgd))
-            }
-            #[inline]
-            fn read_cr3(&self) -> $crate::Pfn {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], read_cr3())
-            }
-            #[inline]
-            fn activate_mm(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], activate_mm(mm, pgd))
-            }
-            #[inline]
-            fn exit_mm(
-                &self,
-                mm: &dyn $crate::MmServices,
-                pgd: $crate::Pfn,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], exit_mm(mm, pgd))
-            }
-            #[inline]
-            fn flush_tlb_all(&self) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], flush_tlb_all())
-            }
-            #[inline]
-            fn flush_tlb_one(&self, va: $crate::VirtAddr) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], flush_tlb_one(va))
-            }
-            #[inline]
-            fn lazy_mmu_enter(&self) {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], lazy_mmu_enter())
-            }
-            #[inline]
-            fn lazy_mmu_leave(&self) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], lazy_mmu_leave())
-            }
-            #[inline]
-            fn lazy_mmu_flush(&self) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], lazy_mmu_flush())
-            }
-            #[inline]
-            fn make_entry(&self, pte: $crate::Pte) -> ::core::result::Result<u64, $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], make_entry(pte))
-            }
-            #[inline]
-            fn entry_value(&self, raw: u64) -> $crate::Pte {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], entry_value(raw))
-            }
-            #[inline]
-            fn stats(&self) -> $crate::OpStats {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], stats())
-            }
-            #[inline]
-            fn set_pgd(
-                &self,
-                mm: &dyn $crate::MmServices,
-                table: $crate::Pfn,
-                index: usize,
-                pte: $crate::Pte,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], set_pgd(mm, table, index, pte))
-            }
-            #[inline]
-            fn set_pud(
-                &self,
-                mm: &dyn $crate::MmServices,
-                table: $crate::Pfn,
-                index: usize,
-                pte: $crate::Pte,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], set_pud(mm, table, index, pte))
-            }
-            #[inline]
-            fn set_pmd(
-                &self,
-                mm: &dyn $crate::MmServices,
-                table: $crate::Pfn,
-                index: usize,
-                pte: $crate::Pte,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], set_pmd(mm, table, index, pte))
-            }
-            #[inline]
-            fn set_pte(
-                &self,
-                mm: &dyn $crate::MmServices,
-                table: $crate::Pfn,
-                index: usize,
-                pte: $crate::Pte,
-            ) -> ::core::result::Result<(), $crate::PvError> {
-                $crate::__pvops_forward!(self, $other, [$($variant),+], set_pte(mm, table, index, pte))
+            match self {
+                $name::$first(b) => $crate::PvMmuOps::$method(b $(, $arg)*),
+                #[allow(unreachable_patterns)]
+                _ => slow((self, $($arg,)*)),
             }
         }
     };
 }
 
-/// One forwarded call: `match` over the built-ins (direct, inlinable calls)
-/// and the catch-all (a vtable call). Internal to [`static_dispatch!`].
+/// A `match` over every variant: built-ins by direct call, the catch-all
+/// through its vtable. Internal to [`static_dispatch!`].
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __pvops_forward {
-    ($self:ident, $other:ident, [$($variant:ident),+], $method:ident $args:tt) => {
-        match $self {
-            $( Self::$variant(b) => $crate::__pvops_call!(b, $method $args), )+
-            Self::$other(b) => $crate::__pvops_call!(*b, $method $args),
+    ($scrutinee:expr, $name:ident, $other:ident, [$($variant:ident),+], $method:ident $args:tt) => {
+        match $scrutinee {
+            $( $name::$variant(b) => $crate::__pvops_call!(b, $method $args), )+
+            $name::$other(b) => $crate::__pvops_call!(*b, $method $args),
         }
     };
 }

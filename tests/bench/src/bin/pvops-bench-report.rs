@@ -1,0 +1,5 @@
+//! Runs every benchmark and writes `docs/PERFORMANCE.md` and `docs/scaling.svg`
+//! (what `cargo xtask bench` runs). `--help` for options.
+fn main() {
+    std::process::exit(pvops_bench::main(true));
+}
