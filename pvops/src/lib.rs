@@ -3,7 +3,7 @@
 //! Core kernel code (address spaces, context switch) calls one interface,
 //! [`PvMmuOps`]. At boot, [`init`] asks every registered backend (a
 //! [`linkme`] slice, [`BACKENDS`]) whether it can drive this machine and
-//! publishes the best one; [`ops`] returns it from then on.
+//! publishes the best one; [`ops()`] returns it from then on.
 //!
 //! The interface is modelled on Linux's `pv_mmu_ops` as needed by Xen's
 //! 64-bit PV mode: the guest kernel runs in ring 3, every process has a kernel

@@ -265,6 +265,9 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["test", "--workspace"]);
     run(c)?;
+    let mut c = cargo();
+    c.args(["doc", "--no-deps", "--workspace"]).env("RUSTDOCFLAGS", "-D warnings");
+    run(c)?;
     loom_model()?;
     fuzz::fuzz(FUZZ_SMOKE_SECONDS)?;
     kernel_lints()?;

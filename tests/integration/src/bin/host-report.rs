@@ -6,6 +6,7 @@
 use pvops_integration::platform::{boot_backend, platform_for};
 use pvops_integration::workload::{demo, render};
 use pvops_native as _;
+use pvops_trace as _;
 use pvops_xen64 as _;
 
 fn main() {
@@ -20,10 +21,16 @@ fn main() {
         }
     }
     let mut failed = false;
-    for desc in all.iter().filter(|d| forced.as_deref().is_none_or(|n| n == d.name)) {
+    // Without --backend: every backend a platform would choose by itself (the
+    // lowest-priority `trace` wrapper only runs when forced).
+    for desc in all.iter().filter(|d| forced.as_deref().map_or(d.priority > i32::MIN, |n| n == d.name)) {
         let Some(host) = platform_for(desc) else {
-            println!("{}: no host model for this backend", desc.name);
-            continue;
+            let why: Vec<String> = pvops_integration::platforms()
+                .iter()
+                .map(|p| format!("{}: {}", p.label, (desc.probe)(&p.env()).err().unwrap_or("accepted")))
+                .collect();
+            eprintln!("error: backend {} refuses every host platform ({})", desc.name, why.join("; "));
+            std::process::exit(2);
         };
         let booted = match boot_backend(desc, &host) {
             Ok(b) => b,
