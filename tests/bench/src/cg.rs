@@ -61,16 +61,18 @@ pub fn zero() {
 
 /// Ends a region: Callgrind writes its counters to a new dump labelled `label`
 /// and restarts them from zero.
-pub fn dump(label: &str) {
-    let c = CString::new(label).expect("labels have no NUL");
-    client_request(DUMP_STATS_AT, c.as_ptr() as u64, 0);
+pub fn dump(label: &CString) {
+    client_request(DUMP_STATS_AT, label.as_ptr() as u64, 0);
 }
 
 /// Runs `f` as a labelled region (zero, `f`, dump) and returns its value.
+/// The label is prepared before the region starts: nothing but `f` and the
+/// two client requests is counted.
 pub fn region<T>(label: &str, f: impl FnOnce() -> T) -> T {
+    let label = CString::new(label).expect("labels have no NUL");
     zero();
     let r = f();
-    dump(label);
+    dump(&label);
     r
 }
 

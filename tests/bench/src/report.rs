@@ -141,7 +141,7 @@ pub fn docs_dir() -> PathBuf {
 }
 
 fn fmt_ir(v: f64) -> String {
-    if v >= 100.0 {
+    if v >= 100.0 || (v - v.round()).abs() < 0.005 {
         group(v.round() as u64)
     } else if v >= 10.0 {
         format!("{v:.1}")
@@ -350,7 +350,9 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         w,
         "Three ways to call the native backend, in instructions per call (Callgrind; each loop \
-         run for N = 0 and N = {} / {} iterations, `(Ir(N) − Ir(0)) / N`):\n\n\
+         runs as two regions of S = {} and S + N iterations, N = {} on the machine model and {} \
+         on `DirectMap`; per call = `(Ir(S + N) − Ir(S)) / N`, so the loop's entry and exit cancel \
+         out):\n\n\
          * **direct** — the method on `pvops_native::NativeBackend` itself;\n\
          * **static** — on `Builtin`, the registry-selected backend with static dispatch of the \
          built-ins (`pvops::static_dispatch!`, `tests/bench/src/builtin.rs`): the registry's own \
@@ -364,6 +366,7 @@ pub fn markdown(r: &Results) -> String {
          behind the backend is the host `Machine` model (a mutex and a hash map per access: \
          large, but the same in every column) or `pvops_native::DirectMap` over a host buffer \
          (the bare-metal code path). Only the differences matter.\n",
+        overhead::SMALL,
         overhead::calls("machine"),
         overhead::calls("directmap")
     );
@@ -426,8 +429,9 @@ pub fn markdown(r: &Results) -> String {
          `write_cr3`: a plain three-arm `match`, +8 — a shared tag load and the Xen arm's result \
          merged through memory; the cold function with separate arguments, +3 to +5 — the \
          receiver pinned to `rsi` for the slow call.) The \
-         price is on the other built-ins: a Xen call pays the failed test, a call and a second \
-         `match` — about ten instructions in front of a hypercall. Declare the native backend first.\n"
+         price is on the other built-ins: a Xen call pays the failed test, an out-of-line call \
+         with its arguments in a stack tuple and a second `match` (not measured here; a handful \
+         of instructions in front of a hypercall). Declare the native backend first.\n"
     );
     if !r.overhead.is_empty() {
         let diffs = |args: &str, col: &str| -> Vec<String> {
@@ -531,11 +535,12 @@ pub fn markdown(r: &Results) -> String {
              preempts itself with a continuation, invisible to the guest); `mmu_update` and \
              `mmuext_op` take up to 2³¹ − 1 records per call (bit 31 of the count is \
              `MMU_UPDATE_PREEMPTED`); `update_va_mapping` changes one PTE. So nothing in Xen forces \
-             a split: a pin can be one hypercall if its remaps are issued as one `mmu_update` \
-             array on the direct-map L1 entries (one 16-byte record per table page) followed by one \
-             `mmuext_op` array with both pins, in one two-entry multicall built in a pin-sized \
-             buffer rather than the 32-entry batch. That change belongs to `backends/xen64` \
-             (`pin.rs`, `multicall.rs`).\n",
+             a split. A pin becomes one hypercall either as one multicall of all its entries built in \
+             a buffer sized for the pin (T + 3 entries of 64 bytes) instead of the 32-entry batch, \
+             or — smaller — as a two-entry multicall: one `mmu_update` array writing the \
+             direct-map L1 entries of the T + 2 table pages read-only (16 bytes each) and one \
+             `mmuext_op` array with a local TLB flush (what `UVMF_INVLPG` did per page) and both pins. That change belongs to `backends/xen64` (`pin.rs`, \
+             `multicall.rs`).\n",
             pin_misses.iter().map(|m| format!("{} = {} (target {})", m.0, m.1, m.2)).collect::<Vec<_>>().join(", ")
         );
     } else {
