@@ -2,8 +2,8 @@
 //!
 //! Kernel (serial log):
 //! ```text
-//! RESULT native backend=native conformance=32/32 user_isolation=ok frames_leaked=0
-//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok frames_leaked=0 pins_left=0 hypercalls=H
+//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0
+//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0 pins_left=0 hypercalls=H
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
 //! Host report (`host-report`, `workload::render`): a `[xen64] step` header,
@@ -29,6 +29,8 @@ pub struct KernelResult {
     pub conformance: String,
     /// `user_isolation=`.
     pub isolation: String,
+    /// `attacks=` (blocked, tried): the isolation attack suite.
+    pub attacks: Option<(u64, u64)>,
     /// `frames_leaked=`.
     pub frames_leaked: Option<i64>,
     /// `pins_left=` (Xen).
@@ -41,6 +43,12 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
+/// `"a/b"` as numbers.
+fn parse_ratio(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once('/')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 impl KernelResult {
     /// The last `RESULT` line of a serial log.
     pub fn parse(serial: &str) -> Option<KernelResult> {
@@ -51,6 +59,7 @@ impl KernelResult {
             backend: field(&line, "backend")?.to_string(),
             conformance: field(&line, "conformance")?.to_string(),
             isolation: field(&line, "user_isolation")?.to_string(),
+            attacks: field(&line, "attacks").and_then(parse_ratio),
             frames_leaked: field(&line, "frames_leaked").and_then(|v| v.parse().ok()),
             pins_left: field(&line, "pins_left").and_then(|v| v.parse().ok()),
             hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
@@ -73,6 +82,11 @@ impl KernelResult {
         }
         if self.isolation != "ok" {
             bad.push(format!("user_isolation {}", self.isolation));
+        }
+        match self.attacks {
+            Some((blocked, tried)) if blocked == tried && tried > 0 => {}
+            Some((blocked, tried)) => bad.push(format!("attacks {blocked}/{tried} blocked")),
+            None => bad.push("no attacks=blocked/tried".into()),
         }
         if self.frames_leaked != Some(0) {
             bad.push(format!("frames_leaked {:?}", self.frames_leaked));
@@ -183,15 +197,26 @@ mod tests {
 
     #[test]
     fn result_lines_parse_and_check() {
-        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok frames_leaked=0 pins_left=0 hypercalls=41\n";
+        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0 pins_left=0 hypercalls=41\n";
         let r = KernelResult::parse(log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
+        assert_eq!(r.attacks, Some((21, 21)));
         assert!(r.check(Platform::Xen).is_ok());
         assert!(r.check(Platform::Native).is_err());
         let bad =
             KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
                 .unwrap();
         assert!(bad.check(Platform::Native).is_err());
+        let good = "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0";
+        assert!(KernelResult::parse(good).unwrap().check(Platform::Native).is_ok());
+        // An attack that got through, no attacks at all, or no field: each fails.
+        for attacks in ["attacks=19/21", "attacks=0/0", "attacks=x/21", ""] {
+            let line =
+                format!("RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} frames_leaked=0");
+            let r = KernelResult::parse(&line).unwrap();
+            let err = r.check(Platform::Native).unwrap_err();
+            assert!(err.contains("attacks"), "{line}: {err}");
+        }
     }
 
     #[test]

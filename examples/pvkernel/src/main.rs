@@ -3,8 +3,9 @@
 //! Entry paths (`entry.rs`) call [`pvh_rust_entry`] or [`xen_rust_entry`],
 //! which bring up console, traps, memory, the direct map and `syscall`, build
 //! the platform handles and hand them to the pvops registry ([`vm::boot`]),
-//! then run [`workload::run`]: the conformance suite, the hypercall demo and
-//! the user processes, all on the libraries.
+//! then run [`workload::run`]: the conformance suite, the hypercall demo, the
+//! user processes and the isolation attacks ([`attacks`]), all on the
+//! libraries.
 
 #![no_std]
 #![no_main]
@@ -12,6 +13,7 @@
 
 extern crate alloc;
 
+pub mod attacks;
 pub mod console;
 pub mod directmap;
 pub mod entry;

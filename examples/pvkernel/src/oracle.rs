@@ -50,7 +50,7 @@ impl KernelOracle {
     }
 
     /// The kernel root that is loaded now.
-    fn kernel_root() -> Option<Pfn> {
+    pub fn kernel_root() -> Option<Pfn> {
         let cr3 = x86::read_cr3() & flags::ADDR_MASK;
         if platform::is_xen() {
             xen::mfn_to_pfn_checked(cr3 >> 12).map(Pfn)
@@ -59,8 +59,9 @@ impl KernelOracle {
         }
     }
 
-    /// The root user mode translates through now.
-    fn user_root(&self) -> Option<Pfn> {
+    /// The root user mode translates through now (natively the kernel
+    /// root; on Xen the user pgd attached to it, `None` for init_mm).
+    pub fn user_root(&self) -> Option<Pfn> {
         let kernel = Self::kernel_root()?;
         if !platform::is_xen() {
             return Some(kernel);

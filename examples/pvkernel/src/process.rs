@@ -16,6 +16,10 @@
 //! its own page is unchanged (`check` reports what it read), then forks two
 //! more children that read and write a kernel address: each must page-fault,
 //! be caught and killed, while the parent lives on and exits.
+//!
+//! The same machinery runs the isolation attack suite ([`crate::attacks`]):
+//! its driver is a process here, and `attack(n)` runs each attacker as a
+//! process outside `procs`, reaped before the call returns.
 
 use alloc::vec::Vec;
 use core::arch::global_asm;
@@ -55,11 +59,17 @@ pub mod sys {
     pub const WAIT: u64 = 4;
     /// `check(value)`: the parent reports what it reads in its data page.
     pub const CHECK: u64 = 5;
+    /// `attack(n, seen) -> status`: runs isolation attack `n` (1-based) in a
+    /// new process, reaps it and returns its status as `wait` does; `seen` is
+    /// what the caller just read from its own secret page. `-ENOENT` past
+    /// the last attack ([`crate::attacks`]).
+    pub const ATTACK: u64 = 6;
 }
 
 /// Status bit: the child was killed by an exception.
 pub const KILLED: u64 = 1 << 62;
-const ENOSYS: u64 = (-38i64) as u64;
+/// `-ENOSYS`.
+pub const ENOSYS: u64 = (-38i64) as u64;
 const EFAULT: u64 = (-14i64) as u64;
 const ECHILD: u64 = (-10i64) as u64;
 const ENOMEM: u64 = (-12i64) as u64;
@@ -212,12 +222,15 @@ pub struct Process {
 
 /// Every process of the workload; pid = index + 1.
 pub struct Processes {
-    vm: Vm,
+    pub(crate) vm: Vm,
     probe_va: u64,
-    /// All processes (never removed before teardown).
+    /// All processes (never removed before teardown). Attack processes are
+    /// not among them: `attack` reaps each one before it returns.
     pub procs: Vec<Process>,
     /// The value the parent reported with `check`.
     pub checked: Option<u64>,
+    /// What the attack processes did ([`crate::attacks`]).
+    pub attacks: crate::attacks::Log,
 }
 
 impl core::fmt::Debug for Processes {
@@ -229,10 +242,21 @@ impl core::fmt::Debug for Processes {
 /// Loads the user program into a new address space: code pages (read-only,
 /// executable), a data page holding [`PARENT_VALUE`] and a stack page.
 pub fn load(vm: &Vm) -> Result<AddressSpace, PvError> {
+    load_program(vm, user_program(), |space| vm.mm.poke(space, USER_DATA_VA, PARENT_VALUE))
+}
+
+/// Loads `code` into a new address space at [`USER_CODE_VA`] (read-only,
+/// executable), maps a data page at [`USER_DATA_VA`] and a stack page at
+/// [`USER_STACK_VA`] (both read-write, no-execute), then runs `setup` on it.
+/// On any error the half-built space is torn down.
+pub fn load_program(
+    vm: &Vm,
+    code: &[u8],
+    setup: impl FnOnce(&AddressSpace) -> Result<(), PvError>,
+) -> Result<AddressSpace, PvError> {
     let mm = vm.mm;
     let space = mm.create()?;
     let r = (|| {
-        let code = user_program();
         let pages = (code.len() as u64).div_ceil(PAGE_SIZE).max(1);
         for p in 0..pages {
             mm.map(&space, USER_CODE_VA + p * PAGE_SIZE, PageFlags::CODE)?;
@@ -243,9 +267,8 @@ pub fn load(vm: &Vm) -> Result<AddressSpace, PvError> {
             mm.poke(&space, USER_CODE_VA + 8 * i as u64, u64::from_le_bytes(word))?;
         }
         mm.map(&space, USER_DATA_VA, PageFlags::DATA)?;
-        mm.poke(&space, USER_DATA_VA, PARENT_VALUE)?;
         mm.map(&space, USER_STACK_VA, PageFlags::DATA)?;
-        Ok(())
+        setup(&space)
     })();
     match r {
         Ok(()) => Ok(space),
@@ -260,7 +283,13 @@ impl Processes {
     /// The first process, `pid 1`, in `space`.
     pub fn new(vm: Vm, space: AddressSpace, probe_va: u64) -> Self {
         let task = UserTask::new(USER_CODE_VA, USER_STACK_VA + PAGE_SIZE);
-        Processes { vm, probe_va, procs: alloc::vec![Process { space, task, state: State::Runnable }], checked: None }
+        Processes {
+            vm,
+            probe_va,
+            procs: alloc::vec![Process { space, task, state: State::Runnable }],
+            checked: None,
+            attacks: crate::attacks::Log::default(),
+        }
     }
 
     /// Runs process `pid` until it exits or is killed.
@@ -275,7 +304,7 @@ impl Processes {
                         self.procs[pid - 1].state = State::Exited(args[0]);
                         return Ok(());
                     }
-                    sys::WRITE => self.sys_write(pid, args[0], args[1]),
+                    sys::WRITE => write_user(&self.vm, &self.procs[pid - 1].space, args[0], args[1]),
                     sys::PROBE => self.probe_va,
                     sys::FORK => self.fork(pid)?,
                     sys::WAIT => self.wait(pid, args[0])?,
@@ -283,6 +312,7 @@ impl Processes {
                         self.checked = Some(args[0]);
                         0
                     }
+                    sys::ATTACK => crate::attacks::attack(self, pid, args[0], args[1])?,
                     _ => ENOSYS,
                 },
                 UserExit::Faulted(f) => {
@@ -342,28 +372,6 @@ impl Processes {
         })
     }
 
-    /// Copies the user buffer page by page through the kernel's direct map
-    /// (after checking each page is mapped in the caller's address space).
-    fn sys_write(&self, pid: usize, buf: u64, len: u64) -> u64 {
-        let space = &self.procs[pid - 1].space;
-        let mut done = 0u64;
-        while done < len.min(4096) {
-            let va = buf.wrapping_add(done);
-            let Ok(Some((frame, _))) = self.vm.mm.translate(space, va & !0xfff) else {
-                return if done == 0 { EFAULT } else { done };
-            };
-            let off = va & 0xfff;
-            let n = (PAGE_SIZE - off).min(len - done) as usize;
-            let src = directmap::pfn_to_virt(frame.0).wrapping_add(off as usize);
-            // SAFETY: `frame` is a user page of this process (just
-            // translated), mapped by the direct map; `off + n <= 4096`.
-            let bytes = unsafe { core::slice::from_raw_parts(src, n) };
-            console::write_bytes(bytes);
-            done += n as u64;
-        }
-        done
-    }
-
     /// Back to init_mm, then every address space is torn down.
     pub fn teardown(self) -> Result<(), PvError> {
         let mm = self.vm.mm;
@@ -379,6 +387,28 @@ impl Processes {
         }
         first
     }
+}
+
+/// `write(buf, len)` for a process running in `space`: copies the user
+/// buffer page by page through the kernel's direct map (after checking each
+/// page is mapped in `space`) to the console.
+pub fn write_user(vm: &Vm, space: &AddressSpace, buf: u64, len: u64) -> u64 {
+    let mut done = 0u64;
+    while done < len.min(4096) {
+        let va = buf.wrapping_add(done);
+        let Ok(Some((frame, _))) = vm.mm.translate(space, va & !0xfff) else {
+            return if done == 0 { EFAULT } else { done };
+        };
+        let off = va & 0xfff;
+        let n = (PAGE_SIZE - off).min(len - done) as usize;
+        let src = directmap::pfn_to_virt(frame.0).wrapping_add(off as usize);
+        // SAFETY: `frame` is a user page of this process (just translated),
+        // mapped by the direct map; `off + n <= 4096`.
+        let bytes = unsafe { core::slice::from_raw_parts(src, n) };
+        console::write_bytes(bytes);
+        done += n as u64;
+    }
+    done
 }
 
 /// `broken-isolation` (test only) on Xen: the user pgd of `space` gets

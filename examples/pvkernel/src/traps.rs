@@ -29,7 +29,7 @@ pub const USER_CS: u16 = 0x23;
 const TSS_SEL: u16 = 0x28;
 
 /// Size of each per-vector stub (they are 16-byte aligned).
-const STUB_STRIDE: usize = 16;
+pub const STUB_STRIDE: usize = 16;
 const TRAP_STACK_SIZE: usize = 16 * 1024;
 const DF_STACK_SIZE: usize = 8 * 1024;
 

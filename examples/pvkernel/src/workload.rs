@@ -5,8 +5,11 @@
 //! 2. the fixed hypercall-count workload (the host's `workload::demo`),
 //!    printed as parseable `HCSTEP` / `HCDEMO` lines;
 //! 3. the user workload ([`crate::process`]): fork, copy independence, the
-//!    kernel-address probes, teardown, leak and pin checks;
-//! 4. the `RESULT` line, then exit pass only if everything held.
+//!    kernel-address probes, teardown;
+//! 4. the isolation attack suite ([`crate::attacks`]): one process per
+//!    attack, each must die of the expected fault and be reaped;
+//! 5. leak and pin checks over 3 and 4, the `RESULT` line, then exit pass
+//!    only if everything held.
 
 use alloc::format;
 use alloc::string::String;
@@ -19,7 +22,7 @@ use crate::exit::{self, ExitCode};
 use crate::oracle::KernelOracle;
 use crate::process::{self, Processes, State, CHILD_EXIT, CHILD_VALUE, PARENT_VALUE, USER_DATA_VA};
 use crate::vm::{self, Vm, KERNEL_PROBE_VA};
-use crate::{kprintln, platform};
+use crate::{attacks, kprintln, platform};
 
 fn delta(a: OpStats, b: OpStats) -> OpStats {
     OpStats {
@@ -205,39 +208,57 @@ pub fn run(v: Vm) -> ! {
             false
         }
     };
+    let stats = delta(stats_before, v.ops.stats());
+    let user_traps = traps() - traps_before;
+
+    // 4. The attack suite.
+    let (attack_stats, attack_traps) = (v.ops.stats(), traps());
+    let attacks = match attacks::run_suite(&v) {
+        Ok(s) => s,
+        Err(e) => {
+            kprintln!("attack suite failed: {e}");
+            attacks::Summary::default()
+        }
+    };
+    let attack_hc = delta(attack_stats, v.ops.stats()).hypercalls;
+    let attack_traps = traps() - attack_traps;
+
     #[cfg(feature = "leak-frame")]
     {
         let leaked = pvops::MmServices::alloc_zeroed_frame(v.frames);
         kprintln!("leak-frame: allocated {leaked:?} and never freeing it");
     }
-    let stats = delta(stats_before, v.ops.stats());
     let frames_leaked = free_before as i64 - v.frames.free_frames() as i64;
     let pins_left = vm::pinned_frames(v.frames).iter().filter(|p| !pins_before.contains(p)).count();
-    let user_traps = traps() - traps_before;
     kprintln!("workload {}: {} (transport trapped {user_traps})", backend, kinds(&stats));
+    kprintln!("attack suite {}: {attack_hc} hypercalls (transport trapped {attack_traps})", backend);
     if platform::is_xen() {
         kprintln!("xen transport totals: {}", crate::xen::transport::TRANSPORT.counts());
     }
     // The backend's own count must be what really reached Xen.
-    let counts_agree = !platform::is_xen() || (demo_hc == demo_traps && stats.hypercalls == user_traps);
+    let counts_agree =
+        !platform::is_xen() || (demo_hc == demo_traps && stats.hypercalls == user_traps && attack_hc == attack_traps);
 
     // 4. Verdict.
+    let isolation = isolation && attacks.audits_clean;
     let iso = if isolation { "ok" } else { "FAILED" };
     let conf = format!("{}/{}", summary.passed, summary.total);
+    let att = format!("{}/{}", attacks.blocked, attacks.tried);
     if platform::is_xen() {
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} frames_leaked={frames_leaked} pins_left={pins_left} hypercalls={}",
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} frames_leaked={frames_leaked} pins_left={pins_left} hypercalls={}",
             stats.hypercalls
         );
     } else {
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} frames_leaked={frames_leaked}"
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} frames_leaked={frames_leaked}"
         );
     }
     let expected = if platform::is_xen() { "xen64" } else { "native" };
     let pass = summary.passed == summary.total
         && summary.total > 0
         && isolation
+        && attacks.all_blocked()
         && frames_leaked == 0
         && pins_left == 0
         && demo_leak == 0
@@ -246,7 +267,8 @@ pub fn run(v: Vm) -> ! {
     if !pass {
         kprintln!(
             "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; backend {backend}, expected {expected}; \
-             backend hypercall counts agree with the transport: {counts_agree})"
+             backend hypercall counts agree with the transport: {counts_agree}; all attacks blocked: {})",
+            attacks.all_blocked()
         );
         exit::exit(ExitCode::Fail);
     }
