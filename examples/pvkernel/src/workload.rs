@@ -14,7 +14,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use kernel_glue::{Mm, PageFlags};
+use kernel_glue::Mm;
 use pvops::{OpStats, PvError};
 use pvops_conformance::{run_all, Env};
 
@@ -23,17 +23,6 @@ use crate::oracle::KernelOracle;
 use crate::process::{self, Processes, State, CHILD_EXIT, CHILD_VALUE, PARENT_VALUE, USER_DATA_VA};
 use crate::vm::{self, Vm, KERNEL_PROBE_VA};
 use crate::{attacks, kprintln, platform};
-
-fn delta(a: OpStats, b: OpStats) -> OpStats {
-    OpStats {
-        hypercalls: b.hypercalls - a.hypercalls,
-        multicall_entries: b.multicall_entries - a.multicall_entries,
-        mmu_updates: b.mmu_updates - a.mmu_updates,
-        mmuext_ops: b.mmuext_ops - a.mmuext_ops,
-        update_va_mappings: b.update_va_mappings - a.update_va_mappings,
-        direct_writes: b.direct_writes - a.direct_writes,
-    }
-}
 
 fn kinds(s: &OpStats) -> String {
     format!(
@@ -45,58 +34,19 @@ fn kinds(s: &OpStats) -> String {
 /// Number of pages per process in the hypercall demo (the host report's).
 pub const DEMO_PAGES: u64 = 8;
 
-/// The host's `tests/integration` `workload::demo(mm, pages)`, step for step,
-/// printing each step's hypervisor traffic as
+/// The shared demo workload (`pvops_conformance::workload::demo`, the same code
+/// the host report runs), printing each step's hypervisor traffic as
 /// `HCSTEP <backend> <n> <counts> | <what>` and the total as `HCDEMO …`.
 /// Returns the frames it did not give back.
 pub fn hypercall_demo(mm: &Mm<'_>, pages: u64) -> Result<i64, PvError> {
     let ops = mm.ops();
-    let free_before = mm.frames().free_frames() as i64;
     let start = ops.stats();
-    let mut n = 0;
-    let mut step = |what: &str, f: &mut dyn FnMut() -> Result<(), PvError>| -> Result<(), PvError> {
-        let before = ops.stats();
-        f()?;
-        n += 1;
-        kprintln!("HCSTEP {} {} {} | {}", ops.name(), n, kinds(&delta(before, ops.stats())), what);
-        Ok(())
-    };
-    let mut a = None;
-    step("create A", &mut || {
-        a = Some(mm.create()?);
-        Ok(())
-    })?;
-    let mut a = a.ok_or(PvError::WrongState { what: "demo: no A" })?;
-    step(&format!("map {pages} pages in A (unpinned)"), &mut || {
-        for i in 0..pages {
-            mm.map(&a, 0x40_0000 + i * 0x1000, PageFlags::DATA)?;
-        }
-        Ok(())
-    })?;
-    step("activate A (first use: pin)", &mut || mm.activate(&mut a))?;
-    step("map 1 page in A (pinned, new tables)", &mut || mm.map(&a, 0x7f00_0000_0000, PageFlags::DATA).map(|_| ()))?;
-    let mut b = None;
-    step("fork A -> B", &mut || {
-        b = Some(mm.fork(&a)?);
-        Ok(())
-    })?;
-    let mut b = b.ok_or(PvError::WrongState { what: "demo: no B" })?;
-    step("switch to B (first use: pin)", &mut || mm.activate(&mut b))?;
-    step("switch to A", &mut || mm.activate(&mut a))?;
-    step("switch to B", &mut || mm.activate(&mut b))?;
-    step("switch to init_mm", &mut || mm.activate_init())?;
-    let mut a = Some(a);
-    step("exit A (unpin, free)", &mut || match a.take() {
-        Some(s) => mm.exit(s).map_err(|(e, _)| e),
-        None => Ok(()),
-    })?;
-    let mut b = Some(b);
-    step("exit B (unpin, free)", &mut || match b.take() {
-        Some(s) => mm.exit(s).map_err(|(e, _)| e),
-        None => Ok(()),
-    })?;
-    kprintln!("HCDEMO backend={} steps={} {}", ops.name(), n, kinds(&delta(start, ops.stats())));
-    Ok(free_before - mm.frames().free_frames() as i64)
+    let (steps, leaked) = pvops_conformance::workload::demo(mm, pages)?;
+    for (n, step) in steps.iter().enumerate() {
+        kprintln!("HCSTEP {} {} {} | {}", ops.name(), n + 1, kinds(&step.cost), step.what);
+    }
+    kprintln!("HCDEMO backend={} steps={} {}", ops.name(), steps.len(), kinds(&ops.stats().since(start)));
+    Ok(leaked)
 }
 
 /// Runs the user workload; `Ok(true)` when isolation and copy independence held.
@@ -192,7 +142,7 @@ pub fn run(v: Vm) -> ! {
         }
     };
 
-    let demo_hc = delta(demo_stats, v.ops.stats()).hypercalls;
+    let demo_hc = v.ops.stats().since(demo_stats).hypercalls;
     let demo_traps = traps() - demo_traps;
     kprintln!("HCTRAPS backend={backend} demo: backend counted {demo_hc}, transport trapped {demo_traps}");
 
@@ -208,7 +158,7 @@ pub fn run(v: Vm) -> ! {
             false
         }
     };
-    let stats = delta(stats_before, v.ops.stats());
+    let stats = v.ops.stats().since(stats_before);
     let user_traps = traps() - traps_before;
 
     // 4. The attack suite.
@@ -220,7 +170,7 @@ pub fn run(v: Vm) -> ! {
             attacks::Summary::default()
         }
     };
-    let attack_hc = delta(attack_stats, v.ops.stats()).hypercalls;
+    let attack_hc = v.ops.stats().since(attack_stats).hypercalls;
     let attack_traps = traps() - attack_traps;
 
     #[cfg(feature = "leak-frame")]

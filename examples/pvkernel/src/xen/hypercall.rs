@@ -9,48 +9,29 @@ use core::fmt;
 
 use crate::entry::hypercall_page;
 
-/// Hypercall numbers (xen/include/public/xen.h).
+/// Hypercall numbers (xen/include/public/xen.h); the MMU ones come from the
+/// xen64 backend's ABI module so the two can never disagree.
 pub mod nr {
+    pub use pvops_xen64::abi::hypercall::{MMUEXT_OP, MMU_UPDATE, MULTICALL, UPDATE_VA_MAPPING};
     pub const SET_TRAP_TABLE: u64 = 0;
-    pub const MMU_UPDATE: u64 = 1;
     pub const MEMORY_OP: u64 = 12;
-    pub const MULTICALL: u64 = 13;
     pub const STACK_SWITCH: u64 = 3;
     pub const CONSOLE_IO: u64 = 18;
-    pub const UPDATE_VA_MAPPING: u64 = 14;
     pub const XEN_VERSION: u64 = 17;
     pub const VM_ASSIST: u64 = 21;
     pub const IRET: u64 = 23;
-    pub const MMUEXT_OP: u64 = 26;
     pub const SCHED_OP: u64 = 29;
     pub const CALLBACK_OP: u64 = 30;
     pub const PHYSDEV_OP: u64 = 33;
 }
 
-/// `DOMID_SELF`.
-pub const DOMID_SELF: u64 = 0x7ff0;
-/// `UVMF_INVLPG` (local): flush the one TLB entry after the update.
-pub const UVMF_INVLPG: u64 = 2;
-/// `UVMF_NONE`.
-pub const UVMF_NONE: u64 = 0;
+pub use pvops_xen64::abi::uvmf::{INVLPG as UVMF_INVLPG, NONE as UVMF_NONE};
+pub use pvops_xen64::abi::{mmuext, DOMID_SELF};
 
 /// `FLAT_RING3_CS64`: the PV64 kernel and user code selector.
 pub const FLAT_CS64: u16 = 0xe033;
 /// `FLAT_RING3_SS64` (= `FLAT_KERNEL_SS64`).
 pub const FLAT_SS64: u16 = 0xe02b;
-
-/// Xen MMU extended commands (`mmuext_op.cmd`).
-pub mod mmuext {
-    pub const PIN_L1_TABLE: u32 = 0;
-    pub const PIN_L2_TABLE: u32 = 1;
-    pub const PIN_L3_TABLE: u32 = 2;
-    pub const PIN_L4_TABLE: u32 = 3;
-    pub const UNPIN_TABLE: u32 = 4;
-    pub const NEW_BASEPTR: u32 = 5;
-    pub const TLB_FLUSH_LOCAL: u32 = 6;
-    pub const INVLPG_LOCAL: u32 = 7;
-    pub const NEW_USER_BASEPTR: u32 = 15;
-}
 
 /// A failed hypercall: the negative errno Xen returned, plus which call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
