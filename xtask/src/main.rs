@@ -9,6 +9,7 @@
 //!   both boots (or only the named one), and the deliberately broken kernels,
 //!   each of which must fail.
 //! * `cargo xtask fuzz [--seconds N]` — the differential fuzzer (default 180 s).
+//! * `cargo xtask bench [--quick]` — counted benchmarks; writes docs/PERFORMANCE.md.
 
 mod boot;
 mod fuzz;
@@ -209,6 +210,13 @@ fn loom_model() -> Result<(), String> {
     run(c)
 }
 
+/// The counted benchmarks (issue 6): writes docs/PERFORMANCE.md and docs/scaling.svg.
+fn cmd_bench(args: &[String]) -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "pvops-bench", "--bin", "pvops-bench-report", "--"]).args(args);
+    run(c)
+}
+
 fn cmd_fuzz(args: &[String]) -> Result<(), String> {
     let seconds = match args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)) {
         Some(s) => s.parse().map_err(|e| format!("--seconds {s}: {e}"))?,
@@ -326,8 +334,9 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
         Some("fuzz") => cmd_fuzz(&args[1..]),
+        Some("bench") => cmd_bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N]>".into())
+            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N] | bench [--quick]>".into())
         }
     };
     match result {
