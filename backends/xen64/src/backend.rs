@@ -41,6 +41,11 @@ impl Cx<'_> {
     }
 
     /// Issues the batch and returns what happened.
+    /// Queues a record past the batch's fixed capacity (see `Batch::push_unbounded`).
+    pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
+        self.st.batch.push_unbounded(record)
+    }
+
     pub(crate) fn issue(&mut self) -> Report {
         self.st.batch.issue(self.platform.transport)
     }

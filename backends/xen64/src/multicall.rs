@@ -203,6 +203,15 @@ impl Batch {
         } else if !self.merges(&record) && self.entries.len() == MAX_ENTRIES {
             self.flush(transport, Reason::EntriesFull);
         }
+        self.push_unbounded(record)
+    }
+
+    /// Queues a record without the fixed capacity: for one operation whose
+    /// records must go out in a single multicall however many there are (pin
+    /// and unpin). Xen itself puts no cap on a multicall's length — it preempts
+    /// a long one with a continuation — nor on an `mmu_update`/`mmuext_op` array.
+    pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
+        let bytes = record.arg_bytes();
         let merges = self.merges(&record);
         let id = RecordId(self.next_id);
         self.next_id += 1;

@@ -13,8 +13,8 @@
 //!
 //! Only the kernel pgd is walked: the user pgd shares its lower tables. The
 //! walk stops at `USER_LIMIT` — Xen's hole (256..272) is not ours and the
-//! kernel half is init_mm's, pinned since boot. The batch splits only where
-//! it must (its capacity). Unpin is the reverse: unpin both, then make every
+//! kernel half is init_mm's, pinned since boot. It is one multicall however
+//! many table pages there are: Xen caps neither a multicall nor its arrays. Unpin is the reverse: unpin both, then make every
 //! page writable again.
 //!
 //! Failure policy: Xen runs every multicall entry even after one fails, so
@@ -58,8 +58,10 @@ impl Step {
     }
 }
 
-/// Issues `steps` in order (in as few batches as capacity allows); on any
-/// failure undoes the steps that took effect and returns the first failure.
+/// Issues `steps` in order as one multicall, whatever their number (the
+/// operation's own batch, not the 32-entry update buffer: Xen has no cap on a
+/// multicall); on any failure undoes the steps that took effect and returns
+/// the first failure.
 fn run_steps(cx: &mut Cx<'_>, steps: &[Step]) -> Result<(), PvError> {
     // Whatever was queued before belongs to someone else: out it goes first.
     cx.finish()?;
@@ -67,7 +69,7 @@ fn run_steps(cx: &mut Cx<'_>, steps: &[Step]) -> Result<(), PvError> {
     for step in steps {
         records.push(step.record(cx)?);
     }
-    let ids: Vec<_> = records.into_iter().map(|r| cx.push(r)).collect();
+    let ids: Vec<_> = records.into_iter().map(|r| cx.push_unbounded(r)).collect();
     let report = cx.issue();
     let Some(error) = report.error() else {
         return Ok(());
@@ -77,7 +79,7 @@ fn run_steps(cx: &mut Cx<'_>, steps: &[Step]) -> Result<(), PvError> {
     for step in &undo {
         match step.record(cx) {
             Ok(r) => {
-                cx.push(r);
+                cx.push_unbounded(r);
             }
             Err(e) => log::error!("xen64: cannot undo {step:?}: {e}"),
         }
