@@ -62,15 +62,19 @@ impl AddressSpace {
 }
 
 /// The memory manager: `init_mm`, the frame allocator and the selected backend.
-pub struct Mm<'a> {
-    ops: &'a dyn PvMmuOps,
+///
+/// `O` is how the backend is called: `dyn PvMmuOps` (the default, what the
+/// registry hands out) or a concrete type such as an enum declared with
+/// `pvops::static_dispatch!`, which makes every call a direct, inlinable one.
+pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
+    ops: &'a O,
     mem: &'a dyn PhysMem,
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
     active: Cell<Pfn>,
 }
 
-impl core::fmt::Debug for Mm<'_> {
+impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "Mm(backend {}, init_mm {:?})", self.ops.name(), self.init_pgd)
     }
@@ -87,11 +91,11 @@ fn user_va(addr: u64) -> Result<VirtAddr, PvError> {
     Ok(va)
 }
 
-impl<'a> Mm<'a> {
+impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Takes over the root the platform booted on as `init_mm`. Works before frame
     /// metadata exists (the early-boot path).
     pub fn adopt_boot(
-        ops: &'a dyn PvMmuOps,
+        ops: &'a O,
         mem: &'a dyn PhysMem,
         frames: &'a FrameAllocator<'a>,
         boot_pgd: Pfn,
@@ -101,7 +105,7 @@ impl<'a> Mm<'a> {
     }
 
     /// The backend in use.
-    pub fn ops(&self) -> &'a dyn PvMmuOps {
+    pub fn ops(&self) -> &'a O {
         self.ops
     }
 

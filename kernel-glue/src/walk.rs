@@ -11,7 +11,7 @@ pub(crate) const TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE | flags::US
 pub(crate) const KERNEL_TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE;
 
 /// Finds the L1 table covering `va` below `root`, without building anything.
-pub(crate) fn find_l1(ops: &dyn PvMmuOps, root: Pfn, va: VirtAddr) -> Result<Option<Pfn>, PvError> {
+pub(crate) fn find_l1<O: PvMmuOps + ?Sized>(ops: &O, root: Pfn, va: VirtAddr) -> Result<Option<Pfn>, PvError> {
     let mut table = root;
     for level in [Level::L4, Level::L3, Level::L2] {
         let e = ops.read_entry(level, table, va.index(level))?;
@@ -38,8 +38,8 @@ impl Default for NewTables {
 
 /// Finds or builds the L1 table covering `va` below `root`. On failure every
 /// table this call created is unlinked and freed again.
-pub(crate) fn ensure_l1(
-    ops: &dyn PvMmuOps,
+pub(crate) fn ensure_l1<O: PvMmuOps + ?Sized>(
+    ops: &O,
     mm: &dyn MmServices,
     root: Pfn,
     va: VirtAddr,
@@ -55,8 +55,8 @@ pub(crate) fn ensure_l1(
     }
 }
 
-fn build(
-    ops: &dyn PvMmuOps,
+fn build<O: PvMmuOps + ?Sized>(
+    ops: &O,
     mm: &dyn MmServices,
     root: Pfn,
     va: VirtAddr,
@@ -89,7 +89,7 @@ fn build(
     Ok(table)
 }
 
-fn undo(ops: &dyn PvMmuOps, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
     for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
         let lower = level.lower().unwrap_or(Level::L1);
         // Best effort: these only fail if the hypervisor already refused us once.

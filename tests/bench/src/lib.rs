@@ -15,7 +15,7 @@
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
 #![warn(missing_docs)]
 
-pub mod builtin;
+pub use pvops_integration::builtin;
 pub mod cg;
 pub mod economy;
 pub mod linux;

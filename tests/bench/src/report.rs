@@ -355,7 +355,7 @@ pub fn markdown(r: &Results) -> String {
          out):\n\n\
          * **direct** — the method on `pvops_native::NativeBackend` itself;\n\
          * **static** — on `Builtin`, the registry-selected backend with static dispatch of the \
-         built-ins (`pvops::static_dispatch!`, `tests/bench/src/builtin.rs`): the registry's own \
+         built-ins (`pvops::static_dispatch!`, `tests/integration/src/builtin.rs`): the registry's own \
          `select` over every linked backend picks `native`, and the enum holds it by value;\n\
          * **dyn** — on the `&'static dyn PvMmuOps` the registry instantiates (what `pvops::init` returns).\n\n\
          The receiver goes through `black_box` on every iteration, so the enum's tag test is not \

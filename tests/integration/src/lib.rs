@@ -3,6 +3,7 @@
 //! backend exactly as the kernel would.
 #![warn(missing_docs)]
 
+pub mod builtin;
 pub mod conformance;
 pub mod differential;
 pub mod native_host;

@@ -1,0 +1,45 @@
+//! kernel-glue over a statically dispatched backend (`Mm<Builtin>`): the
+//! registry's choice, no vtable on the hot path, same behaviour.
+
+use kernel_glue::{FrameAllocator, Mm, PageFlags};
+use pvops::{MmServices, Pfn};
+use pvops_integration::builtin::Builtin;
+use pvops_integration::platforms;
+use pvops_native as _;
+use pvops_xen64 as _;
+
+#[test]
+fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
+    for host in platforms() {
+        let ops: &'static Builtin = Box::leak(Box::new(Builtin::init(&host.env()).expect("a backend")));
+        assert!(ops.is_builtin(), "{}: expected a built-in backend", host.label);
+        let frames: &'static FrameAllocator<'static> =
+            Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
+        frames.add_free_range(Pfn(0), host.nr_frames);
+        for &r in &host.reserved {
+            frames.reserve(r);
+        }
+        let mm: Mm<'_, Builtin> = Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd).expect("adopt");
+        let kpage = frames.alloc_zeroed_frame().expect("frame");
+        mm.map_kernel(pvops_integration::KERNEL_VA, kpage, true).expect("kernel page");
+        frames.init_metadata();
+        let before = frames.free_frames();
+
+        let mut a = mm.create().expect("create");
+        let f = mm.map(&a, 0x40_0000, PageFlags::DATA).expect("map");
+        mm.poke(&a, 0x40_0000, 7).expect("poke");
+        mm.activate(&mut a).expect("activate");
+        assert_eq!(host.oracle.user_access(0x40_0000, true), Some(f), "{}", host.label);
+        assert_eq!(host.oracle.user_access(pvops_integration::KERNEL_VA, false), None, "{}", host.label);
+        let mut b = mm.fork(&a).expect("fork");
+        mm.activate(&mut b).expect("switch");
+        assert_eq!(mm.peek(&b, 0x40_0000), Ok(7));
+        assert_ne!(host.oracle.user_access(0x40_0000, false), Some(f), "{}: child shares the frame", host.label);
+        mm.activate_init().expect("init");
+        mm.exit(a).map_err(|(e, _)| e).expect("exit a");
+        mm.exit(b).map_err(|(e, _)| e).expect("exit b");
+        assert_eq!(frames.free_frames(), before, "{}: frames leaked", host.label);
+        (host.invariants)(frames, &[]).expect("invariants");
+        (host.quiescent)().expect("quiescent");
+    }
+}
