@@ -91,7 +91,7 @@ impl Guest {
         let a1 = crate::memory::allocations();
         let (s1, m1) = (self.ops().stats(), self.model().counters());
         let cost = Cost {
-            backend: delta(s0, s1),
+            backend: s1.since(s0),
             model_hypercalls: m1.hypercalls - m0.hypercalls,
             model_entries: m1.multicall_entries - m0.multicall_entries,
             allocations: a1 - a0,
@@ -128,17 +128,6 @@ impl Guest {
             table = e.pfn();
         }
         Ok(table)
-    }
-}
-
-fn delta(a: OpStats, b: OpStats) -> OpStats {
-    OpStats {
-        hypercalls: b.hypercalls - a.hypercalls,
-        multicall_entries: b.multicall_entries - a.multicall_entries,
-        mmu_updates: b.mmu_updates - a.mmu_updates,
-        mmuext_ops: b.mmuext_ops - a.mmuext_ops,
-        update_va_mappings: b.update_va_mappings - a.update_va_mappings,
-        direct_writes: b.direct_writes - a.direct_writes,
     }
 }
 

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 
 use kernel_glue::{FrameAllocator, Mm, PageFlags};
-use pvops::{BootEnv, EntryKind, MmServices, OpStats, Pfn, PvMmuOps};
+use pvops::{BootEnv, EntryKind, MmServices, Pfn, PvMmuOps};
 use pvops_integration::native_host::native_platform;
 use pvops_integration::platform::{boot_backend, KERNEL_VA};
 use pvops_integration::xen_host::xen_platform;
@@ -87,17 +87,6 @@ impl Run {
     }
 }
 
-fn delta(a: OpStats, b: OpStats) -> OpStats {
-    OpStats {
-        hypercalls: b.hypercalls - a.hypercalls,
-        multicall_entries: b.multicall_entries - a.multicall_entries,
-        mmu_updates: b.mmu_updates - a.mmu_updates,
-        mmuext_ops: b.mmuext_ops - a.mmuext_ops,
-        update_va_mappings: b.update_va_mappings - a.update_va_mappings,
-        direct_writes: b.direct_writes - a.direct_writes,
-    }
-}
-
 type Booted =
     (&'static Mm<'static>, &'static dyn PvMmuOps, &'static FrameAllocator<'static>, Option<&'static XenModel>);
 
@@ -136,7 +125,7 @@ pub fn child(backend: &str, pages: u64) -> Result<(), String> {
     let mut phase = |name: &str, f: &mut dyn FnMut() -> Result<(), String>| -> Result<(), String> {
         let (s0, m0) = (ops.stats(), counters());
         cg::region(&format!("scaling/{backend}/{pages}/{name}"), &mut *f)?;
-        let (d, m) = (delta(s0, ops.stats()), counters() - m0);
+        let (d, m) = (ops.stats().since(s0), counters() - m0);
         let _ = writeln!(
             out,
             "phase {name} {} {m} {} {} {}",
