@@ -84,7 +84,8 @@
 /// * the enum, and `impl PvMmuOps` for it with every method `#[inline]` and
 ///   forwarded by `match` (built-ins statically, the catch-all through its vtable);
 /// * `init(env)` / `init_forced(env, name)`: the registry's selection, then the
-///   winner is built (see the module docs);
+///   winner is built (see the module docs); `init_static(env)` also leaks it and
+///   publishes it as the registry's selection;
 /// * `from_desc(desc, env)`, `as_dyn()` (the backend inside, as a trait object)
 ///   and `is_builtin()`.
 ///
@@ -152,6 +153,18 @@ macro_rules! static_dispatch {
                 let list = $crate::backends();
                 let desc = $crate::select(env, &list, ::core::option::Option::None)?;
                 ::core::result::Result::Ok(Self::from_desc(desc, env)?)
+            }
+
+            /// Like `init`, then leaks the result and publishes it as the
+            /// registry's selection (`pvops::ops()` returns it): what a kernel
+            /// calls once at boot.
+            #[allow(dead_code)]
+            pub fn init_static(env: &$crate::BootEnv<'_>) -> ::core::result::Result<&'static Self, $crate::InitError> {
+                let list = $crate::backends();
+                let desc = $crate::select(env, &list, ::core::option::Option::None)?;
+                let me: &'static Self = $crate::__Box::leak($crate::__Box::new(Self::from_desc(desc, env)?));
+                $crate::publish(desc, me.as_dyn())?;
+                ::core::result::Result::Ok(me)
             }
 
             /// Like `init`, but only the backend registered as `backend` is considered.

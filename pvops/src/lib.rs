@@ -33,8 +33,12 @@ pub use addr::{Level, Mfn, Pfn, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT, PAGE_SI
 pub use error::PvError;
 pub use ops::{OpStats, PvMmuOps, USER_LIMIT, USER_PGD_SLOTS};
 pub use pte::Pte;
-pub use registry::{backends, init, init_forced, ops, select, BackendDesc, BootEnv, EntryKind, InitError, BACKENDS};
+pub use registry::{
+    backends, init, init_forced, ops, publish, select, BackendDesc, BootEnv, EntryKind, InitError, BACKENDS,
+};
 pub use services::{MmServices, PhysMem};
 
+#[doc(hidden)]
+pub use alloc::boxed::Box as __Box;
 #[doc(hidden)]
 pub use linkme as __linkme;

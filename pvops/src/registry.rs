@@ -194,6 +194,17 @@ fn init_with(env: &BootEnv<'_>, forced: Option<&str>) -> Result<&'static dyn PvM
     Ok(ops)
 }
 
+/// Publishes a backend that was built outside [`init`] from the registry's
+/// descriptor `desc` (e.g. by a [`static_dispatch!`](crate::static_dispatch)
+/// enum's `init_static`) as this boot's selection, so [`ops`] returns it.
+/// Fails with [`PvError::AlreadyInitialized`] if a backend is published already.
+pub fn publish(desc: &'static BackendDesc, ops: &'static dyn PvMmuOps) -> Result<(), PvError> {
+    let sel: &'static Selected = Box::leak(Box::new(Selected { desc, ops }));
+    crate::publish::publish(&SELECTED, sel)?;
+    log::info!("pvops: selected backend {} (priority {})", desc.name, desc.priority);
+    Ok(())
+}
+
 /// The selected backend; [`PvError::NotInitialized`] before [`init`].
 pub fn ops() -> Result<&'static dyn PvMmuOps, PvError> {
     SELECTED.get().map(|s| s.ops).ok_or(PvError::NotInitialized)

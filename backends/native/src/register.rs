@@ -33,12 +33,20 @@ fn probe(env: &BootEnv<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
+impl NativeBackend {
+    /// The backend for the platform in `env` (a [`NativePlatform`]), by value:
+    /// for `pvops::static_dispatch!` enums; the registry's `instantiate` uses it too.
+    pub fn from_env(env: &BootEnv<'_>) -> Result<Self, PvError> {
+        let p = env
+            .platform
+            .downcast_ref::<NativePlatform>()
+            .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
+        Ok(NativeBackend::new(p.mem, p.cpu))
+    }
+}
+
 fn instantiate(env: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> {
-    let p = env
-        .platform
-        .downcast_ref::<NativePlatform>()
-        .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
-    Ok(Box::leak(Box::new(NativeBackend::new(p.mem, p.cpu))))
+    Ok(Box::leak(Box::new(NativeBackend::from_env(env)?)))
 }
 
 #[distributed_slice(BACKENDS)]

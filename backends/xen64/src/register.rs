@@ -47,12 +47,20 @@ fn probe(env: &BootEnv<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
+impl XenBackend {
+    /// The backend for the platform in `env` (a [`XenPlatform`]), by value:
+    /// for `pvops::static_dispatch!` enums; the registry's `instantiate` uses it too.
+    pub fn from_env(env: &BootEnv<'_>) -> Result<Self, PvError> {
+        let p = env
+            .platform
+            .downcast_ref::<XenPlatform>()
+            .ok_or(PvError::WrongState { what: "xen64: platform is not a XenPlatform" })?;
+        Ok(XenBackend::new(*p))
+    }
+}
+
 fn instantiate(env: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> {
-    let p = env
-        .platform
-        .downcast_ref::<XenPlatform>()
-        .ok_or(PvError::WrongState { what: "xen64: platform is not a XenPlatform" })?;
-    Ok(Box::leak(Box::new(XenBackend::new(*p))))
+    Ok(Box::leak(Box::new(XenBackend::from_env(env)?)))
 }
 
 #[distributed_slice(BACKENDS)]

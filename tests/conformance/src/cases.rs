@@ -5,7 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use kernel_glue::{AddressSpace, Mm, PageFlags};
-use pvops::{PvError, USER_LIMIT};
+use pvops::{PvError, PvMmuOps, USER_LIMIT};
 
 use crate::env::{Case, CaseResult, Env};
 
@@ -26,12 +26,15 @@ fn ok<T>(r: Result<T, PvError>, what: &str) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-fn exit(mm: &Mm<'_>, s: AddressSpace) -> CaseResult {
+fn exit<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, s: AddressSpace) -> CaseResult {
     mm.exit(s).map_err(|(e, _)| format!("exit: {e}"))
 }
 
 /// Runs `body` with a fresh space, activating nothing; always exits it.
-fn with_space(env: &Env<'_>, body: impl FnOnce(&Mm<'_>, &mut AddressSpace) -> CaseResult) -> CaseResult {
+fn with_space<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+    body: impl FnOnce(&Mm<'_, O>, &mut AddressSpace) -> CaseResult,
+) -> CaseResult {
     let mm = env.mm;
     let mut s = ok(mm.create(), "create")?;
     let r = body(mm, &mut s);
@@ -48,7 +51,7 @@ fn expect_err<T>(r: Result<T, PvError>, want: fn(&PvError) -> bool, what: &str) 
     }
 }
 
-fn create_then_exit_returns_every_frame(env: &Env<'_>) -> CaseResult {
+fn create_then_exit_returns_every_frame<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let before = env.mm.frames().free_frames();
     let s = ok(env.mm.create(), "create")?;
     exit(env.mm, s)?;
@@ -56,7 +59,7 @@ fn create_then_exit_returns_every_frame(env: &Env<'_>) -> CaseResult {
     Ok(())
 }
 
-fn map_then_translate_gives_the_frame(env: &Env<'_>) -> CaseResult {
+fn map_then_translate_gives_the_frame<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         let t = ok(mm.translate(s, VA), "translate")?;
@@ -65,7 +68,7 @@ fn map_then_translate_gives_the_frame(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn map_rejects_unaligned_address(env: &Env<'_>) -> CaseResult {
+fn map_rejects_unaligned_address<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         expect_err(mm.map(s, VA + 8, PageFlags::DATA), |e| matches!(e, PvError::Unaligned { .. }), "map")?;
         ensure!(ok(mm.translate(s, VA), "translate")?.is_none(), "something got mapped");
@@ -73,7 +76,7 @@ fn map_rejects_unaligned_address(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn map_rejects_non_canonical_address(env: &Env<'_>) -> CaseResult {
+fn map_rejects_non_canonical_address<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         expect_err(
             mm.map(s, 0x0000_9000_0000_0000, PageFlags::DATA),
@@ -83,7 +86,7 @@ fn map_rejects_non_canonical_address(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn map_rejects_address_at_user_limit(env: &Env<'_>) -> CaseResult {
+fn map_rejects_address_at_user_limit<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         expect_err(
             mm.map(s, 0xffff_8880_0000_0000, PageFlags::DATA),
@@ -98,7 +101,7 @@ fn map_rejects_address_at_user_limit(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn map_accepts_last_user_page(env: &Env<'_>) -> CaseResult {
+fn map_accepts_last_user_page<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map")?;
         ensure!(ok(mm.translate(s, VA_HIGH), "translate")? == Some((f, PageFlags::DATA)), "not mapped");
@@ -106,7 +109,7 @@ fn map_accepts_last_user_page(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn double_map_is_rejected_and_keeps_the_first(env: &Env<'_>) -> CaseResult {
+fn double_map_is_rejected_and_keeps_the_first<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         expect_err(mm.map(s, VA, PageFlags::CODE), |e| matches!(e, PvError::AlreadyMapped { .. }), "second map")?;
@@ -115,7 +118,7 @@ fn double_map_is_rejected_and_keeps_the_first(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn unmap_of_nothing_is_rejected(env: &Env<'_>) -> CaseResult {
+fn unmap_of_nothing_is_rejected<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         expect_err(mm.unmap(s, VA), |e| matches!(e, PvError::NotMapped { .. }), "unmap, no tables")?;
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
@@ -123,7 +126,7 @@ fn unmap_of_nothing_is_rejected(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn unmap_removes_the_mapping_and_frees_the_frame(env: &Env<'_>) -> CaseResult {
+fn unmap_removes_the_mapping_and_frees_the_frame<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         let before = mm.frames().free_frames();
@@ -134,7 +137,7 @@ fn unmap_removes_the_mapping_and_frees_the_frame(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn user_mode_reads_its_own_page(env: &Env<'_>) -> CaseResult {
+fn user_mode_reads_its_own_page<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -144,7 +147,7 @@ fn user_mode_reads_its_own_page(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn user_mode_cannot_write_a_read_only_page(env: &Env<'_>) -> CaseResult {
+fn user_mode_cannot_write_a_read_only_page<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA, PageFlags::RODATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -154,7 +157,7 @@ fn user_mode_cannot_write_a_read_only_page(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn user_mode_cannot_read_kernel_mappings(env: &Env<'_>) -> CaseResult {
+fn user_mode_cannot_read_kernel_mappings<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -163,7 +166,7 @@ fn user_mode_cannot_read_kernel_mappings(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn user_mode_cannot_write_kernel_mappings(env: &Env<'_>) -> CaseResult {
+fn user_mode_cannot_write_kernel_mappings<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.activate(s), "activate")?;
         ensure!(env.machine.user_access(env.kernel_va, true).is_none(), "user wrote a kernel page");
@@ -171,7 +174,7 @@ fn user_mode_cannot_write_kernel_mappings(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn kernel_half_is_shared_with_init_mm(env: &Env<'_>) -> CaseResult {
+fn kernel_half_is_shared_with_init_mm<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let want = env.machine.kernel_access(env.kernel_va, false);
     ensure!(want.is_some(), "kernel page not mapped in init_mm");
     with_space(env, |mm, s| {
@@ -181,7 +184,7 @@ fn kernel_half_is_shared_with_init_mm(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn switching_address_spaces_changes_what_user_mode_sees(env: &Env<'_>) -> CaseResult {
+fn switching_address_spaces_changes_what_user_mode_sees<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
     let mut a = ok(mm.create(), "create a")?;
     let mut b = ok(mm.create(), "create b")?;
@@ -202,7 +205,7 @@ fn switching_address_spaces_changes_what_user_mode_sees(env: &Env<'_>) -> CaseRe
     r.and(back).and(exit(mm, a)).and(exit(mm, b))
 }
 
-fn init_mm_gives_user_mode_nothing(env: &Env<'_>) -> CaseResult {
+fn init_mm_gives_user_mode_nothing<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -213,7 +216,7 @@ fn init_mm_gives_user_mode_nothing(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn fork_copies_contents(env: &Env<'_>) -> CaseResult {
+fn fork_copies_contents<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.map(s, VA_HIGH, PageFlags::RODATA), "map high")?;
@@ -233,7 +236,7 @@ fn fork_copies_contents(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn fork_copies_are_independent(env: &Env<'_>) -> CaseResult {
+fn fork_copies_are_independent<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.poke(s, VA, 1), "poke")?;
@@ -255,7 +258,7 @@ fn fork_copies_are_independent(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn fork_of_an_empty_space_is_empty(env: &Env<'_>) -> CaseResult {
+fn fork_of_an_empty_space_is_empty<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let before = mm.frames().free_frames();
         let c = ok(mm.fork(s), "fork")?;
@@ -271,7 +274,7 @@ fn fork_of_an_empty_space_is_empty(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn exit_of_the_active_space_is_refused(env: &Env<'_>) -> CaseResult {
+fn exit_of_the_active_space_is_refused<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
     let mut s = ok(mm.create(), "create")?;
     let f = ok(mm.map(&s, VA, PageFlags::DATA), "map");
@@ -300,7 +303,7 @@ fn exit_of_the_active_space_is_refused(env: &Env<'_>) -> CaseResult {
     }
 }
 
-fn exit_returns_every_frame_of_a_large_space(env: &Env<'_>) -> CaseResult {
+fn exit_returns_every_frame_of_a_large_space<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let before = env.mm.frames().free_frames();
     with_space(env, |mm, s| {
         for i in 0..40u64 {
@@ -314,7 +317,7 @@ fn exit_returns_every_frame_of_a_large_space(env: &Env<'_>) -> CaseResult {
     Ok(())
 }
 
-fn map_in_the_active_space_is_visible_at_once(env: &Env<'_>) -> CaseResult {
+fn map_in_the_active_space_is_visible_at_once<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.activate(s), "activate")?;
         let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
@@ -328,7 +331,7 @@ fn map_in_the_active_space_is_visible_at_once(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn unmap_in_the_active_space_is_invisible_at_once(env: &Env<'_>) -> CaseResult {
+fn unmap_in_the_active_space_is_invisible_at_once<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -338,7 +341,7 @@ fn unmap_in_the_active_space_is_invisible_at_once(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn pages_in_first_and_last_user_slot_coexist(env: &Env<'_>) -> CaseResult {
+fn pages_in_first_and_last_user_slot_coexist<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let a = ok(mm.map(s, 0x1000, PageFlags::DATA), "map low")?;
         let b = ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map high")?;
@@ -349,7 +352,7 @@ fn pages_in_first_and_last_user_slot_coexist(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn many_address_spaces_coexist(env: &Env<'_>) -> CaseResult {
+fn many_address_spaces_coexist<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
     let mut spaces = Vec::new();
     let mut r = Ok(());
@@ -384,7 +387,11 @@ fn many_address_spaces_coexist(env: &Env<'_>) -> CaseResult {
 }
 
 /// For every k, the k-th allocation fails: the operation errors and nothing leaks.
-fn sweep(env: &Env<'_>, op: &dyn Fn(&Mm<'_>) -> Result<(), PvError>, what: &str) -> CaseResult {
+fn sweep<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+    op: &dyn Fn(&Mm<'_, O>) -> Result<(), PvError>,
+    what: &str,
+) -> CaseResult {
     let frames = env.mm.frames();
     let mut k = 0;
     loop {
@@ -406,11 +413,11 @@ fn sweep(env: &Env<'_>, op: &dyn Fn(&Mm<'_>) -> Result<(), PvError>, what: &str)
     }
 }
 
-fn out_of_memory_in_create_leaks_nothing(env: &Env<'_>) -> CaseResult {
+fn out_of_memory_in_create_leaks_nothing<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     sweep(env, &|mm| mm.create().and_then(|s| mm.exit(s).map_err(|(e, _)| e)), "create")
 }
 
-fn out_of_memory_in_map_leaks_nothing(env: &Env<'_>) -> CaseResult {
+fn out_of_memory_in_map_leaks_nothing<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     sweep(
         env,
         &|mm| {
@@ -423,7 +430,7 @@ fn out_of_memory_in_map_leaks_nothing(env: &Env<'_>) -> CaseResult {
     )
 }
 
-fn out_of_memory_in_map_of_an_active_space_leaks_nothing(env: &Env<'_>) -> CaseResult {
+fn out_of_memory_in_map_of_an_active_space_leaks_nothing<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     sweep(
         env,
         &|mm| {
@@ -440,7 +447,7 @@ fn out_of_memory_in_map_of_an_active_space_leaks_nothing(env: &Env<'_>) -> CaseR
     )
 }
 
-fn out_of_memory_in_fork_leaks_nothing(env: &Env<'_>) -> CaseResult {
+fn out_of_memory_in_fork_leaks_nothing<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.map(s, VA_HIGH, PageFlags::DATA), "map")?;
@@ -450,11 +457,11 @@ fn out_of_memory_in_fork_leaks_nothing(env: &Env<'_>) -> CaseResult {
     })
 }
 
-fn kernel_mappings_are_rejected_below_user_limit(env: &Env<'_>) -> CaseResult {
+fn kernel_mappings_are_rejected_below_user_limit<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     expect_err(env.mm.map_kernel(VA, pvops::Pfn(0), false), |e| matches!(e, PvError::WrongState { .. }), "map_kernel")
 }
 
-fn reserved_slots_are_never_used(env: &Env<'_>) -> CaseResult {
+fn reserved_slots_are_never_used<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let reserved = env.mm.ops().reserved_l4_slots();
     if reserved.is_empty() {
         return Ok(());
@@ -463,7 +470,7 @@ fn reserved_slots_are_never_used(env: &Env<'_>) -> CaseResult {
     expect_err(env.mm.map_kernel(va, pvops::Pfn(0), false), |e| matches!(e, PvError::ReservedSlot { .. }), "map_kernel")
 }
 
-fn activate_twice_is_harmless(env: &Env<'_>) -> CaseResult {
+fn activate_twice_is_harmless<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
@@ -475,8 +482,14 @@ fn activate_twice_is_harmless(env: &Env<'_>) -> CaseResult {
 
 macro_rules! cases {
     ($($f:ident),* $(,)?) => {
-        /// Every case, in the order they run.
-        pub static CASES: &[Case] = &[$(Case { name: stringify!($f), run: $f }),*];
+        /// Every case, in the order they run, for `Mm<dyn PvMmuOps>`.
+        pub static CASES: &[Case] = &[$(Case { name: stringify!($f), run: $f::<dyn PvMmuOps> }),*];
+
+        /// Every case for an `Mm` over any backend type `O` (e.g. a
+        /// `pvops::static_dispatch!` enum), in the same order as [`CASES`].
+        pub fn cases<O: PvMmuOps + ?Sized>() -> Vec<Case<O>> {
+            alloc::vec![$(Case { name: stringify!($f), run: $f::<O> }),*]
+        }
     };
 }
 

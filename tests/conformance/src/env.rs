@@ -5,7 +5,7 @@ use alloc::string::String;
 use core::fmt;
 
 use kernel_glue::Mm;
-use pvops::{MmServices, Pfn};
+use pvops::{MmServices, Pfn, PvMmuOps};
 
 /// What user (or kernel) mode can reach through the translation that is live now.
 pub trait Machine {
@@ -15,29 +15,34 @@ pub trait Machine {
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn>;
 }
 
-/// Everything a case needs.
-pub struct Env<'a> {
+/// Everything a case needs. `O` is how the backend is called (see `kernel_glue::Mm`).
+pub struct Env<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     /// The memory manager under test.
-    pub mm: &'a Mm<'a>,
+    pub mm: &'a Mm<'a, O>,
     /// The access oracle.
     pub machine: &'a dyn Machine,
     /// A kernel-half address mapped (supervisor, writable) in `init_mm`.
     pub kernel_va: u64,
 }
 
-impl fmt::Debug for Env<'_> {
+impl<O: PvMmuOps + ?Sized> fmt::Debug for Env<'_, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Env({:?})", self.mm)
     }
 }
 
 /// One conformance case.
-#[derive(Debug)]
-pub struct Case {
+pub struct Case<O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     /// A claim, as a name.
     pub name: &'static str,
     /// The check.
-    pub run: fn(&Env<'_>) -> CaseResult,
+    pub run: fn(&Env<'_, O>) -> CaseResult,
+}
+
+impl<O: PvMmuOps + ?Sized> fmt::Debug for Case<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Case({})", self.name)
+    }
 }
 
 /// `Err(reason)` when the backend broke the claim.
@@ -52,10 +57,10 @@ pub struct Summary {
     pub total: usize,
 }
 
-impl Env<'_> {
+impl<O: PvMmuOps + ?Sized> Env<'_, O> {
     /// Runs one case, then checks the environment is back where it started:
     /// init_mm active, no frame leaked, no fault injection left armed.
-    pub fn run_case(&self, case: &Case) -> CaseResult {
+    pub fn run_case(&self, case: &Case<O>) -> CaseResult {
         let frames = self.mm.frames();
         let before = frames.free_frames();
         let result = (case.run)(self);

@@ -13,17 +13,19 @@
 
 extern crate alloc;
 
+use pvops::PvMmuOps;
+
 mod cases;
 mod env;
 pub mod workload;
 
-pub use cases::CASES;
+pub use cases::{cases, CASES};
 pub use env::{Case, CaseResult, Env, Machine, Summary};
 
 /// Runs every case in order; `report` sees each result as it comes.
-pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&Case, &CaseResult)) -> Summary {
+pub fn run_all<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {
     let mut summary = Summary::default();
-    for case in CASES {
+    for case in &cases::<O>() {
         let result = env.run_case(case);
         summary.total += 1;
         if result.is_ok() {
@@ -35,6 +37,6 @@ pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&Case, &CaseResult)) -> Sum
 }
 
 /// Runs the case called `name`; `None` if there is no such case.
-pub fn run_one(env: &Env<'_>, name: &str) -> Option<CaseResult> {
-    CASES.iter().find(|c| c.name == name).map(|c| env.run_case(c))
+pub fn run_one<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, name: &str) -> Option<CaseResult> {
+    cases::<O>().iter().find(|c| c.name == name).map(|c| env.run_case(c))
 }

@@ -18,8 +18,8 @@ pub struct Step {
     pub cost: OpStats,
 }
 
-fn step<T>(
-    ops: &dyn PvMmuOps,
+fn step<T, O: PvMmuOps + ?Sized>(
+    ops: &O,
     steps: &mut Vec<Step>,
     what: String,
     f: impl FnOnce() -> Result<T, PvError>,
@@ -33,7 +33,7 @@ fn step<T>(
 /// Runs the demo: a process with `pages` pages, pinned, one more page, a fork,
 /// switches, exits. Returns the steps and the number of frames not returned
 /// (0 unless something leaked).
-pub fn demo(mm: &Mm<'_>, pages: u64) -> Result<(Vec<Step>, i64), PvError> {
+pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Step>, i64), PvError> {
     let ops = mm.ops();
     let free_before = mm.frames().free_frames() as i64;
     let mut steps = Vec::new();

@@ -39,6 +39,17 @@ fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
         mm.exit(a).map_err(|(e, _)| e).expect("exit a");
         mm.exit(b).map_err(|(e, _)| e).expect("exit b");
         assert_eq!(frames.free_frames(), before, "{}: frames leaked", host.label);
+
+        // The whole conformance suite, statically dispatched.
+        let env = pvops_conformance::Env { mm: &mm, machine: host.oracle, kernel_va: pvops_integration::KERNEL_VA };
+        let mut failures = Vec::new();
+        let summary = pvops_conformance::run_all(&env, &mut |case, r| {
+            if let Err(why) = r {
+                failures.push(format!("{}: {why}", case.name));
+            }
+        });
+        assert!(failures.is_empty(), "{}: {failures:?}", host.label);
+        assert_eq!(summary.total, pvops_conformance::CASES.len());
         (host.invariants)(frames, &[]).expect("invariants");
         (host.quiescent)().expect("quiescent");
     }
