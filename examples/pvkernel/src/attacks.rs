@@ -27,7 +27,7 @@ use core::fmt;
 
 use kernel_glue::{AddressSpace, PageFlags};
 use pvops::pte::flags;
-use pvops::{Pfn, Pte, PvError, PAGE_SIZE, USER_LIMIT};
+use pvops::{Pfn, Pte, PvError, PvMmuOps, PAGE_SIZE, USER_LIMIT};
 use pvops_conformance::Machine;
 
 use crate::oracle::KernelOracle;

@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod attacks;
+pub mod backends;
 pub mod console;
 pub mod directmap;
 pub mod entry;

@@ -416,7 +416,7 @@ pub fn write_user(vm: &Vm, space: &AddressSpace, buf: u64, len: u64) -> u64 {
 /// of a PV64 guest user-accessible, so user mode then reaches kernel memory.
 #[cfg(feature = "broken-isolation")]
 pub fn expose_probe_page_in(vm: &Vm, space: &AddressSpace) -> Result<(), PvError> {
-    use pvops::{Level, VirtAddr};
+    use pvops::{Level, PvMmuOps, VirtAddr};
     if vm.ops.name() != "xen64" {
         return Ok(());
     }

@@ -6,7 +6,8 @@
 //! the host models:
 //!
 //! ```text
-//! pvops::init(&BootEnv{entry, handover, platform})   -> ops ("native" / "xen64")
+//! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64"),
+//!   the registry's selection, published for pvops::ops() and held by value
 //! FrameAllocator::new(mem, nr_frames) + the boot allocator's free frames
 //! Mm::adopt_boot(ops, mem, frames, boot_root)        (no frame metadata yet)
 //! mm.map_kernel(KERNEL_PROBE_VA, frame, writable)    (early path)
@@ -23,6 +24,7 @@ use kernel_glue::{FrameAllocator, Mm};
 use pvops::{pte::flags, Pte};
 use pvops::{BootEnv, EntryKind, Level, MmServices, Pfn, PhysMem, PvError, PvMmuOps, VirtAddr};
 
+use crate::backends::KernelOps;
 use crate::memory;
 
 /// A supervisor-only, writable kernel page mapped into `init_mm` during early
@@ -33,14 +35,14 @@ pub const KERNEL_PROBE_VA: u64 = 0xffff_c900_0000_0000;
 /// The memory-management pieces of the running kernel (all `'static`).
 #[derive(Clone, Copy)]
 pub struct Vm {
-    /// The backend the registry picked.
-    pub ops: &'static dyn PvMmuOps,
+    /// The backend the registry picked, dispatched statically.
+    pub ops: &'static KernelOps,
     /// Page-table memory (the direct map).
     pub mem: &'static dyn PhysMem,
     /// The frame allocator with per-frame metadata.
     pub frames: &'static FrameAllocator<'static>,
     /// `init_mm` and address spaces.
-    pub mm: &'static Mm<'static>,
+    pub mm: &'static Mm<'static, KernelOps>,
     /// The frame behind [`KERNEL_PROBE_VA`].
     pub probe_frame: Pfn,
 }
@@ -84,8 +86,14 @@ pub fn boot(
     boot_root: Pfn,
 ) -> Result<Vm, VmError> {
     let env = BootEnv { entry, handover, platform };
-    let ops = pvops::init(&env).map_err(VmError::Registry)?;
-    log::info!("pvops: entry {:?} ({}) -> backend {}", entry, handover, ops.name());
+    let ops: &'static KernelOps = KernelOps::init_static(&env).map_err(VmError::Registry)?;
+    log::info!(
+        "pvops: entry {:?} ({}) -> backend {} (static dispatch: {})",
+        entry,
+        handover,
+        ops.name(),
+        ops.is_builtin()
+    );
 
     let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(mem, nr_frames)));
     let free = memory::take_free_frames();
@@ -103,7 +111,7 @@ pub fn boot(
         free.as_slice().len()
     );
 
-    let mm: &'static Mm<'static> =
+    let mm: &'static Mm<'static, KernelOps> =
         Box::leak(Box::new(step("Mm::adopt_boot", Mm::adopt_boot(ops, mem, frames, boot_root))?));
     // Early boot: still no frame metadata.
     let probe_frame = step("probe frame", frames.alloc_zeroed_frame())?;

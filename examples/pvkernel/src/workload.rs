@@ -15,7 +15,9 @@ use alloc::format;
 use alloc::string::String;
 
 use kernel_glue::Mm;
-use pvops::{OpStats, PvError};
+
+use crate::backends::KernelOps;
+use pvops::{OpStats, PvError, PvMmuOps};
 use pvops_conformance::{run_all, Env};
 
 use crate::exit::{self, ExitCode};
@@ -38,7 +40,7 @@ pub const DEMO_PAGES: u64 = 8;
 /// the host report runs), printing each step's hypervisor traffic as
 /// `HCSTEP <backend> <n> <counts> | <what>` and the total as `HCDEMO …`.
 /// Returns the frames it did not give back.
-pub fn hypercall_demo(mm: &Mm<'_>, pages: u64) -> Result<i64, PvError> {
+pub fn hypercall_demo(mm: &Mm<'_, KernelOps>, pages: u64) -> Result<i64, PvError> {
     let ops = mm.ops();
     let start = ops.stats();
     let (steps, leaked) = pvops_conformance::workload::demo(mm, pages)?;
