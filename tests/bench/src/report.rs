@@ -414,12 +414,15 @@ pub fn markdown(r: &Results) -> String {
          pvops::static_dispatch! {{\n    \
              pub enum Builtin {{\n        \
                  dyn Other,                                              // any other registered backend, via its vtable\n        \
-                 Native(NativeBackend) = \"native\" => native_from_env,   // first = fast path\n        \
-                 Xen64(XenBackend) = \"xen64\" => xen64_from_env,\n    \
+                 Native(NativeBackend) = \"native\" => NativeBackend::from_env,   // first = fast path\n        \
+                 Xen64(XenBackend) = \"xen64\" => XenBackend::from_env,\n    \
              }}\n\
          }}\n\
-         let ops = Builtin::init(&env)?; // the registry's selection; built-ins by value\n\
+         let ops = Builtin::init_static(&env)?; // the registry's selection, published for pvops::ops(); built-ins by value\n\
          ```\n\n\
+         The example kernel does exactly this (`examples/pvkernel/src/backends.rs`, `KernelOps`), and `kernel_glue::Mm` \
+         and the conformance suite are generic over the backend type, so every MMU call the kernel makes is \
+         statically dispatched.\n\n\
          Every `PvMmuOps` method of the enum is `#[inline]`: it tests the tag for the **first** \
          built-in (one `cmp` with memory + one branch) and calls that backend's method directly, \
          so its `#[inline]` methods inline into the call site. Every other variant goes to an \
