@@ -13,6 +13,7 @@
 
 mod boot;
 mod fuzz;
+mod newbackend;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -277,6 +278,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     c.args(["doc", "--no-deps", "--workspace"]).env("RUSTDOCFLAGS", "-D warnings");
     run(c)?;
     loom_model()?;
+    newbackend::check()?;
     fuzz::fuzz(FUZZ_SMOKE_SECONDS)?;
     kernel_lints()?;
 
