@@ -184,7 +184,8 @@ pub fn kernel_dir() -> PathBuf {
     workspace_root().join("examples").join("pvkernel")
 }
 
-fn run_quiet(cmd: &mut Command) -> Result<(), String> {
+/// Runs a command, echoing it; an error names the command.
+pub(crate) fn run_quiet(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: $ {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() {

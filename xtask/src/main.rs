@@ -35,13 +35,7 @@ fn cargo() -> Command {
 
 /// Runs a command, echoing it; an error names the command.
 fn run(mut cmd: Command) -> Result<(), String> {
-    eprintln!("xtask: $ {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed with {status}"))
-    }
+    boot::run_quiet(&mut cmd)
 }
 
 /// Library crates that must also build for the bare-metal target.

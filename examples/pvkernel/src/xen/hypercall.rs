@@ -97,25 +97,8 @@ pub unsafe fn hypercall5(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -
     ret
 }
 
-/// `mmu_update` request: `ptr` = machine address of the entry | command.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MmuUpdate {
-    pub ptr: u64,
-    pub val: u64,
-}
-
-/// `mmuext_op` request (24 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MmuextOp {
-    pub cmd: u32,
-    pub _pad: u32,
-    /// mfn or linear address.
-    pub arg1: u64,
-    /// nr_ents / vcpumask / src_mfn.
-    pub arg2: u64,
-}
+/// The MMU records and `multicall_entry`, shared with the xen64 backend.
+pub use pvops_xen64::abi::{MmuUpdate, MmuextOp, MulticallEntry};
 
 /// `trap_info` (16 bytes); a zero `address` ends the table.
 #[repr(C)]
@@ -189,15 +172,6 @@ pub fn mmuext_op(ops: &[MmuextOp]) -> Result<(), XenError> {
     check("mmuext_op", mmuext_op_counted(ops).0).map(|_| ())
 }
 
-/// `multicall_entry` (64 bytes): Xen writes `result`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MulticallEntry {
-    pub op: u64,
-    pub result: u64,
-    pub args: [u64; 6],
-}
-
 /// Runs `entries` as one `multicall`; each entry's `result` is filled in.
 /// Returns the multicall's own status (non-zero: nothing ran).
 ///
@@ -219,7 +193,7 @@ pub fn machphys_mapping() -> Result<(u64, u64, u64), XenError> {
 
 /// One extended MMU operation taking an mfn/address argument.
 pub fn mmuext(cmd: u32, arg1: u64) -> Result<(), XenError> {
-    mmuext_op(&[MmuextOp { cmd, _pad: 0, arg1, arg2: 0 }])
+    mmuext_op(&[MmuextOp { cmd, arg1, arg2: 0 }])
 }
 
 /// Rewrites the L1 entry mapping `va` in the current page tables.
