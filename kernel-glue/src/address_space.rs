@@ -11,7 +11,7 @@ use pvops::{
 };
 
 use crate::frames::FrameAllocator;
-use crate::walk::{ensure_l1, find_l1, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
+use crate::walk::{ensure_l1, find_l1, undo, NewTables, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
 
 /// Permissions of a user page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +40,14 @@ impl PageFlags {
         }
         f
     }
+}
+
+/// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
+struct Queued {
+    frame: Pfn,
+    l1: Pfn,
+    index: usize,
+    made: NewTables,
 }
 
 /// One user address space (Linux's `mm_struct`). Dropping it does nothing:
@@ -137,7 +145,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if self.ops.reserved_l4_slots().contains(&va.index(Level::L4)) {
             return Err(PvError::ReservedSlot { index: va.index(Level::L4) });
         }
-        let l1 = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
+        let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
         if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
             return Err(PvError::AlreadyMapped { addr: va });
         }
@@ -172,75 +180,55 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
     /// On any error nothing changes: new tables are unlinked and freed again.
+    ///
+    /// Everything it writes goes out as one batch (it brackets itself in
+    /// lazy-MMU mode): on Xen, mapping into a live space that needs new tables
+    /// is one multicall — read-only remaps and links in order — not one
+    /// hypercall per table. Do not call it inside a lazy-MMU section of your own.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
-        let frame = self.map_queued(space, addr, perm)?;
-        if let Err(e) = self.ops.lazy_mmu_flush() {
-            // The queued leaf write was refused: the page is not mapped.
-            let _ = self.frames.free_frame(frame);
-            return Err(e);
+        self.ops.lazy_mmu_enter();
+        let queued = self.map_queued(space, addr, perm);
+        let issued = self.ops.lazy_mmu_leave();
+        match (queued, issued) {
+            (Ok(m), Ok(())) => Ok(m.frame),
+            (Ok(m), Err(e)) => {
+                // Some record of the batch was refused: take the whole map back,
+                // whichever of its records took effect.
+                let _ = self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY);
+                undo(self.ops, self.frames, space.pgd, &m.made);
+                let _ = self.frames.free_frame(m.frame);
+                Err(e)
+            }
+            // map_queued undid its own work (and issued the undo).
+            (Err(e), _) => Err(e),
         }
-        Ok(frame)
     }
 
     /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
-    fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+    fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
         self.check_live(space)?;
-        let existing_l1 = find_l1(self.ops, space.pgd, va)?;
-        if let Some(l1) = existing_l1 {
+        if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
         let frame = self.frames.alloc_zeroed_frame()?;
-        let l1 = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS) {
-            Ok(l1) => l1,
+        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS) {
+            Ok(built) => built,
             Err(e) => {
                 let _ = self.frames.free_frame(frame);
                 return Err(e);
             }
         };
-        if let Err(e) =
-            self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, perm.user_bits()))
-        {
+        let index = va.index(Level::L1);
+        if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, perm.user_bits())) {
+            // Tables built for this page alone go again.
+            undo(self.ops, self.frames, space.pgd, &made);
             let _ = self.frames.free_frame(frame);
-            if existing_l1.is_none() {
-                // Tables built for this page alone go again.
-                let _ = self.prune(space.pgd, va);
-            }
             return Err(e);
         }
-        Ok(frame)
-    }
-
-    /// Unlinks and frees the tables on `va`'s path that are empty (after a failed map).
-    fn prune(&self, root: Pfn, va: VirtAddr) -> Result<(), PvError> {
-        let mut path = [(root, Level::L4); 4];
-        let mut table = root;
-        for (i, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
-            path[i] = (table, level);
-            let e = self.ops.read_entry(level, table, va.index(level))?;
-            if !e.is_present() {
-                return Ok(());
-            }
-            table = e.pfn();
-        }
-        path[3] = (table, Level::L1);
-        for i in (1..4).rev() {
-            let (child, child_level) = path[i];
-            let empty = (0..ENTRIES_PER_TABLE).try_fold(true, |acc, j| {
-                Ok::<bool, PvError>(acc && !self.ops.read_entry(child_level, child, j)?.is_present())
-            })?;
-            if !empty {
-                return Ok(());
-            }
-            let (parent, level) = path[i - 1];
-            self.ops.set_entry(self.frames, level, parent, va.index(level), Pte::EMPTY)?;
-            self.ops.lazy_mmu_flush()?;
-            self.ops.release_pt(self.frames, root, child_level, child)?;
-            self.frames.free_frame(child)?;
-        }
-        Ok(())
+        Ok(Queued { frame, l1, index, made })
     }
 
     /// Unmaps the page at `addr` and frees its frame.
@@ -348,7 +336,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             result = (|| {
                 let perm = PageFlags { writable: pte.is_writable(), executable: pte.0 & flags::NO_EXECUTE == 0 };
-                let frame = self.map_queued(child, va.as_u64(), perm)?;
+                let frame = self.map_queued(child, va.as_u64(), perm)?.frame;
                 for i in 0..ENTRIES_PER_TABLE {
                     let w = self.mem.read_entry(pte.pfn(), i);
                     if w != 0 {

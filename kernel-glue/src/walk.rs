@@ -36,18 +36,19 @@ impl Default for NewTables {
     }
 }
 
-/// Finds or builds the L1 table covering `va` below `root`. On failure every
-/// table this call created is unlinked and freed again.
+/// Finds or builds the L1 table covering `va` below `root`; returns it and the
+/// tables this call created (for [`undo`] if a later step fails). On failure
+/// every table this call created is unlinked and freed again.
 pub(crate) fn ensure_l1<O: PvMmuOps + ?Sized>(
     ops: &O,
     mm: &dyn MmServices,
     root: Pfn,
     va: VirtAddr,
     table_flags: u64,
-) -> Result<Pfn, PvError> {
+) -> Result<(Pfn, NewTables), PvError> {
     let mut made = NewTables::default();
     match build(ops, mm, root, va, table_flags, &mut made) {
-        Ok(l1) => Ok(l1),
+        Ok(l1) => Ok((l1, made)),
         Err(e) => {
             undo(ops, mm, root, &made);
             Err(e)
@@ -89,7 +90,9 @@ fn build<O: PvMmuOps + ?Sized>(
     Ok(table)
 }
 
-fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+/// Unlinks (whether or not the link took effect), releases and frees the
+/// tables `made` lists, newest first, and issues what that queued.
+pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
     for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
         let lower = level.lower().unwrap_or(Level::L1);
         // Best effort: these only fail if the hypervisor already refused us once.
