@@ -46,6 +46,26 @@ impl fmt::Debug for BootEnv<'_> {
 }
 
 /// One registered backend.
+///
+/// A backend crate registers itself with one `static` in the [`BACKENDS`]
+/// slice; nothing in `pvops` names it:
+///
+/// ```
+/// use linkme::distributed_slice;
+/// use pvops::{BackendDesc, BootEnv, EntryKind, PvError, PvMmuOps, BACKENDS};
+///
+/// fn probe(env: &BootEnv<'_>) -> Result<(), &'static str> {
+///     if env.entry == EntryKind::XenPv { Ok(()) } else { Err("not a Xen PV guest") }
+/// }
+/// fn instantiate(_env: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> {
+///     Err(PvError::WrongState { what: "example only" })
+/// }
+///
+/// #[distributed_slice(BACKENDS)]
+/// static EXAMPLE: BackendDesc = BackendDesc { name: "example", priority: 5, probe, instantiate };
+///
+/// assert!(pvops::backends().iter().any(|d| d.name == "example"));
+/// ```
 pub struct BackendDesc {
     /// Unique name (`"native"`, `"xen64"`, …).
     pub name: &'static str,
@@ -108,6 +128,21 @@ pub fn backends() -> Vec<&'static BackendDesc> {
 
 /// Pure selection over any list: checks duplicates, then returns the
 /// highest-priority backend whose probe accepts `env` (or only `forced`).
+///
+/// ```
+/// use pvops::{BackendDesc, BootEnv, EntryKind, PvError, PvMmuOps};
+///
+/// fn yes(_: &BootEnv<'_>) -> Result<(), &'static str> { Ok(()) }
+/// fn no(_: &BootEnv<'_>) -> Result<(), &'static str> { Err("wrong platform") }
+/// fn make(_: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> { Err(PvError::NoBackend) }
+/// static LOW: BackendDesc = BackendDesc { name: "low", priority: 0, probe: yes, instantiate: make };
+/// static HIGH: BackendDesc = BackendDesc { name: "high", priority: 9, probe: no, instantiate: make };
+///
+/// let env = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &() };
+/// assert_eq!(pvops::select(&env, &[&LOW, &HIGH], None).unwrap().name, "low");
+/// let err = pvops::select(&env, &[&HIGH], None).unwrap_err();
+/// assert_eq!(err.tried, vec![("high", "wrong platform")]);
+/// ```
 pub fn select<'d>(
     env: &BootEnv<'_>,
     list: &[&'d BackendDesc],
