@@ -155,7 +155,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// A new, empty user address space sharing `init_mm`'s kernel half.
+    /// Needs frame metadata (the end of early boot): backends keep per-space
+    /// state there (xen64: the user pgd, pin flags).
     pub fn create(&self) -> Result<AddressSpace, PvError> {
+        if !self.frames.has_metadata() {
+            return Err(PvError::WrongState { what: "create before frame metadata exists (early boot)" });
+        }
         let pgd = self.frames.alloc_zeroed_frame()?;
         let reserved = self.ops.reserved_l4_slots();
         for slot in USER_PGD_SLOTS..ENTRIES_PER_TABLE {
@@ -242,7 +247,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
         self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::EMPTY)?;
         self.ops.lazy_mmu_flush()?;
-        if self.active.get() == space.pgd {
+        if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
             // The frame may only be reused once no TLB can still reach it: if the
             // single-address flush fails, fall back to a full flush; if that fails
             // too, keep the frame (report the error) rather than hand it out.
@@ -292,16 +297,20 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             self.ops.activate_mm(self.frames, space.pgd)?;
             space.pinned = true;
         }
-        self.ops.write_cr3(self.frames, space.pgd)?;
-        self.active.set(space.pgd);
-        Ok(())
+        self.switch_to(space.pgd)
+    }
+
+    /// `write_cr3`, keeping `active` equal to what is really loaded even when
+    /// the switch fails half-way.
+    fn switch_to(&self, pgd: Pfn) -> Result<(), PvError> {
+        let r = self.ops.write_cr3(self.frames, pgd);
+        self.active.set(if r.is_ok() { pgd } else { self.ops.read_cr3() });
+        r
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
-        self.ops.write_cr3(self.frames, self.init_pgd)?;
-        self.active.set(self.init_pgd);
-        Ok(())
+        self.switch_to(self.init_pgd)
     }
 
     fn check_live(&self, space: &AddressSpace) -> Result<(), PvError> {

@@ -71,7 +71,7 @@ impl<'m> FrameAllocator<'m> {
     /// Marks `count` frames from `start` free (idempotent; out-of-range ignored).
     pub fn add_free_range(&self, start: Pfn, count: u64) {
         let mut bits = self.free.borrow_mut();
-        let end = (start.0 + count).min(self.nr_frames);
+        let end = start.0.saturating_add(count).min(self.nr_frames);
         for f in start.0..end {
             let (w, b) = ((f / 64) as usize, f % 64);
             if bits[w] & (1 << b) == 0 {
@@ -94,8 +94,12 @@ impl<'m> FrameAllocator<'m> {
     }
 
     /// Creates per-frame metadata: the end of early boot.
+    /// Idempotent: a second call keeps the metadata (pins, private words) it has.
     pub fn init_metadata(&self) {
-        *self.meta.borrow_mut() = Some(vec![FrameInfo::default(); self.nr_frames as usize]);
+        let mut meta = self.meta.borrow_mut();
+        if meta.is_none() {
+            *meta = Some(vec![FrameInfo::default(); self.nr_frames as usize]);
+        }
     }
 
     /// Frames currently free.

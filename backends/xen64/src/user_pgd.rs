@@ -53,8 +53,14 @@ pub(crate) fn get_user_pgd(mm: &dyn MmServices, pgd: Pfn, index: usize) -> Resul
 
 /// `PvMmuOps::pgd_alloc`.
 pub(crate) fn pgd_alloc(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-    if !cx.steady(mm)? || pgd == cx.st.boot_root {
+    if pgd == cx.st.boot_root {
+        // init_mm never has a user pgd.
         return Ok(());
+    }
+    if !cx.steady(mm)? {
+        // No page structures yet: nowhere to attach a user pgd, and an address
+        // space without one would crash the domain on its first return to user.
+        return Err(PvError::WrongState { what: "pgd_alloc before frame metadata exists" });
     }
     if mm.is_pinned(pgd)? {
         return Err(PvError::WrongState { what: "pgd_alloc of a pinned pgd" });

@@ -55,11 +55,13 @@ fn early_write_cr3_sets_only_the_kernel_base_pointer() {
 }
 
 #[test]
-fn early_pgd_alloc_attaches_nothing_and_pinning_waits_for_metadata() {
+fn early_pgd_alloc_is_refused_and_pinning_waits_for_metadata() {
     let g = early();
     let pgd = g.mm.alloc_zeroed_frame().unwrap();
     let allocated = g.mm.allocated_frames();
-    g.ops().pgd_alloc(g.mm, pgd).unwrap();
+    // No page structures: no user pgd can be attached, and a space without one
+    // would crash the domain on its first return to user mode.
+    assert!(matches!(g.ops().pgd_alloc(g.mm, pgd), Err(PvError::WrongState { .. })));
     assert_eq!(g.mm.allocated_frames(), allocated);
     assert!(matches!(g.ops().activate_mm(g.mm, pgd), Err(PvError::WrongState { .. })));
     assert!(matches!(g.ops().exit_mm(g.mm, pgd), Err(PvError::WrongState { .. })));
