@@ -30,9 +30,22 @@ pub(crate) fn write_cr3(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Resul
         None => None,
     };
     let after = cx.push(mmuext::new_baseptr(kernel));
-    cx.push(mmuext::new_user_baseptr(user));
+    let user_switched = cx.push(mmuext::new_user_baseptr(user));
     publish_after(cx, pgd, after);
-    cx.finish()
+    let report = cx.issue();
+    let Some(error) = report.error() else {
+        return Ok(());
+    };
+    if report.completed(after) && !report.completed(user_switched) {
+        // The kernel root moved but the user root did not: the previous
+        // process's user tables would run under the new kernel root. Fail
+        // safe: no user tables at all (a return to user mode then crashes the
+        // domain instead of leaking another process's memory).
+        if let Err(e) = cx.raw(mmuext::new_user_baseptr(None)) {
+            log::error!("xen64: cannot clear the user base pointer after {error}: {e}");
+        }
+    }
+    Err(error)
 }
 
 /// Registers the callback publishing `pgd` as the current cr3.
