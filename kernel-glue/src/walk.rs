@@ -75,6 +75,8 @@ fn build<O: PvMmuOps + ?Sized>(
         let lower = level.lower().ok_or(PvError::WrongState { what: "no level below L1" })?;
         let new = mm.alloc_zeroed_frame()?;
         if let Err(err) = ops.alloc_pt(mm, root, lower, new) {
+            // Its own step may have taken effect even though the call failed.
+            let _ = ops.release_pt(mm, root, lower, new);
             let _ = mm.free_frame(new);
             return Err(err);
         }

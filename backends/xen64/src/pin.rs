@@ -228,13 +228,22 @@ pub(crate) fn alloc_pt(
         return Ok(());
     }
     let record = cx.remap(pfn, false)?;
-    cx.push(record);
+    let id = cx.push(record);
     mm.set_pinned(pfn, true)?;
-    if let Err(e) = cx.issue_unless_lazy() {
-        let _ = mm.set_pinned(pfn, false);
-        return Err(e);
+    if cx.st.lazy {
+        return Ok(());
     }
-    Ok(())
+    let report = cx.issue();
+    let Some(error) = report.error() else {
+        return Ok(());
+    };
+    // The flag follows what happened to *this* record: an earlier record's
+    // failure may be the error while our remap took effect (then the frame is
+    // read-only and must be released with `release_pt`, not reused as is).
+    if !report.completed(id) {
+        let _ = mm.set_pinned(pfn, false);
+    }
+    Err(error)
 }
 
 /// `PvMmuOps::release_pt`: an unlinked table of a pinned tree becomes an
@@ -255,7 +264,11 @@ pub(crate) fn release_pt(
         return Ok(());
     }
     let record = cx.remap(pfn, true)?;
-    cx.push(record);
-    cx.finish()?;
-    mm.set_pinned(pfn, false)
+    let id = cx.push(record);
+    let report = cx.issue();
+    // As in `alloc_pt`: the flag follows this record, whatever else failed.
+    if report.completed(id) {
+        mm.set_pinned(pfn, false)?;
+    }
+    report.into_result()
 }
