@@ -200,6 +200,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 // Some record of the batch was refused: take the whole map back,
                 // whichever of its records took effect.
                 let _ = self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY);
+                if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
+                    // Nothing used the mapping, but no TLB may keep it once the frame is free.
+                    let _ = self.ops.flush_tlb_all();
+                }
                 undo(self.ops, self.frames, space.pgd, &m.made);
                 let _ = self.frames.free_frame(m.frame);
                 Err(e)
@@ -418,8 +422,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             if !e4.is_present() {
                 continue;
             }
-            self.free_table(root, Level::L3, e4.pfn())?;
             self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
+            self.free_table(root, Level::L3, e4.pfn())?;
             self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
             self.frames.free_frame(e4.pfn())?;
         }
@@ -433,6 +437,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             if !e.is_present() {
                 continue;
             }
+            // Unlink before freeing: if anything below fails, the space handed
+            // back to the caller never points at a frame that was given away.
+            self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
             match level.lower() {
                 None => self.frames.free_frame(e.pfn())?,
                 Some(lower) => {
