@@ -18,8 +18,11 @@ pub struct Report {
     pub backend: &'static str,
     /// The host platform it ran on.
     pub platform: &'static str,
-    /// `(case, Ok | Err(reason))`.
+    /// `(case, Ok | Err(reason))`; a case also fails when the host model's
+    /// invariants (e.g. no direct store to a live Xen table) break during it.
     pub cases: Vec<(&'static str, Result<(), String>)>,
+    /// The model's end state after the whole run (e.g. no pin left).
+    pub end_state: Result<(), String>,
 }
 
 impl Report {
@@ -29,7 +32,7 @@ impl Report {
     }
     /// True when every case passed (and there was at least one).
     pub fn all_passed(&self) -> bool {
-        !self.cases.is_empty() && self.passed() == self.cases.len()
+        !self.cases.is_empty() && self.passed() == self.cases.len() && self.end_state.is_ok()
     }
 }
 
@@ -65,12 +68,16 @@ pub fn run_backend_cases(name: &str, only: Option<&str>) -> Result<Report, Strin
     let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: crate::KERNEL_VA };
     let mut cases = Vec::new();
     for case in pvops_conformance::CASES.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
-        cases.push((case.name, env.run_case(case)));
+        let result = env
+            .run_case(case)
+            .and_then(|()| (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}")));
+        cases.push((case.name, result));
     }
     if cases.is_empty() {
         return Err(format!("no case named {:?}", only.unwrap_or_default()));
     }
-    Ok(Report { backend: desc.name, platform: host.label, cases })
+    let end_state = (host.quiescent)();
+    Ok(Report { backend: desc.name, platform: host.label, cases, end_state })
 }
 
 /// Runs the whole suite against the registered backend `name`.

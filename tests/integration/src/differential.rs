@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kernel_glue::{AddressSpace, PageFlags};
 
-use crate::platform::{boot_backend, platform_for, Booted, HostPlatform};
+use crate::platform::{boot_backend, platform_for_seeded, Booted, HostPlatform, DEFAULT_P2M_SEED};
 
 /// One address-space operation.
 #[derive(Clone, Debug)]
@@ -43,10 +43,15 @@ type Reference = Vec<BTreeMap<u64, u64>>;
 
 /// Boots every registered backend on its host platform.
 pub fn runners() -> Vec<Runner> {
+    runners_seeded(DEFAULT_P2M_SEED)
+}
+
+/// [`runners`] with the Xen model's p2m scrambled from `p2m_seed`.
+pub fn runners_seeded(p2m_seed: u64) -> Vec<Runner> {
     pvops::backends()
         .into_iter()
         .filter_map(|d| {
-            let host = platform_for(d)?;
+            let host = platform_for_seeded(d, p2m_seed)?;
             let booted = boot_backend(d, &host).ok()?;
             let free_at_start = booted.frames.free_frames();
             Some(Runner { name: d.name, host, booted, spaces: Vec::new(), active: None, free_at_start })
@@ -162,6 +167,11 @@ fn check(r: &Runner, reference: &Reference) -> Result<Vec<(u64, bool)>, String> 
 /// Runs `ops` on every registered backend; `Err` describes the first disagreement.
 pub fn run_sequence(ops: &[Op]) -> Result<(), String> {
     run_sequence_on(&mut runners(), ops)
+}
+
+/// [`run_sequence`] with the Xen model's p2m scrambled from `p2m_seed`.
+pub fn run_sequence_seeded(ops: &[Op], p2m_seed: u64) -> Result<(), String> {
+    run_sequence_on(&mut runners_seeded(p2m_seed), ops)
 }
 
 /// [`run_sequence`] on already booted backends. A successful run leaves them

@@ -51,7 +51,15 @@ impl HostPlatform {
 
 /// Every kind of host platform: one per backend family.
 pub fn platforms() -> Vec<HostPlatform> {
-    vec![crate::native_host::native_platform(4096), crate::xen_host::xen_platform(4096)]
+    platforms_seeded(DEFAULT_P2M_SEED)
+}
+
+/// The p2m seed of [`platforms`].
+pub const DEFAULT_P2M_SEED: u64 = 0x5eed;
+
+/// [`platforms`], with the Xen model's p2m scrambled from `p2m_seed`.
+pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
+    vec![crate::native_host::native_platform(4096), crate::xen_host::xen_platform_seeded(4096, p2m_seed)]
 }
 
 /// A booted memory manager on a host platform with backend `desc`: the same
@@ -84,5 +92,10 @@ pub struct Booted {
 
 /// Finds a host platform whose environment the backend's probe accepts.
 pub fn platform_for(desc: &BackendDesc) -> Option<HostPlatform> {
-    platforms().into_iter().find(|p| (desc.probe)(&p.env()).is_ok())
+    platform_for_seeded(desc, DEFAULT_P2M_SEED)
+}
+
+/// [`platform_for`] among [`platforms_seeded`]`(p2m_seed)`.
+pub fn platform_for_seeded(desc: &BackendDesc, p2m_seed: u64) -> Option<HostPlatform> {
+    platforms_seeded(p2m_seed).into_iter().find(|p| (desc.probe)(&p.env()).is_ok())
 }

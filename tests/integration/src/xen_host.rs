@@ -37,7 +37,12 @@ fn invariants(model: &'static XenModel, frames: &FrameAllocator<'static>, pgds: 
 
 /// A Xen PV domain of `nr_pages` pages as the builder leaves it.
 pub fn xen_platform(nr_pages: u64) -> HostPlatform {
-    let model = XenModel::leaked(nr_pages, 0x5eed);
+    xen_platform_seeded(nr_pages, crate::platform::DEFAULT_P2M_SEED)
+}
+
+/// [`xen_platform`] with the p2m scrambled from `p2m_seed`.
+pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
+    let model = XenModel::leaked(nr_pages, p2m_seed);
     let platform: &'static pvops_xen64::XenPlatform = Box::leak(Box::new(model.platform()));
     HostPlatform {
         label: "xen-model",
