@@ -145,13 +145,27 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if self.ops.reserved_l4_slots().contains(&va.index(Level::L4)) {
             return Err(PvError::ReservedSlot { index: va.index(Level::L4) });
         }
-        let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
-        if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
-            return Err(PvError::AlreadyMapped { addr: va });
-        }
-        let f = flags::PRESENT | if writable { flags::WRITABLE } else { 0 };
-        self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, f))?;
-        self.ops.lazy_mmu_flush()
+        self.issued_now(|| {
+            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
+            if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
+                return Err(PvError::AlreadyMapped { addr: va });
+            }
+            let f = flags::PRESENT | if writable { flags::WRITABLE } else { 0 };
+            self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, f))
+        })
+    }
+
+    /// Runs `f` in a lazy-MMU section of its own and issues what it queued
+    /// before returning, even inside a caller's section (whose earlier updates
+    /// go out with it): for work that must have taken effect when it returns.
+    /// The result covers only what `f` queued.
+    fn issued_now<T>(&self, f: impl FnOnce() -> Result<T, PvError>) -> Result<T, PvError> {
+        self.ops.lazy_mmu_enter();
+        let r = f();
+        let flushed = self.ops.lazy_mmu_flush();
+        let left = self.ops.lazy_mmu_leave();
+        let v = r?;
+        flushed.and(left).map(|()| v)
     }
 
     /// A new, empty user address space sharing `init_mm`'s kernel half.
@@ -186,10 +200,17 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
     /// On any error nothing changes: new tables are unlinked and freed again.
     ///
-    /// Everything it writes goes out as one batch (it brackets itself in
-    /// lazy-MMU mode): on Xen, mapping into a live space that needs new tables
-    /// is one multicall — read-only remaps and links in order — not one
-    /// hypercall per table. Do not call it inside a lazy-MMU section of your own.
+    /// Everything it writes goes out as one batch (it brackets itself in a
+    /// lazy-MMU section): on Xen, mapping into a live space that needs new
+    /// tables is one multicall — read-only remaps and links in order — not one
+    /// hypercall per table.
+    ///
+    /// Inside a lazy-MMU section of the caller's, the section nests: nothing
+    /// is issued until the caller flushes or leaves, and a hypercall failure
+    /// of this map's updates is reported there, not here. The state is then
+    /// what Xen did: the page may be missing (`translate` says), its frame
+    /// and any table it needed stay allocated; tables linked into the space
+    /// are freed by [`Mm::exit`], a frame that was never linked is lost.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
         self.ops.lazy_mmu_enter();
         let queued = self.map_queued(space, addr, perm);
@@ -199,18 +220,35 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             (Ok(m), Err(e)) => {
                 // Some record of the batch was refused: take the whole map back,
                 // whichever of its records took effect.
-                let _ = self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY);
-                if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
-                    // Nothing used the mapping, but no TLB may keep it once the frame is free.
-                    let _ = self.ops.flush_tlb_all();
-                }
-                undo(self.ops, self.frames, space.pgd, &m.made);
-                let _ = self.frames.free_frame(m.frame);
+                self.take_back(space, &m);
                 Err(e)
             }
             // map_queued undid its own work (and issued the undo).
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Undoes a map whose batch failed: clear the leaf (and flush if loaded),
+    /// issued before anything is freed; unlink and free the tables it built;
+    /// free the frame unless it may still be mapped (then it is kept: logged).
+    fn take_back(&self, space: &AddressSpace, m: &Queued) {
+        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let cleared = self.issued_now(|| {
+            self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
+            if loaded {
+                // Nothing used the mapping, but no TLB may keep it once the frame is free.
+                self.ops.flush_tlb_all()?;
+            }
+            Ok(())
+        });
+        let still_mapped =
+            self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present() && e.pfn() == m.frame);
+        undo(self.ops, self.frames, space.pgd, &m.made);
+        if still_mapped || (loaded && cleared.is_err()) {
+            log::error!("map undo: frame {:?} may still be reachable; not freed ({cleared:?})", m.frame);
+            return;
+        }
+        let _ = self.frames.free_frame(m.frame);
     }
 
     /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
@@ -241,23 +279,41 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Unmaps the page at `addr` and frees its frame.
+    ///
+    /// In order: the entry is cleared, then (if `space` is loaded) its TLB
+    /// entry flushed, then the frame freed. The clear and the flush are one
+    /// batch issued before it returns (on Xen one hypercall), even inside a
+    /// caller's lazy-MMU section. On error: if the entry was not cleared,
+    /// nothing changed; if it was but no flush could be done, the page is
+    /// unmapped and its frame is kept (never handed out while a TLB may
+    /// still reach it), and the error says why.
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
         let va = user_va(addr)?;
         self.check_live(space)?;
         let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
-        let e = self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?;
+        let index = va.index(Level::L1);
+        let e = self.ops.read_entry(Level::L1, l1, index)?;
         if !e.is_present() {
             return Err(PvError::NotMapped { addr: va });
         }
-        self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::EMPTY)?;
-        self.ops.lazy_mmu_flush()?;
-        if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
-            // The frame may only be reused once no TLB can still reach it: if the
-            // single-address flush fails, fall back to a full flush; if that fails
-            // too, keep the frame (report the error) rather than hand it out.
-            if let Err(e) = self.ops.flush_tlb_one(va) {
-                log::warn!("unmap {:#x}: flush_tlb_one failed ({e}); flushing everything", va.as_u64());
-                self.ops.flush_tlb_all()?;
+        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let done = self.issued_now(|| {
+            self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
+            if loaded {
+                self.ops.flush_tlb_one(va)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+                // The clear did not take effect: nothing changed.
+                return Err(e);
+            }
+            if loaded {
+                // Cleared, but the flush may not have happened: flush everything,
+                // or keep the frame rather than hand it out.
+                log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
+                self.issued_now(|| self.ops.flush_tlb_all())?;
             }
         }
         self.frames.free_frame(e.pfn())
@@ -417,17 +473,19 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {
-        for i4 in 0..USER_PGD_SLOTS {
-            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
-            if !e4.is_present() {
-                continue;
+        self.issued_now(|| {
+            for i4 in 0..USER_PGD_SLOTS {
+                let e4 = self.ops.read_entry(Level::L4, root, i4)?;
+                if !e4.is_present() {
+                    continue;
+                }
+                self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
+                self.free_table(root, Level::L3, e4.pfn())?;
+                self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
+                self.frames.free_frame(e4.pfn())?;
             }
-            self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
-            self.free_table(root, Level::L3, e4.pfn())?;
-            self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
-            self.frames.free_frame(e4.pfn())?;
-        }
-        self.ops.lazy_mmu_flush()
+            Ok(())
+        })
     }
 
     /// Frees everything below the `level` table `table` (not the table itself).

@@ -81,6 +81,15 @@ fn build<O: PvMmuOps + ?Sized>(
             return Err(err);
         }
         if let Err(err) = ops.set_entry(mm, level, table, slot, Pte::new(new, table_flags)) {
+            // A refused link normally changed nothing; if the entry points at
+            // the new table anyway (a half-done pgd pair whose repair was
+            // refused too), it is part of the space now: record it, so the
+            // caller's undo unlinks it before anything is freed.
+            if links(ops, level, table, slot, new) {
+                made.created[made.len] = (table, level, slot, new);
+                made.len += 1;
+                return Err(err);
+            }
             let _ = ops.release_pt(mm, root, lower, new);
             let _ = mm.free_frame(new);
             return Err(err);
@@ -93,14 +102,31 @@ fn build<O: PvMmuOps + ?Sized>(
 }
 
 /// Unlinks (whether or not the link took effect), releases and frees the
-/// tables `made` lists, newest first, and issues what that queued.
+/// tables `made` lists, newest first. Runs in a lazy-MMU section of its own,
+/// issued before it returns, so it neither reports nor swallows failures of
+/// an enclosing section's updates. A table whose parent still points at it
+/// after the unlink was issued (the hypervisor refused it) is not freed: it
+/// stays part of the space, and `Mm::exit` frees it with the rest.
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+    ops.lazy_mmu_enter();
     for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
         let lower = level.lower().unwrap_or(Level::L1);
         // Best effort: these only fail if the hypervisor already refused us once.
         let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
+        let _ = ops.lazy_mmu_flush();
+        if links(ops, level, parent, slot, new) {
+            log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; left in the space");
+            continue;
+        }
         let _ = ops.release_pt(mm, root, lower, new);
         let _ = mm.free_frame(new);
     }
     let _ = ops.lazy_mmu_flush();
+    let _ = ops.lazy_mmu_leave();
+}
+
+/// True when slot `slot` of the `level` table `parent` points at `child`
+/// (or cannot be read: assume the worst).
+fn links<O: PvMmuOps + ?Sized>(ops: &O, level: Level, parent: Pfn, slot: usize, child: Pfn) -> bool {
+    ops.read_entry(level, parent, slot).map_or(true, |e| e.is_present() && e.pfn() == child)
 }

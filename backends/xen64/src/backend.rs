@@ -1,6 +1,7 @@
 //! The backend value, its lock-protected state, and the `PvMmuOps` impl that
 //! dispatches each hook to the module named after its Xen concept.
 
+use alloc::vec::Vec;
 use core::ops::Range;
 
 use pvops::{Level, Mfn, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
@@ -15,8 +16,10 @@ use crate::{boot, mmu_update, p2m, pin, root, tlb, user_pgd};
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) batch: Batch,
-    /// In lazy-MMU mode: updates queue until leave/flush.
-    pub(crate) lazy: bool,
+    /// Open lazy-MMU sections, outermost first: each one's mark (the first
+    /// record queued inside it). Non-empty: updates queue until flush or the
+    /// outermost leave. Sections nest (`Mm::map` inside a caller's section).
+    pub(crate) lazy: Vec<RecordId>,
     /// The root the builder loaded and pinned (`start_info.pt_base`): init_mm's pgd.
     pub(crate) boot_root: Pfn,
     /// True once the boot tables were marked pinned in frame metadata.
@@ -27,6 +30,9 @@ pub(crate) struct State {
 pub(crate) struct Cx<'a> {
     pub(crate) platform: &'a XenPlatform,
     pub(crate) st: &'a mut State,
+    /// The first record this operation may queue: its reports cover records
+    /// from here on only (earlier ones belong to a lazy section's owner).
+    pub(crate) mark: RecordId,
 }
 
 impl Cx<'_> {
@@ -40,24 +46,29 @@ impl Cx<'_> {
         self.st.batch.push(self.platform.transport, record)
     }
 
-    /// Issues the batch and returns what happened.
     /// Queues a record past the batch's fixed capacity (see `Batch::push_unbounded`).
     pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
         self.st.batch.push_unbounded(record)
     }
 
+    /// Issues the batch and returns what happened to this operation's records.
     pub(crate) fn issue(&mut self) -> Report {
-        self.st.batch.issue(self.platform.transport)
+        self.st.batch.issue_from(self.platform.transport, self.mark)
     }
 
-    /// Issues the batch; the first failure is the error.
+    /// Issues the batch; the first failure of this operation's records is the error.
     pub(crate) fn finish(&mut self) -> Result<(), PvError> {
-        self.st.batch.finish(self.platform.transport)
+        self.issue().into_result()
+    }
+
+    /// True inside a lazy-MMU section.
+    pub(crate) fn lazy(&self) -> bool {
+        !self.st.lazy.is_empty()
     }
 
     /// Issues the batch unless in lazy-MMU mode (Linux's `xen_mc_issue(PARAVIRT_LAZY_MMU)`).
     pub(crate) fn issue_unless_lazy(&mut self) -> Result<(), PvError> {
-        if self.st.lazy {
+        if self.lazy() {
             return Ok(());
         }
         self.finish()
@@ -123,8 +134,8 @@ impl XenBackend {
         XenBackend {
             platform,
             state: spin::Mutex::new(State {
-                batch: Batch::new(boot_root),
-                lazy: false,
+                batch: Batch::new(boot_root, platform.mem),
+                lazy: Vec::new(),
                 boot_root,
                 boot_tables_marked: false,
             }),
@@ -133,7 +144,8 @@ impl XenBackend {
 
     fn with<R>(&self, f: impl FnOnce(&mut Cx<'_>) -> R) -> R {
         let mut st = self.state.lock();
-        let mut cx = Cx { platform: &self.platform, st: &mut st };
+        let mark = st.batch.mark();
+        let mut cx = Cx { platform: &self.platform, st: &mut st, mark };
         f(&mut cx)
     }
 
@@ -224,19 +236,37 @@ impl PvMmuOps for XenBackend {
         self.with(|cx| tlb::flush_one(cx, va))
     }
 
+    /// Opens a (possibly nested) section; it owns the records queued from now on.
     fn lazy_mmu_enter(&self) {
-        self.state.lock().lazy = true;
+        let mut st = self.state.lock();
+        let mark = st.batch.mark();
+        st.lazy.push(mark);
     }
 
+    /// An inner leave issues nothing and reports what is already known about
+    /// its section's records; the outermost issues everything and reports
+    /// every failure not claimed yet.
     fn lazy_mmu_leave(&self) -> Result<(), PvError> {
         self.with(|cx| {
-            cx.st.lazy = false;
-            cx.finish()
+            let Some(mark) = cx.st.lazy.pop() else {
+                // Not in a section: like a flush outside one.
+                return cx.st.batch.issue_from(cx.platform.transport, RecordId::FIRST).into_result();
+            };
+            if cx.st.lazy.is_empty() {
+                cx.st.batch.issue_from(cx.platform.transport, RecordId::FIRST).into_result()
+            } else {
+                cx.st.batch.take_from(mark).into_result()
+            }
         })
     }
 
+    /// Issues everything queued; reports the failures of the innermost open
+    /// section's records (all unclaimed ones outside a section).
     fn lazy_mmu_flush(&self) -> Result<(), PvError> {
-        self.with(|cx| cx.finish())
+        self.with(|cx| {
+            let mark = cx.st.lazy.last().copied().unwrap_or(RecordId::FIRST);
+            cx.st.batch.issue_from(cx.platform.transport, mark).into_result()
+        })
     }
 
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {

@@ -11,7 +11,11 @@
 //!   at once, or at lazy-MMU leave/flush.
 //!
 //! At L4, a slot below `USER_PGD_SLOTS` is mirrored into the user pgd: both
-//! direct stores when unpinned, both `mmu_update`s in one batch when pinned.
+//! direct stores when unpinned, both `mmu_update`s in one array when pinned,
+//! all-or-nothing: a user-slot failure puts the kernel slot back (see
+//! `multicall::Batch::repair_pairs`). Only if Xen refuses that too are the
+//! two slots left different (kernel new, user old); the error is returned and
+//! logged.
 //! Slots at and above `USER_LIMIT` never reach the user pgd, and Xen's slots
 //! 256..272 are refused.
 
@@ -19,7 +23,7 @@ use pvops::{Level, Mfn, MmServices, Pfn, Pte, PvError, ENTRIES_PER_TABLE};
 
 use crate::abi::{MmuUpdate, MMU_NORMAL_PT_UPDATE, XEN_L4_END, XEN_L4_FIRST};
 use crate::backend::{check_slot, Cx};
-use crate::multicall::Record;
+use crate::multicall::{Pair, Record};
 use crate::register::XenPlatform;
 use crate::{boot, p2m, user_pgd};
 
@@ -58,14 +62,22 @@ pub(crate) fn set_entry(
         return Ok(());
     }
     let table_mfn = cx.mfn(table)?;
-    let user_mfn = match user {
-        Some(u) => Some((cx.mfn(u.pgd)?, u.index)),
-        None => None,
-    };
-    // Both updates in one batch: consecutive mmu_updates share one entry.
-    cx.push(entry_update(table_mfn, index, raw));
-    if let Some((mfn, slot)) = user_mfn {
-        cx.push(entry_update(mfn, slot, raw));
+    let kernel = entry_update(table_mfn, index, raw);
+    match user {
+        None => {
+            cx.push(kernel);
+        }
+        Some(u) => {
+            // Both updates in one array (same flush, kernel first): if the
+            // kernel record fails Xen stops there and neither changes; if the
+            // user record fails, the batch puts the kernel slot back.
+            let user_update = entry_update(cx.mfn(u.pgd)?, u.index, raw);
+            let (k, uid) = cx.st.batch.push_two(cx.platform.transport, kernel, user_update);
+            let Record::Mmu(MmuUpdate { ptr: kernel_ptr, .. }) = kernel else {
+                return Err(PvError::WrongState { what: "entry_update is an mmu_update" });
+            };
+            cx.st.batch.add_pair(Pair { kernel: k, user: uid, kernel_ptr, user_pgd: u.pgd, index });
+        }
     }
     cx.issue_unless_lazy()
 }

@@ -17,11 +17,25 @@
 //! [`PvError::Hypercall`] naming the record, and the ids of the records that
 //! did not take effect are kept so callers (pin/unpin) can undo exactly the
 //! ones that did. Xen runs every entry of a multicall whatever an earlier one
-//! returned, and stops an array at its first failing record (`done`).
+//! returned, and stops an array at its first failing record (`done`). A
+//! multicall that fails itself (`xen/common/multicall.c` `do_multicall`:
+//! -EFAULT copying entry k) has still run entries 0..k, whose results count;
+//! entries the transport leaves at [`Outcome::NOT_RUN`] did not take effect.
+//!
+//! Failures belong to whoever queued the failing record: every operation
+//! claims only the records it queued (ids from its own mark on, see
+//! [`Batch::issue_from`]); a failure of a record queued earlier in a lazy-MMU
+//! section, issued because a later record found the batch full, stays in the
+//! batch until that section's owner flushes or leaves.
+//!
+//! A *pair* (a kernel pgd slot and its user pgd twin, see `mmu_update`) is
+//! all-or-nothing: if the user record fails after the kernel record took
+//! effect, the kernel slot is put back to the user slot's value in a follow-up
+//! `mmu_update` before the flush returns.
 
 use alloc::vec::Vec;
 
-use pvops::{OpStats, Pfn, PvError};
+use pvops::{OpStats, Pfn, PhysMem, PvError};
 
 use crate::abi::{mmuext, Call, MmuUpdate, MmuextOp, MMUEXT_OP_BYTES, MMU_UPDATE_BYTES};
 use crate::transport::{HypercallTransport, Outcome};
@@ -36,6 +50,11 @@ pub const MAX_CALLBACKS: usize = 32;
 /// Names one queued record, across flushes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct RecordId(u64);
+
+impl RecordId {
+    /// The first id ever given: a mark covering every record.
+    pub(crate) const FIRST: RecordId = RecordId(0);
+}
 
 /// One request, before it is placed in a batch entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,49 +126,93 @@ pub struct FlushCounts {
     pub callbacks_full: u64,
 }
 
-/// What issued records did, accumulated until taken.
+/// What issued records did, accumulated until claimed.
 #[derive(Debug, Default)]
 #[must_use = "a report may hold a hypercall failure"]
 pub(crate) struct Report {
-    failed: Vec<RecordId>,
-    error: Option<PvError>,
+    /// Records that did not take effect.
+    undone: Vec<RecordId>,
+    /// One per failed record (and per record skipped because of it), in issue
+    /// order: the error that explains it, owned by whoever queued the record.
+    errors: Vec<(RecordId, PvError)>,
 }
 
 impl Report {
     /// True when record `id` (issued since the report began) took effect.
     pub(crate) fn completed(&self, id: RecordId) -> bool {
-        !self.failed.contains(&id)
+        !self.undone.contains(&id)
     }
 
     /// The first failure, if any.
     pub(crate) fn error(&self) -> Option<PvError> {
-        self.error
+        self.errors.first().map(|&(_, e)| e)
     }
 
     /// `Err` with the first failure.
     pub(crate) fn into_result(self) -> Result<(), PvError> {
-        match self.error {
+        match self.error() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+
+    fn fail(&mut self, id: RecordId, error: PvError) {
+        self.undone.push(id);
+        self.errors.push((id, error));
+    }
+
+    /// Moves out everything about records `first` and later.
+    fn split_off_from(&mut self, first: RecordId) -> Report {
+        let (mine, older): (Vec<_>, Vec<_>) = self.undone.iter().partition(|&&id| id >= first);
+        self.undone = older;
+        let (my_errors, older_errors): (Vec<_>, Vec<_>) = self.errors.iter().partition(|(id, _)| *id >= first);
+        self.errors = older_errors;
+        Report { undone: mine, errors: my_errors }
+    }
+}
+
+/// A kernel pgd slot update and its user pgd twin, queued together.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pair {
+    /// The kernel pgd's record.
+    pub(crate) kernel: RecordId,
+    /// The user pgd's record (right after `kernel`, in the same array).
+    pub(crate) user: RecordId,
+    /// `MmuUpdate::ptr` of the kernel slot.
+    pub(crate) kernel_ptr: u64,
+    /// The user pgd and slot, read back to undo the kernel half.
+    pub(crate) user_pgd: Pfn,
+    /// The slot (same in both).
+    pub(crate) index: usize,
 }
 
 /// A multicall batch under construction.
-#[derive(Debug)]
 pub(crate) struct Batch {
     mmu: Vec<MmuUpdate>,
     ext: Vec<MmuextOp>,
     entries: Vec<Entry>,
     arg_bytes: usize,
     callbacks: Vec<Callback>,
+    pairs: Vec<Pair>,
     next_id: u64,
     /// Id of the first record still queued (everything below is issued).
     queued_from: u64,
     report: Report,
     published_cr3: Pfn,
+    /// Table memory, to read a user pgd slot back when its pair is undone.
+    mem: &'static dyn PhysMem,
     pub(crate) stats: OpStats,
     pub(crate) flushes: FlushCounts,
+}
+
+impl core::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Batch")
+            .field("entries", &self.entries.len())
+            .field("next_id", &self.next_id)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -162,17 +225,19 @@ enum Reason {
 
 impl Batch {
     /// An empty batch; `cr3` is the root loaded now.
-    pub(crate) fn new(cr3: Pfn) -> Self {
+    pub(crate) fn new(cr3: Pfn, mem: &'static dyn PhysMem) -> Self {
         Batch {
             mmu: Vec::with_capacity(MAX_ARG_BYTES / MMU_UPDATE_BYTES),
             ext: Vec::with_capacity(MAX_ARG_BYTES / MMUEXT_OP_BYTES),
             entries: Vec::with_capacity(MAX_ENTRIES),
             arg_bytes: 0,
             callbacks: Vec::with_capacity(MAX_CALLBACKS),
+            pairs: Vec::new(),
             next_id: 0,
             queued_from: 0,
             report: Report::default(),
             published_cr3: cr3,
+            mem,
             stats: OpStats::default(),
             flushes: FlushCounts::default(),
         }
@@ -181,6 +246,17 @@ impl Batch {
     /// The root whose `NEW_BASEPTR` was last seen to take effect.
     pub(crate) fn published_cr3(&self) -> Pfn {
         self.published_cr3
+    }
+
+    /// Sets the reported root when the caller knows better than a callback
+    /// (an undo of a switch that could not be undone).
+    pub(crate) fn set_published_cr3(&mut self, pgd: Pfn) {
+        self.published_cr3 = pgd;
+    }
+
+    /// The id the next queued record gets: an operation's mark.
+    pub(crate) fn mark(&self) -> RecordId {
+        RecordId(self.next_id)
     }
 
     /// True when nothing is queued.
@@ -204,6 +280,23 @@ impl Batch {
             self.flush(transport, Reason::EntriesFull);
         }
         self.push_unbounded(record)
+    }
+
+    /// Queues two records that must go out in the same flush (a pair, or a
+    /// kernel and user base pointer): flushes first if both do not fit.
+    pub(crate) fn push_two(&mut self, transport: &dyn HypercallTransport, a: Record, b: Record) -> (RecordId, RecordId) {
+        let bytes = a.arg_bytes() + b.arg_bytes();
+        if self.arg_bytes + bytes > MAX_ARG_BYTES {
+            self.flush(transport, Reason::ArgsFull);
+        } else if self.entries.len() + 2 > MAX_ENTRIES {
+            self.flush(transport, Reason::EntriesFull);
+        }
+        (self.push_unbounded(a), self.push_unbounded(b))
+    }
+
+    /// Registers a pair queued with [`Batch::push_two`].
+    pub(crate) fn add_pair(&mut self, pair: Pair) {
+        self.pairs.push(pair);
     }
 
     /// Queues a record without the fixed capacity: for one operation whose
@@ -250,25 +343,33 @@ impl Batch {
         }
     }
 
-    /// Issues everything queued and returns what happened since the last
-    /// report was taken (including automatic flushes).
-    pub(crate) fn issue(&mut self, transport: &dyn HypercallTransport) -> Report {
+    /// Issues everything queued; returns what happened to records `first`
+    /// and later (the caller's own), including in earlier automatic flushes.
+    /// What happened to older records stays for their owner.
+    pub(crate) fn issue_from(&mut self, transport: &dyn HypercallTransport, first: RecordId) -> Report {
         self.flush(transport, Reason::Explicit);
-        core::mem::take(&mut self.report)
+        self.report.split_off_from(first)
     }
 
-    /// [`Batch::issue`], as a result.
-    pub(crate) fn finish(&mut self, transport: &dyn HypercallTransport) -> Result<(), PvError> {
-        self.issue(transport).into_result()
+    /// Issues nothing; returns what is known about records `first` and later.
+    pub(crate) fn take_from(&mut self, first: RecordId) -> Report {
+        self.report.split_off_from(first)
     }
 
-    /// One call on its own, now (after anything queued, to keep order).
+    /// Issues everything queued, claiming nothing (the failures stay for
+    /// their owners).
+    pub(crate) fn flush_queued(&mut self, transport: &dyn HypercallTransport) {
+        self.flush(transport, Reason::Explicit);
+    }
+
+    /// One call on its own, now (after anything queued, to keep order); its
+    /// result alone.
     pub(crate) fn raw(&mut self, transport: &dyn HypercallTransport, record: Record) -> Result<(), PvError> {
         if !self.is_empty() {
             self.flush(transport, Reason::Explicit);
         }
-        self.push(transport, record);
-        self.finish(transport)
+        let id = self.push(transport, record);
+        self.issue_from(transport, id).into_result()
     }
 
     fn run_callback(&mut self, callback: Callback) {
@@ -300,7 +401,9 @@ impl Batch {
                 Entry::Uvm { va, val, flags, .. } => Call::UpdateVaMapping { va, val, flags },
             })
             .collect();
-        let mut outcomes = alloc::vec![Outcome::default(); calls.len()];
+        // The transport overwrites the outcome of every entry Xen ran; the
+        // others keep this marker (see `HypercallTransport::multicall`).
+        let mut outcomes = alloc::vec![Outcome::NOT_RUN; calls.len()];
         self.stats.hypercalls += 1;
         let mut multicall_status = 0;
         if let [only] = calls.as_slice() {
@@ -316,39 +419,47 @@ impl Batch {
         drop(calls);
 
         let mut batch_index = 0;
+        let mut all_ran = true;
         for (entry, outcome) in self.entries.iter().zip(&outcomes) {
             let (first, len) = entry.first_and_len();
-            let outcome = if multicall_status != 0 { Outcome::failed(multicall_status, 0) } else { *outcome };
-            if !outcome.is_ok() {
+            if !outcome.ran() {
+                // Xen stopped the multicall before this entry: none of it ran.
+                let code = if multicall_status != 0 { multicall_status } else { -crate::abi::errno::EFAULT };
+                let error = PvError::Hypercall { op: "multicall", index: batch_index, code };
+                if all_ran {
+                    log::warn!("xen64: multicall failed with {code} before record {batch_index} of the batch");
+                }
+                all_ran = false;
+                for k in 0..len {
+                    self.report.fail(RecordId(first.0 + k as u64), error);
+                }
+            } else if !outcome.is_ok() {
                 let done = (outcome.done as usize).min(len.saturating_sub(1));
+                let op = match *entry {
+                    Entry::Mmu { .. } => "mmu_update",
+                    Entry::Ext { start, .. } => {
+                        self.ext.get(start + done).map_or("mmuext_op", |op| mmuext::name(op.cmd))
+                    }
+                    Entry::Uvm { .. } => "update_va_mapping",
+                };
+                let error = PvError::Hypercall { op, index: batch_index + done, code: outcome.status };
                 for k in done..len {
-                    self.report.failed.push(RecordId(first.0 + k as u64));
+                    self.report.fail(RecordId(first.0 + k as u64), error);
                 }
-                if self.report.error.is_none() {
-                    let op = if multicall_status != 0 {
-                        "multicall"
-                    } else {
-                        match *entry {
-                            Entry::Mmu { .. } => "mmu_update",
-                            Entry::Ext { start, .. } => {
-                                self.ext.get(start + done).map_or("mmuext_op", |op| mmuext::name(op.cmd))
-                            }
-                            Entry::Uvm { .. } => "update_va_mapping",
-                        }
-                    };
-                    self.report.error =
-                        Some(PvError::Hypercall { op, index: batch_index + done, code: outcome.status });
-                    log::warn!(
-                        "xen64: {op} failed with {} (record {} of the batch)",
-                        outcome.status,
-                        batch_index + done
-                    );
-                }
+                log::warn!("xen64: {op} failed with {} (record {} of the batch)", outcome.status, batch_index + done);
             }
             batch_index += len;
         }
+        if multicall_status != 0 && all_ran {
+            // A transport that reports a failed multicall but every entry as
+            // run breaks its contract; the last record's owner hears of it.
+            log::error!("xen64: multicall returned {multicall_status} but ran every entry");
+            let last = RecordId(self.next_id - 1);
+            self.report.errors.push((last, PvError::Hypercall { op: "multicall", index: batch_index, code: multicall_status }));
+        }
         log::trace!("xen64: issued {} entries ({} records)", self.entries.len(), batch_index);
 
+        self.repair_pairs(transport);
         self.entries.clear();
         self.mmu.clear();
         self.ext.clear();
@@ -361,19 +472,77 @@ impl Batch {
         self.callbacks = callbacks;
         self.callbacks.clear();
     }
+
+    /// Undoes the kernel half of every pair whose user half failed: the kernel
+    /// slot is set back to what the user slot holds (its value before the
+    /// pair, since the twins agreed), in one `mmu_update`. A kernel record
+    /// undone this way is reported as not taken effect, with the user
+    /// record's error. If Xen refuses the undo, the slots differ (kernel new,
+    /// user old): logged, and the operation's error stands.
+    fn repair_pairs(&mut self, transport: &dyn HypercallTransport) {
+        let pairs = core::mem::take(&mut self.pairs);
+        let broken: Vec<Pair> =
+            pairs.into_iter().filter(|p| self.report.completed(p.kernel) && !self.report.completed(p.user)).collect();
+        if broken.is_empty() {
+            return;
+        }
+        let repairs: Vec<MmuUpdate> = broken
+            .iter()
+            .map(|p| MmuUpdate { ptr: p.kernel_ptr, val: self.mem.read_entry(p.user_pgd, p.index) })
+            .collect();
+        let outcome = transport.call(&Call::MmuUpdate(&repairs));
+        self.stats.hypercalls += 1;
+        self.stats.mmu_updates += repairs.len() as u64;
+        let done = if outcome.is_ok() { repairs.len() } else { (outcome.done as usize).min(repairs.len()) };
+        for (k, pair) in broken.iter().enumerate() {
+            if k < done {
+                let error = self.report.errors.iter().find(|(id, _)| *id == pair.user).map(|&(_, e)| e);
+                if let Some(error) = error {
+                    self.report.fail(pair.kernel, error);
+                }
+            } else {
+                log::error!(
+                    "xen64: cannot undo kernel pgd slot {} after its user twin failed ({}): the two pgds differ",
+                    pair.index,
+                    outcome.status
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::abi::mmuext;
+    use std::sync::Mutex;
     use std::vec::Vec as StdVec;
 
     /// Records the shape of every trap: `(is_multicall, [records per entry])`.
     #[derive(Default)]
     struct Recorder {
-        traps: std::sync::Mutex<StdVec<(bool, StdVec<usize>)>>,
-        fail_entry: Option<usize>,
+        traps: Mutex<StdVec<(bool, StdVec<usize>)>>,
+        /// Every `mmu_update` record seen, in order.
+        mmu_seen: Mutex<StdVec<MmuUpdate>>,
+        /// One shot: entry `.0` of the next trap fails after `.1` records.
+        fail: Mutex<Option<(usize, u32)>>,
+        /// One shot: the next multicall stops (-EFAULT) before entry `k`.
+        stop_at: Mutex<Option<usize>>,
+    }
+
+    impl Recorder {
+        fn failing(entry: usize, done: u32) -> Self {
+            Recorder { fail: Mutex::new(Some((entry, done))), ..Recorder::default() }
+        }
+        fn run(&self, i: usize, c: &Call<'_>, fail: Option<(usize, u32)>) -> Outcome {
+            if let Call::MmuUpdate(r) = c {
+                self.mmu_seen.lock().unwrap().extend_from_slice(r);
+            }
+            match fail {
+                Some((e, done)) if e == i => Outcome::failed(-16, done),
+                _ => Outcome::ok(shape(c) as u32),
+            }
+        }
     }
 
     fn shape(c: &Call<'_>) -> usize {
@@ -387,18 +556,39 @@ mod tests {
     impl HypercallTransport for Recorder {
         fn call(&self, call: &Call<'_>) -> Outcome {
             self.traps.lock().unwrap().push((false, std::vec![shape(call)]));
-            if self.fail_entry == Some(0) {
-                return Outcome::failed(-22, 0);
-            }
-            Outcome::ok(shape(call) as u32)
+            let fail = self.fail.lock().unwrap().take();
+            self.run(0, call, fail)
         }
         fn multicall(&self, calls: &[Call<'_>], outcomes: &mut [Outcome]) -> i64 {
             self.traps.lock().unwrap().push((true, calls.iter().map(shape).collect()));
+            let fail = self.fail.lock().unwrap().take();
+            let stop = self.stop_at.lock().unwrap().take();
             for (i, (c, o)) in calls.iter().zip(outcomes.iter_mut()).enumerate() {
-                *o = if self.fail_entry == Some(i) { Outcome::failed(-16, 1) } else { Outcome::ok(shape(c) as u32) };
+                if stop == Some(i) {
+                    return -14;
+                }
+                *o = self.run(i, c, fail);
             }
             0
         }
+    }
+
+    /// Table memory for pair repairs: word `index` of frame `pfn` reads `pfn * 1000 + index`.
+    struct FakeMem;
+    impl PhysMem for FakeMem {
+        fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+            pfn.0 * 1000 + index as u64
+        }
+        fn write_entry(&self, _pfn: Pfn, _index: usize, _value: u64) {}
+    }
+    static FAKE_MEM: FakeMem = FakeMem;
+
+    fn batch(cr3: u64) -> Batch {
+        Batch::new(Pfn(cr3), &FAKE_MEM)
+    }
+
+    fn finish(b: &mut Batch, t: &Recorder) -> Result<(), PvError> {
+        b.issue_from(t, RecordId::FIRST).into_result()
     }
 
     fn mmu(i: u64) -> Record {
@@ -414,11 +604,11 @@ mod tests {
     #[test]
     fn consecutive_mmu_updates_merge_into_one_entry_issued_as_a_plain_call() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(0));
+        let mut b = batch(0);
         for i in 0..5 {
             b.push(&t, mmu(i));
         }
-        b.finish(&t).unwrap();
+        finish(&mut b, &t).unwrap();
         assert_eq!(*t.traps.lock().unwrap(), std::vec![(false, std::vec![5])]);
         assert_eq!(b.stats.hypercalls, 1);
         assert_eq!(b.stats.multicall_entries, 0);
@@ -427,14 +617,14 @@ mod tests {
     #[test]
     fn different_kinds_take_separate_entries_of_one_multicall() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(0));
+        let mut b = batch(0);
         b.push(&t, uvm());
         b.push(&t, mmu(1));
         b.push(&t, mmu(2));
         b.push(&t, ext());
         b.push(&t, ext());
         b.push(&t, mmu(3));
-        b.finish(&t).unwrap();
+        finish(&mut b, &t).unwrap();
         assert_eq!(*t.traps.lock().unwrap(), std::vec![(true, std::vec![1, 2, 2, 1])]);
         assert_eq!(b.stats.multicall_entries, 4);
     }
@@ -442,12 +632,12 @@ mod tests {
     #[test]
     fn a_full_entry_table_flushes_before_the_next_entry() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(0));
+        let mut b = batch(0);
         for _ in 0..MAX_ENTRIES + 1 {
             b.push(&t, uvm());
         }
         assert_eq!(t.traps.lock().unwrap().len(), 1, "flushed when the 33rd entry arrived");
-        b.finish(&t).unwrap();
+        finish(&mut b, &t).unwrap();
         let traps = t.traps.lock().unwrap();
         assert_eq!(traps[0].1.len(), MAX_ENTRIES);
         assert_eq!(traps[1], (false, std::vec![1]));
@@ -457,12 +647,12 @@ mod tests {
     #[test]
     fn full_argument_space_flushes_even_when_merging() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(0));
+        let mut b = batch(0);
         let per_batch = MAX_ARG_BYTES / MMU_UPDATE_BYTES;
         for i in 0..per_batch as u64 + 1 {
             b.push(&t, mmu(i));
         }
-        b.finish(&t).unwrap();
+        finish(&mut b, &t).unwrap();
         let traps = t.traps.lock().unwrap();
         assert_eq!(traps.len(), 2);
         assert_eq!(traps[0], (false, std::vec![per_batch]));
@@ -470,42 +660,119 @@ mod tests {
     }
 
     #[test]
+    fn push_two_never_splits_the_two_across_flushes() {
+        let t = Recorder::default();
+        let mut b = batch(0);
+        for _ in 0..MAX_ENTRIES - 1 {
+            b.push(&t, uvm());
+        }
+        let (x, y) = b.push_two(&t, ext(), mmu(1));
+        assert_eq!(t.traps.lock().unwrap().len(), 1, "flushed first: only one entry was left");
+        assert!(x.0 >= b.queued_from && y.0 >= b.queued_from, "both still queued");
+        finish(&mut b, &t).unwrap();
+        assert_eq!(t.traps.lock().unwrap()[1], (true, std::vec![1, 1]));
+    }
+
+    #[test]
     fn a_failing_entry_is_reported_with_its_record_index_and_the_undone_records() {
-        let t = Recorder { fail_entry: Some(1), ..Recorder::default() };
-        let mut b = Batch::new(Pfn(0));
+        let t = Recorder::failing(1, 1);
+        let mut b = batch(0);
         let a = b.push(&t, uvm());
         let m1 = b.push(&t, mmu(1));
         let m2 = b.push(&t, mmu(2));
         let m3 = b.push(&t, mmu(3));
         let c = b.push(&t, ext());
-        let report = b.issue(&t);
+        let report = b.issue_from(&t, RecordId::FIRST);
         assert_eq!(report.error(), Some(PvError::Hypercall { op: "mmu_update", index: 2, code: -16 }));
         assert!(report.completed(a) && report.completed(m1) && report.completed(c));
         assert!(!report.completed(m2) && !report.completed(m3));
     }
 
     #[test]
+    fn a_multicall_stopped_at_entry_k_keeps_the_results_of_the_entries_before_it() {
+        let t = Recorder::default();
+        *t.stop_at.lock().unwrap() = Some(2);
+        let mut b = batch(0);
+        let a = b.push(&t, uvm());
+        let m = b.push(&t, mmu(1));
+        let c = b.push(&t, ext());
+        let d = b.push(&t, uvm());
+        let report = b.issue_from(&t, RecordId::FIRST);
+        assert!(report.completed(a) && report.completed(m), "entries 0 and 1 ran");
+        assert!(!report.completed(c) && !report.completed(d), "entries 2 and 3 did not");
+        assert_eq!(report.error(), Some(PvError::Hypercall { op: "multicall", index: 2, code: -14 }));
+    }
+
+    #[test]
+    fn a_failure_in_an_automatic_flush_belongs_to_the_record_owner_not_the_next_caller() {
+        let t = Recorder::failing(0, 0);
+        let mut b = batch(0);
+        // Owner X queues MAX_ENTRIES entries; the first one will fail.
+        let x = b.mark();
+        for _ in 0..MAX_ENTRIES {
+            b.push(&t, uvm());
+        }
+        // Caller Y's record finds the batch full: X's records go out now.
+        let y = b.mark();
+        b.push(&t, ext());
+        let mine = b.issue_from(&t, y);
+        assert_eq!(mine.error(), None, "Y's own record took effect");
+        let owners = b.issue_from(&t, x);
+        assert!(matches!(owners.error(), Some(PvError::Hypercall { op: "update_va_mapping", .. })), "{owners:?}");
+        assert_eq!(b.issue_from(&t, RecordId::FIRST).error(), None, "claimed once");
+    }
+
+    #[test]
+    fn a_pair_whose_user_half_fails_puts_the_kernel_half_back_from_the_user_slot() {
+        // One array [kernel, user]: Xen stops after the first record.
+        let t = Recorder::failing(0, 1);
+        let mut b = batch(0);
+        let (k, u) = b.push_two(&t, mmu(1), mmu(2));
+        b.add_pair(Pair { kernel: k, user: u, kernel_ptr: 0x5008, user_pgd: Pfn(7), index: 1 });
+        let report = b.issue_from(&t, RecordId::FIRST);
+        assert!(!report.completed(u));
+        assert!(!report.completed(k), "the kernel half counts as undone");
+        assert!(report.error().is_some());
+        let seen = t.mmu_seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "the pair, then one repair");
+        assert_eq!(seen[2], MmuUpdate { ptr: 0x5008, val: 7001 }, "kernel slot := user slot");
+        assert_eq!(t.traps.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_pair_that_fully_succeeds_or_fully_fails_needs_no_repair() {
+        for fail in [None, Some((0, 0))] {
+            let t = Recorder { fail: Mutex::new(fail), ..Recorder::default() };
+            let mut b = batch(0);
+            let (k, u) = b.push_two(&t, mmu(1), mmu(2));
+            b.add_pair(Pair { kernel: k, user: u, kernel_ptr: 0x5008, user_pgd: Pfn(7), index: 1 });
+            let _ = b.issue_from(&t, RecordId::FIRST);
+            assert_eq!(t.traps.lock().unwrap().len(), 1, "{fail:?}: no repair call");
+        }
+    }
+
+    #[test]
     fn callbacks_run_after_issue_and_only_if_their_record_took_effect() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(1));
+        let mut b = batch(1);
         let id = b.push(&t, ext());
         b.add_callback(&t, Callback::PublishCr3 { pgd: Pfn(7), after: id });
         assert_eq!(b.published_cr3(), Pfn(1), "not before the batch is issued");
-        b.finish(&t).unwrap();
+        finish(&mut b, &t).unwrap();
         assert_eq!(b.published_cr3(), Pfn(7));
 
-        let t = Recorder { fail_entry: Some(0), ..Recorder::default() };
+        let t = Recorder::failing(0, 0);
         let id = b.push(&t, ext());
         b.add_callback(&t, Callback::PublishCr3 { pgd: Pfn(9), after: id });
-        assert!(b.finish(&t).is_err());
+        assert!(finish(&mut b, &t).is_err());
         assert_eq!(b.published_cr3(), Pfn(7));
     }
 
     #[test]
     fn an_empty_batch_issues_nothing() {
         let t = Recorder::default();
-        let mut b = Batch::new(Pfn(0));
-        b.finish(&t).unwrap();
+        let mut b = batch(0);
+        finish(&mut b, &t).unwrap();
         assert!(t.traps.lock().unwrap().is_empty());
     }
 }

@@ -63,8 +63,9 @@ impl Step {
 /// multicall); on any failure undoes the steps that took effect and returns
 /// the first failure.
 fn run_steps(cx: &mut Cx<'_>, steps: &[Step]) -> Result<(), PvError> {
-    // Whatever was queued before belongs to someone else: out it goes first.
-    cx.finish()?;
+    // Whatever was queued before belongs to someone else (a lazy section's
+    // owner, who hears of its failures): out it goes first, unclaimed.
+    cx.st.batch.flush_queued(cx.platform.transport);
     let mut records = Vec::with_capacity(steps.len());
     for step in steps {
         records.push(step.record(cx)?);
@@ -230,7 +231,7 @@ pub(crate) fn alloc_pt(
     let record = cx.remap(pfn, false)?;
     let id = cx.push(record);
     mm.set_pinned(pfn, true)?;
-    if cx.st.lazy {
+    if cx.lazy() {
         return Ok(());
     }
     let report = cx.issue();

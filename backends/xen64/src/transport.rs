@@ -39,6 +39,17 @@ impl Outcome {
     pub const fn is_ok(&self) -> bool {
         self.status == 0
     }
+
+    /// The marker of a multicall entry Xen did not run: the backend fills
+    /// every outcome with it before [`HypercallTransport::multicall`], and the
+    /// transport overwrites only the entries that ran. `i64::MIN` is no
+    /// hypercall's result (Xen returns 0 or `-errno`, errno < 4096).
+    pub const NOT_RUN: Outcome = Outcome { status: i64::MIN, done: 0 };
+
+    /// False for [`Outcome::NOT_RUN`]: Xen ran the call (whatever it returned).
+    pub const fn ran(&self) -> bool {
+        self.status != i64::MIN
+    }
 }
 
 /// Issues hypercalls.
@@ -46,9 +57,18 @@ pub trait HypercallTransport: Sync {
     /// Issues one hypercall (one trap into Xen).
     fn call(&self, call: &Call<'_>) -> Outcome;
     /// Issues one `multicall` of `calls`, run by Xen in order (a failing entry
-    /// does not stop the next), writing each entry's outcome to `outcomes`
-    /// (same length). Returns the multicall's own status: non-zero means no
-    /// entry ran.
+    /// does not stop the next). `outcomes` (same length) arrives filled with
+    /// [`Outcome::NOT_RUN`]; the transport writes the outcome of every entry
+    /// Xen ran and leaves the others as they are. Returns the multicall's own
+    /// status. Non-zero does not mean nothing ran: Xen's `do_multicall`
+    /// (`xen/common/multicall.c`) runs entries in order and stops at the first
+    /// it cannot read (-EFAULT), so entries before it ran and wrote their
+    /// results. On the real hypercall page, a transport pre-sets each entry's
+    /// `result` to a value Xen never returns and treats an entry whose result
+    /// is still that value as not run. (An entry whose result Xen ran but
+    /// could not write back, also -EFAULT, then looks not run: Xen reads and
+    /// writes the same entry, so that needs a read-only entry, which a
+    /// transport must not hand over.)
     fn multicall(&self, calls: &[Call<'_>], outcomes: &mut [Outcome]) -> i64;
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Arrays (`mmu_update`, `mmuext_op`) run in order and stop at the first
 //! failing record; the outcome carries Xen's `done` count. A multicall runs
-//! every entry, whatever an earlier one returned, and records each outcome.
+//! every entry, whatever an earlier one returned, and records each outcome;
+//! one that fails itself part-way leaves later entries' outcomes untouched.
 
 use pvops::pte::flags;
 use pvops::{Level, PAGE_SIZE};
@@ -218,8 +219,29 @@ impl HypercallTransport for XenModel {
             st.counters.failures += 1;
             return code;
         }
+        // A part-way failure (`inject_multicall_failure`): entries before
+        // `stop` run and write their outcomes; the rest are never touched.
+        let stop = match st.inject_multicall.as_mut() {
+            Some((inj, entry)) => {
+                let entry = (*entry).min(calls.len().saturating_sub(1));
+                let mut slot = Some(*inj);
+                let fired = XenState::injected(&mut slot);
+                match slot {
+                    Some(left) => *inj = left,
+                    None => st.inject_multicall = None,
+                }
+                fired.map(|code| (entry, code))
+            }
+            None => None,
+        };
         let mut hv = Hv::new(&mut st, &self.mem);
-        for (call, outcome) in calls.iter().zip(outcomes.iter_mut()) {
+        for (i, (call, outcome)) in calls.iter().zip(outcomes.iter_mut()).enumerate() {
+            if let Some((entry, code)) = stop {
+                if i == entry {
+                    hv.st.counters.failures += 1;
+                    return code;
+                }
+            }
             hv.st.counters.multicall_entries += 1;
             *outcome = hv.run(call);
         }

@@ -100,6 +100,8 @@ pub(crate) struct XenState {
     pub(crate) crash: Option<String>,
     pub(crate) inject_subop: Option<Injection>,
     pub(crate) inject_hypercall: Option<Injection>,
+    /// A multicall failing part-way: the injection, and the entry it stops at.
+    pub(crate) inject_multicall: Option<(Injection, usize)>,
     pub(crate) direct_map_base: u64,
     nr_mfns: u64,
 }
@@ -189,6 +191,7 @@ impl XenModel {
             crash: None,
             inject_subop: None,
             inject_hypercall: None,
+            inject_multicall: None,
             direct_map_base: DEFAULT_DIRECT_MAP_BASE,
             nr_mfns,
         };
@@ -368,12 +371,22 @@ impl XenModel {
         self.lock().inject_hypercall = Some(Injection { after, code });
     }
 
+    /// Makes the multicall `after` multicalls from now stop at entry `entry`
+    /// (the last one if it has fewer) and return `code`, as Xen's
+    /// `do_multicall` (`xen/common/multicall.c`) does when it cannot copy an
+    /// entry in (-EFAULT): the entries before it have run and their results
+    /// are written; that entry and the later ones never run.
+    pub fn inject_multicall_failure(&self, after: u64, entry: usize, code: i64) {
+        self.lock().inject_multicall = Some((Injection { after, code }, entry));
+    }
+
     /// Disarms any pending injection; true if one was still armed.
     pub fn clear_injections(&self) -> bool {
         let mut st = self.lock();
-        let armed = st.inject_subop.is_some() || st.inject_hypercall.is_some();
+        let armed = st.inject_subop.is_some() || st.inject_hypercall.is_some() || st.inject_multicall.is_some();
         st.inject_subop = None;
         st.inject_hypercall = None;
+        st.inject_multicall = None;
         armed
     }
 
