@@ -1,0 +1,110 @@
+//! A multicall that fails part-way has still run its first entries (Xen's
+//! `do_multicall`, `xen/common/multicall.c`: -EFAULT copying entry k after
+//! entries 0..k ran and wrote their results). The backend must use what those
+//! entries did: undo exactly them, or build on them. Checked with the Xen
+//! model's part-way multicall failure, against the model's own state.
+
+use kernel_glue::{AddressSpace, Mm, PageFlags};
+use pvops::PvError;
+use pvops_integration::platform::{boot_backend, Booted, HostPlatform};
+use pvops_integration::xen_host::xen_platform;
+use pvops_model::xen::PageType;
+use pvops_native as _;
+use pvops_xen64::abi::errno;
+
+fn boot() -> (HostPlatform, Booted) {
+    let host = xen_platform(1024);
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
+    let b = boot_backend(desc, &host).expect("boot");
+    (host, b)
+}
+
+#[test]
+fn a_pin_stopped_part_way_undoes_exactly_the_entries_that_ran() {
+    let (host, b) = boot();
+    let model = host.xen.unwrap();
+    let mm = b.mm;
+    let mut s = mm.create().unwrap();
+    for i in 0..3u64 {
+        mm.map(&s, 0x40_0000 + i * (1 << 30), PageFlags::DATA).unwrap();
+    }
+    let aliases = |n: u64| (0..n).map(|p| model.alias_writable(pvops::Pfn(p))).collect::<Vec<_>>();
+    let before = aliases(host.nr_frames);
+    // The pin is one multicall: read-only remaps of every table page, then the pins.
+    for entry in 1..8 {
+        model.inject_multicall_failure(0, entry, -errno::EFAULT);
+        let e = mm.activate(&mut s).expect_err("stopped multicall");
+        assert!(matches!(e, PvError::Hypercall { .. }), "entry {entry}: {e}");
+        assert!(!s.is_pinned(), "entry {entry}");
+        assert_eq!(model.pinned_count(), 1, "entry {entry}: only the boot root is pinned");
+        let after = aliases(host.nr_frames);
+        let changed: Vec<usize> = (0..before.len()).filter(|&p| before[p] != after[p]).collect();
+        assert!(changed.is_empty(), "entry {entry}: aliases of pfns {changed:?} left changed by remaps that ran");
+    }
+    mm.activate(&mut s).unwrap();
+    mm.activate_init().unwrap();
+    mm.exit(s).map_err(|(e, _)| e).unwrap();
+    model.check_quiescent().unwrap();
+}
+
+/// The fault-injection workload: every address-space operation.
+fn workload(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), PvError> {
+    spaces.push(mm.create()?);
+    for i in 0..3u64 {
+        mm.map(&spaces[0], 0x40_0000 + i * 0x1000 + i * (1 << 30), PageFlags::DATA)?;
+    }
+    mm.activate(&mut spaces[0])?;
+    mm.map(&spaces[0], 0x7f00_0000_0000, PageFlags::DATA)?;
+    mm.unmap(&spaces[0], 0x40_0000)?;
+    let child = mm.fork(&spaces[0])?;
+    spaces.push(child);
+    mm.activate(&mut spaces[1])?;
+    mm.activate(&mut spaces[0])?;
+    mm.activate_init()?;
+    let s = spaces.remove(1);
+    if let Err((e, s)) = mm.exit(s) {
+        spaces.push(s);
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_multicall_stopped_at_any_entry_leaves_nothing_behind() {
+    let (host, b) = boot();
+    let model = host.xen.unwrap();
+    let mm = b.mm;
+    let mut points = 0;
+    for entry in 0..4usize {
+        for k in 0..1000u64 {
+            let free_before = b.frames.free_frames();
+            model.inject_multicall_failure(k, entry, -errno::EFAULT);
+            let mut spaces = Vec::new();
+            let r = workload(mm, &mut spaces);
+            let armed = model.clear_injections();
+            mm.activate_init().unwrap_or_else(|e| panic!("entry {entry} k={k}: activate_init: {e}"));
+            for s in spaces.drain(..) {
+                mm.exit(s).unwrap_or_else(|(e, _)| panic!("entry {entry} k={k}: exit after {r:?}: {e}"));
+            }
+            let what = format!("entry {entry} k={k} ({r:?})");
+            assert_eq!(b.frames.free_frames(), free_before, "{what}: frames leaked");
+            (host.invariants)(b.frames, &[]).unwrap_or_else(|e| panic!("{what}: {e}"));
+            model.check_quiescent().unwrap_or_else(|e| panic!("{what}: {e}"));
+            for pfn in (0..host.nr_frames).map(pvops::Pfn) {
+                if b.frames.is_free(pfn) {
+                    assert!(
+                        model.page_type(pfn) == PageType::None && model.alias_writable(pfn),
+                        "{what}: free frame {pfn:?} is still a table or read-only"
+                    );
+                }
+            }
+            if armed {
+                assert!(r.is_ok(), "{what}: failed without the injection firing");
+                break;
+            }
+            points += 1;
+        }
+    }
+    println!("{points} part-way multicall failures");
+    assert!(points >= 8, "only {points} multicalls in the workload");
+}
