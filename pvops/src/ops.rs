@@ -54,6 +54,13 @@ impl OpStats {
 /// Tables are named by their frame; entries are pfn based ([`Pte`]). Every
 /// method returns an error rather than panicking; an error leaves the state
 /// as it was unless the method says otherwise.
+///
+/// An error belongs to the call whose update failed. A method's result
+/// reports only the updates that call made or queued; a failure of an update
+/// queued earlier in a lazy-MMU section (issued now only because a batch
+/// filled up, or because this call had to issue) is reported to that section's
+/// owner at [`PvMmuOps::lazy_mmu_flush`] or [`PvMmuOps::lazy_mmu_leave`],
+/// never to an unrelated later call.
 pub trait PvMmuOps: Sync {
     /// The backend's registry name.
     fn name(&self) -> &'static str;
@@ -86,15 +93,31 @@ pub trait PvMmuOps: Sync {
 
     /// Writes slot `index` of the `level` table in frame `table`.
     /// MUST reject `index >= 512` and, for L4, the reserved slots.
+    ///
+    /// An L4 slot below [`USER_PGD_SLOTS`] that a backend mirrors elsewhere
+    /// (xen64: the user pgd) MUST change in both places or in neither. Only
+    /// if the hypervisor refuses both the update and its undo may they
+    /// differ; then the call fails, the table holds the new value and the
+    /// mirror the old one, and writing the slot again (e.g. clearing it)
+    /// makes them agree.
     fn set_entry(&self, mm: &dyn MmServices, level: Level, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError>;
 
     /// Reads slot `index` of the `level` table in frame `table`, as a pfn-based entry.
+    /// MUST return what the last [`PvMmuOps::set_entry`] of that slot wrote,
+    /// also while that write is still queued in a lazy-MMU section.
     fn read_entry(&self, level: Level, table: Pfn, index: usize) -> Result<Pte, PvError>;
 
     /// Switches to the address space rooted at `pgd` (both roots on Xen).
+    ///
+    /// On error the previous address space MUST still be loaded, whole (on
+    /// Xen: a refused user root is undone by loading the previous kernel root
+    /// again). Only if the hypervisor refuses that undo too is `pgd`'s kernel
+    /// root left loaded, with no user root (never the previous one under the
+    /// new kernel root); [`PvMmuOps::read_cr3`] then names `pgd`.
     fn write_cr3(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
 
-    /// The root that is really loaded now.
+    /// The (kernel) root that is really loaded now, also after a failed
+    /// [`PvMmuOps::write_cr3`].
     fn read_cr3(&self) -> Pfn;
 
     /// First use of an address space (Xen: pin both pgds). Idempotent per pin state:
@@ -110,13 +133,27 @@ pub trait PvMmuOps: Sync {
     /// Flushes one address from the TLB.
     fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError>;
 
-    /// Enters lazy-MMU mode: updates MAY be queued until [`PvMmuOps::lazy_mmu_leave`].
+    /// Opens a lazy-MMU section: updates MAY be queued until the section is
+    /// flushed or the outermost section is left.
+    ///
+    /// Sections MUST nest: entering inside an open section opens an inner
+    /// one (a library call such as `Mm::map` brackets itself, and must not
+    /// end its caller's section). Each section owns the updates queued while
+    /// it is the innermost one.
     fn lazy_mmu_enter(&self);
 
-    /// Leaves lazy-MMU mode, issuing everything queued.
+    /// Closes the innermost section. Leaving an inner section MUST NOT issue
+    /// anything or end the enclosing one: its updates stay queued for the
+    /// enclosing section (which then owns their failures); the result reports
+    /// failures of its updates already issued (by a full batch or an issuing
+    /// call). Leaving the outermost section issues everything queued; every
+    /// update made in any section MUST have taken effect, or its failure been
+    /// reported by one of these calls, when it returns.
     fn lazy_mmu_leave(&self) -> Result<(), PvError>;
 
-    /// Issues everything queued without leaving lazy mode.
+    /// Issues everything queued (the enclosing sections' updates too) without
+    /// leaving any section; reports the failures of the innermost section's
+    /// updates (outside any section: of every update not reported yet).
     fn lazy_mmu_flush(&self) -> Result<(), PvError>;
 
     /// Encodes a pfn-based entry as the hardware will see it (identity natively).

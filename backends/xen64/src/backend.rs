@@ -209,7 +209,8 @@ impl PvMmuOps for XenBackend {
     }
 
     fn read_entry(&self, level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
-        mmu_update::read_entry(&self.platform, level, table, index)
+        let st = self.state.lock();
+        mmu_update::read_entry(&self.platform, &st.batch, level, table, index)
     }
 
     fn write_cr3(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {

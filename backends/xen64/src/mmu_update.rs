@@ -23,7 +23,7 @@ use pvops::{Level, Mfn, MmServices, Pfn, Pte, PvError, ENTRIES_PER_TABLE};
 
 use crate::abi::{MmuUpdate, MMU_NORMAL_PT_UPDATE, XEN_L4_END, XEN_L4_FIRST};
 use crate::backend::{check_slot, Cx};
-use crate::multicall::{Pair, Record};
+use crate::multicall::{Batch, Pair, Record};
 use crate::register::XenPlatform;
 use crate::{boot, p2m, user_pgd};
 
@@ -83,13 +83,34 @@ pub(crate) fn set_entry(
 }
 
 /// `PvMmuOps::read_entry`: reading is always allowed (the alias is readable).
-pub(crate) fn read_entry(platform: &XenPlatform, level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
+///
+/// Reads see queued writes: in a lazy-MMU section an `mmu_update` may still be
+/// in the batch, and a caller that links a table and then walks through it
+/// (two `Mm::map`s in one section) must find the link, or it would build and
+/// link a second table over the first.
+pub(crate) fn read_entry(
+    platform: &XenPlatform,
+    batch: &Batch,
+    level: Level,
+    table: Pfn,
+    index: usize,
+) -> Result<Pte, PvError> {
     if index >= ENTRIES_PER_TABLE {
         return Err(PvError::BadIndex { index });
     }
     if level == Level::L4 && (XEN_L4_FIRST..XEN_L4_END).contains(&index) {
         // Xen's own entries name frames the guest cannot name.
         return Ok(Pte::EMPTY);
+    }
+    if batch.has_queued_updates() {
+        if let Some(mfn) = platform.p2m.pfn_to_mfn(table) {
+            let Record::Mmu(MmuUpdate { ptr, .. }) = entry_update(mfn, index, 0) else {
+                return Err(PvError::WrongState { what: "entry_update is an mmu_update" });
+            };
+            if let Some(raw) = batch.queued_value(ptr) {
+                return Ok(p2m::decode(platform.p2m, raw));
+            }
+        }
     }
     Ok(p2m::decode(platform.p2m, platform.mem.read_entry(table, index)))
 }

@@ -259,6 +259,17 @@ impl Batch {
         RecordId(self.next_id)
     }
 
+    /// The value the last queued `mmu_update` writes at machine address
+    /// `ptr`, if one is queued: what a read must see before the batch is issued.
+    pub(crate) fn queued_value(&self, ptr: u64) -> Option<u64> {
+        self.mmu.iter().rev().find(|u| u.ptr == ptr).map(|u| u.val)
+    }
+
+    /// True when records of kind `mmu_update` are queued.
+    pub(crate) fn has_queued_updates(&self) -> bool {
+        !self.mmu.is_empty()
+    }
+
     /// True when nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -142,6 +142,8 @@ pub(crate) fn pin_mm(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Result<(
     if mm.is_pinned(pgd)? {
         return Err(PvError::WrongState { what: "activate_mm: pgd already pinned" });
     }
+    // The walk below reads table memory: queued links must be in it first.
+    cx.st.batch.flush_queued(cx.platform.transport);
     let user = user_pgd::attached(mm, pgd)?;
     if let Some(u) = user {
         if mm.is_pinned(u)? {
@@ -186,6 +188,8 @@ pub(crate) fn unpin_mm(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Result
     if !mm.is_pinned(pgd)? {
         return Err(PvError::WrongState { what: "exit_mm: pgd not pinned" });
     }
+    // The walk below reads table memory: queued links must be in it first.
+    cx.st.batch.flush_queued(cx.platform.transport);
     let user = user_pgd::attached(mm, pgd)?;
     let mut steps = Vec::new();
     steps.push(Step::Unpin { level: Level::L4, mfn: cx.mfn(pgd)? });

@@ -5,7 +5,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use kernel_glue::{AddressSpace, Mm, PageFlags};
-use pvops::{PvError, PvMmuOps, USER_LIMIT};
+use pvops::pte::flags;
+use pvops::{Level, Pte, PvError, PvMmuOps, USER_LIMIT};
 
 use crate::env::{Case, CaseResult, Env};
 
@@ -480,6 +481,63 @@ fn activate_twice_is_harmless<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseRes
     })
 }
 
+/// The L1 table covering `va` below `root`, read through the backend.
+fn l1_of<O: PvMmuOps + ?Sized>(ops: &O, root: pvops::Pfn, va: u64) -> Result<pvops::Pfn, String> {
+    let va = ok(pvops::VirtAddr::try_new(va), "va")?;
+    let mut table = root;
+    for level in [Level::L4, Level::L3, Level::L2] {
+        let e = ok(ops.read_entry(level, table, va.index(level)), "read_entry")?;
+        ensure!(e.is_present(), "no table at {level:?} for {:#x}", va.as_u64());
+        table = e.pfn();
+    }
+    Ok(table)
+}
+
+/// Lazy-MMU sections nest (`PvMmuOps::lazy_mmu_enter`): `Mm::map` brackets
+/// itself, and its leave must not end (or issue) the caller's section. The
+/// observable is what user mode reaches: an update the caller queued that was
+/// not yet in effect must still not be in effect after the nested map
+/// returns; after the outer leave both are. (A backend that queues nothing
+/// passes the first part trivially.)
+fn lazy_sections_nest_and_the_outer_leave_issues_everything<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
+    const VA3: u64 = VA + 0x3000;
+    const VA2: u64 = VA + (1 << 30);
+    with_space(env, |mm, s| {
+        ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        let ops = mm.ops();
+        let l1 = l1_of(ops, s.pgd(), VA3)?;
+        let x = ok(pvops::MmServices::alloc_zeroed_frame(mm.frames()), "alloc")?;
+        let leaf = Pte::new(x, flags::PRESENT | flags::USER | flags::WRITABLE | flags::NO_EXECUTE);
+        let index = ok(pvops::VirtAddr::try_new(VA3), "va")?.index(Level::L1);
+        ops.lazy_mmu_enter();
+        if let Err(e) = ops.set_entry(mm.frames(), Level::L1, l1, index, leaf) {
+            let left = ops.lazy_mmu_leave();
+            let _ = pvops::MmServices::free_frame(mm.frames(), x);
+            return Err(format!("set_entry: {e} (leave: {left:?})"));
+        }
+        let r = (|| {
+            let queued_visible = env.machine.user_access(VA3, false) == Some(x);
+            let g = ok(mm.map(s, VA2, PageFlags::DATA), "map inside the section")?;
+            let visible_after_inner = env.machine.user_access(VA3, false) == Some(x);
+            ensure!(
+                queued_visible || !visible_after_inner,
+                "the nested map's leave issued the caller's queued update (it ended the caller's section)"
+            );
+            // Through the tables the first map linked, maybe still queued.
+            let h = ok(mm.map(s, VA2 + 0x1000, PageFlags::DATA), "second map inside the section")?;
+            Ok((g, h))
+        })();
+        let left = ok(ops.lazy_mmu_leave(), "outer leave");
+        let (g, h) = r?;
+        left?;
+        ensure!(env.machine.user_access(VA3, false) == Some(x), "the caller's update not in effect after the outer leave");
+        ensure!(env.machine.user_access(VA2, true) == Some(g), "the first nested map not in effect after the outer leave");
+        ensure!(env.machine.user_access(VA2 + 0x1000, true) == Some(h), "the second nested map not in effect");
+        Ok(())
+    })
+}
+
 macro_rules! cases {
     ($($f:ident),* $(,)?) => {
         /// Every case, in the order they run, for `Mm<dyn PvMmuOps>`.
@@ -526,4 +584,5 @@ cases!(
     kernel_mappings_are_rejected_below_user_limit,
     reserved_slots_are_never_used,
     activate_twice_is_harmless,
+    lazy_sections_nest_and_the_outer_leave_issues_everything,
 );
