@@ -295,7 +295,12 @@ impl Batch {
 
     /// Queues two records that must go out in the same flush (a pair, or a
     /// kernel and user base pointer): flushes first if both do not fit.
-    pub(crate) fn push_two(&mut self, transport: &dyn HypercallTransport, a: Record, b: Record) -> (RecordId, RecordId) {
+    pub(crate) fn push_two(
+        &mut self,
+        transport: &dyn HypercallTransport,
+        a: Record,
+        b: Record,
+    ) -> (RecordId, RecordId) {
         let bytes = a.arg_bytes() + b.arg_bytes();
         if self.arg_bytes + bytes > MAX_ARG_BYTES {
             self.flush(transport, Reason::ArgsFull);
@@ -466,7 +471,9 @@ impl Batch {
             // run breaks its contract; the last record's owner hears of it.
             log::error!("xen64: multicall returned {multicall_status} but ran every entry");
             let last = RecordId(self.next_id - 1);
-            self.report.errors.push((last, PvError::Hypercall { op: "multicall", index: batch_index, code: multicall_status }));
+            self.report
+                .errors
+                .push((last, PvError::Hypercall { op: "multicall", index: batch_index, code: multicall_status }));
         }
         log::trace!("xen64: issued {} entries ({} records)", self.entries.len(), batch_index);
 

@@ -531,8 +531,14 @@ fn lazy_sections_nest_and_the_outer_leave_issues_everything<O: PvMmuOps + ?Sized
         let left = ok(ops.lazy_mmu_leave(), "outer leave");
         let (g, h) = r?;
         left?;
-        ensure!(env.machine.user_access(VA3, false) == Some(x), "the caller's update not in effect after the outer leave");
-        ensure!(env.machine.user_access(VA2, true) == Some(g), "the first nested map not in effect after the outer leave");
+        ensure!(
+            env.machine.user_access(VA3, false) == Some(x),
+            "the caller's update not in effect after the outer leave"
+        );
+        ensure!(
+            env.machine.user_access(VA2, true) == Some(g),
+            "the first nested map not in effect after the outer leave"
+        );
         ensure!(env.machine.user_access(VA2 + 0x1000, true) == Some(h), "the second nested map not in effect");
         Ok(())
     })

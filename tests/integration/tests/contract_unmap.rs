@@ -67,11 +67,8 @@ impl HypercallTransport for Recorder {
 fn unmap_from_the_loaded_space_is_one_hypercall_clear_then_flush_then_free() {
     let mut host = xen_platform(1024);
     let model = host.xen.expect("xen model");
-    let rec: &'static Recorder = Box::leak(Box::new(Recorder {
-        model,
-        watched: Mutex::new(None),
-        traps: Mutex::new(Vec::new()),
-    }));
+    let rec: &'static Recorder =
+        Box::leak(Box::new(Recorder { model, watched: Mutex::new(None), traps: Mutex::new(Vec::new()) }));
     let platform: &'static XenPlatform = Box::leak(Box::new(XenPlatform { transport: rec, ..model.platform() }));
     host.platform = platform;
     let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
@@ -92,7 +89,11 @@ fn unmap_from_the_loaded_space_is_one_hypercall_clear_then_flush_then_free() {
     assert_eq!(c.hypercalls, 1, "one trap into Xen: {c:?}");
     assert_eq!((c.mmu_updates, c.invlpgs + c.tlb_flushes), (1, 1), "the clear and one flush: {c:?}");
     let traps = rec.traps.lock().unwrap().clone();
-    assert_eq!(traps, vec![(vec!["mmu_update(1)".to_string(), "invlpg".to_string()], true)], "clear, then flush, frame not yet free");
+    assert_eq!(
+        traps,
+        vec![(vec!["mmu_update(1)".to_string(), "invlpg".to_string()], true)],
+        "clear, then flush, frame not yet free"
+    );
     assert!(b.frames.is_free(frame), "then the frame is freed");
     assert_eq!(host.oracle.user_access(VA, false), None);
 

@@ -159,6 +159,10 @@ impl HypercallPage {
     }
 }
 
+/// A multicall entry's `result` before Xen runs it: `Outcome::NOT_RUN`'s
+/// status, which no hypercall returns (0 or -errno).
+const NOT_RUN_RESULT: u64 = Outcome::NOT_RUN.status as u64;
+
 impl HypercallTransport for HypercallPage {
     fn call(&self, call: &Call<'_>) -> Outcome {
         let mut done: u32 = 0;
@@ -191,6 +195,10 @@ impl HypercallTransport for HypercallPage {
             let a = args(call, dones.as_mut_ptr().wrapping_add(i));
             entry.op = call.number();
             entry.args[..5].copy_from_slice(&a);
+            // Xen writes `result` only for entries it ran (do_multicall stops
+            // at the first entry it cannot copy in): a value it never returns
+            // marks the others, whose outcome stays `Outcome::NOT_RUN`.
+            entry.result = NOT_RUN_RESULT;
         }
         // SAFETY: every entry's pointers name live memory of the right
         // layout: the calls' record arrays (borrowed for this call) and the
@@ -200,7 +208,10 @@ impl HypercallTransport for HypercallPage {
         bump(&self.multicall_entries, calls.len() as u64);
         for (i, call) in calls.iter().enumerate() {
             self.count_records(call);
-            let status = if rc == 0 { entries[i].result as i64 } else { rc };
+            if entries[i].result == NOT_RUN_RESULT {
+                continue;
+            }
+            let status = entries[i].result as i64;
             if status < 0 {
                 bump(&self.failures, 1);
             }
