@@ -382,6 +382,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
     /// contents. On failure the partial child is destroyed: nothing leaks.
+    /// Like [`Mm::map`] it brackets itself in a lazy-MMU section, which nests
+    /// in a caller's (the child is not pinned yet: its tables are plain
+    /// stores, nothing waits for the caller's leave).
     pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
         self.check_live(parent)?;
         let child = self.create()?;

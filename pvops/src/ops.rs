@@ -122,9 +122,17 @@ pub trait PvMmuOps: Sync {
 
     /// First use of an address space (Xen: pin both pgds). Idempotent per pin state:
     /// MUST fail with [`PvError::WrongState`] when already pinned.
+    ///
+    /// On error nothing is pinned: what took effect is undone. Only if the
+    /// hypervisor refuses part of that undo too can table pages stay
+    /// read-only or a root stay pinned while the frame metadata says
+    /// unpinned; the error is returned and the refusal logged.
     fn activate_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
 
     /// The address space is exiting (Xen: unpin). MUST fail when `pgd` is loaded.
+    ///
+    /// On error it is still pinned, as before; the same exception as
+    /// [`PvMmuOps::activate_mm`] applies when an undo is refused.
     fn exit_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
 
     /// Flushes the whole (non-global) TLB.

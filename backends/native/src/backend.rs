@@ -110,6 +110,9 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    /// Natively every store takes effect at once: nothing is ever queued,
+    /// so sections nest trivially (an inner leave issues nothing, because
+    /// there is nothing) and no failure is ever deferred.
     fn lazy_mmu_enter(&self) {}
 
     fn lazy_mmu_leave(&self) -> Result<(), PvError> {

@@ -16,7 +16,9 @@
 //!   (machine addresses, pfn→mfn translated values); unpinned ones by direct
 //!   stores;
 //! * **batching** — records queue in a Linux-style multicall batch and lazy-MMU
-//!   mode defers them; every result is checked;
+//!   sections (which nest) defer them; every result is checked and reported
+//!   to the operation, or lazy section, that queued the record; reads see
+//!   queued writes;
 //! * **early boot** — before frame metadata exists every table is treated as
 //!   pinned and only the kernel base pointer is set.
 //!

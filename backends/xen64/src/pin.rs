@@ -21,7 +21,9 @@
 //! after a failure the backend undoes exactly the records that took effect,
 //! newest first (an unpin before the remaps it protected), and returns the
 //! first failure. Metadata changes only after success. Nothing is left
-//! half-pinned.
+//! half-pinned — unless Xen refuses part of the undo too: then the refused
+//! steps stay in effect (pages read-only, a root pinned) while the metadata
+//! says unpinned, and the refusal is logged (`run_steps`).
 
 use alloc::vec::Vec;
 
