@@ -20,6 +20,31 @@ fn boot() -> (HostPlatform, Booted) {
 }
 
 #[test]
+fn the_model_runs_the_entries_before_the_failing_one_and_leaves_the_rest_untouched() {
+    use pvops::pte::flags;
+    use pvops_xen64::abi::Call;
+    use pvops_xen64::{HypercallTransport, Outcome};
+    let (host, _b) = boot();
+    let model = host.xen.unwrap();
+    // Three read-only remaps of free frames' aliases.
+    let pfns = [pvops::Pfn(900), pvops::Pfn(901), pvops::Pfn(902)];
+    let calls: Vec<Call<'_>> = pfns
+        .iter()
+        .map(|&p| Call::UpdateVaMapping {
+            va: model.direct_map_va(p),
+            val: (model.mfn_of(p).unwrap().0 << 12) | flags::PRESENT,
+            flags: 0,
+        })
+        .collect();
+    let mut outcomes = vec![Outcome::NOT_RUN; 3];
+    model.inject_multicall_failure(0, 1, -errno::EFAULT);
+    assert_eq!(model.multicall(&calls, &mut outcomes), -errno::EFAULT);
+    assert_eq!(outcomes, vec![Outcome::ok(1), Outcome::NOT_RUN, Outcome::NOT_RUN]);
+    let writable: Vec<bool> = pfns.iter().map(|&p| model.alias_writable(p)).collect();
+    assert_eq!(writable, vec![false, true, true], "entry 0 ran, 1 and 2 did not");
+}
+
+#[test]
 fn a_pin_stopped_part_way_undoes_exactly_the_entries_that_ran() {
     let (host, b) = boot();
     let model = host.xen.unwrap();
