@@ -230,7 +230,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Undoes a map whose batch failed: clear the leaf (and flush if loaded),
     /// issued before anything is freed; unlink and free the tables it built;
-    /// free the frame unless it may still be mapped (then it is kept: logged).
+    /// free the frame. Nothing that may still be reachable is freed: if the
+    /// hypervisor refuses the clear, the page stays mapped (its tables and
+    /// frame are the space's, freed by `exit`); if it refuses the flush, the
+    /// frame is kept (lost, logged) rather than handed out.
     fn take_back(&self, space: &AddressSpace, m: &Queued) {
         let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
         let cleared = self.issued_now(|| {
@@ -243,9 +246,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         });
         let still_mapped =
             self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present() && e.pfn() == m.frame);
+        if still_mapped {
+            log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
+            return;
+        }
         undo(self.ops, self.frames, space.pgd, &m.made);
-        if still_mapped || (loaded && cleared.is_err()) {
-            log::error!("map undo: frame {:?} may still be reachable; not freed ({cleared:?})", m.frame);
+        if loaded && cleared.is_err() {
+            log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
         }
         let _ = self.frames.free_frame(m.frame);

@@ -106,7 +106,8 @@ fn build<O: PvMmuOps + ?Sized>(
 /// issued before it returns, so it neither reports nor swallows failures of
 /// an enclosing section's updates. A table whose parent still points at it
 /// after the unlink was issued (the hypervisor refused it) is not freed: it
-/// stays part of the space, and `Mm::exit` frees it with the rest.
+/// stays part of the space, and `Mm::exit` frees it with the rest. One whose
+/// release is refused is kept (lost, logged), never freed while still a table.
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
     ops.lazy_mmu_enter();
     for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
@@ -118,7 +119,11 @@ pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn
             log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; left in the space");
             continue;
         }
-        let _ = ops.release_pt(mm, root, lower, new);
+        if let Err(e) = ops.release_pt(mm, root, lower, new) {
+            // Still a table to the hypervisor: never hand it out as a frame.
+            log::error!("undo: release of {new:?} refused ({e}); frame kept");
+            continue;
+        }
         let _ = mm.free_frame(new);
     }
     let _ = ops.lazy_mmu_flush();

@@ -75,3 +75,98 @@ fn a_pair_whose_repair_is_refused_too_is_an_error_and_leaves_what_the_doc_says()
     assert_eq!(twins(&g, pgd, user), (0, 0));
     g.model.check_invariants().unwrap();
 }
+
+/// Through `Mm`: a map into a loaded space that needs a new L4 slot, whose
+/// user twin Xen refuses and whose repair Xen refuses too. The map fails, and
+/// its undo unlinks the half-linked L3 before freeing anything: both pgds
+/// agree again, no frame is lost, and no freed frame is still a table.
+#[test]
+fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
+    use kernel_glue::PageFlags;
+    use pvops_integration::platform::boot_backend;
+    use pvops_integration::xen_host::xen_platform;
+    use pvops_model::xen::PageType;
+
+    let host = xen_platform(1024);
+    let model = host.xen.expect("xen model");
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
+    let b = boot_backend(desc, &host).expect("boot");
+    let mm = b.mm;
+    let mut s = mm.create().unwrap();
+    mm.map(&s, UVA, PageFlags::DATA).unwrap();
+    mm.activate(&mut s).unwrap();
+    let user = pvops_xen64::attached_user_pgd(mm.frames(), s.pgd()).unwrap().unwrap();
+    let free_before = b.frames.free_frames();
+    let failures_before = model.counters().failures;
+
+    // One multicall: remap L3 (sub-op 0), kernel slot (1), user slot (2), ...
+    model.inject_subop_failure(2, -errno::EINVAL);
+    // ... and the repair, the next trap.
+    model.inject_hypercall_failure(1, -errno::ENOMEM);
+    let va = UVA + (1 << 39);
+    assert!(mm.map(&s, va, PageFlags::DATA).is_err());
+    assert_eq!(model.counters().failures - failures_before, 2, "the user twin and its repair were refused");
+    assert!(!model.clear_injections(), "both injections fired");
+    assert_eq!((model.read_guest(s.pgd(), 1), model.read_guest(user, 1)), (0, 0), "the undo cleared the pair");
+    assert_eq!(b.frames.free_frames(), free_before, "every frame of the failed map is back");
+    for pfn in (0..host.nr_frames).map(Pfn) {
+        if b.frames.is_free(pfn) {
+            assert!(
+                model.page_type(pfn) == PageType::None && model.alias_writable(pfn),
+                "free {pfn:?} is still a table"
+            );
+        }
+    }
+    model.check_invariants().unwrap();
+    model.check_user_pgd_mirrors(mm.frames()).unwrap();
+    mm.activate_init().unwrap();
+    mm.exit(s).map_err(|(e, _)| e).unwrap();
+    model.check_quiescent().unwrap();
+}
+
+/// Double failures in `Mm::map`: its batch stops part-way, then any one
+/// sub-operation of its undo is refused too. Whatever is lost (logged), no
+/// frame handed back to the allocator is still a table or read-only, and after
+/// `exit` nothing stays pinned or typed. (A safety net: the allocator also
+/// refuses frames still marked pinned.)
+#[test]
+fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
+    use kernel_glue::PageFlags;
+    use pvops_integration::platform::boot_backend;
+    use pvops_integration::xen_host::xen_platform;
+    use pvops_model::xen::PageType;
+
+    let host = xen_platform(1024);
+    let model = host.xen.expect("xen model");
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
+    let b = boot_backend(desc, &host).expect("boot");
+    let mm = b.mm;
+    let mut lost = 0;
+    for k in 0..24u64 {
+        let free_before = b.frames.free_frames();
+        let mut s = mm.create().unwrap();
+        mm.map(&s, UVA, PageFlags::DATA).unwrap();
+        mm.activate(&mut s).unwrap();
+        // The map's multicall stops before its last entry; then, counting
+        // from the map's first sub-operation, the k-th one is refused.
+        model.inject_multicall_failure(0, 7, -errno::EFAULT);
+        model.inject_subop_failure(k, -errno::EINVAL);
+        let r = mm.map(&s, UVA + (1 << 39), PageFlags::DATA);
+        model.clear_injections();
+        let what = format!("k={k} ({r:?})");
+        for pfn in (0..host.nr_frames).map(Pfn) {
+            if b.frames.is_free(pfn) {
+                assert!(
+                    model.page_type(pfn) == PageType::None && model.alias_writable(pfn),
+                    "{what}: free {pfn:?} is still a table or read-only"
+                );
+            }
+        }
+        model.check_invariants().unwrap_or_else(|e| panic!("{what}: {e}"));
+        mm.activate_init().unwrap();
+        mm.exit(s).map_err(|(e, _)| e).unwrap_or_else(|e| panic!("{what}: exit: {e}"));
+        model.check_quiescent().unwrap_or_else(|e| panic!("{what}: {e}"));
+        lost += free_before - b.frames.free_frames();
+    }
+    println!("{lost} frame(s) kept out of circulation over the double failures");
+}
