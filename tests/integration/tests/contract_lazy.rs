@@ -39,3 +39,56 @@ fn maps_inside_a_callers_section_go_out_at_its_leave_as_one_hypercall() {
     mm.exit(s).map_err(|(e, _)| e).unwrap();
     model.check_quiescent().unwrap();
 }
+
+/// Straight on the backend: an inner leave issues nothing; the outer leave
+/// issues the inner section's updates too. A failure issued while the inner
+/// section was open (a full batch) is the inner section's to report; one of
+/// its updates still queued at its leave is the outer section's.
+#[test]
+fn an_inner_leave_issues_nothing_and_each_section_hears_of_its_own_failures() {
+    use pvops::{Level, Pte};
+    use pvops_xen64::abi::errno;
+    let host = xen_platform(1024);
+    let model = host.xen.expect("xen model");
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
+    let b = boot_backend(desc, &host).expect("boot");
+    let (mm, ops) = (b.mm, b.ops);
+    let mut s = mm.create().unwrap();
+    mm.map(&s, VA, PageFlags::DATA).unwrap();
+    mm.activate(&mut s).unwrap();
+    let l3 = ops.read_entry(Level::L4, s.pgd(), 0).unwrap().pfn();
+    let l2 = ops.read_entry(Level::L3, l3, 0).unwrap().pfn();
+    let l1 = ops.read_entry(Level::L2, l2, 2).unwrap().pfn();
+    let clear = |i: usize| ops.set_entry(mm.frames(), Level::L1, l1, i, Pte::EMPTY).unwrap();
+
+    model.reset_counters();
+    ops.lazy_mmu_enter();
+    ops.lazy_mmu_enter();
+    clear(100);
+    assert_eq!(ops.lazy_mmu_leave(), Ok(()), "nothing of the inner section was issued yet");
+    assert_eq!(model.counters().hypercalls, 0, "the inner leave issued nothing");
+    ops.lazy_mmu_leave().unwrap();
+    assert_eq!(model.counters().hypercalls, 1, "the outer leave issued it");
+
+    // A full batch inside the inner section: its failure is the inner section's.
+    ops.lazy_mmu_enter();
+    ops.lazy_mmu_enter();
+    model.inject_subop_failure(0, -errno::EINVAL);
+    for i in 0..33 {
+        clear(100 + i); // 32 records fill the argument space: the 33rd flushes them
+    }
+    assert!(ops.lazy_mmu_leave().is_err(), "the inner section hears of its refused record");
+    assert_eq!(ops.lazy_mmu_leave(), Ok(()), "the outer one does not hear it again");
+
+    // Still queued at the inner leave: the outer section's.
+    ops.lazy_mmu_enter();
+    ops.lazy_mmu_enter();
+    clear(101);
+    ops.lazy_mmu_leave().unwrap();
+    model.inject_subop_failure(0, -errno::EINVAL);
+    assert!(ops.lazy_mmu_leave().is_err(), "issued by the outer leave: its failure is reported there");
+
+    mm.activate_init().unwrap();
+    mm.exit(s).map_err(|(e, _)| e).unwrap();
+    model.check_quiescent().unwrap();
+}
