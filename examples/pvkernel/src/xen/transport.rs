@@ -218,6 +218,8 @@ impl HypercallTransport for HypercallPage {
             outcomes[i] = outcome(call, status, dones[i]);
         }
         if rc != 0 {
+            // The multicall itself failed part-way: one failure, whatever ran.
+            bump(&self.failures, 1);
             log::error!("multicall of {} entries failed: {rc}", calls.len());
         }
         rc
