@@ -199,6 +199,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
     /// On any error nothing changes: new tables are unlinked and freed again.
+    /// Only if the hypervisor refuses that undo too does something stay: the
+    /// page still mapped (`translate` says so; [`Mm::exit`] frees it), or a
+    /// frame or table kept out of circulation (logged) rather than freed
+    /// while still reachable or still a table.
     ///
     /// Everything it writes goes out as one batch (it brackets itself in a
     /// lazy-MMU section): on Xen, mapping into a live space that needs new
@@ -459,6 +463,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
     /// Refused, with `space` given back unchanged, while it is the active one.
+    /// On a later error the space comes back unpinned and partly torn down
+    /// (every entry is cleared before what it names is freed, so what is
+    /// left is consistent); calling `exit` on it again finishes the job.
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
         if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));

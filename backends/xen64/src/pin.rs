@@ -244,9 +244,8 @@ pub(crate) fn alloc_pt(
     let Some(error) = report.error() else {
         return Ok(());
     };
-    // The flag follows what happened to *this* record: an earlier record's
-    // failure may be the error while our remap took effect (then the frame is
-    // read-only and must be released with `release_pt`, not reused as is).
+    // The flag follows what happened to *this* record (the report covers this
+    // operation's records only; outside a lazy section that is just this one).
     if !report.completed(id) {
         let _ = mm.set_pinned(pfn, false);
     }
