@@ -102,21 +102,35 @@ fn build<O: PvMmuOps + ?Sized>(
 }
 
 /// Unlinks (whether or not the link took effect), releases and frees the
-/// tables `made` lists, newest first. Runs in a lazy-MMU section of its own,
-/// issued before it returns, so it neither reports nor swallows failures of
-/// an enclosing section's updates. A table whose parent still points at it
-/// after the unlink was issued (the hypervisor refused it) is not freed: it
-/// stays part of the space, and `Mm::exit` frees it with the rest. One whose
-/// release is refused is kept (lost, logged), never freed while still a table.
+/// tables `made` lists, newest first. The unlinks and a TLB flush are issued
+/// before anything is released or freed: the tables may have been reachable
+/// from a loaded root, and a paging-structure cache may still hold them until
+/// flushed (a failure path: the full flush costs nothing that matters). Runs
+/// in a lazy-MMU section of its own, so it neither reports nor swallows
+/// failures of an enclosing section's updates. A table whose parent still
+/// points at it after the unlink was issued (the hypervisor refused it) is
+/// not freed: it stays part of the space, and `Mm::exit` frees it with the
+/// rest. One whose release is refused is kept (lost, logged), never freed
+/// while still a table; so is everything if the flush is refused.
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+    let made = &made.created[..made.len];
+    if made.is_empty() {
+        return;
+    }
     ops.lazy_mmu_enter();
-    for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
-        let lower = level.lower().unwrap_or(Level::L1);
+    for &(parent, level, slot, _) in made.iter().rev() {
         // Best effort: these only fail if the hypervisor already refused us once.
         let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
-        let _ = ops.lazy_mmu_flush();
+    }
+    let flushed = ops.flush_tlb_all().and(ops.lazy_mmu_flush());
+    for &(parent, level, slot, new) in made.iter().rev() {
+        let lower = level.lower().unwrap_or(Level::L1);
         if links(ops, level, parent, slot, new) {
             log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; left in the space");
+            continue;
+        }
+        if let Err(e) = flushed {
+            log::error!("undo: no TLB flush after unlinking {new:?} ({e}); frame kept");
             continue;
         }
         if let Err(e) = ops.release_pt(mm, root, lower, new) {
