@@ -10,9 +10,11 @@
 //!   each of which must fail.
 //! * `cargo xtask fuzz [--seconds N]` — the differential fuzzer (default 180 s).
 //! * `cargo xtask bench [--quick]` — counted benchmarks; writes docs/PERFORMANCE.md.
+//! * `cargo xtask mutants [cargo-mutants args]` — mutation testing of the MMU crates (slow).
 
 mod boot;
 mod fuzz;
+mod mutants;
 mod newbackend;
 mod report;
 
@@ -341,8 +343,9 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&args[1..]),
         Some("fuzz") => cmd_fuzz(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
+        Some("mutants") => mutants::mutants(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N] | bench [--quick]>".into())
+            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
         }
     };
     match result {

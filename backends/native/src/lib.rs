@@ -21,3 +21,6 @@ pub use backend::NativeBackend;
 pub use cpu::{BareMetalCpu, NativeCpu};
 pub use direct_map::DirectMap;
 pub use register::NativePlatform;
+
+#[cfg(test)]
+mod tests;
