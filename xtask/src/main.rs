@@ -12,6 +12,7 @@
 //! * `cargo xtask bench [--quick]` — counted benchmarks; writes docs/PERFORMANCE.md.
 
 mod boot;
+mod calibrate;
 mod fuzz;
 mod newbackend;
 mod report;
@@ -341,6 +342,7 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&args[1..]),
         Some("fuzz") => cmd_fuzz(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
+        Some("calibrate") => calibrate::cmd(&args[1..]),
         _ => {
             Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N] | bench [--quick]>".into())
         }
