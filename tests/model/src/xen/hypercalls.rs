@@ -165,7 +165,12 @@ impl Hv<'_> {
     /// is -EINVAL (Xen: the L1 must exist in the current tables).
     fn update_va_mapping(&mut self, va: u64, val: u64, uvm_flags: u64) -> Result<(), i64> {
         let base = self.st.direct_map_base;
-        if va < base || va & (PAGE_SIZE - 1) != 0 || uvm_flags & !3 != 0 {
+        // Bits above the flush type select the vCPUs to flush: `UVMF_ALL`
+        // (4) is accepted; any other value is a guest pointer to a vCPU
+        // mask, which the model does not read (Xen: -EFAULT if unreadable).
+        // Calibrated: tests/calibration, case `uvm-all-vcpus`.
+        const UVMF_ALL: u64 = 4;
+        if va < base || va & (PAGE_SIZE - 1) != 0 || !matches!(uvm_flags & !3, 0 | UVMF_ALL) {
             return Err(-errno::EINVAL);
         }
         let pfn = (va - base) / PAGE_SIZE;
