@@ -176,6 +176,12 @@ impl<'a> Hv<'a> {
             return Err(-errno::EINVAL);
         }
         let target = (entry & flags::ADDR_MASK) >> 12;
+        if level == Level::L1 && target >= self.st.frames.len() as u64 {
+            // Not RAM: Xen's get_page_from_l1e treats it as I/O memory and
+            // refuses it without I/O permission (-EPERM). Calibrated:
+            // tests/calibration, `l1-maps-foreign`.
+            return Err(-errno::EPERM);
+        }
         if !self.owns(target) {
             return Err(-errno::EINVAL);
         }
