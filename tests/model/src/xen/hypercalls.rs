@@ -97,12 +97,12 @@ impl Hv<'_> {
             return Err(-errno::EINVAL);
         }
         if req.val & flags::PRESENT != 0 {
-            self.get_entry_ref(level, req.val)?;
+            self.get_entry_ref(mfn, level, req.val)?;
         }
         let old = self.read(mfn, index);
         let ad = if preserve_ad && req.val & flags::PRESENT != 0 { old & (flags::ACCESSED | flags::DIRTY) } else { 0 };
         self.mem.write(mfn, index, adjust_entry(level, req.val) | ad);
-        self.put_entry_ref(level, old);
+        self.put_entry_ref(mfn, level, old);
         Ok(())
     }
 
