@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::boot::{self, Platform};
+use crate::boot::{self, BootOutcome, Platform};
+use crate::report::KernelResult;
 
 /// The checked-in copy of the last real-Xen results (the host test's input).
 pub const SAVED: &str = "tests/calibration/xen-results.txt";
@@ -21,10 +22,20 @@ fn model(args: &[&str], path: &Path) -> Command {
     c
 }
 
+/// The comparison for the Xen boot among `results`, if there is one: `A/T`,
+/// or an error when a record disagrees (or the kernel printed none).
+pub fn on_boots(results: &[(BootOutcome, Option<KernelResult>)]) -> Option<Result<String, String>> {
+    let (out, _) = results.iter().find(|(o, _)| o.platform == Platform::Xen)?;
+    Some(compare(&out.serial_path, false))
+}
+
 /// Compares the `CAL` lines of a Xen serial log with the model; prints the
-/// table and returns `A/T`.
-pub fn compare(serial: &Path) -> Result<String, String> {
+/// disagreeing records (all with `all`) and returns `A/T`.
+pub fn compare(serial: &Path, all: bool) -> Result<String, String> {
     let mut c = model(&["--compare"], serial);
+    if all {
+        c.arg("--all");
+    }
     eprintln!("xtask: $ {c:?}");
     let out = c.output().map_err(|e| format!("cannot start calibrate-model: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -54,7 +65,7 @@ pub fn cmd(args: &[String]) -> Result<(), String> {
         out.ensure_passed()?;
         return Err("the Xen boot printed no CALSUM line".into());
     }
-    let result = compare(&out.serial_path);
+    let result = compare(&out.serial_path, true);
     if args.iter().any(|a| a == "--save") {
         let mut c = model(&["--extract"], &out.serial_path);
         c.arg(crate::workspace_root().join(SAVED));

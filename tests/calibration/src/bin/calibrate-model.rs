@@ -2,9 +2,10 @@
 //! real-Xen run (what `cargo xtask calibrate` and `cargo xtask test` call).
 //!
 //! * no argument: prints the model's `CAL` lines and its `CALSUM` line;
-//! * `--compare LOG`: compares the `CAL` lines in LOG (a serial log or a saved
-//!   result file) with the model, prints the table and `calibration=A/T`, and
-//!   fails on a disagreement not listed as deliberate;
+//! * `--compare LOG [--all]`: compares the `CAL` lines in LOG (a serial log or
+//!   a saved result file) with the model, prints the records that disagree
+//!   (every record with `--all`) and `calibration=A/T`, and fails on a
+//!   disagreement not listed as deliberate;
 //! * `--markdown LOG`: the per-case table for docs/RELIABILITY.md;
 //! * `--extract LOG OUT`: saves LOG's `CAL` and `CALSUM` lines to OUT (the
 //!   checked-in copy the host test compares with).
@@ -53,7 +54,15 @@ fn main_inner(args: &[String]) -> Result<(), String> {
                 print!("{}", markdown(&c));
                 return Ok(());
             }
-            print!("{}", table(&c));
+            let full = table(&c);
+            if args.iter().any(|a| a == "--all") {
+                print!("{full}");
+            } else {
+                let mut lines = full.lines();
+                println!("{}", lines.next().unwrap_or_default());
+                lines.filter(|l| !l.ends_with(" yes")).for_each(|l| println!("{l}"));
+                println!("({} agreeing records not shown: `cargo xtask calibrate` shows all)", c.agreeing());
+            }
             println!("calibration={} ({} unexplained disagreements)", c.fraction(), c.unexplained().len());
             if c.ok() {
                 Ok(())
