@@ -39,6 +39,7 @@ pub fn run_on_xen(v: &Vm) {
         .flatten()
         .and_then(|p: Pfn| crate::xen::pfn_to_mfn(p.0))
         .unwrap_or(0);
+    let kernel_base = crate::xen::pfn_to_mfn(v.mm.active_pgd().0).unwrap_or(0);
     let p2m = XenP2m;
     let p = Platform {
         transport: &TRANSPORT,
@@ -47,6 +48,7 @@ pub fn run_on_xen(v: &Vm) {
         direct_map_base: DIRECT_MAP_BASE,
         scratch: &scratch,
         user_base,
+        kernel_base,
     };
     let mut records = Vec::new();
     let sum = run(&p, CASES, &mut records);

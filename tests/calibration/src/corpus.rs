@@ -455,6 +455,85 @@ fn new_user_baseptr_zero(cx: &mut Ctx<'_, '_>) {
     cx.user_base("user-base-restore", old);
 }
 
+fn alias_unmap(cx: &mut Ctx<'_, '_>) {
+    let va = cx.va(0);
+    cx.uvm("alias-unmap", va, 0, uvmf::INVLPG);
+    let m = cx.mfn(0);
+    cx.ext("pin-l1-unmapped", &[(PIN1, m)]);
+    cx.rw(0);
+}
+
+fn alias_other_frame(cx: &mut Ctx<'_, '_>) {
+    let (va, other) = (cx.va(0), cx.e(1, P | A));
+    cx.uvm("alias-names-frame-1", va, other, uvmf::INVLPG);
+    let m0 = cx.mfn(0);
+    cx.ext("pin-l1-unaliased", &[(PIN1, m0)]);
+    cx.unpin("unpin", 0);
+    let other_rw = cx.e(1, P | RW | A | D);
+    cx.uvm("alias-names-frame-1-rw", va, other_rw, uvmf::INVLPG);
+    cx.rw(0);
+}
+
+fn kernel_base(cx: &mut Ctx<'_, '_>) {
+    let (m0, kb) = (cx.mfn(0), cx.kernel_base());
+    cx.ext("kernel-base-alias-rw", &[(mmuext::NEW_BASEPTR, m0)]);
+    pinned(cx, PIN1, 1);
+    let m1 = cx.mfn(1);
+    cx.ext("kernel-base-l1", &[(mmuext::NEW_BASEPTR, m1)]);
+    cx.ext("kernel-base-foreign", &[(mmuext::NEW_BASEPTR, FOREIGN_MFN)]);
+    cx.ext("kernel-base-reload", &[(mmuext::NEW_BASEPTR, kb)]);
+}
+
+fn pin_l4_rollback(cx: &mut Ctx<'_, '_>) {
+    build_hierarchy(cx);
+    let bad_l3 = cx.e(4, P | RW);
+    // Frame 3 is read-only now: link the bad L3 by a second pass below.
+    cx.rw(3);
+    cx.store(3, 1, bad_l3);
+    cx.ro(3);
+    cx.pin("pin-l4-second-l3-writable", PIN4, 3);
+    cx.rw(0);
+    cx.rw(1);
+    cx.rw(2);
+    cx.rw(3);
+}
+
+fn replace_releases(cx: &mut Ctx<'_, '_>) {
+    ro_all(cx, &[0, 5]);
+    pinned(cx, PIN2, 1);
+    let (p, l1a, l1b) = (cx.at(1, 0), cx.e(0, P | RW), cx.e(5, P | RW));
+    cx.mmu("link-l1-a", &[(p, l1a)]);
+    cx.mmu("replace-with-l1-b", &[(p, l1b)]);
+    cx.rw(0);
+    cx.rw(5);
+    cx.mmu("clear", &[(p, 0)]);
+    cx.rw(5);
+}
+
+fn not_present_junk(cx: &mut Ctx<'_, '_>) {
+    pinned(cx, PIN2, 1);
+    pinned(cx, PIN1, 0);
+    let (p2, p1) = (cx.at(1, 3), cx.at(0, 3));
+    cx.mmu("l2e-not-present-junk", &[(p2, 0xdead_b000 | RW | PS | G)]);
+    cx.mmu("l1e-not-present-junk", &[(p1, 0xdead_b000 | RW | U)]);
+    cx.read("l2e-junk", 1, 3);
+    cx.read("l1e-junk", 0, 3);
+}
+
+fn nx_above_l1(cx: &mut Ctx<'_, '_>) {
+    ro_all(cx, &[0]);
+    pinned(cx, PIN2, 1);
+    let (p, e) = (cx.at(1, 0), cx.e(0, P | RW | pvops::pte::flags::NO_EXECUTE));
+    cx.mmu("l2e-nx", &[(p, e)]);
+    cx.read("l2e", 1, 0);
+    cx.mmu("l2e-clear", &[(p, 0)]);
+}
+
+fn pin_foreign(cx: &mut Ctx<'_, '_>) {
+    cx.ext("pin-foreign-l1", &[(PIN1, FOREIGN_MFN)]);
+    cx.ext("unpin-foreign", &[(UNPIN_TABLE, FOREIGN_MFN)]);
+}
+
 /// Every case, in the order they run.
 pub const CASES: &[Case] = &[
     Case {
@@ -546,4 +625,32 @@ pub const CASES: &[Case] = &[
     },
     Case { name: "l1-maps-table", what: "hostile: an L1 entry mapping a pinned table writable", run: l1_maps_table },
     Case { name: "unlink-releases", what: "unlinking an L1 from a live tree releases its type", run: unlink_releases },
+    Case {
+        name: "alias-unmap",
+        what: "update_va_mapping removes a frame's alias; the frame can then be pinned",
+        run: alias_unmap,
+    },
+    Case {
+        name: "alias-other-frame",
+        what: "update_va_mapping points a frame's alias at another frame, read-only, then writable",
+        run: alias_other_frame,
+    },
+    Case {
+        name: "kernel-base",
+        what: "hostile: NEW_BASEPTR with frames that are no valid L4; reload of the loaded root",
+        run: kernel_base,
+    },
+    Case {
+        name: "pin-l4-rollback",
+        what: "hostile: an L4 pin failing deep in validation takes nothing",
+        run: pin_l4_rollback,
+    },
+    Case { name: "replace-releases", what: "replacing an L2 entry releases the old L1's type", run: replace_releases },
+    Case {
+        name: "not-present-junk",
+        what: "non-present entries with junk bits are accepted at L1 and L2",
+        run: not_present_junk,
+    },
+    Case { name: "nx-above-l1", what: "NX in an L2 entry", run: nx_above_l1 },
+    Case { name: "pin-foreign", what: "hostile: pin and unpin a frame the domain does not own", run: pin_foreign },
 ];

@@ -19,7 +19,13 @@ pub const MODEL_SEED: u64 = 0xca1b;
 
 /// Where the model deliberately differs from the real Xen: `(case, label,
 /// reason)`. Such a record counts as disagreeing in `A/T` but does not fail.
-pub const DELIBERATE: &[(&str, &str, &str)] = &[];
+pub const DELIBERATE: &[(&str, &str, &str)] = &[(
+    "alias-other-frame",
+    "alias-names-frame-1-rw",
+    "the model keeps one direct-map alias per pfn (a flag: writable or not) and refuses an \
+     update_va_mapping that points it at another frame writable; Xen accepts it. The backend never \
+     does this, and modelling it would need per-frame writable-mapping counts.",
+)];
 
 /// One `CAL` line, as printed by the kernel (or by the model run).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +62,7 @@ pub fn model_run(seed: u64) -> (Vec<Record>, Summary, usize) {
         direct_map_base: model.direct_map_base(),
         scratch: &scratch,
         user_base: model.user_base().0,
+        kernel_base: model.kernel_base().0,
     };
     let mut out = Vec::new();
     let sum = run(&p, CASES, &mut out);
@@ -191,8 +198,10 @@ pub fn compare(xen: &[Line], model: &[Line]) -> Comparison {
     Comparison { rows }
 }
 
+/// `status/done`; a positive status is a read-back's flag bits, shown in hex.
 fn cell(v: Option<(i64, u32)>) -> String {
     match v {
+        Some((s, d)) if s > 0 => format!("{s:#x}/{d}"),
         Some((s, d)) => format!("{s}/{d}"),
         None => "-".to_string(),
     }

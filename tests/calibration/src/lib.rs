@@ -60,6 +60,8 @@ pub struct Platform<'a> {
     /// The user base pointer loaded now (mfn, 0 = none): cases that load
     /// another one put this one back.
     pub user_base: u64,
+    /// The kernel base pointer loaded now (mfn): only ever reloaded as is.
+    pub kernel_base: u64,
 }
 
 impl fmt::Debug for Platform<'_> {
@@ -148,8 +150,20 @@ pub struct Ctx<'p, 'a> {
     case: &'static str,
     out: &'p mut Vec<Record>,
     mfns: Vec<u64>,
-    alias_rw: Vec<bool>,
+    alias: Vec<Alias>,
     harness_errors: usize,
+}
+
+/// What a scratch frame's direct-map alias maps now, as far as the corpus
+/// changed it (it starts writable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alias {
+    /// The frame, writable: stores are safe.
+    Writable,
+    /// The frame, read-only: reads are safe.
+    ReadOnly,
+    /// Nothing, or another frame: neither is safe.
+    Elsewhere,
 }
 
 impl fmt::Debug for Ctx<'_, '_> {
@@ -190,19 +204,35 @@ impl Ctx<'_, '_> {
         self.p.user_base
     }
 
+    /// The kernel base pointer loaded now.
+    pub fn kernel_base(&self) -> u64 {
+        self.p.kernel_base
+    }
+
     /// A plain store into scratch frame `k` through its alias: refused (and
     /// counted as a harness error) unless the alias is known to be writable.
     pub fn store(&mut self, k: usize, index: usize, value: u64) {
-        match (self.p.scratch.get(k), self.alias_rw.get(k)) {
-            (Some(&pfn), Some(true)) if index < ENTRIES_PER_TABLE => self.p.mem.write_entry(pfn, index, value),
+        match (self.p.scratch.get(k), self.alias.get(k)) {
+            (Some(&pfn), Some(Alias::Writable)) if index < ENTRIES_PER_TABLE => {
+                self.p.mem.write_entry(pfn, index, value)
+            }
             _ => self.harness_errors += 1,
         }
     }
 
     /// Records the flag bits of entry `index` of frame `k` as Xen stored them
     /// (the frame number differs between platforms and is masked off).
+    /// Refused (a harness error) while the alias maps something else.
     pub fn read(&mut self, label: &'static str, k: usize, index: usize) {
-        let raw = self.p.scratch.get(k).map_or(0, |&pfn| self.p.mem.read_entry(pfn, index));
+        let raw = match (self.p.scratch.get(k), self.alias.get(k)) {
+            (Some(&pfn), Some(Alias::Writable | Alias::ReadOnly)) if index < ENTRIES_PER_TABLE => {
+                self.p.mem.read_entry(pfn, index)
+            }
+            _ => {
+                self.harness_errors += 1;
+                0
+            }
+        };
         self.push(label, Outcome { status: (raw & !flags::ADDR_MASK) as i64, done: 0 });
     }
 
@@ -242,7 +272,13 @@ impl Ctx<'_, '_> {
             return;
         }
         if let Some(k) = (0..self.p.scratch.len()).find(|&k| self.va(k) == va) {
-            self.alias_rw[k] = val & (flags::PRESENT | flags::WRITABLE) == flags::PRESENT | flags::WRITABLE;
+            self.alias[k] = if val & flags::PRESENT == 0 || (val & flags::ADDR_MASK) >> 12 != self.mfn(k) {
+                Alias::Elsewhere
+            } else if val & flags::WRITABLE != 0 {
+                Alias::Writable
+            } else {
+                Alias::ReadOnly
+            };
         }
     }
 
@@ -333,7 +369,7 @@ impl fmt::Debug for Case {
 pub fn run(p: &Platform<'_>, cases: &[Case], out: &mut Vec<Record>) -> Summary {
     let mut sum = Summary::default();
     let mfns: Vec<u64> = p.scratch.iter().map(|&pfn| p.p2m.pfn_to_mfn(pfn).map_or(0, |m| m.0)).collect();
-    if p.scratch.len() < SCRATCH_FRAMES || mfns.contains(&0) {
+    if p.scratch.len() < SCRATCH_FRAMES || mfns.contains(&0) || p.kernel_base == 0 {
         sum.harness_errors = 1;
         return sum;
     }
@@ -344,7 +380,7 @@ pub fn run(p: &Platform<'_>, cases: &[Case], out: &mut Vec<Record>) -> Summary {
             case: case.name,
             out,
             mfns: mfns.clone(),
-            alias_rw: alloc::vec![true; p.scratch.len()],
+            alias: alloc::vec![Alias::Writable; p.scratch.len()],
             harness_errors: 0,
         };
         for k in 0..p.scratch.len() {
