@@ -198,10 +198,11 @@ pub fn compare(xen: &[Line], model: &[Line]) -> Comparison {
     Comparison { rows }
 }
 
-/// `status/done`; a positive status is a read-back's flag bits, shown in hex.
+/// `status/done`; a status that is no errno (positive, or with NX set) is a
+/// read-back's flag bits, shown in hex.
 fn cell(v: Option<(i64, u32)>) -> String {
     match v {
-        Some((s, d)) if s > 0 => format!("{s:#x}/{d}"),
+        Some((s, d)) if !(-4095..=0).contains(&s) => format!("{:#x}/{d}", s as u64),
         Some((s, d)) => format!("{s}/{d}"),
         None => "-".to_string(),
     }
