@@ -52,6 +52,11 @@ impl From<&Record> for Line {
 /// stores the model refused (must be none: the corpus never stores into a
 /// read-only alias).
 pub fn model_run(seed: u64) -> (Vec<Record>, Summary, usize) {
+    model_run_cases(seed, CASES)
+}
+
+/// [`model_run`] of any list of cases (tests of the runner itself).
+pub fn model_run_cases(seed: u64, cases: &[crate::Case]) -> (Vec<Record>, Summary, usize) {
     let model = XenModel::boot(MODEL_PAGES, seed);
     // Past the builder's frames; every alias writable, every frame untyped.
     let scratch: Vec<Pfn> = (16..16 + SCRATCH_FRAMES as u64).map(Pfn).collect();
@@ -65,7 +70,7 @@ pub fn model_run(seed: u64) -> (Vec<Record>, Summary, usize) {
         kernel_base: model.kernel_base().0,
     };
     let mut out = Vec::new();
-    let sum = run(&p, CASES, &mut out);
+    let sum = run(&p, cases, &mut out);
     (out, sum, model.violations().len())
 }
 
