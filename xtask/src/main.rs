@@ -8,11 +8,14 @@
 //!   fmt, clippy, no_std builds, `cargo test`, the kernel's own fmt/clippy,
 //!   both boots (or only the named one), and the deliberately broken kernels,
 //!   each of which must fail.
+//! * `cargo xtask calibrate [--save]` — the calibration corpus on the real Xen
+//!   and the model, record by record (`--save` refreshes the checked-in copy).
 //! * `cargo xtask fuzz [--seconds N]` — the differential fuzzer (default 180 s).
 //! * `cargo xtask bench [--quick]` — counted benchmarks; writes docs/PERFORMANCE.md.
 //! * `cargo xtask mutants [cargo-mutants args]` — mutation testing of the MMU crates (slow).
 
 mod boot;
+mod calibrate;
 mod fuzz;
 mod mutants;
 mod newbackend;
@@ -115,10 +118,13 @@ fn boot_all(kernel: &Path, platforms: &[Platform]) -> (Vec<(boot::BootOutcome, O
     (results, errors)
 }
 
-fn print_results(results: &[(boot::BootOutcome, Option<KernelResult>)]) {
+fn print_results(results: &[(boot::BootOutcome, Option<KernelResult>)], calibration: Option<&str>) {
     println!("\n== example kernel ==");
     for (out, r) in results {
         match r {
+            Some(r) if out.platform == Platform::Xen => {
+                println!("{} calibration={}", r.line, calibration.unwrap_or("FAILED"))
+            }
             Some(r) => println!("{}", r.line),
             None => println!("RESULT {} missing ({})", out.platform, out.verdict()),
         }
@@ -195,9 +201,11 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     boot::ensure_target()?;
     let kernel = boot::build_kernel(&[])?;
     let (results, errors) = boot_all(&kernel, &platforms);
-    print_results(&results);
+    let cal = calibrate::on_boots(&results);
+    print_results(&results, cal.as_ref().and_then(|c| c.as_ref().ok()).map(String::as_str));
     let cmp = hypercall_comparison(&host, &results);
     let mut all: Vec<String> = errors;
+    all.extend(cal.and_then(Result::err));
     if let Err(e) = cmp {
         all.push(e);
     }
@@ -292,7 +300,9 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     let host = host_report(None)?;
     let kernel = boot::build_kernel(&[])?;
     let (results, mut failures) = boot_all(&kernel, &platforms);
-    print_results(&results);
+    let cal = calibrate::on_boots(&results);
+    print_results(&results, cal.as_ref().and_then(|c| c.as_ref().ok()).map(String::as_str));
+    failures.extend(cal.and_then(Result::err));
     if let Err(e) = hypercall_comparison(&host, &results) {
         failures.push(e);
     }
@@ -343,9 +353,10 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&args[1..]),
         Some("fuzz") => cmd_fuzz(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
+        Some("calibrate") => calibrate::cmd(&args[1..]),
         Some("mutants") => mutants::mutants(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
+            Err("usage: cargo xtask <run [--backend NAME] | test [--platform native|xen] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
         }
     };
     match result {

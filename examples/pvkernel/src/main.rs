@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod attacks;
 pub mod backends;
+pub mod calibrate;
 pub mod console;
 pub mod directmap;
 pub mod entry;

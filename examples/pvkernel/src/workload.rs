@@ -124,6 +124,8 @@ pub fn run(v: Vm) -> ! {
     let plat = if platform::is_xen() { "xen" } else { "native" };
     let backend = v.ops.name();
 
+    // 0. The calibration corpus (Xen only), before anything the checks measure.
+    crate::calibrate::run_on_xen(&v);
     // 1. Conformance on the live tables.
     let oracle = KernelOracle::new(v.mem, v.frames);
     let env = Env { mm: v.mm, machine: &oracle, kernel_va: KERNEL_PROBE_VA };

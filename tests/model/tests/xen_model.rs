@@ -316,9 +316,16 @@ fn injected_failures_hit_exactly_the_chosen_operation() {
 #[test]
 fn update_va_mapping_only_knows_the_direct_map_and_the_right_frame() {
     let m = model();
-    let wrong =
-        m.call(&Call::UpdateVaMapping { va: m.direct_map_va(Pfn(10)), val: entry(m, 11, flags::PRESENT), flags: 0 });
+    // Another frame writable: deliberately refused (tests/calibration lists it).
+    let rw = flags::PRESENT | flags::WRITABLE;
+    let wrong = m.call(&Call::UpdateVaMapping { va: m.direct_map_va(Pfn(10)), val: entry(m, 11, rw), flags: 0 });
     assert_eq!(wrong.status, err(errno::EINVAL));
+    assert!(m.alias_writable(Pfn(10)));
+    // Read-only, as on the real Xen: accepted, and pfn 10 has no alias left.
+    let ro =
+        m.call(&Call::UpdateVaMapping { va: m.direct_map_va(Pfn(10)), val: entry(m, 11, flags::PRESENT), flags: 0 });
+    assert_eq!(ro.status, 0);
+    assert!(!m.alias_writable(Pfn(10)));
     let outside = m.call(&Call::UpdateVaMapping { va: 0x1000, val: entry(m, 10, flags::PRESENT), flags: 0 });
     assert_eq!(outside.status, err(errno::EINVAL));
 }

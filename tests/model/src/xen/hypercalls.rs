@@ -65,12 +65,20 @@ impl Hv<'_> {
 
     /// `MMU_NORMAL_PT_UPDATE`: a checked write of one entry.
     fn mmu_update(&mut self, req: &MmuUpdate) -> Result<(), i64> {
-        if req.ptr & 3 != MMU_NORMAL_PT_UPDATE {
+        // Xen's `do_mmu_update` (xen/arch/x86/mm.c) takes the command from
+        // bits 2:0 of `ptr` (so a misaligned ptr is an unknown command,
+        // -ENOSYS). For a PV guest, `MMU_PT_UPDATE_NO_TRANSLATE` (3) is a
+        // normal update and `MMU_PT_UPDATE_PRESERVE_AD` (2) one that keeps
+        // the A/D bits already set. `MMU_MACHPHYS_UPDATE` (1) is not modelled.
+        // Calibrated: tests/calibration, `mmu-unknown-cmd`, `mmu-misaligned`,
+        // `preserve-ad`.
+        const PRESERVE_AD: u64 = 2;
+        const NO_TRANSLATE: u64 = 3;
+        let cmd = req.ptr & 7;
+        if !matches!(cmd, MMU_NORMAL_PT_UPDATE | PRESERVE_AD | NO_TRANSLATE) {
             return Err(-errno::ENOSYS);
         }
-        if req.ptr & 7 != 0 {
-            return Err(-errno::EINVAL);
-        }
+        let preserve_ad = cmd == PRESERVE_AD;
         let mfn = req.ptr >> 12;
         let index = ((req.ptr & (PAGE_SIZE - 1)) >> 3) as usize;
         if !self.owns(mfn) {
@@ -90,11 +98,12 @@ impl Hv<'_> {
             return Err(-errno::EINVAL);
         }
         if req.val & flags::PRESENT != 0 {
-            self.get_entry_ref(level, req.val)?;
+            self.get_entry_ref(mfn, level, req.val)?;
         }
         let old = self.read(mfn, index);
-        self.mem.write(mfn, index, adjust_entry(level, req.val));
-        self.put_entry_ref(level, old);
+        let ad = if preserve_ad && req.val & flags::PRESENT != 0 { old & (flags::ACCESSED | flags::DIRTY) } else { 0 };
+        self.mem.write(mfn, index, adjust_entry(level, req.val) | ad);
+        self.put_entry_ref(mfn, level, old);
         Ok(())
     }
 
@@ -166,7 +175,12 @@ impl Hv<'_> {
     /// is -EINVAL (Xen: the L1 must exist in the current tables).
     fn update_va_mapping(&mut self, va: u64, val: u64, uvm_flags: u64) -> Result<(), i64> {
         let base = self.st.direct_map_base;
-        if va < base || va & (PAGE_SIZE - 1) != 0 || uvm_flags & !3 != 0 {
+        // Bits above the flush type select the vCPUs to flush: `UVMF_ALL`
+        // (4) is accepted; any other value is a guest pointer to a vCPU
+        // mask, which the model does not read (Xen: -EFAULT if unreadable).
+        // Calibrated: tests/calibration, case `uvm-all-vcpus`.
+        const UVMF_ALL: u64 = 4;
+        if va < base || va & (PAGE_SIZE - 1) != 0 || !matches!(uvm_flags & !3, 0 | UVMF_ALL) {
             return Err(-errno::EINVAL);
         }
         let pfn = (va - base) / PAGE_SIZE;
@@ -174,8 +188,19 @@ impl Hv<'_> {
             return Err(-errno::EINVAL);
         };
         if val & flags::PRESENT != 0 {
-            if (val & flags::ADDR_MASK) >> 12 != mfn {
-                return Err(-errno::EINVAL);
+            let target = (val & flags::ADDR_MASK) >> 12;
+            if target != mfn {
+                // The alias now names another frame. Read-only, that frame
+                // gains no type and this pfn loses its mapping, as on Xen
+                // (calibrated: tests/calibration, `alias-other-frame`).
+                // Deliberately stricter: writable is refused (Xen accepts
+                // it); the model keeps one writable flag per pfn, not
+                // per-frame writable-mapping counts.
+                if !self.owns(target) || val & flags::WRITABLE != 0 {
+                    return Err(-errno::EINVAL);
+                }
+                self.st.set_alias_writable(pfn, false);
+                return self.uvm_flush(uvm_flags);
             }
             if val & flags::WRITABLE != 0 {
                 if self.st.frames.get(mfn as usize).is_some_and(|f| f.is_table()) {
@@ -188,6 +213,11 @@ impl Hv<'_> {
         } else {
             self.st.set_alias_writable(pfn, false);
         }
+        self.uvm_flush(uvm_flags)
+    }
+
+    /// The flush `update_va_mapping` asks for.
+    fn uvm_flush(&mut self, uvm_flags: u64) -> Result<(), i64> {
         match uvm_flags & 3 {
             uvmf::INVLPG => self.st.counters.invlpgs += 1,
             uvmf::TLB_FLUSH => self.st.counters.tlb_flushes += 1,

@@ -123,6 +123,14 @@ impl<'a> Hv<'a> {
         if !self.owns(mfn) {
             return Err(-errno::EINVAL);
         }
+        if self.validating.contains(&mfn) {
+            // Xen gives a frame its table type (unvalidated) before it
+            // validates the entries, so an entry naming the frame itself
+            // sees a type mismatch: a writable L1 mapping of it is -EBUSY
+            // (get_page_from_l1e), anything else -EINVAL. Calibrated:
+            // tests/calibration, `l1-maps-itself-rw`.
+            return Err(if want == PageType::Writable { -errno::EBUSY } else { -errno::EINVAL });
+        }
         let info = *self.info(mfn)?;
         if info.type_count > 0 {
             if info.page_type == want {
@@ -135,11 +143,6 @@ impl<'a> Hv<'a> {
         if let PageType::Table(level) = want {
             let alias_writable = self.st.p2m.mfn_to_pfn(mfn).is_some_and(|pfn| self.st.alias_writable(pfn));
             if alias_writable {
-                return Err(-errno::EINVAL);
-            }
-            if self.validating.contains(&mfn) {
-                // A (linear) cycle back to a table under validation: the model
-                // does not support linear page tables; Linux never makes them.
                 return Err(-errno::EINVAL);
             }
             self.validate(mfn, level)?;
@@ -168,22 +171,29 @@ impl<'a> Hv<'a> {
         }
     }
 
-    /// Checks one entry for a table of `level` and takes what it needs.
-    pub(crate) fn get_entry_ref(&mut self, level: Level, entry: u64) -> Result<EntryRef, i64> {
+    /// Checks one entry of table `table` (of `level`) and takes what it needs.
+    pub(crate) fn get_entry_ref(&mut self, table: u64, level: Level, entry: u64) -> Result<EntryRef, i64> {
         let allowed = if level == Level::L1 { L1_ALLOWED } else { UPPER_ALLOWED };
         if entry & !flags::ADDR_MASK & !allowed != 0 {
             // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
             return Err(-errno::EINVAL);
         }
         let target = (entry & flags::ADDR_MASK) >> 12;
+        if level == Level::L1 && target >= self.st.frames.len() as u64 {
+            // Not RAM: Xen's get_page_from_l1e treats it as I/O memory and
+            // refuses it without I/O permission (-EPERM). Calibrated:
+            // tests/calibration, `l1-maps-foreign`.
+            return Err(-errno::EPERM);
+        }
         if !self.owns(target) {
             return Err(-errno::EINVAL);
         }
         match level.lower() {
-            Some(lower) => {
-                self.get_type(target, PageType::Table(lower))?;
-                Ok(EntryRef::Typed(target))
-            }
+            Some(lower) => match self.get_type(target, PageType::Table(lower)) {
+                Ok(()) => Ok(EntryRef::Typed(target)),
+                Err(code) if code == -errno::EINVAL => self.get_linear(table, level, entry, target).ok_or(code),
+                Err(code) => Err(code),
+            },
             None if entry & flags::WRITABLE != 0 => {
                 self.get_type(target, PageType::Writable)?;
                 Ok(EntryRef::Typed(target))
@@ -192,9 +202,36 @@ impl<'a> Hv<'a> {
         }
     }
 
-    /// Releases what a present entry of a `level` table holds.
-    pub(crate) fn put_entry_ref(&mut self, level: Level, entry: u64) {
+    /// A linear (recursive) entry, tried when the next-lower type cannot be
+    /// taken (Xen's `get_lN_linear_pagetable` in xen/arch/x86/mm.c, L2–L4,
+    /// `pv-linear-pt` on by default): read-only only; naming its own table
+    /// it takes nothing, naming another validated table of the same level it
+    /// takes a type reference. Not modelled: Xen's limits on tables that are
+    /// both linear targets and hold linear entries. Calibrated:
+    /// tests/calibration, `xsa182-l4-rw`, `linear-l4`, `linear-l2`,
+    /// `linear-other-l4`.
+    fn get_linear(&mut self, table: u64, level: Level, entry: u64, target: u64) -> Option<EntryRef> {
+        if entry & flags::WRITABLE != 0 {
+            return None;
+        }
+        if target == table {
+            return Some(EntryRef::Untyped);
+        }
+        let info = self.st.frames.get_mut(target as usize)?;
+        if info.type_count == 0 || info.page_type != PageType::Table(level) || self.validating.contains(&target) {
+            return None;
+        }
+        info.type_count += 1;
+        Some(EntryRef::Typed(target))
+    }
+
+    /// Releases what a present entry of table `table` (of `level`) holds.
+    pub(crate) fn put_entry_ref(&mut self, table: u64, level: Level, entry: u64) {
         if entry & flags::PRESENT == 0 {
+            return;
+        }
+        if level != Level::L1 && (entry & flags::ADDR_MASK) >> 12 == table {
+            // A linear self-reference holds nothing.
             return;
         }
         if level == Level::L1 && entry & flags::WRITABLE == 0 {
@@ -217,7 +254,7 @@ impl<'a> Hv<'a> {
             if entry & flags::PRESENT == 0 {
                 continue;
             }
-            match self.get_entry_ref(level, entry) {
+            match self.get_entry_ref(mfn, level, entry) {
                 Ok(r) => {
                     taken.push(r);
                     adjusted.push((index, adjust_entry(level, entry)));
@@ -256,7 +293,7 @@ impl<'a> Hv<'a> {
                 continue;
             }
             let entry = self.read(mfn, index);
-            self.put_entry_ref(level, entry);
+            self.put_entry_ref(mfn, level, entry);
         }
     }
 }
