@@ -95,10 +95,20 @@ fn build<O: PvMmuOps + ?Sized>(
 /// Unlinks (whether or not the link took effect), releases and frees the
 /// tables `made` lists, newest first, and issues what that queued.
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
-    for &(parent, level, slot, new) in made.created[..made.len].iter().rev() {
-        let lower = level.lower().unwrap_or(Level::L1);
-        // Best effort: these only fail if the hypervisor already refused us once.
+    if made.len == 0 {
+        return;
+    }
+    // Best effort: these only fail if the hypervisor already refused us once.
+    for &(parent, level, slot, _) in made.created[..made.len].iter().rev() {
         let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
+    }
+    let _ = ops.lazy_mmu_flush();
+    // The links may have been live (a loaded space): a paging-structure cache
+    // may still point at the new tables until a flush (Intel SDM 4.10.4), so
+    // flush after unlinking and before the frames can be reused.
+    let _ = ops.flush_tlb_all();
+    for &(_, level, _, new) in made.created[..made.len].iter().rev() {
+        let lower = level.lower().unwrap_or(Level::L1);
         let _ = ops.release_pt(mm, root, lower, new);
         let _ = mm.free_frame(new);
     }
