@@ -89,17 +89,23 @@ fn an_l1e_cleared_by_mmu_update_stays_cached_until_invlpg_local() {
 #[test]
 fn update_va_mapping_flushes_as_its_flags_say_and_only_after_the_change() {
     let m = model();
-    assert!(mmu(m, 12, 0, 0).is_ok());
+    // Unlinking the L1 caches it (paging-structure caches) and its leaves.
+    assert!(mmu(m, 11, 0, 0).is_ok());
     assert!(remap(m, 30, false, uvmf::NONE).is_ok());
     assert_eq!(m.access(0, true, false), Ok(Pfn(USER_PAGE)), "UVMF_NONE");
+    m.frame_freed(Pfn(12));
+    assert_eq!(m.tlb_violations().len(), 1, "the old L1 may still be walked");
+    m.machine().clear_tlb_violations();
     assert!(remap(m, 30, true, uvmf::INVLPG).is_ok());
+    m.frame_freed(Pfn(12));
+    assert!(m.tlb_violations().is_empty(), "UVMF_INVLPG: an invlpg drops every paging-structure entry");
     assert_eq!(m.access(0, true, false), Ok(Pfn(USER_PAGE)), "UVMF_INVLPG of the direct-map address");
     // A refused update_va_mapping flushes nothing (Xen skips the flush on error).
     let refused = m.call(&Call::UpdateVaMapping { va: 0x1000, val: 0, flags: uvmf::TLB_FLUSH });
     assert!(!refused.is_ok());
     assert_eq!(m.access(0, true, false), Ok(Pfn(USER_PAGE)));
     assert!(remap(m, 30, true, uvmf::TLB_FLUSH).is_ok());
-    assert_eq!(m.access(0, true, false), not_present(pvops::Level::L1), "UVMF_TLB_FLUSH");
+    assert_eq!(m.access(0, true, false), not_present(pvops::Level::L2), "UVMF_TLB_FLUSH");
 }
 
 #[test]
