@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pvops::{Pfn, PhysMem, VirtAddr, ENTRIES_PER_TABLE};
 use pvops_native::NativeCpu;
 
-use crate::tlb::{Cached, Tlb, TlbHazard, TlbViolation};
+use crate::tlb::{Cached, Frames, Tlb, TlbHazard, TlbViolation};
 use crate::walk::{walk, Access, Fault};
 
 type Frame = Box<[u64; ENTRIES_PER_TABLE]>;
@@ -23,17 +23,27 @@ struct State {
     tlb: Tlb,
 }
 
+/// The frames as the TLB reads them: absent frames read as zeros.
+struct View<'a> {
+    frames: &'a HashMap<u64, Frame>,
+    nr_frames: u64,
+}
+
+static ZEROS: [u64; ENTRIES_PER_TABLE] = [0; ENTRIES_PER_TABLE];
+
+impl Frames for View<'_> {
+    fn frame(&self, f: u64) -> Option<&[u64; ENTRIES_PER_TABLE]> {
+        if f >= self.nr_frames {
+            return None;
+        }
+        Some(self.frames.get(&f).map_or(&ZEROS, |fr| &**fr))
+    }
+}
+
 impl State {
     /// Splits the state into the frames (read-only) and the TLB.
-    fn parts(&mut self, nr_frames: u64) -> (impl Fn(u64, usize) -> Option<u64> + '_, &mut Tlb) {
-        let frames = &self.frames;
-        let read = move |f: u64, i: usize| {
-            if f >= nr_frames || i >= ENTRIES_PER_TABLE {
-                return None;
-            }
-            Some(frames.get(&f).map_or(0, |fr| fr[i]))
-        };
-        (read, &mut self.tlb)
+    fn parts(&mut self, nr_frames: u64) -> (View<'_>, &mut Tlb) {
+        (View { frames: &self.frames, nr_frames }, &mut self.tlb)
     }
 }
 

@@ -26,7 +26,7 @@
 use std::collections::{HashMap, HashSet};
 
 use pvops::pte::flags;
-use pvops::Level;
+use pvops::{Level, ENTRIES_PER_TABLE};
 
 use crate::walk::{Access, Fault};
 
@@ -138,8 +138,17 @@ fn lost(old: u64, new: u64) -> bool {
         || (old & flags::GLOBAL != new & flags::GLOBAL)
 }
 
-/// Reads one word of a frame; `None` for frames outside memory.
-pub(crate) type Reader<'a> = &'a dyn Fn(u64, usize) -> Option<u64>;
+/// Memory as the TLB reads it, a whole frame at a time.
+pub(crate) trait Frames {
+    /// Frame `f`'s words (`None` outside memory).
+    fn frame(&self, f: u64) -> Option<&[u64; ENTRIES_PER_TABLE]>;
+    /// Word `i` of frame `f`.
+    fn word(&self, f: u64, i: usize) -> Option<u64> {
+        self.frame(f).and_then(|w| w.get(i).copied())
+    }
+}
+
+type Reader<'a> = &'a dyn Frames;
 
 /// The TLBs of every vCPU and what the loaded roots reach.
 #[derive(Debug)]
@@ -240,8 +249,8 @@ impl Tlb {
     pub(crate) fn retire_root(&mut self, root: u64, global_only: bool, read: Reader<'_>) {
         let mut out = Vec::new();
         let top = Pos { level: Level::L4, va: 0, user: true, writable: true, nx: false };
-        for index in 0..pvops::ENTRIES_PER_TABLE {
-            let Some(e) = read(root, index) else { return };
+        let Some(words) = read.frame(root) else { return };
+        for (index, &e) in words.iter().enumerate() {
             let va = canonical((index as u64) << shift(Level::L4));
             enumerate(&top, va, e, read, &mut out);
         }
@@ -306,7 +315,7 @@ impl Tlb {
         read: Reader<'_>,
     ) -> Result<u64, Fault> {
         let va = vaddr.as_u64();
-        let live = crate::walk::walk(root, vaddr, access, read);
+        let live = crate::walk::walk(root, vaddr, access, |f, i| read.word(f, i));
         let mut stale_hit = None;
         for c in self.stale() {
             if global_only && !(c.level == Level::L1 && c.global) {
@@ -358,7 +367,7 @@ fn walk_from(c: &Cached, start: Level, va: u64, access: Access, read: Reader<'_>
     let mut frame = c.frame;
     let mut level = start;
     loop {
-        let e = read(frame, idx(va, level))?;
+        let e = read.word(frame, idx(va, level))?;
         if e & flags::PRESENT == 0
             || (access.user && e & flags::USER == 0)
             || (access.write && e & flags::WRITABLE == 0)
@@ -396,8 +405,8 @@ fn enumerate(pos: &Pos, va: u64, entry: u64, read: Reader<'_>, out: &mut Vec<Cac
         return;
     }
     let child = Pos { level: lower, ..here };
-    for index in 0..pvops::ENTRIES_PER_TABLE {
-        let Some(e) = read(target(entry), index) else { return };
+    let Some(words) = read.frame(target(entry)) else { return };
+    for (index, &e) in words.iter().enumerate() {
         if e & flags::PRESENT != 0 {
             let cva = canonical(va + ((index as u64) << shift(lower)));
             enumerate(&child, cva, e, read, out);
@@ -415,8 +424,8 @@ fn build_reach(roots: &[u64], read: Reader<'_>) -> Reach {
             continue;
         }
         reach.tables.entry(frame).or_default().push(pos);
-        for index in 0..pvops::ENTRIES_PER_TABLE {
-            let Some(e) = read(frame, index) else { break };
+        let Some(words) = read.frame(frame) else { continue };
+        for (index, &e) in words.iter().enumerate() {
             if e & flags::PRESENT == 0 {
                 continue;
             }
