@@ -126,3 +126,17 @@ fn a_map_whose_batch_fails_after_its_leaf_took_effect_flushes_before_freeing() {
     }
     finish(name, &host, &booted, s);
 }
+
+/// The allocator reports every frame it gets back (`PhysMem::frame_freed`):
+/// freeing a frame the loaded space still maps is caught at once.
+#[test]
+fn freeing_a_frame_the_loaded_space_still_maps_is_caught() {
+    for (name, host, booted) in platforms() {
+        let s = loaded_space(&host, &booted);
+        check(name, &host, &booted, "before");
+        let (frame, _) = booted.mm.translate(&s, VA).expect("translate").expect("mapped");
+        pvops::MmServices::free_frame(booted.frames, frame).expect("free");
+        let e = (host.invariants)(booted.frames, &[]).expect_err("a freed frame the TLB reaches");
+        assert!(e.contains("Freed"), "{name}: {e}");
+    }
+}

@@ -182,3 +182,21 @@ fn unlinking_a_table_from_a_loaded_root_caches_it_until_a_flush() {
     assert!(m.tlb_violations().is_empty(), "INVLPG drops every paging-structure-cache entry");
     assert_eq!(m.access(0, true, false), Ok(Pfn(USER_PAGE)), "but not other leaves");
 }
+
+/// The test allocator (`GuestMm`) reports freed frames too.
+#[test]
+fn guest_mm_reports_a_freed_frame_the_loaded_tables_still_map() {
+    use pvops::MmServices;
+    use pvops_model::xen::guest::USER_PAGE as PAGE_FLAGS;
+    use pvops_model::XenGuest;
+    let g = XenGuest::boot(256, 5);
+    let pgd = g.new_pgd().expect("pgd");
+    let frame = g.mm.alloc_zeroed_frame().expect("frame");
+    g.map(pgd, 0x40_0000, frame, PAGE_FLAGS).expect("map");
+    g.ops().activate_mm(g.mm, pgd).expect("pin");
+    g.ops().write_cr3(g.mm, pgd).expect("load");
+    assert!(g.model.tlb_violations().is_empty());
+    g.mm.free_frame(frame).expect("free");
+    let v = g.model.tlb_violations();
+    assert_eq!(v.first().map(|v| (v.hazard, v.frame, v.stale)), Some((TlbHazard::Freed, frame.0, false)));
+}
