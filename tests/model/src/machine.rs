@@ -209,6 +209,12 @@ impl Machine {
         self.state().tlb.stale().to_vec()
     }
 
+    /// How often the set of tables the loaded roots reach was recomputed:
+    /// only after a reachable table or a root changed.
+    pub fn tlb_reach_builds(&self) -> u64 {
+        self.state().tlb.reach_builds()
+    }
+
     /// TLB hazards recorded so far, oldest first.
     pub fn tlb_violations(&self) -> Vec<TlbViolation> {
         self.state().tlb.violations().to_vec()

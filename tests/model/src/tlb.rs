@@ -155,13 +155,15 @@ type Reader<'a> = &'a dyn Frames;
 pub(crate) struct Tlb {
     vcpus: Vec<Vcpu>,
     reach: Option<Reach>,
+    /// How often `reach` was recomputed (tests keep it rare).
+    reach_builds: u64,
     violations: Vec<TlbViolation>,
 }
 
 impl Default for Tlb {
     fn default() -> Self {
         // One vCPU exists today; everything is per vCPU so SMP only adds entries.
-        Tlb { vcpus: vec![Vcpu::default()], reach: None, violations: Vec::new() }
+        Tlb { vcpus: vec![Vcpu::default()], reach: None, reach_builds: 0, violations: Vec::new() }
     }
 }
 
@@ -176,6 +178,10 @@ impl Tlb {
     /// Stale entries of the current vCPU.
     pub(crate) fn stale(&self) -> &[Cached] {
         &self.vcpus[CURRENT].stale
+    }
+
+    pub(crate) fn reach_builds(&self) -> u64 {
+        self.reach_builds
     }
 
     pub(crate) fn violations(&self) -> &[TlbViolation] {
@@ -199,6 +205,7 @@ impl Tlb {
         if self.reach.is_none() {
             let roots: Vec<u64> = self.vcpus.iter().flat_map(|v| v.roots.iter().copied()).collect();
             self.reach = Some(build_reach(&roots, read));
+            self.reach_builds += 1;
         }
         self.reach.get_or_insert_with(Reach::default)
     }
