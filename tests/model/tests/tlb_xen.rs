@@ -200,3 +200,17 @@ fn guest_mm_reports_a_freed_frame_the_loaded_tables_still_map() {
     let v = g.model.tlb_violations();
     assert_eq!(v.first().map(|v| (v.hazard, v.frame, v.stale)), Some((TlbHazard::Freed, frame.0, false)));
 }
+
+/// Zeroing a frame for reuse (what allocators do) while a stale entry maps it.
+#[test]
+fn reusing_a_frame_a_tlb_may_still_reach_is_recorded() {
+    let m = model();
+    assert!(mmu(m, 12, 1, 0).is_ok());
+    m.zero_frame(Pfn(OTHER_PAGE));
+    let v = m.tlb_violations();
+    assert_eq!(v.first().map(|v| (v.hazard, v.frame, v.stale)), Some((TlbHazard::Reused, OTHER_PAGE, true)));
+    m.machine().clear_tlb_violations();
+    assert!(ext(m, mmuext::INVLPG_LOCAL, 0x1000).is_ok());
+    m.zero_frame(Pfn(OTHER_PAGE));
+    assert!(m.tlb_violations().is_empty());
+}
