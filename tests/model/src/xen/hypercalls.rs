@@ -151,11 +151,14 @@ impl Hv<'_> {
                 // it rewrote cr3 (toggle_guest_pt: non-global entries gone),
                 // but its global leaves — Xen sets G on guest user L1es,
                 // adjust_guest_l1e in pv/mm.h — are still cached.
-                if old != mfn && old != 0 && self.st.user_cached {
-                    self.mem.tlb_retire_root(old, true);
+                if old != mfn {
+                    if old != 0 && self.st.user_cached {
+                        self.mem.tlb_retire_root(old, true);
+                    }
+                    // The new root has not run user mode yet.
+                    self.st.user_cached = false;
+                    self.sync_roots();
                 }
-                self.st.user_cached = false;
-                self.sync_roots();
                 if old != 0 {
                     self.put_type(old);
                 }
