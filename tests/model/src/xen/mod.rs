@@ -19,7 +19,9 @@
 //!   flags of `update_va_mapping`, a page-type change unless this CPU
 //!   flushed since (`tlbflush_filter`); `mmu_update` and
 //!   `NEW_USER_BASEPTR` flush nothing, and entering user mode drops all but
-//!   global entries (Xen sets G on user L1es);
+//!   global entries (Xen sets G on user L1es; with XPTI or PCID
+//!   `pv_make_cr4` leaves cr4.PGE off and G means nothing — the model takes
+//!   the worse case, PGE on);
 //! * user mode with no user base pointer crashes the domain.
 //!
 //! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),
