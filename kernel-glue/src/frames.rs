@@ -192,6 +192,7 @@ impl MmServices for FrameAllocator<'_> {
         }
         self.free.borrow_mut()[(pfn.0 / 64) as usize] |= 1 << (pfn.0 % 64);
         self.free_count.set(self.free_count.get() + 1);
+        self.mem.frame_freed(pfn);
         Ok(())
     }
 

@@ -45,4 +45,7 @@ pub trait PhysMem: Sync {
             self.write_entry(pfn, i, 0);
         }
     }
+    /// The allocator got `pfn` back. Nothing to do on real hardware; host
+    /// models use it to check that no TLB can still reach the frame.
+    fn frame_freed(&self, _pfn: Pfn) {}
 }

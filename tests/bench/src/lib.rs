@@ -138,7 +138,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(c.hypercalls(), 0);
-        assert_eq!(c.backend.direct_writes, 8, "kernel-half slot, pgd + user pgd slot, pud, pmd, 3 ptes");
+        assert_eq!(c.backend.direct_writes, 10, "3 kernel-half slots, pgd + user pgd slot, pud, pmd, 3 ptes");
         // First activation: one pin (the read-only remaps of 3 table pages and
         // 2 pgds, and both pins), then one mmuext_op with both base pointers.
         let (_, c) = g.cost(|| mm.activate(&mut a)).unwrap();

@@ -68,9 +68,15 @@ pub fn run_backend_cases(name: &str, only: Option<&str>) -> Result<Report, Strin
     let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: crate::KERNEL_VA };
     let mut cases = Vec::new();
     for case in pvops_conformance::CASES.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
-        let result = env
-            .run_case(case)
-            .and_then(|()| (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}")));
+        // The model's checks run after every case, failed or not, so a TLB
+        // hazard is reported with the case that caused it.
+        let ran = env.run_case(case);
+        let checked = (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}"));
+        let result = match (ran, checked) {
+            (Ok(()), checked) => checked,
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(i)) => Err(format!("{e}; {i}")),
+        };
         cases.push((case.name, result));
     }
     if cases.is_empty() {

@@ -7,6 +7,13 @@ use pvops::{BackendDesc, BootEnv, EntryKind, Pfn, PhysMem, PvError, PvMmuOps};
 
 /// The kernel-half address the suite uses as "a kernel mapping" (direct-map slot 273).
 pub const KERNEL_VA: u64 = 0xffff_8880_0000_0000;
+/// The kernel's probe page (L4 slot 402), as `examples/pvkernel` maps it.
+pub const KERNEL_PROBE_VA: u64 = 0xffff_c900_0000_0000;
+/// The kernel image's first page (L4 slot 511; physical 0x100000 in the real kernel).
+pub const KERNEL_IMAGE_VA: u64 = 0xffff_ffff_8010_0000;
+/// The kernel-half slots init_mm has, on the host as in the kernel (README,
+/// "Boot flow and memory layout"): direct map, probe page, kernel image.
+pub const INIT_MM_KERNEL_SLOTS: [usize; 3] = [273, 402, 511];
 
 /// A check over the allocator and the live pgds; `Err` says what is broken.
 pub type InvariantCheck = Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>;
@@ -63,8 +70,8 @@ pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
 }
 
 /// A booted memory manager on a host platform with backend `desc`: the same
-/// steps as the kernel (early path, adopt the boot root, map a kernel page,
-/// then frame metadata).
+/// steps as the kernel (early path, adopt the boot root, the kernel half's
+/// three slots — direct map, probe page, kernel image — then frame metadata).
 pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, PvError> {
     let ops: &'static dyn PvMmuOps = (desc.instantiate)(&host.env())?;
     let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
@@ -74,8 +81,10 @@ pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, P
     }
     let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd)?));
     // Early boot: no frame metadata yet.
-    let kpage = pvops::MmServices::alloc_zeroed_frame(frames)?;
-    mm.map_kernel(KERNEL_VA, kpage, true)?;
+    for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {
+        let kpage = pvops::MmServices::alloc_zeroed_frame(frames)?;
+        mm.map_kernel(va, kpage, writable)?;
+    }
     frames.init_metadata();
     Ok(Booted { ops, frames, mm })
 }

@@ -1,5 +1,6 @@
-//! A host model of an x86-64 machine: guest-physical frames, cr3, a TLB-flush
-//! counter and access checks through a real 4-level walk.
+//! A host model of an x86-64 machine: guest-physical frames, cr3, a TLB with
+//! paging-structure caches ([`crate::tlb`]) and access checks through a real
+//! 4-level walk and that TLB.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +8,7 @@ use std::sync::Mutex;
 use pvops::{Pfn, PhysMem, VirtAddr, ENTRIES_PER_TABLE};
 use pvops_native::NativeCpu;
 
+use crate::tlb::{Cached, Frames, Tlb, TlbHazard, TlbViolation};
 use crate::walk::{walk, Access, Fault};
 
 type Frame = Box<[u64; ENTRIES_PER_TABLE]>;
@@ -18,6 +20,31 @@ struct State {
     invlpgs: u64,
     full_flushes: u64,
     cr3_writes: u64,
+    tlb: Tlb,
+}
+
+/// The frames as the TLB reads them: absent frames read as zeros.
+struct View<'a> {
+    frames: &'a HashMap<u64, Frame>,
+    nr_frames: u64,
+}
+
+static ZEROS: [u64; ENTRIES_PER_TABLE] = [0; ENTRIES_PER_TABLE];
+
+impl Frames for View<'_> {
+    fn frame(&self, f: u64) -> Option<&[u64; ENTRIES_PER_TABLE]> {
+        if f >= self.nr_frames {
+            return None;
+        }
+        Some(self.frames.get(&f).map_or(&ZEROS, |fr| &**fr))
+    }
+}
+
+impl State {
+    /// Splits the state into the frames (read-only) and the TLB.
+    fn parts(&mut self, nr_frames: u64) -> (View<'_>, &mut Tlb) {
+        (View { frames: &self.frames, nr_frames }, &mut self.tlb)
+    }
 }
 
 /// Frame memory: `nr_frames` frames of 512 words, numbered from 0.
@@ -71,9 +98,30 @@ impl Machine {
             return false;
         }
         let mut s = self.state();
+        let old = s.frames.get(&frame).map_or(0, |f| f[index]);
+        if old == value {
+            return true;
+        }
+        {
+            let (read, tlb) = s.parts(self.nr_frames);
+            tlb.on_write(frame, index, old, value, &read);
+        }
         let f = s.frames.entry(frame).or_insert_with(|| Box::new([0; ENTRIES_PER_TABLE]));
         f[index] = value;
         true
+    }
+
+    /// Zeroes a frame (every present entry of a loaded table goes stale).
+    fn clear_frame(&self, frame: u64) {
+        let mut s = self.state();
+        let Some(words) = s.frames.get(&frame).map(|f| f.to_vec()) else { return };
+        {
+            let (read, tlb) = s.parts(self.nr_frames);
+            for (index, old) in words.into_iter().enumerate() {
+                tlb.on_write(frame, index, old, 0, &read);
+            }
+        }
+        s.frames.remove(&frame);
     }
 
     /// The cr3 register.
@@ -81,21 +129,110 @@ impl Machine {
         self.state().cr3
     }
 
-    /// Loads cr3.
+    /// Loads cr3: non-global TLB entries and every paging-structure cache
+    /// are flushed; the old root's global leaves stay cached (SDM §4.10.4.1).
     pub fn set_cr3(&self, v: u64) {
         let mut s = self.state();
+        let old = s.cr3 >> 12;
         s.cr3 = v;
         s.cr3_writes += 1;
+        let (read, tlb) = s.parts(self.nr_frames);
+        tlb.flush_non_global();
+        if old != v >> 12 && old != 0 {
+            tlb.retire_root(old, true, &read);
+        }
+        tlb.set_roots(&[v >> 12]);
     }
 
-    /// Walks the tables from `root_frame` for `va`.
+    /// Walks the tables from `root_frame` for `va` (no TLB: what the tables say).
     pub fn translate_from(&self, root_frame: u64, va: VirtAddr, access: Access) -> Result<u64, Fault> {
         walk(root_frame, va, access, |f, i| self.read(f, i))
     }
 
-    /// Checks an access through the current cr3: what the CPU would do.
+    /// An access through the current cr3 and the TLB: what the CPU may do.
     pub fn access(&self, va: VirtAddr, access: Access) -> Result<u64, Fault> {
-        self.translate_from(self.cr3() >> 12, va, access)
+        let root = self.cr3() >> 12;
+        self.tlb_access(root, va, access, false)
+    }
+
+    /// An access walking from `root` through the TLB: if a stale cached entry
+    /// allows it and reaches another frame than the tables, that frame is the
+    /// answer (the worst case), and a write through it is recorded as a
+    /// [`TlbHazard::StaleWrite`]. `global_only`: only global stale leaves can
+    /// be in the TLB.
+    pub fn tlb_access(&self, root: u64, va: VirtAddr, access: Access, global_only: bool) -> Result<u64, Fault> {
+        let mut s = self.state();
+        let (read, tlb) = s.parts(self.nr_frames);
+        tlb.access(root, va, access, global_only, &read)
+    }
+
+    /// The roots whose translations may be cached (the loaded ones). Changing
+    /// them flushes nothing: callers flush or [`Machine::tlb_retire_root`].
+    pub fn tlb_set_roots(&self, roots: &[u64]) {
+        self.state().tlb.set_roots(roots);
+    }
+
+    /// What `root` reaches stays cached after it is unloaded (`global_only`:
+    /// only its global leaves, as across a cr3 write).
+    pub fn tlb_retire_root(&self, root: u64, global_only: bool) {
+        let mut s = self.state();
+        let (read, tlb) = s.parts(self.nr_frames);
+        tlb.retire_root(root, global_only, &read);
+    }
+
+    /// Flushes every cached entry, global ones included (cr4.PGE toggle).
+    pub fn tlb_flush_everything(&self) {
+        self.state().tlb.flush_all();
+    }
+
+    /// Flushes non-global entries and the paging-structure caches (a cr3 reload).
+    pub fn tlb_flush_non_global(&self) {
+        self.state().tlb.flush_non_global();
+    }
+
+    /// `invlpg va`: its leaf (global or not) and every paging-structure-cache entry.
+    pub fn tlb_invlpg(&self, va: u64) {
+        self.state().tlb.invlpg(va);
+    }
+
+    /// Records `hazard` if a cache may still map `frame` (a stale entry, or
+    /// the loaded tables); `writable_only`: only stale writable leaves count.
+    /// True when it was recorded.
+    pub fn tlb_check_frame(&self, frame: u64, hazard: TlbHazard, writable_only: bool) -> bool {
+        let mut s = self.state();
+        let (read, tlb) = s.parts(self.nr_frames);
+        tlb.check_frame(frame, hazard, writable_only, &read)
+    }
+
+    /// Cached translations the tables no longer give (current vCPU).
+    pub fn tlb_stale(&self) -> Vec<Cached> {
+        self.state().tlb.stale().to_vec()
+    }
+
+    /// How often the set of tables the loaded roots reach was recomputed:
+    /// only after a reachable table or a root changed.
+    pub fn tlb_reach_builds(&self) -> u64 {
+        self.state().tlb.reach_builds()
+    }
+
+    /// TLB hazards recorded so far, oldest first.
+    pub fn tlb_violations(&self) -> Vec<TlbViolation> {
+        self.state().tlb.violations().to_vec()
+    }
+
+    /// Forgets recorded TLB hazards.
+    pub fn clear_tlb_violations(&self) {
+        self.state().tlb.clear_violations();
+    }
+
+    /// For checks after every step: `Err` lists the TLB hazards recorded.
+    pub fn check_tlb(&self) -> Result<(), String> {
+        let v = self.tlb_violations();
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("TLB hazards: {v:x?}"))
+        }
     }
 
     /// (`invlpg` count, full flushes, cr3 writes).
@@ -115,7 +252,13 @@ impl PhysMem for Machine {
     }
 
     fn zero_frame(&self, pfn: Pfn) {
-        self.state().frames.remove(&pfn.0);
+        // Only the allocator zeroes frames: this is reuse.
+        self.tlb_check_frame(pfn.0, TlbHazard::Reused, false);
+        self.clear_frame(pfn.0);
+    }
+
+    fn frame_freed(&self, pfn: Pfn) {
+        self.tlb_check_frame(pfn.0, TlbHazard::Freed, false);
     }
 }
 
@@ -128,11 +271,17 @@ impl NativeCpu for Machine {
         self.set_cr3(value);
     }
 
-    fn invlpg(&self, _va: VirtAddr) {
-        self.state().invlpgs += 1;
+    fn invlpg(&self, va: VirtAddr) {
+        let mut s = self.state();
+        s.invlpgs += 1;
+        s.tlb.invlpg(va.as_u64());
     }
 
+    /// The native backend's full flush is a cr3 reload (`x86::tlb::flush_all`):
+    /// global entries survive it.
     fn flush_all(&self) {
-        self.state().full_flushes += 1;
+        let mut s = self.state();
+        s.full_flushes += 1;
+        s.tlb.flush_non_global();
     }
 }

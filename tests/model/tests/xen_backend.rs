@@ -371,8 +371,12 @@ fn a_pinned_table_is_written_by_hypercall_never_directly() {
     g.ops().write_cr3(g.mm, pgd).unwrap();
     assert_eq!(g.model.access(UVA + 0x1000, true, true), Ok(frame));
     g.unmap(pgd, UVA + 0x1000).unwrap();
+    // User mode used the page: until a flush its TLB entry may still be used.
+    assert_eq!(g.model.access(UVA + 0x1000, true, false), Ok(frame));
+    g.ops().flush_tlb_one(pvops::VirtAddr::try_new(UVA + 0x1000).unwrap()).unwrap();
     assert_eq!(g.model.access(UVA + 0x1000, true, false), Err(XenFault::Page(Fault::NotPresent(Level::L1))));
     assert!(g.model.violations().is_empty());
+    assert!(g.model.tlb_violations().is_empty(), "{:?}", g.model.tlb_violations());
     g.ops().write_cr3(g.mm, g.init_pgd()).unwrap();
 }
 

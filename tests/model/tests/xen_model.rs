@@ -239,8 +239,12 @@ fn the_two_base_pointers_translate_kernel_and_user_mode_separately() {
     assert_eq!(m.access(0, true, false), Err(XenFault::DomainCrashed));
 }
 
+/// The hardware rule, no software convention: Xen sets U (and bit 52,
+/// `_PAGE_GUEST_KERNEL`) on the guest kernel's L1 entries, so a user root that
+/// maps a kernel page gives it to user mode. Only leaving it out of the user
+/// root protects it.
 #[test]
-fn a_kernel_only_page_is_not_reachable_from_user_mode() {
+fn a_kernel_page_is_reachable_from_user_mode_exactly_when_the_user_root_maps_it() {
     let m = model();
     let root = m.pt_base().0;
     for p in [10, 11, 12] {
@@ -250,9 +254,16 @@ fn a_kernel_only_page_is_not_reachable_from_user_mode() {
     assert!(mmu(m, 11, 0, entry(m, 12, URW)).is_ok());
     assert!(mmu(m, 10, 0, entry(m, 11, URW)).is_ok());
     assert!(mmu(m, root, 0, entry(m, 10, URW)).is_ok());
+    let l1e = m.read_guest(Pfn(12), 0);
+    assert_eq!(l1e & (flags::USER | PAGE_GUEST_KERNEL), flags::USER | PAGE_GUEST_KERNEL, "Xen's rewrite");
     assert!(ext(m, mmuext::NEW_USER_BASEPTR, root).is_ok());
     assert_eq!(m.access(0, false, false), Ok(Pfn(20)));
-    assert_eq!(m.access(0, true, false), Err(XenFault::Page(Fault::Protection(pvops::Level::L1))));
+    assert_eq!(m.access(0, true, false), Ok(Pfn(20)), "bit 52 protects nothing");
+    // A user root that does not map it: user mode cannot reach it.
+    assert!(remap(m, 9, false).is_ok());
+    assert!(ext(m, mmuext::NEW_USER_BASEPTR, 9).is_ok());
+    assert!(ext(m, mmuext::TLB_FLUSH_LOCAL, u64::MAX).is_ok());
+    assert_eq!(m.access(0, true, false), Err(XenFault::Page(Fault::NotPresent(pvops::Level::L4))));
 }
 
 #[test]

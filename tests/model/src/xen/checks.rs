@@ -8,13 +8,17 @@ use pvops_xen64::abi::{XEN_L4_END, XEN_L4_FIRST};
 use super::model::XenModel;
 
 impl XenModel {
-    /// After every step: no refused direct store, no domain crash, and the
+    /// After every step: no refused direct store, no TLB hazard, no domain crash, and the
     /// loaded user root (if any) mirrors the loaded kernel root below
     /// `USER_LIMIT` and holds nothing of the guest's above it.
     pub fn check_invariants(&self) -> Result<(), String> {
         let violations = self.violations();
         if !violations.is_empty() {
             return Err(format!("direct stores to live tables: {violations:?}"));
+        }
+        let hazards = self.tlb_violations();
+        if !hazards.is_empty() {
+            return Err(format!("TLB hazards (frames as pfns): {hazards:x?}"));
         }
         if let Some(why) = self.crashed() {
             return Err(format!("domain crashed: {why}"));

@@ -10,6 +10,7 @@ use pvops::{Mfn, Pfn, PhysMem};
 use pvops_xen64::P2m;
 
 use super::model::{Violation, XenModel};
+use crate::tlb::TlbHazard;
 
 impl XenModel {
     fn store(&self, pfn: Pfn, index: Option<usize>, value: u64) -> Option<u64> {
@@ -37,10 +38,20 @@ impl PhysMem for XenModel {
     }
 
     fn zero_frame(&self, pfn: Pfn) {
+        // Only allocators zero frames: this is reuse.
+        if let Some(mfn) = self.mfn_of(pfn) {
+            self.mem.tlb_check_frame(mfn.0, TlbHazard::Reused, false);
+        }
         if let Some(mfn) = self.store(pfn, None, 0) {
             for index in 0..pvops::ENTRIES_PER_TABLE {
                 self.mem.write(mfn, index, 0);
             }
+        }
+    }
+
+    fn frame_freed(&self, pfn: Pfn) {
+        if let Some(mfn) = self.mfn_of(pfn) {
+            self.mem.tlb_check_frame(mfn.0, TlbHazard::Freed, false);
         }
     }
 }

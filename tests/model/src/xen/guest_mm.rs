@@ -136,6 +136,8 @@ impl MmServices for GuestMm {
         s.allocated.remove(&pfn);
         s.private.remove(&pfn);
         s.free.push(pfn);
+        drop(s);
+        self.mem.frame_freed(pfn);
         Ok(())
     }
 

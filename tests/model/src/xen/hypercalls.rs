@@ -144,6 +144,10 @@ impl Hv<'_> {
                 if old != 0 {
                     self.put_type(old);
                 }
+                // new_guest_cr3 → write_ptbase → switch_cr3_cr4, which turns
+                // cr4.PGE off and on: everything is flushed, global entries
+                // too (xen/arch/x86/mm.c, flushtlb.c), even when old == new.
+                self.full_flush();
                 Ok(())
             }
             mmuext::NEW_USER_BASEPTR => {
@@ -152,6 +156,19 @@ impl Hv<'_> {
                     self.get_type(mfn, PageType::Table(Level::L4))?;
                 }
                 let old = core::mem::replace(&mut self.st.user_base, mfn);
+                // Xen flushes nothing here (mm.c, MMUEXT_NEW_USER_BASEPTR). If
+                // user mode ran on the old root since the last flush, leaving
+                // it rewrote cr3 (toggle_guest_pt: non-global entries gone),
+                // but its global leaves — Xen sets G on guest user L1es,
+                // adjust_guest_l1e in pv/mm.h — are still cached.
+                if old != mfn {
+                    if old != 0 && self.st.user_cached {
+                        self.mem.tlb_retire_root(old, true);
+                    }
+                    // The new root has not run user mode yet.
+                    self.st.user_cached = false;
+                    self.sync_roots();
+                }
                 if old != 0 {
                     self.put_type(old);
                 }
@@ -159,10 +176,16 @@ impl Hv<'_> {
             }
             mmuext::TLB_FLUSH_LOCAL => {
                 self.st.counters.tlb_flushes += 1;
+                // flush_tlb_local() = flush_area_local(FLUSH_TLB) → do_tlb_flush:
+                // a cr4.PGE toggle, global entries included (flushtlb.c).
+                self.full_flush();
                 Ok(())
             }
             mmuext::INVLPG_LOCAL => {
                 self.st.counters.invlpgs += 1;
+                // paging_invlpg → invlpg: the address's leaf and, per the SDM,
+                // every paging-structure-cache entry.
+                self.mem.tlb_invlpg(op.arg1);
                 Ok(())
             }
             _ => Err(-errno::ENOSYS),
@@ -199,28 +222,35 @@ impl Hv<'_> {
                 if !self.owns(target) || val & flags::WRITABLE != 0 {
                     return Err(-errno::EINVAL);
                 }
-                self.st.set_alias_writable(pfn, false);
-                return self.uvm_flush(uvm_flags);
+                self.alias_made_read_only(pfn, mfn);
+                return self.uvm_flush(va, uvm_flags);
             }
             if val & flags::WRITABLE != 0 {
                 if self.st.frames.get(mfn as usize).is_some_and(|f| f.is_table()) {
                     return Err(-errno::EBUSY);
                 }
-                self.st.set_alias_writable(pfn, true);
+                self.alias_made_writable(pfn, mfn);
             } else {
-                self.st.set_alias_writable(pfn, false);
+                self.alias_made_read_only(pfn, mfn);
             }
         } else {
-            self.st.set_alias_writable(pfn, false);
+            self.alias_made_read_only(pfn, mfn);
         }
-        self.uvm_flush(uvm_flags)
+        self.uvm_flush(va, uvm_flags)
     }
 
-    /// The flush `update_va_mapping` asks for.
-    fn uvm_flush(&mut self, uvm_flags: u64) -> Result<(), i64> {
+    /// The flush `update_va_mapping` asks for, once the L1e changed
+    /// (`__do_update_va_mapping` flushes only after the update, mm.c).
+    fn uvm_flush(&mut self, va: u64, uvm_flags: u64) -> Result<(), i64> {
         match uvm_flags & 3 {
-            uvmf::INVLPG => self.st.counters.invlpgs += 1,
-            uvmf::TLB_FLUSH => self.st.counters.tlb_flushes += 1,
+            uvmf::INVLPG => {
+                self.st.counters.invlpgs += 1;
+                self.mem.tlb_invlpg(va);
+            }
+            uvmf::TLB_FLUSH => {
+                self.st.counters.tlb_flushes += 1;
+                self.full_flush();
+            }
             _ => {}
         }
         Ok(())
@@ -231,6 +261,7 @@ impl HypercallTransport for XenModel {
     fn call(&self, call: &Call<'_>) -> Outcome {
         let mut st = self.lock();
         st.counters.hypercalls += 1;
+        Hv::new(&mut st, &self.mem).trapped();
         if let Some(code) = XenState::injected(&mut st.inject_hypercall) {
             st.counters.failures += 1;
             return Outcome::failed(code, 0);
@@ -242,6 +273,7 @@ impl HypercallTransport for XenModel {
         let mut st = self.lock();
         st.counters.hypercalls += 1;
         st.counters.multicalls += 1;
+        Hv::new(&mut st, &self.mem).trapped();
         if calls.len() != outcomes.len() {
             return -errno::EINVAL;
         }

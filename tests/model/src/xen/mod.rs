@@ -12,6 +12,16 @@
 //!   PSE/G above L1 are refused, L4 slots 256..=271 are Xen's;
 //! * Xen rewrites present entries (U, A, G, bit 52), so read-backs differ;
 //! * a direct store to a read-only alias is a [`Violation`];
+//! * the machine's TLB ([`crate::tlb`]) holds what the kernel base pointer
+//!   and (once user mode may have run) the user base pointer reach; Xen
+//!   flushes it exactly where `mm.c` does: `NEW_BASEPTR` and
+//!   `TLB_FLUSH_LOCAL` everything, `INVLPG_LOCAL` one address, the `UVMF_*`
+//!   flags of `update_va_mapping`, a page-type change unless this CPU
+//!   flushed since (`tlbflush_filter`); `mmu_update` and
+//!   `NEW_USER_BASEPTR` flush nothing, and entering user mode drops all but
+//!   global entries (Xen sets G on user L1es; with XPTI or PCID
+//!   `pv_make_cr4` leaves cr4.PGE off and G means nothing — the model takes
+//!   the worse case, PGE on);
 //! * user mode with no user base pointer crashes the domain.
 //!
 //! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),

@@ -6,13 +6,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use pvops::pte::flags;
 use pvops::{Level, Mfn, Pfn, VirtAddr, PAGE_SIZE};
-use pvops_xen64::abi::{PAGE_GUEST_KERNEL, XEN_L4_FIRST};
+use pvops_xen64::abi::XEN_L4_FIRST;
 use pvops_xen64::XenPlatform;
 
 use super::p2m::P2mTable;
 use super::types::{FrameInfo, Hv, PageType};
 use crate::machine::Machine;
-use crate::walk::{walk, Access, Fault};
+use crate::walk::{Access, Fault};
 
 /// Where the model expects the guest's direct map of all its frames (Linux's
 /// `PAGE_OFFSET` under Xen PV, L4 slot 273). `update_va_mapping` on
@@ -104,6 +104,16 @@ pub(crate) struct XenState {
     pub(crate) inject_multicall: Option<(Injection, usize)>,
     pub(crate) direct_map_base: u64,
     nr_mfns: u64,
+    /// Per mfn: the type it had last (Xen keeps `PGT_type_mask` at count 0).
+    pub(crate) last_type: Vec<PageType>,
+    /// Per mfn: the TLB clock when its last type reference went.
+    pub(crate) type_stamp: Vec<u64>,
+    /// Xen's TLB clock (`tlbflush_clock`), ticked by every full flush.
+    pub(crate) flush_clock: u64,
+    /// The clock at this vCPU's last full flush (`tlbflush_time`).
+    pub(crate) cpu_flush_time: u64,
+    /// User mode may have run on the user root since the last full flush.
+    pub(crate) user_cached: bool,
 }
 
 impl XenState {
@@ -128,6 +138,20 @@ impl XenState {
             flags::PRESENT | flags::WRITABLE | flags::ACCESSED | flags::DIRTY
         };
         (mfn << 12) | f
+    }
+
+    /// The roots whose translations the TLB may hold: the kernel base
+    /// pointer always (the guest kernel runs on it), the user base pointer
+    /// once user mode may have run on it.
+    pub(crate) fn tlb_roots(&self) -> Vec<u64> {
+        let mut roots = Vec::with_capacity(2);
+        if self.kernel_base != 0 {
+            roots.push(self.kernel_base);
+        }
+        if self.user_base != 0 && self.user_cached {
+            roots.push(self.user_base);
+        }
+        roots
     }
 
     /// Consumes one step of an injection; true when this step must fail.
@@ -194,6 +218,13 @@ impl XenModel {
             inject_multicall: None,
             direct_map_base: DEFAULT_DIRECT_MAP_BASE,
             nr_mfns,
+            // Every frame starts mapped writable by the builder's direct map.
+            last_type: vec![PageType::Writable; nr_mfns as usize],
+            type_stamp: vec![0; nr_mfns as usize],
+            // The CPU flushed when Xen loaded the boot tables: after every stamp.
+            flush_clock: 1,
+            cpu_flush_time: 1,
+            user_cached: false,
         };
         let model = XenModel {
             mem: Machine::new(nr_mfns),
@@ -211,6 +242,7 @@ impl XenModel {
             assert_eq!((pinned, loaded), (Ok(()), Ok(())), "boot L4 must validate");
             st.frames[mfn as usize].pinned = true;
             st.kernel_base = mfn;
+            Hv::new(&mut st, &model.mem).sync_roots();
         }
         model
     }
@@ -390,16 +422,18 @@ impl XenModel {
         armed
     }
 
-    /// An access as the CPU would do it for the guest.
+    /// An access as the CPU would do it for the guest, through the TLB.
     ///
     /// Kernel mode walks from the kernel base pointer, user mode from the user
-    /// base pointer. The PV64 kernel runs in ring 3, so both walks are
-    /// user-privilege walks: kernel entries work only because Xen added U
-    /// (§6.4). User mode with no user base pointer crashes the domain.
-    ///
-    /// Deliberately strict: in user mode an L1 entry Xen marked
-    /// `_PAGE_GUEST_KERNEL` (written without U) faults, although real hardware
-    /// would allow it; such a mapping in the user half is a guest bug.
+    /// base pointer Xen has loaded. The PV64 kernel runs in ring 3, so both
+    /// walks are user-privilege walks with the user bit required at every
+    /// level, on the entries as Xen rewrote them: the guest kernel's own L1
+    /// mappings carry U too (Xen adds U and `_PAGE_GUEST_KERNEL`, §6.4), and
+    /// bit 52 protects nothing — what keeps user mode out of the kernel is
+    /// only that the user root does not map it. In user mode only global
+    /// stale leaves can still be cached (entering user mode rewrote cr3:
+    /// `toggle_guest_pt`, xen/arch/x86/pv/domain.c). User mode with no user
+    /// base pointer crashes the domain.
     pub fn access(&self, va: u64, user_mode: bool, write: bool) -> Result<Pfn, XenFault> {
         self.translate(va, user_mode, write, true)
     }
@@ -423,23 +457,33 @@ impl XenModel {
                 return Err(XenFault::DomainCrashed);
             }
             if user_mode {
+                if record_crash && !st.user_cached {
+                    // User mode really ran: its root's translations may be cached.
+                    st.user_cached = true;
+                    Hv::new(&mut st, &self.mem).sync_roots();
+                }
                 st.user_base
             } else {
                 st.kernel_base
             }
         };
         let access = Access { user: true, write, execute: false };
-        // The walker reads one entry per level, top down: the fourth is the L1e.
-        let depth = std::cell::Cell::new(0u8);
-        let read = |frame: u64, index: usize| -> Option<u64> {
-            depth.set(depth.get() + 1);
-            let e = self.mem.read(frame, index)?;
-            if user_mode && depth.get() == 4 && e & PAGE_GUEST_KERNEL != 0 {
-                return Some(e & !flags::USER);
-            }
-            Some(e)
-        };
-        let mfn = walk(root, va, access, read).map_err(XenFault::Page)?;
+        let mfn = self.mem.tlb_access(root, va, access, user_mode).map_err(XenFault::Page)?;
         self.pfn_of(Mfn(mfn)).ok_or(XenFault::NotGuestFrame(Mfn(mfn)))
+    }
+
+    /// TLB hazards recorded so far (frames as pfns where the domain owns them).
+    pub fn tlb_violations(&self) -> Vec<crate::tlb::TlbViolation> {
+        let st = self.lock();
+        self.mem
+            .tlb_violations()
+            .into_iter()
+            .map(|mut v| {
+                if let Some(pfn) = st.p2m.mfn_to_pfn(v.frame) {
+                    v.frame = pfn;
+                }
+                v
+            })
+            .collect()
     }
 }

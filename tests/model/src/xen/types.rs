@@ -18,6 +18,7 @@ use pvops_xen64::abi::{errno, PAGE_GUEST_KERNEL, XEN_L4_END, XEN_L4_FIRST};
 
 use super::model::XenState;
 use crate::machine::Machine;
+use crate::tlb::TlbHazard;
 
 /// The type a machine frame currently has (Xen's `PGT_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +141,7 @@ impl<'a> Hv<'a> {
             // A table mapped writable is -EBUSY; any other mismatch is "Bad type".
             return Err(if want == PageType::Writable { -errno::EBUSY } else { -errno::EINVAL });
         }
+        self.type_change_flush(mfn, want);
         if let PageType::Table(level) = want {
             let alias_writable = self.st.p2m.mfn_to_pfn(mfn).is_some_and(|pfn| self.st.alias_writable(pfn));
             if alias_writable {
@@ -150,7 +152,86 @@ impl<'a> Hv<'a> {
         let info = self.info(mfn)?;
         info.page_type = want;
         info.type_count = 1;
+        if let Some(t) = self.st.last_type.get_mut(mfn as usize) {
+            *t = want;
+        }
         Ok(())
+    }
+
+    /// Entering Xen: if the guest has a user root, user mode may have run on
+    /// it since the last flush, so its translations may be cached.
+    pub(crate) fn trapped(&mut self) {
+        if self.st.user_base != 0 && !self.st.user_cached {
+            self.st.user_cached = true;
+            self.sync_roots();
+        }
+    }
+
+    /// Tells the TLB which roots' translations may be cached now.
+    pub(crate) fn sync_roots(&mut self) {
+        let roots = self.st.tlb_roots();
+        self.mem.tlb_set_roots(&roots);
+    }
+
+    /// Xen's `do_tlb_flush` (cr4.PGE toggled: global entries too), which
+    /// ticks the TLB clock (`pre_flush`/`post_flush`, flushtlb.c).
+    pub(crate) fn full_flush(&mut self) {
+        self.mem.tlb_flush_everything();
+        self.st.flush_clock += 1;
+        self.st.cpu_flush_time = self.st.flush_clock;
+        // What user mode cached is gone; it refills only after a return to it.
+        self.st.user_cached = false;
+        self.sync_roots();
+    }
+
+    /// `_get_page_type` on a type change (xen/arch/x86/mm.c): "On type change
+    /// we check to flush stale TLB entries. It is vital that no other CPUs are
+    /// left with writeable mappings to a frame which is intending to become
+    /// pgtable/segdesc." It flushes (`FLUSH_TLB`, i.e. `do_tlb_flush`) unless
+    /// this CPU flushed since the frame's last type reference went
+    /// (`tlbflush_filter` on `page->tlbflush_timestamp`). Then, for a table,
+    /// any writable translation still cached is a hazard the model records.
+    fn type_change_flush(&mut self, mfn: u64, want: PageType) {
+        let last = self.st.last_type.get(mfn as usize).copied().unwrap_or_default();
+        let stamp = self.st.type_stamp.get(mfn as usize).copied().unwrap_or(0);
+        if last != want && self.st.cpu_flush_time <= stamp {
+            self.full_flush();
+        }
+        if matches!(want, PageType::Table(_)) {
+            self.mem.tlb_check_frame(mfn, TlbHazard::BecameTable, true);
+        }
+    }
+
+    /// The guest's direct-map alias of `pfn` became writable: in Xen a
+    /// writable L1e takes a writable type reference (with its type-change flush).
+    pub(crate) fn alias_made_writable(&mut self, pfn: u64, mfn: u64) {
+        let count = self.st.frames.get(mfn as usize).map_or(0, |f| f.type_count);
+        if count == 0 && !self.st.alias_writable(pfn) {
+            self.type_change_flush(mfn, PageType::Writable);
+            if let Some(t) = self.st.last_type.get_mut(mfn as usize) {
+                *t = PageType::Writable;
+            }
+        }
+        self.st.set_alias_writable(pfn, true);
+    }
+
+    /// The alias of `pfn` became read-only: its writable reference goes, and
+    /// with no other reference the frame's TLB timestamp is now.
+    pub(crate) fn alias_made_read_only(&mut self, pfn: u64, mfn: u64) {
+        let count = self.st.frames.get(mfn as usize).map_or(0, |f| f.type_count);
+        if count == 0 && self.st.alias_writable(pfn) {
+            self.stamp(mfn);
+        }
+        self.st.set_alias_writable(pfn, false);
+    }
+
+    /// `page->tlbflush_timestamp = tlbflush_current_time()`: the last
+    /// reference of the frame's type went now.
+    fn stamp(&mut self, mfn: u64) {
+        let now = self.st.flush_clock;
+        if let Some(t) = self.st.type_stamp.get_mut(mfn as usize) {
+            *t = now;
+        }
     }
 
     /// Drops a type reference (Xen's `put_page_type`); the last one of a table
@@ -169,6 +250,7 @@ impl<'a> Hv<'a> {
         if let PageType::Table(level) = old {
             self.devalidate(mfn, level);
         }
+        self.stamp(mfn);
     }
 
     /// Checks one entry of table `table` (of `level`) and takes what it needs.
