@@ -32,24 +32,29 @@ mod transport {
     /// flags) before the real one traps.
     pub struct Sabotage(pub &'static dyn HypercallTransport);
 
+    const DROP_FLUSHES: bool = cfg!(feature = "no-tlb-flush");
+    const DROP_USER_BASE: bool = cfg!(feature = "no-user-baseptr");
+    const ZERO_USER_BASE: bool = cfg!(feature = "zero-user-baseptr");
+    const KERNEL_AS_USER_BASE: bool = cfg!(feature = "user-pgd-maps-kernel");
+
     /// What becomes of one record: kept (maybe changed) or dropped.
     fn rewrite_op(op: &MmuextOp, kernel_root: u64) -> Option<MmuextOp> {
-        let _ = kernel_root;
-        #[cfg(feature = "no-tlb-flush")]
-        if op.cmd == mmuext::INVLPG_LOCAL || op.cmd == mmuext::TLB_FLUSH_LOCAL {
+        let flush = op.cmd == mmuext::INVLPG_LOCAL || op.cmd == mmuext::TLB_FLUSH_LOCAL;
+        if DROP_FLUSHES && flush {
             return None;
         }
-        if op.cmd == mmuext::NEW_USER_BASEPTR {
-            #[cfg(feature = "no-user-baseptr")]
-            return None;
-            #[cfg(feature = "zero-user-baseptr")]
-            return Some(MmuextOp { arg1: 0, ..*op });
-            #[cfg(feature = "user-pgd-maps-kernel")]
-            if kernel_root != 0 && op.arg1 != 0 {
-                return Some(MmuextOp { arg1: kernel_root, ..*op });
-            }
+        if op.cmd != mmuext::NEW_USER_BASEPTR {
+            return Some(*op);
         }
-        Some(*op)
+        if DROP_USER_BASE {
+            None
+        } else if ZERO_USER_BASE {
+            Some(MmuextOp { arg1: 0, ..*op })
+        } else if KERNEL_AS_USER_BASE && kernel_root != 0 && op.arg1 != 0 {
+            Some(MmuextOp { arg1: kernel_root, ..*op })
+        } else {
+            Some(*op)
+        }
     }
 
     /// The records kept, and for each the index of the original record.
@@ -79,11 +84,9 @@ mod transport {
     }
 
     fn rewrite_flags(flags: u64) -> u64 {
-        #[cfg(feature = "no-tlb-flush")]
-        return flags & !(uvmf::INVLPG | uvmf::TLB_FLUSH);
-        #[cfg(not(feature = "no-tlb-flush"))]
-        {
-            let _ = uvmf::NONE;
+        if DROP_FLUSHES {
+            flags & !(uvmf::INVLPG | uvmf::TLB_FLUSH)
+        } else {
             flags
         }
     }

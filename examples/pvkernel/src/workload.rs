@@ -135,6 +135,23 @@ fn direct_write_pinned(v: &Vm, procs: &Processes) {
     }
 }
 
+/// `leak-pin` (test only, Xen): a frame is pinned as an L1 table behind the
+/// backend's back and given back to the allocator still pinned; only Xen
+/// knows, so only the measured `pins_left`/`typed_left` can see it.
+#[cfg(feature = "leak-pin")]
+fn leak_pin(v: &Vm) {
+    use crate::xen::{hypercall, mmu, typed};
+    if !platform::is_xen() {
+        return;
+    }
+    let Ok(pfn) = pvops::MmServices::alloc_zeroed_frame(v.frames) else { return };
+    let pinned = typed::make_read_only(pfn)
+        .and_then(|()| mmu::make_pte(pfn.0, 0))
+        .and_then(|pte| hypercall::mmuext(pvops_xen64::abi::mmuext::PIN_L1_TABLE, pte >> 12));
+    kprintln!("leak-pin: {pfn:?} pinned as an L1 table in Xen ({pinned:?}), freed without unpinning");
+    let _ = pvops::MmServices::free_frame(v.frames, pfn);
+}
+
 /// Everything after boot. Never returns.
 pub fn run(v: Vm) -> ! {
     let plat = if platform::is_xen() { "xen" } else { "native" };
@@ -205,6 +222,8 @@ pub fn run(v: Vm) -> ! {
         let leaked = pvops::MmServices::alloc_zeroed_frame(v.frames);
         kprintln!("leak-frame: allocated {leaked:?} and never freeing it");
     }
+    #[cfg(feature = "leak-pin")]
+    leak_pin(&v);
     let frames_leaked = free_before as i64 - v.frames.free_frames() as i64;
     kprintln!("workload {}: {} (measured at the seams)", backend, user);
     kprintln!("attack suite {}: {attack_hc} hypercalls (transport trapped {attack_traps})", backend);
