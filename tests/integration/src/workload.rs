@@ -38,10 +38,7 @@ pub fn render_counts(title: &str, rows: &[(String, [u64; 6])]) -> String {
         title, "hypercalls", "mc-ents", "mmu_upd", "mmuext", "uvm", "direct"
     );
     for (what, c) in rows {
-        out += &format!(
-            "{:<42} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-            what, c[0], c[1], c[2], c[3], c[4], c[5]
-        );
+        out += &format!("{:<42} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n", what, c[0], c[1], c[2], c[3], c[4], c[5]);
     }
     out
 }
