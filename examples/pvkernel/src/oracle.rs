@@ -125,11 +125,15 @@ impl KernelOracle {
 
     /// One line on how it measured, for the log.
     pub fn describe(&self) -> alloc::string::String {
-        alloc::format!(
-            "oracle: {} user-mode probes, {} times the loaded space's user root was not loaded in Xen",
-            self.probes.get(),
-            self.missing_user_root.get()
-        )
+        if platform::is_xen() {
+            alloc::format!(
+                "oracle: {} user-mode probes, {} times Xen had not loaded the user root of the loaded space",
+                self.probes.get(),
+                self.missing_user_root.get()
+            )
+        } else {
+            alloc::format!("oracle: {} user-mode probes", self.probes.get())
+        }
     }
 
     /// True if Xen was ever found without the user root it should have.
