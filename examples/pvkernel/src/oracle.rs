@@ -151,6 +151,20 @@ impl KernelOracle {
         }
     }
 
+    /// (Xen) A user pgd of a pinned address space that Xen holds as a loaded
+    /// base pointer, if any.
+    fn loaded_user_pgd(&self) -> Option<Pfn> {
+        let frames = self.vm.frames;
+        (0..frames.nr_frames()).map(Pfn).filter(|&p| p != self.vm.mm.init_pgd()).find_map(|p| {
+            if !frames.info(p).is_some_and(|i| i.pinned) {
+                return None;
+            }
+            let u = pvops_xen64::attached_user_pgd(frames, p).ok().flatten()?;
+            let pinned = frames.info(u).is_some_and(|i| i.pinned);
+            (pinned && typed::is_loaded_base(u).unwrap_or(true)).then_some(u)
+        })
+    }
+
     /// The guest frame an entry points to.
     fn target(entry: u64) -> Option<u64> {
         let frame = (entry & flags::ADDR_MASK) >> 12;
@@ -273,12 +287,18 @@ impl KernelOracle {
         if platform::is_xen() {
             if root == self.vm.mm.init_pgd() {
                 // No user root under init_mm: nothing to run user code in.
+                // Xen must not still hold any user pgd as a base pointer
+                // (user mode would reach that space): ask it, for the user
+                // pgd of every pinned kernel pgd.
+                if let Some(u) = self.loaded_user_pgd() {
+                    kprintln!("oracle: under init_mm, Xen still has user pgd {u:?} loaded");
+                    return Ok(Some(UNKNOWN_FRAME));
+                }
                 return Ok(None);
             }
-            let loaded = match pvops_xen64::attached_user_pgd(self.vm.frames, root)? {
-                Some(user) => typed::is_loaded_base(user).unwrap_or(false),
-                None => false,
-            };
+            let user = pvops_xen64::attached_user_pgd(self.vm.frames, root)?;
+            let loaded = user.is_some_and(|u| typed::is_loaded_base(u).unwrap_or(false));
+
             if !loaded {
                 self.missing_user_root.set(self.missing_user_root.get() + 1);
                 kprintln!("oracle: Xen has not loaded the user pgd of the loaded space {root:?}");
