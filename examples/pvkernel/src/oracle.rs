@@ -19,9 +19,10 @@
 //!   (e.g. `NEW_USER_BASEPTR` never sent, or sent as 0), it answers
 //!   [`UNKNOWN_FRAME`] without entering user mode, which would crash the
 //!   domain when there is no user root. Under init_mm (kernel root = init_mm's
-//!   pgd, read from cr3) Xen has no user root for us to run code in, so the
-//!   answer there is "nothing" by Xen's rule (no `NEW_USER_BASEPTR` frame,
-//!   nothing reachable); natively the probe runs under init_mm too.
+//!   pgd, read from cr3) there is no user root to run code in, so the oracle
+//!   asks Xen instead: no user pgd of a pinned space may still be a loaded
+//!   base pointer (else [`UNKNOWN_FRAME`]); then the answer is "nothing".
+//!   Natively the probe runs under init_mm too.
 //! * **Kernel mode** is a software walk of the root in the real cr3 with the
 //!   x86 rules (present at every level, writable at every level for a write,
 //!   1 GiB / 2 MiB leaves). No software convention (Xen's bit 52
