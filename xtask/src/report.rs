@@ -2,8 +2,8 @@
 //!
 //! Kernel (serial log):
 //! ```text
-//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0
-//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0 pins_left=0 hypercalls=H
+//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0
+//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
 //! Host report (`host-report`, `workload::render_counts`): a `[xen64] step`
@@ -36,6 +36,8 @@ pub struct KernelResult {
     pub attacks: Option<(u64, u64)>,
     /// `frames_leaked=`.
     pub frames_leaked: Option<i64>,
+    /// `tlb=`: the kernel-mode TLB test ("ok" or "STALE").
+    pub tlb: Option<String>,
     /// `pins_left=` (Xen): free frames Xen still held pinned at the end.
     pub pins_left: Option<u64>,
     /// `typed_left=` (Xen): free frames Xen still held typed at the end.
@@ -66,6 +68,7 @@ impl KernelResult {
             isolation: field(&line, "user_isolation")?.to_string(),
             attacks: field(&line, "attacks").and_then(parse_ratio),
             frames_leaked: field(&line, "frames_leaked").and_then(|v| v.parse().ok()),
+            tlb: field(&line, "tlb").map(str::to_string),
             pins_left: field(&line, "pins_left").and_then(|v| v.parse().ok()),
             typed_left: field(&line, "typed_left").and_then(|v| v.parse().ok()),
             hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
@@ -93,6 +96,9 @@ impl KernelResult {
             Some((blocked, tried)) if blocked == tried && tried > 0 => {}
             Some((blocked, tried)) => bad.push(format!("attacks {blocked}/{tried} blocked")),
             None => bad.push("no attacks=blocked/tried".into()),
+        }
+        if self.tlb.as_deref() != Some("ok") {
+            bad.push(format!("tlb {:?}", self.tlb));
         }
         if self.frames_leaked != Some(0) {
             bad.push(format!("frames_leaked {:?}", self.frames_leaked));
@@ -227,7 +233,7 @@ mod tests {
 
     #[test]
     fn result_lines_parse_and_check() {
-        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41\n";
+        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41\n";
         let r = KernelResult::parse(log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
         assert_eq!(r.attacks, Some((21, 21)));
@@ -235,19 +241,28 @@ mod tests {
         assert!(r.check(Platform::Native).is_err());
         // A table Xen still holds typed (or no measurement at all) fails.
         for typed in ["typed_left=1", ""] {
-            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0 pins_left=0 {typed} hypercalls=41");
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41");
             assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen).unwrap_err().contains("typed_left"));
         }
         let bad =
             KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
                 .unwrap();
         assert!(bad.check(Platform::Native).is_err());
-        let good = "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0";
+        let good =
+            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0";
         assert!(KernelResult::parse(good).unwrap().check(Platform::Native).is_ok());
+        // A stale translation, or no TLB verdict at all, fails.
+        for tlb in ["tlb=STALE", ""] {
+            let line = format!(
+                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0"
+            );
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Native).unwrap_err().contains("tlb"));
+        }
         // An attack that got through, no attacks at all, or no field: each fails.
         for attacks in ["attacks=19/21", "attacks=0/0", "attacks=x/21", ""] {
-            let line =
-                format!("RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} frames_leaked=0");
+            let line = format!(
+                "RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} tlb=ok frames_leaked=0"
+            );
             let r = KernelResult::parse(&line).unwrap();
             let err = r.check(Platform::Native).unwrap_err();
             assert!(err.contains("attacks"), "{line}: {err}");

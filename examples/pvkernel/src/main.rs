@@ -28,6 +28,7 @@ pub mod pvh;
 pub mod sabotage;
 pub mod seams;
 pub mod sync;
+pub mod tlb;
 pub mod traps;
 pub mod user;
 pub mod vm;

@@ -202,6 +202,13 @@ pub fn run(v: Vm) -> ! {
             false
         }
     };
+    let tlb = match crate::tlb::kernel_tlb_test(&v) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            kprintln!("kernel TLB test failed: {e}");
+            false
+        }
+    };
     let stats = v.ops.stats().since(stats_before);
     let user = SeamCounts::now().since(&seams_before);
 
@@ -238,6 +245,7 @@ pub fn run(v: Vm) -> ! {
     let isolation = isolation && attacks.audits_clean;
     let iso = if isolation { "ok" } else { "FAILED" };
     let conf = format!("{}/{}", summary.passed, summary.total);
+    let tlb_word = if tlb { "ok" } else { "STALE" };
     let att = format!("{}/{}", attacks.blocked, attacks.tried);
     let mut typed_ok = true;
     if platform::is_xen() {
@@ -246,12 +254,12 @@ pub fn run(v: Vm) -> ! {
         let (pins_left, typed_left) = crate::xen::typed::leftovers(&v, &pins_before);
         typed_ok = pins_left == 0 && typed_left == 0;
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}",
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}",
             user.hypercalls()
         );
     } else {
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} frames_leaked={frames_leaked}"
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}"
         );
     }
     let expected = if platform::is_xen() { "xen64" } else { "native" };
@@ -260,6 +268,7 @@ pub fn run(v: Vm) -> ! {
         && isolation
         && attacks.all_blocked()
         && frames_leaked == 0
+        && tlb
         && typed_ok
         && demo_leak == 0
         && counts_agree
@@ -268,7 +277,7 @@ pub fn run(v: Vm) -> ! {
         kprintln!(
             "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; backend {backend}, expected {expected}; \
              backend hypercall counts agree with the transport: {counts_agree}; all attacks blocked: {}; \
-             no table left typed in Xen: {typed_ok})",
+             no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word})",
             attacks.all_blocked()
         );
         exit::exit(ExitCode::Fail);
