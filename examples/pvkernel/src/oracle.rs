@@ -306,6 +306,9 @@ impl KernelOracle {
                 return Ok(Some(UNKNOWN_FRAME));
             }
         }
+        // The nonce goes into the frame the loaded kernel root maps there;
+        // frame metadata is consulted only to never store into a pinned
+        // table (on Xen that store would fault), not to decide the answer.
         let candidate = self
             .walk(root, va, false)
             .filter(|&c| c.0 < self.vm.frames.nr_frames() && !self.vm.frames.info(c).is_some_and(|i| i.pinned));
