@@ -2,13 +2,16 @@
 //!
 //! Kernel (serial log):
 //! ```text
-//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0
-//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T frames_leaked=0 pins_left=0 hypercalls=H
+//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0
+//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
-//! Host report (`host-report`, `workload::render`): a `[xen64] step` header,
-//! then one row per step: the step's name, then hypercalls, mc-ents,
+//! Host report (`host-report`, `workload::render_counts`): a `[xen64] step`
+//! (backend stats) or `[xen64-seams] step` (counted at the model's seams)
+//! header, then one row per step: the step's name, then hypercalls, mc-ents,
 //! mmu_upd, mmuext, uvm, direct.
+//!
+//! README: the "Hypercalls per operation" table, the expected counts.
 
 use crate::boot::Platform;
 
@@ -33,8 +36,12 @@ pub struct KernelResult {
     pub attacks: Option<(u64, u64)>,
     /// `frames_leaked=`.
     pub frames_leaked: Option<i64>,
-    /// `pins_left=` (Xen).
+    /// `tlb=`: the kernel-mode TLB test ("ok" or "STALE").
+    pub tlb: Option<String>,
+    /// `pins_left=` (Xen): free frames Xen still held pinned at the end.
     pub pins_left: Option<u64>,
+    /// `typed_left=` (Xen): free frames Xen still held typed at the end.
+    pub typed_left: Option<u64>,
     /// `hypercalls=` (Xen).
     pub hypercalls: Option<u64>,
 }
@@ -61,7 +68,9 @@ impl KernelResult {
             isolation: field(&line, "user_isolation")?.to_string(),
             attacks: field(&line, "attacks").and_then(parse_ratio),
             frames_leaked: field(&line, "frames_leaked").and_then(|v| v.parse().ok()),
+            tlb: field(&line, "tlb").map(str::to_string),
             pins_left: field(&line, "pins_left").and_then(|v| v.parse().ok()),
+            typed_left: field(&line, "typed_left").and_then(|v| v.parse().ok()),
             hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
             line,
         })
@@ -88,12 +97,18 @@ impl KernelResult {
             Some((blocked, tried)) => bad.push(format!("attacks {blocked}/{tried} blocked")),
             None => bad.push("no attacks=blocked/tried".into()),
         }
+        if self.tlb.as_deref() != Some("ok") {
+            bad.push(format!("tlb {:?}", self.tlb));
+        }
         if self.frames_leaked != Some(0) {
             bad.push(format!("frames_leaked {:?}", self.frames_leaked));
         }
         if platform == Platform::Xen {
             if self.pins_left != Some(0) {
                 bad.push(format!("pins_left {:?}", self.pins_left));
+            }
+            if self.typed_left != Some(0) {
+                bad.push(format!("typed_left {:?}", self.typed_left));
             }
             if self.hypercalls.is_none() {
                 bad.push("no hypercalls count".into());
@@ -155,36 +170,57 @@ pub fn parse_host_steps(report: &str, backend: &str) -> Vec<Step> {
     out
 }
 
-/// Columns that count hypercalls (all but `direct_writes`).
-pub const HYPERCALL_KINDS: usize = 5;
+/// The README's checked table ("Hypercalls per operation"): rows
+/// `| n | step | hypercalls | multicall entries | mmu_update records |
+/// mmuext_op records | update_va_mapping calls | direct stores | … |`.
+pub fn parse_readme_steps(readme: &str) -> Result<Vec<Step>, String> {
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Hypercalls per operation"))
+        .ok_or("README.md has no \"Hypercalls per operation\" section")?;
+    let mut out = Vec::new();
+    for line in section.lines().filter(|l| l.trim_start().starts_with('|')) {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        let Some(n) = cells.first().and_then(|c| c.parse::<usize>().ok()) else { continue };
+        if n != out.len() + 1 || cells.len() < 8 {
+            return Err(format!("README table row {n} is malformed: {line}"));
+        }
+        let mut counts = [0u64; 6];
+        for (i, c) in counts.iter_mut().enumerate() {
+            *c =
+                cells[2 + i].parse().map_err(|_| format!("README table row {n}: {:?} is not a count", cells[2 + i]))?;
+        }
+        out.push(Step { what: cells[1].replace("\\|", "|"), counts });
+    }
+    if out.is_empty() {
+        return Err("README's hypercall table has no rows".into());
+    }
+    Ok(out)
+}
 
-/// A side-by-side table (kernel / model per kind) and the number of steps
-/// whose hypercall counts differ (a missing step counts). Direct stores
-/// (`direct_writes`) are shown but not compared: they are not hypercalls,
-/// and `create` stores one per kernel-half L4 slot of init_mm, which
-/// differs between the real kernel (direct map, probe page, image) and the
-/// host model (one slot).
-pub fn compare_hypercalls(kernel: &[Step], model: &[Step]) -> (String, usize) {
+/// `got` against the expected table, every column (direct stores included):
+/// a side-by-side table (got/expected) and the number of rows that differ
+/// (a missing or extra step counts).
+pub fn compare_with_expected(got: &[Step], expected: &[Step]) -> (String, usize) {
     let short = ["hc", "mc-ents", "mmu_upd", "mmuext", "uvm", "direct"];
-    let mut t = format!("{:<40}", "step (kernel/model)");
+    let mut t = format!("{:<40}", "step (measured/README)");
     for s in short {
         t += &format!(" {s:>9}");
     }
     t += "\n";
     let mut mismatches = 0;
-    for i in 0..kernel.len().max(model.len()) {
-        let (k, m) = (kernel.get(i), model.get(i));
-        let what = k.or(m).map_or("?", |s| s.what.as_str());
-        let same = matches!((k, m), (Some(k), Some(m))
-            if k.what == m.what && k.counts[..HYPERCALL_KINDS] == m.counts[..HYPERCALL_KINDS]);
+    for i in 0..got.len().max(expected.len()) {
+        let (g, e) = (got.get(i), expected.get(i));
+        let what = g.or(e).map_or("?", |s| s.what.as_str());
+        let same = matches!((g, e), (Some(g), Some(e)) if g == e);
         if !same {
             mismatches += 1;
         }
         t += &format!("{:<40}", if same { what.to_string() } else { format!("{what} <- DIFFERS") });
         for j in 0..6 {
-            let kv = k.map_or("-".to_string(), |s| s.counts[j].to_string());
-            let mv = m.map_or("-".to_string(), |s| s.counts[j].to_string());
-            t += &format!(" {:>9}", format!("{kv}/{mv}"));
+            let gv = g.map_or("-".to_string(), |s| s.counts[j].to_string());
+            let ev = e.map_or("-".to_string(), |s| s.counts[j].to_string());
+            t += &format!(" {:>9}", format!("{gv}/{ev}"));
         }
         t += "\n";
     }
@@ -197,22 +233,36 @@ mod tests {
 
     #[test]
     fn result_lines_parse_and_check() {
-        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0 pins_left=0 hypercalls=41\n";
+        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41\n";
         let r = KernelResult::parse(log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
         assert_eq!(r.attacks, Some((21, 21)));
         assert!(r.check(Platform::Xen).is_ok());
         assert!(r.check(Platform::Native).is_err());
+        // A table Xen still holds typed (or no measurement at all) fails.
+        for typed in ["typed_left=1", ""] {
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41");
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen).unwrap_err().contains("typed_left"));
+        }
         let bad =
             KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
                 .unwrap();
         assert!(bad.check(Platform::Native).is_err());
-        let good = "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 frames_leaked=0";
+        let good =
+            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0";
         assert!(KernelResult::parse(good).unwrap().check(Platform::Native).is_ok());
+        // A stale translation, or no TLB verdict at all, fails.
+        for tlb in ["tlb=STALE", ""] {
+            let line = format!(
+                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0"
+            );
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Native).unwrap_err().contains("tlb"));
+        }
         // An attack that got through, no attacks at all, or no field: each fails.
         for attacks in ["attacks=19/21", "attacks=0/0", "attacks=x/21", ""] {
-            let line =
-                format!("RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} frames_leaked=0");
+            let line = format!(
+                "RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} tlb=ok frames_leaked=0"
+            );
             let r = KernelResult::parse(&line).unwrap();
             let err = r.check(Platform::Native).unwrap_err();
             assert!(err.contains("attacks"), "{line}: {err}");
@@ -232,10 +282,41 @@ mod tests {
         assert_eq!(k.len(), 2);
         assert_eq!(m.len(), 2);
         assert_eq!(k[0], m[0]);
-        let (_, diff) = compare_hypercalls(&k, &m);
-        assert_eq!(diff, 0, "direct stores are not compared");
+        // Direct stores differ in the second row: that is a difference too.
+        assert_eq!(compare_with_expected(&k, &m).1, 1);
         let mut m2 = m.clone();
-        m2[1].counts[0] = 3;
-        assert_eq!(compare_hypercalls(&k, &m2).1, 1);
+        m2[1].counts[5] = 0;
+        assert_eq!(compare_with_expected(&k, &m2).1, 0);
+    }
+
+    #[test]
+    fn readme_table_parses_and_any_column_difference_counts() {
+        let readme = "# x\n\n## Hypercalls per operation (xen64)\n\ntext\n\n\
+                      | # | demo step | hc | mc | mmu | ext | uvm | direct | what |\n|---|---|---|---|---|---|---|---|---|\n\
+                      | 1 | create A | 0 | 0 | 0 | 0 | 0 | 3 | stores |\n\
+                      | 2 | activate A (first use: pin) | 2 | 6 | 0 | 4 | 5 | 0 | pins |\n\n## Next\n| 3 | x | 9 | 9 | 9 | 9 | 9 | 9 | other section |\n";
+        let want = parse_readme_steps(readme).unwrap();
+        assert_eq!(want.len(), 2);
+        assert_eq!(want[1], Step { what: "activate A (first use: pin)".into(), counts: [2, 6, 0, 4, 5, 0] });
+        assert_eq!(compare_with_expected(&want, &want).1, 0);
+        for col in 0..6 {
+            let mut got = want.clone();
+            got[1].counts[col] += 1;
+            assert_eq!(compare_with_expected(&got, &want).1, 1, "column {col}");
+        }
+        assert_eq!(compare_with_expected(&want[..1], &want).1, 1, "a missing step differs");
+        let mut renamed = want.clone();
+        renamed[0].what = "create B".into();
+        assert_eq!(compare_with_expected(&renamed, &want).1, 1, "a renamed step differs");
+        assert!(parse_readme_steps("## Hypercalls per operation\n| 1 | a | x | 0 | 0 | 0 | 0 | 0 | w |\n").is_err());
+        assert!(parse_readme_steps("## Other\n").is_err());
+    }
+
+    #[test]
+    fn the_checked_in_readme_table_parses() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let steps = parse_readme_steps(&readme).unwrap();
+        assert_eq!(steps.len(), 11);
+        assert_eq!(steps[0].what, "create A");
     }
 }

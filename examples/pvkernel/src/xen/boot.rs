@@ -35,9 +35,11 @@ pub fn run() -> ! {
     let mem: &'static DirectMap = Box::leak(Box::new(unsafe { DirectMap::new(directmap::DIRECT_MAP_BASE, nr_frames) }));
     static P2M: XenP2m = XenP2m;
     let boot_root = Pfn(region.pt_start_pfn);
+    // The backend stores through a counting seam and traps through the
+    // counting transport (behind a sabotage wrapper in broken kernels).
     let platform: &'static XenPlatform = Box::leak(Box::new(XenPlatform {
-        mem,
-        transport: &TRANSPORT,
+        mem: crate::seams::count_backend_stores(mem),
+        transport: crate::sabotage::xen_transport(&TRANSPORT),
         p2m: &P2M,
         direct_map_base: directmap::DIRECT_MAP_BASE,
         boot_root,

@@ -5,6 +5,7 @@ pub mod hypercall;
 pub mod mmu;
 pub mod start_info;
 pub mod transport;
+pub mod typed;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -38,6 +38,8 @@ pub struct TrapCounts {
     pub mmu_update_records: u64,
     /// `mmuext_op` records (alone or in multicalls).
     pub mmuext_op_records: u64,
+    /// `update_va_mapping` calls (alone or in multicalls).
+    pub update_va_mapping_calls: u64,
     /// Failed calls (negative status), alone or inside multicalls.
     pub failures: u64,
 }
@@ -58,6 +60,7 @@ impl TrapCounts {
             multicall_entries: self.multicall_entries - earlier.multicall_entries,
             mmu_update_records: self.mmu_update_records - earlier.mmu_update_records,
             mmuext_op_records: self.mmuext_op_records - earlier.mmuext_op_records,
+            update_va_mapping_calls: self.update_va_mapping_calls - earlier.update_va_mapping_calls,
             failures: self.failures - earlier.failures,
         }
     }
@@ -67,7 +70,7 @@ impl core::fmt::Display for TrapCounts {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "traps={} mmu_update={} mmuext_op={} update_va_mapping={} multicall={} (entries {}) records: mmu={} ext={} failures={}",
+            "traps={} mmu_update={} mmuext_op={} update_va_mapping={} multicall={} (entries {}) records: mmu={} ext={} uvm={} failures={}",
             self.traps(),
             self.mmu_update,
             self.mmuext_op,
@@ -76,6 +79,7 @@ impl core::fmt::Display for TrapCounts {
             self.multicall_entries,
             self.mmu_update_records,
             self.mmuext_op_records,
+            self.update_va_mapping_calls,
             self.failures
         )
     }
@@ -91,6 +95,7 @@ pub struct HypercallPage {
     multicall_entries: AtomicU64,
     mmu_update_records: AtomicU64,
     mmuext_op_records: AtomicU64,
+    update_va_mapping_calls: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -131,6 +136,7 @@ impl HypercallPage {
             multicall_entries: AtomicU64::new(0),
             mmu_update_records: AtomicU64::new(0),
             mmuext_op_records: AtomicU64::new(0),
+            update_va_mapping_calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
     }
@@ -146,15 +152,17 @@ impl HypercallPage {
             multicall_entries: r(&self.multicall_entries),
             mmu_update_records: r(&self.mmu_update_records),
             mmuext_op_records: r(&self.mmuext_op_records),
+            update_va_mapping_calls: r(&self.update_va_mapping_calls),
             failures: r(&self.failures),
         }
     }
 
+    /// Decodes one call (alone, or one multicall entry) by kind.
     fn count_records(&self, call: &Call<'_>) {
         match call {
             Call::MmuUpdate(r) => bump(&self.mmu_update_records, r.len() as u64),
             Call::MmuextOp(o) => bump(&self.mmuext_op_records, o.len() as u64),
-            Call::UpdateVaMapping { .. } => {}
+            Call::UpdateVaMapping { .. } => bump(&self.update_va_mapping_calls, 1),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `host-report [--backend NAME]` restricts the run to one backend.
 
 use pvops_integration::platform::{boot_backend, platform_for};
-use pvops_integration::workload::{demo, render};
+use pvops_integration::workload::{demo, measured_xen_demo, render, render_counts};
 use pvops_native as _;
 use pvops_trace as _;
 use pvops_xen64 as _;
@@ -49,6 +49,17 @@ fn main() {
             Err(e) => {
                 println!("{}: demo failed: {e}", desc.name);
                 failed = true;
+            }
+        }
+        if desc.name == "xen64" {
+            // The same steps counted at the model's transport and PhysMem seam
+            // (what xtask checks against the README table).
+            match measured_xen_demo(8) {
+                Ok(rows) => print!("{}", render_counts("[xen64-seams] step", &rows)),
+                Err(e) => {
+                    println!("xen64: measured demo failed: {e}");
+                    failed = true;
+                }
             }
         }
         let env =
