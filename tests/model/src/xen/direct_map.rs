@@ -160,3 +160,35 @@ impl Hv<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pvops::pte::flags;
+    use pvops::Pfn;
+    use pvops_xen64::abi::{uvmf, Call};
+    use pvops_xen64::HypercallTransport;
+
+    use super::super::types::Hv;
+    use super::super::XenModel;
+    use crate::tlb::TlbHazard;
+
+    /// Xen's type-change flush always comes first (the stamp is never older
+    /// than a stale slot), so the check is asked directly here.
+    #[test]
+    fn a_stale_writable_slot_of_a_frame_becoming_a_table_is_a_hazard() {
+        let m = XenModel::boot(32, 5);
+        let mfn = m.mfn_of(Pfn(10)).map_or(0, |m| m.0);
+        let va = m.direct_map_va(Pfn(10));
+        let ro = Call::UpdateVaMapping { va, val: (mfn << 12) | flags::PRESENT, flags: uvmf::NONE };
+        assert!(m.call(&ro).is_ok());
+        let mut st = m.lock();
+        Hv::new(&mut st, &m.mem).check_stale_slots(mfn);
+        let h = st.direct.hazards.clone();
+        drop(st);
+        assert_eq!(
+            h.iter().map(|v| (v.hazard, v.frame, v.va)).collect::<Vec<_>>(),
+            [(TlbHazard::BecameTable, mfn, va)]
+        );
+        assert_eq!(m.tlb_violations().len(), 1, "reported with the machine TLB's hazards");
+    }
+}
