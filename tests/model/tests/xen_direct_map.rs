@@ -164,3 +164,18 @@ fn the_type_change_flush_drops_a_stale_slot_before_the_frame_becomes_a_table() {
     assert_eq!(m.violations().len(), 1);
     assert!(m.tlb_violations().is_empty());
 }
+
+#[test]
+fn a_slot_checks_its_target_like_any_l1e() {
+    let m = model();
+    let va = m.direct_map_va(Pfn(25));
+    let nr_mfns = m.machine().nr_frames();
+    // Not RAM: I/O memory without permission (as `l1-maps-foreign` on Xen).
+    let io = m.call(&Call::UpdateVaMapping { va, val: (nr_mfns << 12) | flags::PRESENT, flags: uvmf::INVLPG });
+    assert_eq!(io.status, -errno::EPERM);
+    // RAM the domain does not own.
+    let spare = (1..nr_mfns).find(|&f| m.pfn_of(Mfn(f)).is_none()).expect("spare frames exist");
+    let foreign = m.call(&Call::UpdateVaMapping { va, val: (spare << 12) | flags::PRESENT, flags: uvmf::INVLPG });
+    assert_eq!(foreign.status, -errno::EINVAL);
+    assert_eq!(m.direct_map_slot(Pfn(25)), Some(Slot { mfn: mfn(m, 25).0, writable: true }), "no effect");
+}

@@ -215,10 +215,8 @@ impl Hv<'_> {
             return Err(-errno::EINVAL);
         }
         let new = if val & flags::PRESENT != 0 {
-            let target = (val & flags::ADDR_MASK) >> 12;
-            if !self.owns(target) {
-                return Err(-errno::EINVAL);
-            }
+            // mod_l1_entry → get_page_from_l1e, as for any L1e.
+            let target = self.check_l1e(val)?;
             Some(Slot { mfn: target, writable: val & flags::WRITABLE != 0 })
         } else {
             None

@@ -239,15 +239,14 @@ impl<'a> Hv<'a> {
         }
     }
 
-    /// Checks one entry of table `table` (of `level`) and takes what it needs.
-    pub(crate) fn get_entry_ref(&mut self, table: u64, level: Level, entry: u64) -> Result<EntryRef, i64> {
-        let allowed = if level == Level::L1 { L1_ALLOWED } else { UPPER_ALLOWED };
-        if entry & !flags::ADDR_MASK & !allowed != 0 {
-            // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
+    /// The checks `get_page_from_l1e` makes of a present L1 entry before any
+    /// reference (xen/arch/x86/mm.c); the frame it names.
+    pub(crate) fn check_l1e(&self, entry: u64) -> Result<u64, i64> {
+        if entry & !flags::ADDR_MASK & !L1_ALLOWED != 0 {
             return Err(-errno::EINVAL);
         }
         let target = (entry & flags::ADDR_MASK) >> 12;
-        if level == Level::L1 && target >= self.st.frames.len() as u64 {
+        if target >= self.st.frames.len() as u64 {
             // Not RAM: Xen's get_page_from_l1e treats it as I/O memory and
             // refuses it without I/O permission (-EPERM). Calibrated:
             // tests/calibration, `l1-maps-foreign`.
@@ -256,6 +255,24 @@ impl<'a> Hv<'a> {
         if !self.owns(target) {
             return Err(-errno::EINVAL);
         }
+        Ok(target)
+    }
+
+    /// Checks one entry of table `table` (of `level`) and takes what it needs.
+    pub(crate) fn get_entry_ref(&mut self, table: u64, level: Level, entry: u64) -> Result<EntryRef, i64> {
+        let target = if level == Level::L1 {
+            self.check_l1e(entry)?
+        } else {
+            if entry & !flags::ADDR_MASK & !UPPER_ALLOWED != 0 {
+                // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
+                return Err(-errno::EINVAL);
+            }
+            let target = (entry & flags::ADDR_MASK) >> 12;
+            if !self.owns(target) {
+                return Err(-errno::EINVAL);
+            }
+            target
+        };
         match level.lower() {
             Some(lower) => match self.get_type(target, PageType::Table(lower)) {
                 Ok(()) => Ok(EntryRef::Typed(target)),
