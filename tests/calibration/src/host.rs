@@ -19,13 +19,10 @@ pub const MODEL_SEED: u64 = 0xca1b;
 
 /// Where the model deliberately differs from the real Xen: `(case, label,
 /// reason)`. Such a record counts as disagreeing in `A/T` but does not fail.
-pub const DELIBERATE: &[(&str, &str, &str)] = &[(
-    "alias-other-frame",
-    "alias-names-frame-1-rw",
-    "the model keeps one direct-map alias per pfn (a flag: writable or not) and refuses an \
-     update_va_mapping that points it at another frame writable; Xen accepts it. The backend never \
-     does this, and modelling it would need per-frame writable-mapping counts.",
-)];
+/// Empty: the last entry (`alias-other-frame`, a direct-map slot pointed at
+/// another frame writable) went when the model's direct map became real
+/// slots with per-frame writable counts (`pvops_model::xen::direct_map`).
+pub const DELIBERATE: &[(&str, &str, &str)] = &[];
 
 /// One `CAL` line, as printed by the kernel (or by the model run).
 #[derive(Clone, Debug, PartialEq, Eq)]

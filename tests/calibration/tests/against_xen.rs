@@ -29,6 +29,7 @@ fn the_model_agrees_with_the_real_xen_record_by_record() {
         table(&c).lines().filter(|l| l.ends_with("NO")).collect::<Vec<_>>().join("\n")
     );
     assert_eq!(c.total(), xen.len(), "the model produced records Xen did not");
+    assert_eq!(c.agreeing(), c.total(), "calibration={}: every record agrees (T/T)", c.fraction());
 }
 
 #[test]

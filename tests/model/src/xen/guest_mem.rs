@@ -1,34 +1,54 @@
 //! The guest's own view of its memory: the direct map, by pfn.
 //!
-//! Reads always work. A store goes through the pfn's direct-map alias: if
-//! that alias is read-only (the frame is a live table, or was made ready to
-//! become one) the store is not performed and is recorded as a violation —
-//! on real Xen it would be a page fault (or, with writable_pagetables,
-//! emulated for L1 only). Tests assert `violations()` is empty.
+//! Every access to pfn `p` goes through direct-map slot `p`
+//! ([`super::direct_map`]), which may name another frame than `p`'s. A store
+//! lands in the slot's frame if the slot is writable; through a read-only
+//! slot or an empty one it is not performed and is recorded as a
+//! [`Violation`] — on real Xen a page fault (or, with writable_pagetables,
+//! emulated for L1 only). A read through an empty slot is one too (it reads
+//! 0). The TLB may still hold a writable translation the slot no longer
+//! gives: a store then reaches that frame (the worst case) and is a
+//! [`TlbHazard::StaleWrite`]. Tests assert `violations()` is empty.
 
 use pvops::{Mfn, Pfn, PhysMem};
 use pvops_xen64::P2m;
 
 use super::model::{Violation, XenModel};
-use crate::tlb::TlbHazard;
+use crate::tlb::{TlbHazard, TlbViolation};
 
 impl XenModel {
+    /// The frame a store to `pfn` reaches, or `None` (recorded) if it faults.
     fn store(&self, pfn: Pfn, index: Option<usize>, value: u64) -> Option<u64> {
         let mut st = self.lock();
-        let mfn = st.p2m.pfn_to_mfn(pfn.0);
-        match mfn {
-            Some(mfn) if st.alias_writable(pfn.0) => Some(mfn),
+        if let Some(stale) = st.direct.stale_writable(pfn.0) {
+            let va = st.direct_map_base + pfn.0 * pvops::PAGE_SIZE;
+            let v = TlbViolation { hazard: TlbHazard::StaleWrite, frame: stale, va, stale: true };
+            st.direct.hazards.push(v);
+            return Some(stale);
+        }
+        match st.direct.slot(pfn.0) {
+            Some(slot) if slot.writable => Some(slot.mfn),
             _ => {
-                st.violations.push(Violation { pfn, index, value });
+                st.violations.push(Violation { pfn, index, value, write: true });
                 None
             }
         }
+    }
+
+    /// The frame a read of `pfn` reaches, or `None` (recorded) if it faults.
+    fn load(&self, pfn: Pfn, index: usize) -> Option<u64> {
+        let mut st = self.lock();
+        let slot = st.direct.slot(pfn.0);
+        if slot.is_none() {
+            st.violations.push(Violation { pfn, index: Some(index), value: 0, write: false });
+        }
+        slot.map(|s| s.mfn)
     }
 }
 
 impl PhysMem for XenModel {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
-        self.read_guest(pfn, index)
+        self.load(pfn, index).map_or(0, |mfn| self.read_machine(Mfn(mfn), index))
     }
 
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {

@@ -11,6 +11,7 @@ use pvops::{Level, PAGE_SIZE};
 use pvops_xen64::abi::{errno, mmuext, uvmf, Call, MmuUpdate, MmuextOp, MMU_NORMAL_PT_UPDATE};
 use pvops_xen64::{HypercallTransport, Outcome};
 
+use super::direct_map::Slot;
 use super::model::{XenModel, XenState};
 use super::types::{adjust_entry, is_guest_l4_slot, Hv, PageType};
 
@@ -185,17 +186,20 @@ impl Hv<'_> {
                 self.st.counters.invlpgs += 1;
                 // paging_invlpg → invlpg: the address's leaf and, per the SDM,
                 // every paging-structure-cache entry.
-                self.mem.tlb_invlpg(op.arg1);
+                self.invlpg(op.arg1);
                 Ok(())
             }
             _ => Err(-errno::ENOSYS),
         }
     }
 
-    /// `update_va_mapping` on the direct map: changes one pfn's alias.
+    /// `update_va_mapping` on the direct map: changes slot `pfn`'s L1e.
     ///
     /// The model knows only the direct map's L1 entries; any other address
-    /// is -EINVAL (Xen: the L1 must exist in the current tables).
+    /// is -EINVAL (Xen: the L1 must exist in the current tables). The slot
+    /// may name any frame of the domain, read-only or writable (calibrated:
+    /// tests/calibration, `alias-other-frame`); references move as in
+    /// [`Hv::set_slot`].
     fn update_va_mapping(&mut self, va: u64, val: u64, uvm_flags: u64) -> Result<(), i64> {
         let base = self.st.direct_map_base;
         // Bits above the flush type select the vCPUs to flush: `UVMF_ALL`
@@ -207,36 +211,27 @@ impl Hv<'_> {
             return Err(-errno::EINVAL);
         }
         let pfn = (va - base) / PAGE_SIZE;
-        let Some(mfn) = self.st.p2m.pfn_to_mfn(pfn) else {
+        if self.st.p2m.pfn_to_mfn(pfn).is_none() {
             return Err(-errno::EINVAL);
-        };
-        if val & flags::PRESENT != 0 {
-            let target = (val & flags::ADDR_MASK) >> 12;
-            if target != mfn {
-                // The alias now names another frame. Read-only, that frame
-                // gains no type and this pfn loses its mapping, as on Xen
-                // (calibrated: tests/calibration, `alias-other-frame`).
-                // Deliberately stricter: writable is refused (Xen accepts
-                // it); the model keeps one writable flag per pfn, not
-                // per-frame writable-mapping counts.
-                if !self.owns(target) || val & flags::WRITABLE != 0 {
-                    return Err(-errno::EINVAL);
-                }
-                self.alias_made_read_only(pfn, mfn);
-                return self.uvm_flush(va, uvm_flags);
-            }
-            if val & flags::WRITABLE != 0 {
-                if self.st.frames.get(mfn as usize).is_some_and(|f| f.is_table()) {
-                    return Err(-errno::EBUSY);
-                }
-                self.alias_made_writable(pfn, mfn);
-            } else {
-                self.alias_made_read_only(pfn, mfn);
-            }
-        } else {
-            self.alias_made_read_only(pfn, mfn);
         }
+        let new = if val & flags::PRESENT != 0 {
+            // mod_l1_entry → get_page_from_l1e, as for any L1e.
+            let target = self.check_l1e(val)?;
+            Some(Slot { mfn: target, writable: val & flags::WRITABLE != 0 })
+        } else {
+            None
+        };
+        self.set_slot(pfn, new)?;
         self.uvm_flush(va, uvm_flags)
+    }
+
+    /// `invlpg va`: the machine's TLB, and a stale direct-map translation.
+    fn invlpg(&mut self, va: u64) {
+        self.mem.tlb_invlpg(va);
+        let base = self.st.direct_map_base;
+        if va >= base {
+            self.st.direct.invlpg((va - base) / PAGE_SIZE);
+        }
     }
 
     /// The flush `update_va_mapping` asks for, once the L1e changed
@@ -245,7 +240,7 @@ impl Hv<'_> {
         match uvm_flags & 3 {
             uvmf::INVLPG => {
                 self.st.counters.invlpgs += 1;
-                self.mem.tlb_invlpg(va);
+                self.invlpg(va);
             }
             uvmf::TLB_FLUSH => {
                 self.st.counters.tlb_flushes += 1;

@@ -6,12 +6,16 @@
 //! enforces the rules of the reference notes §6 and records — never repairs —
 //! what a guest does wrong:
 //!
-//! * a frame becomes a table only with no writable alias or mapping (-EINVAL);
-//!   a table's alias cannot be made writable again (-EBUSY);
+//! * the guest's direct map is real L1 slots ([`direct_map`]): slot `p` maps
+//!   some frame (not necessarily `p`'s), read-only or writable, or nothing;
+//!   each writable slot is a writable mapping of the frame it names;
+//! * a frame becomes a table only with no writable mapping (-EINVAL);
+//!   a writable mapping of a table is refused (-EBUSY);
 //! * validation takes next-lower types through every present entry,
 //!   PSE/G above L1 are refused, L4 slots 256..=271 are Xen's;
 //! * Xen rewrites present entries (U, A, G, bit 52), so read-backs differ;
-//! * a direct store to a read-only alias is a [`Violation`];
+//! * a direct store goes through the pfn's slot: through a read-only or
+//!   empty one it is a [`Violation`];
 //! * the machine's TLB ([`crate::tlb`]) holds what the kernel base pointer
 //!   and (once user mode may have run) the user base pointer reach; Xen
 //!   flushes it exactly where `mm.c` does: `NEW_BASEPTR` and
@@ -21,10 +25,12 @@
 //!   `NEW_USER_BASEPTR` flush nothing, and entering user mode drops all but
 //!   global entries (Xen sets G on user L1es; with XPTI or PCID
 //!   `pv_make_cr4` leaves cr4.PGE off and G means nothing — the model takes
-//!   the worse case, PGE on);
+//!   the worse case, PGE on); a direct-map slot change leaves its old
+//!   translation cached like any L1e change, until those flushes drop it;
 //! * user mode with no user base pointer crashes the domain.
 //!
 //! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),
+//! [`direct_map`] (the direct map's slots and their writable counts),
 //! `hypercalls.rs` (`HypercallTransport`), `guest_mem.rs` (`PhysMem`, `P2m`),
 //! [`model`] (state, base pointers, access checks, counters), `checks.rs`
 //! (invariants for long random runs),
@@ -34,6 +40,7 @@
 //! When the real Xen disagrees with this model, the model is wrong.
 
 mod checks;
+pub mod direct_map;
 pub mod guest;
 mod guest_mem;
 pub mod guest_mm;
@@ -42,6 +49,7 @@ pub mod model;
 pub mod p2m;
 pub mod types;
 
+pub use direct_map::Slot;
 pub use guest::XenGuest;
 pub use guest_mm::GuestMm;
 pub use model::{Violation, XenCounters, XenFault, XenModel, DEFAULT_DIRECT_MAP_BASE};

@@ -9,6 +9,7 @@ use pvops::{Level, Mfn, Pfn, VirtAddr, PAGE_SIZE};
 use pvops_xen64::abi::XEN_L4_FIRST;
 use pvops_xen64::XenPlatform;
 
+use super::direct_map::{DirectMap, Slot};
 use super::p2m::P2mTable;
 use super::types::{FrameInfo, Hv, PageType};
 use crate::machine::Machine;
@@ -54,16 +55,19 @@ pub struct XenCounters {
     pub failures: u64,
 }
 
-/// A direct guest store the model refused: the pfn's direct-map alias was
-/// read-only (it is, or was made ready to be, a page table).
+/// A direct guest access the model refused: a store through a direct-map
+/// slot that is read-only (its frame is, or was made ready to be, a page
+/// table) or empty, or a read through an empty slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Violation {
-    /// The frame written.
+    /// The pfn whose direct-map address was accessed.
     pub pfn: Pfn,
     /// The word index (`None` for a whole-frame zeroing).
     pub index: Option<usize>,
-    /// The value that was not written.
+    /// The value that was not written (0 for a read).
     pub value: u64,
+    /// A store (false: a read).
+    pub write: bool,
 }
 
 /// Why a modelled access failed.
@@ -92,7 +96,8 @@ pub(crate) struct Injection {
 pub(crate) struct XenState {
     pub(crate) p2m: P2mTable,
     pub(crate) frames: Vec<FrameInfo>,
-    alias: Vec<bool>,
+    /// The guest's direct map: its L1 slots and writable counts.
+    pub(crate) direct: DirectMap,
     pub(crate) kernel_base: u64,
     pub(crate) user_base: u64,
     pub(crate) counters: XenCounters,
@@ -117,14 +122,10 @@ pub(crate) struct XenState {
 }
 
 impl XenState {
+    /// True when slot `pfn` maps pfn's own frame writable.
     pub(crate) fn alias_writable(&self, pfn: u64) -> bool {
-        self.alias.get(pfn as usize).copied().unwrap_or(false)
-    }
-
-    pub(crate) fn set_alias_writable(&mut self, pfn: u64, writable: bool) {
-        if let Some(a) = self.alias.get_mut(pfn as usize) {
-            *a = writable;
-        }
+        let own = self.p2m.pfn_to_mfn(pfn);
+        self.direct.slot(pfn).is_some_and(|s| s.writable && Some(s.mfn) == own)
     }
 
     /// What Xen puts in its L4 slot `index` (256..272): frames outside the
@@ -194,7 +195,8 @@ impl XenModel {
     /// A domain of `nr_pages` frames as Xen's builder leaves it: a scrambled
     /// p2m from `seed`; an empty boot L4 (the guest fills its kernel half),
     /// read-only in the direct map, pinned and loaded as the kernel base
-    /// pointer; no user base pointer; every other frame's alias writable.
+    /// pointer; no user base pointer; every other pfn's direct-map slot
+    /// mapping its own frame writable.
     ///
     /// # Panics
     /// If `nr_pages < 4` (the builder needs its frames). Test setup only.
@@ -205,9 +207,9 @@ impl XenModel {
         let nr_mfns = nr_pages + nr_pages / 4 + 17;
         let p2m = P2mTable::scrambled(nr_pages, nr_mfns, seed);
         let state = XenState {
+            direct: DirectMap::identity((0..nr_pages).filter_map(|p| p2m.pfn_to_mfn(p)), nr_mfns, BUILDER_PT_BASE),
             p2m,
             frames: vec![FrameInfo::default(); nr_mfns as usize],
-            alias: vec![true; nr_pages as usize],
             kernel_base: 0,
             user_base: 0,
             counters: XenCounters::default(),
@@ -234,7 +236,6 @@ impl XenModel {
         };
         {
             let mut st = model.lock();
-            st.set_alias_writable(BUILDER_PT_BASE, false);
             let mfn = st.p2m.pfn_to_mfn(BUILDER_PT_BASE).unwrap_or(0);
             let mut hv = Hv::new(&mut st, &model.mem);
             let pinned = hv.get_type(mfn, PageType::Table(Level::L4));
@@ -340,9 +341,22 @@ impl XenModel {
         self.frame_info(pfn).pinned
     }
 
-    /// True when `pfn`'s direct-map alias is writable.
+    /// True when `pfn`'s direct-map slot maps `pfn`'s own frame writable.
     pub fn alias_writable(&self, pfn: Pfn) -> bool {
         self.lock().alias_writable(pfn.0)
+    }
+
+    /// What `pfn`'s direct-map slot maps now (`None`: nothing).
+    pub fn direct_map_slot(&self, pfn: Pfn) -> Option<Slot> {
+        self.lock().direct.slot(pfn.0)
+    }
+
+    /// Writable mappings of the frame behind `pfn` in Xen's sense: writable
+    /// direct-map slots naming it (any pfn's) plus validated writable L1es.
+    pub fn writable_mappings(&self, pfn: Pfn) -> u32 {
+        let mut st = self.lock();
+        let Some(mfn) = st.p2m.pfn_to_mfn(pfn.0) else { return 0 };
+        Hv::new(&mut st, &self.mem).writable_refs(mfn)
     }
 
     /// The kernel base pointer (mfn; 0 = none).
@@ -472,12 +486,14 @@ impl XenModel {
         self.pfn_of(Mfn(mfn)).ok_or(XenFault::NotGuestFrame(Mfn(mfn)))
     }
 
-    /// TLB hazards recorded so far (frames as pfns where the domain owns them).
+    /// TLB hazards recorded so far (frames as pfns where the domain owns
+    /// them): the machine's TLB's, then those of direct-map translations.
     pub fn tlb_violations(&self) -> Vec<crate::tlb::TlbViolation> {
         let st = self.lock();
         self.mem
             .tlb_violations()
             .into_iter()
+            .chain(st.direct.hazards.iter().copied())
             .map(|mut v| {
                 if let Some(pfn) = st.p2m.mfn_to_pfn(v.frame) {
                     v.frame = pfn;

@@ -8,9 +8,9 @@
 //! time *validates* the frame: every present entry takes a reference of the
 //! next-lower type on its target (an L1 entry with RW takes a writable
 //! reference), and Xen rewrites the entries (§6.4). Dropping the last
-//! reference releases them again. The guest's direct-map alias of a frame is
-//! modelled as a per-pfn flag: a writable alias is a writable mapping, so a
-//! frame with one cannot become a table (-EINVAL).
+//! reference releases them again. The guest's direct map is real L1 slots
+//! ([`super::direct_map`]): a writable slot is a writable mapping of the frame
+//! it names, so a frame that one names cannot become a table (-EINVAL).
 
 use pvops::pte::flags;
 use pvops::{Level, ENTRIES_PER_TABLE};
@@ -141,13 +141,17 @@ impl<'a> Hv<'a> {
             // A table mapped writable is -EBUSY; any other mismatch is "Bad type".
             return Err(if want == PageType::Writable { -errno::EBUSY } else { -errno::EINVAL });
         }
-        self.type_change_flush(mfn, want);
-        if let PageType::Table(level) = want {
-            let alias_writable = self.st.p2m.mfn_to_pfn(mfn).is_some_and(|pfn| self.st.alias_writable(pfn));
-            if alias_writable {
+        if self.st.direct.writable_count(mfn) > 0 {
+            // Writable slots hold writable references already: Xen's count is
+            // not 0, so no type change, and a table type is "Bad type".
+            if want != PageType::Writable {
                 return Err(-errno::EINVAL);
             }
-            self.validate(mfn, level)?;
+        } else {
+            self.type_change_flush(mfn, want);
+            if let PageType::Table(level) = want {
+                self.validate(mfn, level)?;
+            }
         }
         let info = self.info(mfn)?;
         info.page_type = want;
@@ -177,6 +181,7 @@ impl<'a> Hv<'a> {
     /// ticks the TLB clock (`pre_flush`/`post_flush`, flushtlb.c).
     pub(crate) fn full_flush(&mut self) {
         self.mem.tlb_flush_everything();
+        self.st.direct.flush();
         self.st.flush_clock += 1;
         self.st.cpu_flush_time = self.st.flush_clock;
         // What user mode cached is gone; it refills only after a return to it.
@@ -191,7 +196,7 @@ impl<'a> Hv<'a> {
     /// this CPU flushed since the frame's last type reference went
     /// (`tlbflush_filter` on `page->tlbflush_timestamp`). Then, for a table,
     /// any writable translation still cached is a hazard the model records.
-    fn type_change_flush(&mut self, mfn: u64, want: PageType) {
+    pub(crate) fn type_change_flush(&mut self, mfn: u64, want: PageType) {
         let last = self.st.last_type.get(mfn as usize).copied().unwrap_or_default();
         let stamp = self.st.type_stamp.get(mfn as usize).copied().unwrap_or(0);
         if last != want && self.st.cpu_flush_time <= stamp {
@@ -199,35 +204,13 @@ impl<'a> Hv<'a> {
         }
         if matches!(want, PageType::Table(_)) {
             self.mem.tlb_check_frame(mfn, TlbHazard::BecameTable, true);
+            self.check_stale_slots(mfn);
         }
-    }
-
-    /// The guest's direct-map alias of `pfn` became writable: in Xen a
-    /// writable L1e takes a writable type reference (with its type-change flush).
-    pub(crate) fn alias_made_writable(&mut self, pfn: u64, mfn: u64) {
-        let count = self.st.frames.get(mfn as usize).map_or(0, |f| f.type_count);
-        if count == 0 && !self.st.alias_writable(pfn) {
-            self.type_change_flush(mfn, PageType::Writable);
-            if let Some(t) = self.st.last_type.get_mut(mfn as usize) {
-                *t = PageType::Writable;
-            }
-        }
-        self.st.set_alias_writable(pfn, true);
-    }
-
-    /// The alias of `pfn` became read-only: its writable reference goes, and
-    /// with no other reference the frame's TLB timestamp is now.
-    pub(crate) fn alias_made_read_only(&mut self, pfn: u64, mfn: u64) {
-        let count = self.st.frames.get(mfn as usize).map_or(0, |f| f.type_count);
-        if count == 0 && self.st.alias_writable(pfn) {
-            self.stamp(mfn);
-        }
-        self.st.set_alias_writable(pfn, false);
     }
 
     /// `page->tlbflush_timestamp = tlbflush_current_time()`: the last
     /// reference of the frame's type went now.
-    fn stamp(&mut self, mfn: u64) {
+    pub(crate) fn stamp(&mut self, mfn: u64) {
         let now = self.st.flush_clock;
         if let Some(t) = self.st.type_stamp.get_mut(mfn as usize) {
             *t = now;
@@ -250,18 +233,20 @@ impl<'a> Hv<'a> {
         if let PageType::Table(level) = old {
             self.devalidate(mfn, level);
         }
-        self.stamp(mfn);
+        // Xen's one count reaches 0 only when no writable slot names it either.
+        if self.st.direct.writable_count(mfn) == 0 {
+            self.stamp(mfn);
+        }
     }
 
-    /// Checks one entry of table `table` (of `level`) and takes what it needs.
-    pub(crate) fn get_entry_ref(&mut self, table: u64, level: Level, entry: u64) -> Result<EntryRef, i64> {
-        let allowed = if level == Level::L1 { L1_ALLOWED } else { UPPER_ALLOWED };
-        if entry & !flags::ADDR_MASK & !allowed != 0 {
-            // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
+    /// The checks `get_page_from_l1e` makes of a present L1 entry before any
+    /// reference (xen/arch/x86/mm.c); the frame it names.
+    pub(crate) fn check_l1e(&self, entry: u64) -> Result<u64, i64> {
+        if entry & !flags::ADDR_MASK & !L1_ALLOWED != 0 {
             return Err(-errno::EINVAL);
         }
         let target = (entry & flags::ADDR_MASK) >> 12;
-        if level == Level::L1 && target >= self.st.frames.len() as u64 {
+        if target >= self.st.frames.len() as u64 {
             // Not RAM: Xen's get_page_from_l1e treats it as I/O memory and
             // refuses it without I/O permission (-EPERM). Calibrated:
             // tests/calibration, `l1-maps-foreign`.
@@ -270,6 +255,24 @@ impl<'a> Hv<'a> {
         if !self.owns(target) {
             return Err(-errno::EINVAL);
         }
+        Ok(target)
+    }
+
+    /// Checks one entry of table `table` (of `level`) and takes what it needs.
+    pub(crate) fn get_entry_ref(&mut self, table: u64, level: Level, entry: u64) -> Result<EntryRef, i64> {
+        let target = if level == Level::L1 {
+            self.check_l1e(entry)?
+        } else {
+            if entry & !flags::ADDR_MASK & !UPPER_ALLOWED != 0 {
+                // PSE in L2/L3 (PV is 4 KiB only), G/PWT/PCD above L1: "Bad L?E flags".
+                return Err(-errno::EINVAL);
+            }
+            let target = (entry & flags::ADDR_MASK) >> 12;
+            if !self.owns(target) {
+                return Err(-errno::EINVAL);
+            }
+            target
+        };
         match level.lower() {
             Some(lower) => match self.get_type(target, PageType::Table(lower)) {
                 Ok(()) => Ok(EntryRef::Typed(target)),
