@@ -66,3 +66,17 @@ pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
         quiescent: Box::new(move || model.check_quiescent()),
     }
 }
+
+/// The xen64 backend booted on a fresh Xen model of `nr_pages` frames, as the
+/// kernel boots it: the model (for its counters, probes and injections) and
+/// the booted memory manager.
+///
+/// # Panics
+/// If xen64 is not linked or does not boot on the model (test setup only).
+pub fn boot_xen64(nr_pages: u64) -> (&'static XenModel, crate::platform::Booted) {
+    let host = xen_platform(nr_pages);
+    let model = host.xen.expect("a Xen host platform has a model");
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64 is linked");
+    let booted = crate::platform::boot_backend(desc, &host).expect("xen64 boots on the model");
+    (model, booted)
+}

@@ -3,18 +3,14 @@
 //! Counted by the Xen model (its own counters) and observed by its page walk.
 
 use kernel_glue::PageFlags;
-use pvops_integration::platform::boot_backend;
-use pvops_integration::xen_host::xen_platform;
+use pvops_integration::xen_host::boot_xen64;
 use pvops_native as _;
 
 const VA: u64 = 0x40_0000;
 
 #[test]
 fn maps_inside_a_callers_section_go_out_at_its_leave_as_one_hypercall() {
-    let host = xen_platform(1024);
-    let model = host.xen.expect("xen model");
-    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-    let b = boot_backend(desc, &host).expect("boot");
+    let (model, b) = boot_xen64(1024);
     let (mm, ops) = (b.mm, b.ops);
     let mut s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();
@@ -48,10 +44,7 @@ fn maps_inside_a_callers_section_go_out_at_its_leave_as_one_hypercall() {
 fn an_inner_leave_issues_nothing_and_each_section_hears_of_its_own_failures() {
     use pvops::{Level, Pte};
     use pvops_xen64::abi::errno;
-    let host = xen_platform(1024);
-    let model = host.xen.expect("xen model");
-    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-    let b = boot_backend(desc, &host).expect("boot");
+    let (model, b) = boot_xen64(1024);
     let (mm, ops) = (b.mm, b.ops);
     let mut s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();

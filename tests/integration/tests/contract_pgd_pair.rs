@@ -83,14 +83,10 @@ fn a_pair_whose_repair_is_refused_too_is_an_error_and_leaves_what_the_doc_says()
 #[test]
 fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
     use kernel_glue::PageFlags;
-    use pvops_integration::platform::boot_backend;
-    use pvops_integration::xen_host::xen_platform;
+    use pvops_integration::xen_host::boot_xen64;
     use pvops_model::xen::PageType;
 
-    let host = xen_platform(1024);
-    let model = host.xen.expect("xen model");
-    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-    let b = boot_backend(desc, &host).expect("boot");
+    let (model, b) = boot_xen64(1024);
     let mm = b.mm;
     let mut s = mm.create().unwrap();
     mm.map(&s, UVA, PageFlags::DATA).unwrap();
@@ -109,7 +105,7 @@ fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
     assert!(!model.clear_injections(), "both injections fired");
     assert_eq!((model.read_guest(s.pgd(), 1), model.read_guest(user, 1)), (0, 0), "the undo cleared the pair");
     assert_eq!(b.frames.free_frames(), free_before, "every frame of the failed map is back");
-    for pfn in (0..host.nr_frames).map(Pfn) {
+    for pfn in (0..b.frames.nr_frames()).map(Pfn) {
         if b.frames.is_free(pfn) {
             assert!(
                 model.page_type(pfn) == PageType::None && model.alias_writable(pfn),
@@ -132,14 +128,10 @@ fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
 #[test]
 fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
     use kernel_glue::PageFlags;
-    use pvops_integration::platform::boot_backend;
-    use pvops_integration::xen_host::xen_platform;
+    use pvops_integration::xen_host::boot_xen64;
     use pvops_model::xen::PageType;
 
-    let host = xen_platform(1024);
-    let model = host.xen.expect("xen model");
-    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-    let b = boot_backend(desc, &host).expect("boot");
+    let (model, b) = boot_xen64(1024);
     let mm = b.mm;
     let mut lost = 0;
     for k in 0..24u64 {
@@ -154,7 +146,7 @@ fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
         let r = mm.map(&s, UVA + (1 << 39), PageFlags::DATA);
         model.clear_injections();
         let what = format!("k={k} ({r:?})");
-        for pfn in (0..host.nr_frames).map(Pfn) {
+        for pfn in (0..b.frames.nr_frames()).map(Pfn) {
             if b.frames.is_free(pfn) {
                 assert!(
                     model.page_type(pfn) == PageType::None && model.alias_writable(pfn),

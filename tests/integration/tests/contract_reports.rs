@@ -6,8 +6,7 @@
 
 use kernel_glue::PageFlags;
 use pvops::{Level, Pte, VirtAddr};
-use pvops_integration::platform::boot_backend;
-use pvops_integration::xen_host::xen_platform;
+use pvops_integration::xen_host::boot_xen64;
 use pvops_native as _;
 use pvops_xen64::abi::errno;
 
@@ -18,10 +17,7 @@ const FILL: usize = 31;
 #[test]
 fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure() {
     for flush_instead_of_leave in [false, true] {
-        let host = xen_platform(1024);
-        let model = host.xen.expect("xen model");
-        let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-        let b = boot_backend(desc, &host).expect("boot");
+        let (model, b) = boot_xen64(1024);
         let (mm, ops) = (b.mm, b.ops);
         let mut s = mm.create().unwrap();
         mm.map(&s, VA, PageFlags::DATA).unwrap();
@@ -60,10 +56,7 @@ fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure()
 
 #[test]
 fn a_map_issued_inside_a_section_does_not_report_the_sections_earlier_failure() {
-    let host = xen_platform(1024);
-    let model = host.xen.expect("xen model");
-    let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
-    let b = boot_backend(desc, &host).expect("boot");
+    let (model, b) = boot_xen64(1024);
     let (mm, ops) = (b.mm, b.ops);
     let mut s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();
