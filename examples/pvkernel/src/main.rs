@@ -24,6 +24,7 @@ pub mod heap;
 pub mod memory;
 pub mod oracle;
 pub mod platform;
+pub mod probe_map;
 pub mod process;
 pub mod pvh;
 pub mod sabotage;

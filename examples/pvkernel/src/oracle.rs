@@ -10,9 +10,12 @@
 //!   read it back; after a write the kernel looks for the probe's nonce
 //!   there. Anything else is [`UNKNOWN_FRAME`], which fails every check.
 //!   The probe's code page is mapped at [`PROBE_CODE_VA`] (an L4 slot no
-//!   conformance case uses) into the loaded space through the backend, with
-//!   its own L3/L2/L1 tables, and torn down (flushed, freed) before the
-//!   answer is returned, so each case's frame balance is unchanged.
+//!   conformance case uses) into the loaded roots with its own L3/L2/L1
+//!   tables, and torn down (flushed, freed) before the answer is returned,
+//!   so each case's frame balance is unchanged. This never goes through the
+//!   backend under test ([`ProbeMap`]: direct stores natively, raw
+//!   hypercalls on Xen), so it neither issues updates a case has queued in
+//!   an open lazy-MMU section nor depends on the backend being right.
 //! * **Xen**: user mode translates through the user root Xen has loaded. The
 //!   oracle first asks Xen whether the user pgd attached to the loaded kernel
 //!   pgd really is a loaded base pointer ([`typed::is_loaded_base`]): if not
@@ -33,15 +36,15 @@ use core::arch::global_asm;
 use core::cell::Cell;
 
 use pvops::pte::flags;
-use pvops::{Level, MmServices, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
+use pvops::{Pfn, PvError, VirtAddr};
 
+use crate::probe_map::ProbeMap;
 use crate::user::{UserExit, UserTask};
 use crate::vm::Vm;
 use crate::xen::typed;
-use crate::{kprintln, platform, x86, xen};
+use crate::{kprintln, platform, probe_map, x86, xen};
 
-/// User VA of the probe's code page: L4 slot 200, unused by every case.
-pub const PROBE_CODE_VA: u64 = 200 << 39;
+pub use crate::probe_map::PROBE_CODE_VA;
 
 /// "User mode reached some frame, but not the one the loaded root maps":
 /// compares unequal to every real frame and is not `None`.
@@ -103,16 +106,6 @@ impl core::fmt::Debug for KernelOracle {
     }
 }
 
-/// Tables and frame of one probe mapping, for its teardown.
-struct ProbeMapping {
-    root: Pfn,
-    /// (parent table, parent level, slot, new table), top down.
-    tables: [(Pfn, Level, usize, Pfn); 3],
-    made: usize,
-    code: Pfn,
-    linked: bool,
-}
-
 impl KernelOracle {
     /// An oracle for the memory manager in `vm`.
     pub fn new(vm: Vm) -> Self {
@@ -128,9 +121,10 @@ impl KernelOracle {
     pub fn describe(&self) -> alloc::string::String {
         if platform::is_xen() {
             alloc::format!(
-                "oracle: {} user-mode probes, {} times Xen had not loaded the user root of the loaded space",
+                "oracle: {} user-mode probes, {} times Xen had not loaded the user root of the loaded space; its own hypercalls: {}",
                 self.probes.get(),
-                self.missing_user_root.get()
+                self.missing_user_root.get(),
+                probe_map::oracle_traps()
             )
         } else {
             alloc::format!("oracle: {} user-mode probes", self.probes.get())
@@ -214,60 +208,6 @@ impl KernelOracle {
         n
     }
 
-    /// Maps the probe code at [`PROBE_CODE_VA`] in the space rooted at `root`.
-    fn map_probe(&self, root: Pfn) -> Result<ProbeMapping, PvError> {
-        let (ops, frames) = (self.vm.ops, self.vm.frames);
-        let va = VirtAddr::try_new(PROBE_CODE_VA)?;
-        let code = frames.alloc_zeroed_frame()?;
-        for (i, chunk) in probe_code().chunks(8).enumerate() {
-            let mut word = [0xccu8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.vm.mem.write_entry(code, i, u64::from_le_bytes(word));
-        }
-        let mut m = ProbeMapping { root, tables: [(root, Level::L4, 0, root); 3], made: 0, code, linked: false };
-        let table_flags = flags::PRESENT | flags::WRITABLE | flags::USER;
-        let mut table = root;
-        for level in [Level::L4, Level::L3, Level::L2] {
-            let slot = va.index(level);
-            if ops.read_entry(level, table, slot)?.is_present() {
-                return Err(PvError::WrongState { what: "oracle: the probe's L4 slot is in use" });
-            }
-            let lower = level.lower().ok_or(PvError::WrongState { what: "no level below L1" })?;
-            let new = frames.alloc_zeroed_frame()?;
-            m.tables[m.made] = (table, level, slot, new);
-            m.made += 1;
-            ops.alloc_pt(frames, root, lower, new)?;
-            ops.set_entry(frames, level, table, slot, Pte::new(new, table_flags))?;
-            table = new;
-        }
-        m.linked = true;
-        ops.set_entry(frames, Level::L1, table, va.index(Level::L1), Pte::new(code, flags::PRESENT | flags::USER))?;
-        ops.lazy_mmu_flush()?;
-        Ok(m)
-    }
-
-    /// Unlinks and frees what [`Self::map_probe`] built, flushing the TLB
-    /// itself (not through the backend, so a backend that skips flushes
-    /// cannot make the oracle run stale code).
-    fn unmap_probe(&self, m: ProbeMapping) {
-        let (ops, frames) = (self.vm.ops, self.vm.frames);
-        if m.linked {
-            // PROBE_CODE_VA is the first page of its L1 table.
-            let _ = ops.set_entry(frames, Level::L1, m.tables[2].3, 0, Pte::EMPTY);
-        }
-        for &(parent, level, slot, new) in m.tables[..m.made].iter().rev() {
-            let _ = ops.set_entry(frames, level, parent, slot, Pte::EMPTY);
-            let _ = ops.lazy_mmu_flush();
-            let _ = ops.release_pt(frames, m.root, level.lower().unwrap_or(Level::L1), new);
-        }
-        let _ = ops.lazy_mmu_flush();
-        flush_tlb();
-        for &(_, _, _, new) in m.tables[..m.made].iter() {
-            let _ = frames.free_frame(new);
-        }
-        let _ = frames.free_frame(m.code);
-    }
-
     /// Runs the probe in the loaded space; `Ok(value)` (what a read saw), or
     /// `Err(addr)` with the faulting address.
     fn run_probe(&self, va: u64, write: bool, nonce: u64) -> Result<u64, (u64, u64)> {
@@ -285,6 +225,8 @@ impl KernelOracle {
 
     fn measure_user(&self, va: u64, write: bool) -> Result<Option<Pfn>, PvError> {
         let root = Self::kernel_root().ok_or(PvError::WrongState { what: "oracle: cr3 names no guest frame" })?;
+        // (Xen) The user pgd Xen has loaded; natively user mode uses `root`.
+        let mut user = None;
         if platform::is_xen() {
             if root == self.vm.mm.init_pgd() {
                 // No user root under init_mm: nothing to run user code in.
@@ -297,13 +239,16 @@ impl KernelOracle {
                 }
                 return Ok(None);
             }
-            let user = pvops_xen64::attached_user_pgd(self.vm.frames, root)?;
-            let loaded = user.is_some_and(|u| typed::is_loaded_base(u).unwrap_or(false));
-
-            if !loaded {
-                self.missing_user_root.set(self.missing_user_root.get() + 1);
-                kprintln!("oracle: Xen has not loaded the user pgd of the loaded space {root:?}");
-                return Ok(Some(UNKNOWN_FRAME));
+            let attached = pvops_xen64::attached_user_pgd(self.vm.frames, root)?;
+            // Which pgd that is comes from the backend's bookkeeping; that
+            // Xen really holds it as the user base pointer, Xen says.
+            match attached.filter(|&u| typed::is_loaded_base(u).unwrap_or(false)) {
+                Some(u) => user = Some(u),
+                None => {
+                    self.missing_user_root.set(self.missing_user_root.get() + 1);
+                    kprintln!("oracle: Xen has not loaded the user pgd of the loaded space {root:?}");
+                    return Ok(Some(UNKNOWN_FRAME));
+                }
             }
         }
         // The nonce goes into the frame the loaded kernel root maps there;
@@ -318,7 +263,7 @@ impl KernelOracle {
         if let (Some(c), false) = (candidate, write) {
             self.vm.mem.write_entry(c, word, nonce);
         }
-        let m = self.map_probe(root);
+        let m = ProbeMap::map(self.vm.frames, root, user, probe_code());
         let result = match &m {
             Ok(_) => Some(self.run_probe(va, write, nonce)),
             Err(_) => None,
@@ -342,22 +287,14 @@ impl KernelOracle {
             self.vm.mem.write_entry(c, word, old);
         }
         match m {
-            Ok(m) => self.unmap_probe(m),
-            Err(e) => {
-                kprintln!("oracle: mapping the probe failed: {e}");
+            Ok(m) => {
+                if let Err(e) = m.unmap(self.vm.frames) {
+                    kprintln!("oracle: unmapping the probe failed: {e}");
+                }
             }
+            Err(e) => kprintln!("oracle: mapping the probe failed: {e}"),
         }
         Ok(answer)
-    }
-}
-
-/// A full TLB flush issued by the oracle itself.
-fn flush_tlb() {
-    if platform::is_xen() {
-        let _ = xen::hypercall::mmuext(pvops_xen64::abi::mmuext::TLB_FLUSH_LOCAL, 0);
-    } else {
-        // SAFETY: reloading cr3 with its own value only flushes the TLB.
-        unsafe { x86::write_cr3(x86::read_cr3()) };
     }
 }
 
