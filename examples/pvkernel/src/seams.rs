@@ -5,47 +5,11 @@
 //! counts (`xen::transport::TrapCounts`, decoded per multicall entry). These
 //! are the figures the kernel prints (`HCSTEP`, `HCDEMO`, `RESULT hypercalls=`).
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use pvops::{Pfn, PhysMem};
+use pvops::PhysMem;
+pub use pvops_conformance::workload::CountingMem;
 
 use crate::platform;
 use crate::xen::transport::{TrapCounts, TRANSPORT};
-
-/// A `PhysMem` that counts every store passing through it.
-pub struct CountingMem {
-    inner: &'static dyn PhysMem,
-    stores: AtomicU64,
-}
-
-impl core::fmt::Debug for CountingMem {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "CountingMem({} stores)", self.stores())
-    }
-}
-
-impl CountingMem {
-    /// Counts the stores to `inner`.
-    pub const fn new(inner: &'static dyn PhysMem) -> Self {
-        CountingMem { inner, stores: AtomicU64::new(0) }
-    }
-
-    /// Stores so far.
-    pub fn stores(&self) -> u64 {
-        self.stores.load(Ordering::Relaxed)
-    }
-}
-
-impl PhysMem for CountingMem {
-    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
-        self.inner.read_entry(pfn, index)
-    }
-
-    fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
-        self.stores.fetch_add(1, Ordering::Relaxed);
-        self.inner.write_entry(pfn, index, value);
-    }
-}
 
 /// The backend's `PhysMem` seam, set once at boot.
 static BACKEND_MEM: crate::sync::SpinLock<Option<&'static CountingMem>> = crate::sync::SpinLock::new(None);

@@ -6,8 +6,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use kernel_glue::{Mm, PageFlags};
-use pvops::{OpStats, PvError, PvMmuOps};
+use pvops::{OpStats, Pfn, PhysMem, PvError, PvMmuOps, ENTRIES_PER_TABLE};
 
 /// One step of the workload and what it cost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,4 +59,51 @@ pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Ste
     step(ops, &mut steps, "exit B (unpin, free)".into(), || mm.exit(b).map_err(|(e, _)| e))?;
     let leaked = free_before - mm.frames().free_frames() as i64;
     Ok((steps, leaked))
+}
+
+/// A `PhysMem` that counts the stores passing through it: put between a
+/// backend and its memory, it measures the backend's direct stores at the seam
+/// (the kernel's `HCSTEP` lines and the host report), not by the backend's own
+/// statistics. A whole-frame zeroing counts as one store per word.
+pub struct CountingMem {
+    inner: &'static dyn PhysMem,
+    stores: AtomicU64,
+}
+
+impl core::fmt::Debug for CountingMem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "CountingMem({} stores)", self.stores())
+    }
+}
+
+impl CountingMem {
+    /// Counts the stores to `inner`.
+    pub const fn new(inner: &'static dyn PhysMem) -> Self {
+        CountingMem { inner, stores: AtomicU64::new(0) }
+    }
+
+    /// Stores so far.
+    pub fn stores(&self) -> u64 {
+        self.stores.load(Ordering::Relaxed)
+    }
+}
+
+impl PhysMem for CountingMem {
+    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+        self.inner.read_entry(pfn, index)
+    }
+
+    fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
+        self.stores.fetch_add(1, Ordering::Relaxed);
+        self.inner.write_entry(pfn, index, value);
+    }
+
+    fn zero_frame(&self, pfn: Pfn) {
+        self.stores.fetch_add(ENTRIES_PER_TABLE as u64, Ordering::Relaxed);
+        self.inner.zero_frame(pfn);
+    }
+
+    fn frame_freed(&self, pfn: Pfn) {
+        self.inner.frame_freed(pfn);
+    }
 }

@@ -8,10 +8,9 @@
 //! and the model's memory. The kernel does the same at its own seams; xtask
 //! compares both with the README table.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use kernel_glue::{Mm, PageFlags};
-use pvops::{Pfn, PhysMem, PvError};
+use pvops::PvError;
+use pvops_conformance::workload::CountingMem;
 pub use pvops_conformance::workload::{demo, Step};
 
 use crate::platform::{boot_backend, HostPlatform};
@@ -41,35 +40,6 @@ pub fn render_counts(title: &str, rows: &[(String, [u64; 6])]) -> String {
         out += &format!("{:<42} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n", what, c[0], c[1], c[2], c[3], c[4], c[5]);
     }
     out
-}
-
-/// A `PhysMem` that counts the stores passing through it.
-pub struct CountingMem {
-    inner: &'static dyn PhysMem,
-    stores: AtomicU64,
-}
-
-impl CountingMem {
-    /// Counts the stores to `inner`.
-    pub fn new(inner: &'static dyn PhysMem) -> Self {
-        CountingMem { inner, stores: AtomicU64::new(0) }
-    }
-
-    /// Stores so far.
-    pub fn stores(&self) -> u64 {
-        self.stores.load(Ordering::Relaxed)
-    }
-}
-
-impl PhysMem for CountingMem {
-    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
-        self.inner.read_entry(pfn, index)
-    }
-
-    fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
-        self.stores.fetch_add(1, Ordering::Relaxed);
-        self.inner.write_entry(pfn, index, value);
-    }
 }
 
 /// The demo's steps (the names and order of `pvops_conformance::workload::demo`,
