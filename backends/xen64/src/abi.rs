@@ -170,3 +170,45 @@ pub struct MulticallEntry {
     /// Arguments.
     pub args: [u64; 6],
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers from Xen's public headers (xen/include/public/xen.h), written
+    /// down here rather than read back from the constants under test.
+    #[test]
+    fn calls_carry_xens_hypercall_numbers_and_names() {
+        let mmu = [MmuUpdate { ptr: 0, val: 0 }];
+        let ext = [MmuextOp { cmd: mmuext::TLB_FLUSH_LOCAL, arg1: 0, arg2: 0 }];
+        let calls = [
+            (Call::MmuUpdate(&mmu), 1, "mmu_update"),
+            (Call::MmuextOp(&ext), 26, "mmuext_op"),
+            (Call::UpdateVaMapping { va: 0, val: 0, flags: 0 }, 14, "update_va_mapping"),
+        ];
+        for (call, number, name) in calls {
+            assert_eq!((call.number(), call.name()), (number, name));
+        }
+        assert_eq!(hypercall::MULTICALL, 13);
+    }
+
+    /// Every command the backend issues is named in errors (xen.h's MMUEXT_* values).
+    #[test]
+    fn every_mmuext_command_has_its_own_name() {
+        let named = [
+            (0, "PIN_L1_TABLE"),
+            (1, "PIN_L2_TABLE"),
+            (2, "PIN_L3_TABLE"),
+            (3, "PIN_L4_TABLE"),
+            (4, "UNPIN_TABLE"),
+            (5, "NEW_BASEPTR"),
+            (6, "TLB_FLUSH_LOCAL"),
+            (7, "INVLPG_LOCAL"),
+            (15, "NEW_USER_BASEPTR"),
+        ];
+        for (cmd, what) in named {
+            assert_eq!(mmuext::name(cmd), std::format!("mmuext_op({what})"));
+        }
+        assert_eq!(mmuext::name(99), "mmuext_op(?)");
+    }
+}
