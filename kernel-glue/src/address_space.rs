@@ -3,8 +3,6 @@
 //! Everything goes through [`PvMmuOps`]: this module never writes a page
 //! table itself, so the same code is correct natively and on Xen.
 
-use core::cell::Cell;
-
 use pvops::pte::flags;
 use pvops::{
     Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, USER_LIMIT, USER_PGD_SLOTS,
@@ -79,7 +77,6 @@ pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     mem: &'a dyn PhysMem,
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
-    active: Cell<Pfn>,
 }
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
@@ -109,7 +106,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         boot_pgd: Pfn,
     ) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
-        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd, active: Cell::new(boot_pgd) })
+        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd })
     }
 
     /// The backend in use.
@@ -127,9 +124,16 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.init_pgd
     }
 
-    /// The root currently loaded (as far as this `Mm` switched it).
+    /// The root currently loaded, as the backend knows it (`read_cr3`): also
+    /// right after a half-failed switch, or one made behind this `Mm`'s back.
     pub fn active_pgd(&self) -> Pfn {
-        self.active.get()
+        self.ops.read_cr3()
+    }
+
+    /// True while `pgd` is the loaded root: its TLB entries must be flushed
+    /// before a frame it mapped is freed.
+    fn is_loaded(&self, pgd: Pfn) -> bool {
+        self.ops.read_cr3() == pgd
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -239,7 +243,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
     fn take_back(&self, space: &AddressSpace, m: &Queued) {
-        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let loaded = self.is_loaded(space.pgd);
         let cleared = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
             if loaded {
@@ -248,8 +252,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             Ok(())
         });
-        let still_mapped =
-            self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present() && e.pfn() == m.frame);
+        // The slot was empty when `map_queued` checked it and only this map
+        // wrote it: anything present there is this map's leaf.
+        let still_mapped = self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present());
         if still_mapped {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
@@ -307,7 +312,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if !e.is_present() {
             return Err(PvError::NotMapped { addr: va });
         }
-        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let loaded = self.is_loaded(space.pgd);
         let done = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
             if loaded {
@@ -346,19 +351,22 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Writes a 64-bit word into the page mapped at `addr` (kernel-side access, for loading).
     pub fn poke(&self, space: &AddressSpace, addr: u64, value: u64) -> Result<(), PvError> {
-        let (frame, _) = self
-            .translate(space, addr & !0xfff)?
-            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        let frame = self.frame_at(space, addr)?;
         self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value);
         Ok(())
     }
 
     /// Reads a 64-bit word from the page mapped at `addr` (kernel-side access).
     pub fn peek(&self, space: &AddressSpace, addr: u64) -> Result<u64, PvError> {
-        let (frame, _) = self
-            .translate(space, addr & !0xfff)?
-            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        let frame = self.frame_at(space, addr)?;
         Ok(self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
+    }
+
+    /// The frame of the page containing `addr`; `NotMapped` names that page.
+    fn frame_at(&self, space: &AddressSpace, addr: u64) -> Result<Pfn, PvError> {
+        let page = addr & !0xfff;
+        let (frame, _) = self.translate(space, page)?.ok_or(PvError::NotMapped { addr: VirtAddr::try_new(page)? })?;
+        Ok(frame)
     }
 
     /// Switches to `space`; its first activation pins it (Xen).
@@ -368,20 +376,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             self.ops.activate_mm(self.frames, space.pgd)?;
             space.pinned = true;
         }
-        self.switch_to(space.pgd)
-    }
-
-    /// `write_cr3`, keeping `active` equal to what is really loaded even when
-    /// the switch fails half-way.
-    fn switch_to(&self, pgd: Pfn) -> Result<(), PvError> {
-        let r = self.ops.write_cr3(self.frames, pgd);
-        self.active.set(if r.is_ok() { pgd } else { self.ops.read_cr3() });
-        r
+        self.ops.write_cr3(self.frames, space.pgd)
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
-        self.switch_to(self.init_pgd)
+        self.ops.write_cr3(self.frames, self.init_pgd)
     }
 
     fn check_live(&self, space: &AddressSpace) -> Result<(), PvError> {
@@ -467,7 +467,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// (every entry is cleared before what it names is freed, so what is
     /// left is consistent); calling `exit` on it again finishes the job.
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
-        if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
+        if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
         }
         if let Err(e) = self.check_live(&space) {
