@@ -38,6 +38,11 @@ impl PageFlags {
         }
         f
     }
+
+    /// The permissions a present user leaf grants (the inverse of `user_bits`).
+    fn of_leaf(e: Pte) -> PageFlags {
+        PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 }
+    }
 }
 
 /// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
@@ -50,6 +55,8 @@ struct Queued {
 
 /// One user address space (Linux's `mm_struct`). Dropping it does nothing:
 /// it must be given back with [`Mm::exit`], which is where errors can be seen.
+/// Only [`Mm::create`] (and `fork`) make one, on a freshly allocated root, so
+/// it is never `init_mm`: no method needs to check that.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AddressSpace {
     pgd: Pfn,
@@ -270,7 +277,6 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
     fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
-        self.check_live(space)?;
         if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
@@ -305,7 +311,6 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// still reach it), and the error says why.
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
         let va = user_va(addr)?;
-        self.check_live(space)?;
         let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
         let index = va.index(Level::L1);
         let e = self.ops.read_entry(Level::L1, l1, index)?;
@@ -345,8 +350,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if !e.is_present() {
             return Ok(None);
         }
-        let perm = PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 };
-        Ok(Some((e.pfn(), perm)))
+        Ok(Some((e.pfn(), PageFlags::of_leaf(e))))
     }
 
     /// Writes a 64-bit word into the page mapped at `addr` (kernel-side access, for loading).
@@ -371,7 +375,6 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Switches to `space`; its first activation pins it (Xen).
     pub fn activate(&self, space: &mut AddressSpace) -> Result<(), PvError> {
-        self.check_live(space)?;
         if !space.pinned {
             self.ops.activate_mm(self.frames, space.pgd)?;
             space.pinned = true;
@@ -384,20 +387,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.ops.write_cr3(self.frames, self.init_pgd)
     }
 
-    fn check_live(&self, space: &AddressSpace) -> Result<(), PvError> {
-        if space.pgd == self.init_pgd {
-            return Err(PvError::WrongState { what: "init_mm is not a user address space" });
-        }
-        Ok(())
-    }
-
     /// A copy of `parent`'s user half: new tables and new frames with the same
     /// contents. On failure the partial child is destroyed: nothing leaks.
     /// Like [`Mm::map`] it brackets itself in a lazy-MMU section, which nests
     /// in a caller's (the child is not pinned yet: its tables are plain
     /// stores, nothing waits for the caller's leave).
     pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
-        self.check_live(parent)?;
         let child = self.create()?;
         self.ops.lazy_mmu_enter();
         let copied = self.copy_user_half(parent, &child);
@@ -418,8 +413,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 return;
             }
             result = (|| {
-                let perm = PageFlags { writable: pte.is_writable(), executable: pte.0 & flags::NO_EXECUTE == 0 };
-                let frame = self.map_queued(child, va.as_u64(), perm)?.frame;
+                let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte))?.frame;
                 for i in 0..ENTRIES_PER_TABLE {
                     let w = self.mem.read_entry(pte.pfn(), i);
                     if w != 0 {
@@ -469,9 +463,6 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
         if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
-        }
-        if let Err(e) = self.check_live(&space) {
-            return Err((e, space));
         }
         if space.pinned {
             if let Err(e) = self.ops.exit_mm(self.frames, space.pgd) {
