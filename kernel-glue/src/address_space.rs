@@ -3,6 +3,8 @@
 //! Everything goes through [`PvMmuOps`]: this module never writes a page
 //! table itself, so the same code is correct natively and on Xen.
 
+use core::ops::Range;
+
 use pvops::pte::flags;
 use pvops::{
     Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, USER_LIMIT, USER_PGD_SLOTS,
@@ -389,6 +391,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
     /// contents. On failure the partial child is destroyed: nothing leaks.
+    /// (Its teardown is retried once, as `exit` allows; only if the backend
+    /// refuses that too is what is left of the child lost, logged.)
     /// Like [`Mm::map`] it brackets itself in a lazy-MMU section, which nests
     /// in a caller's (the child is not pinned yet: its tables are plain
     /// stores, nothing waits for the caller's leave).
@@ -400,7 +404,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         match copied.and(flushed) {
             Ok(()) => Ok(child),
             Err(e) => {
-                let _ = self.exit(child);
+                if let Err((first, child)) = self.exit(child) {
+                    if let Err((again, child)) = self.exit(child) {
+                        log::error!(
+                            "fork: teardown of {:?} refused ({first}, {again}); its frames are lost",
+                            child.pgd
+                        );
+                    }
+                }
                 Err(e)
             }
         }
@@ -458,8 +469,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
     /// Refused, with `space` given back unchanged, while it is the active one.
     /// On a later error the space comes back unpinned and partly torn down
-    /// (every entry is cleared before what it names is freed, so what is
-    /// left is consistent); calling `exit` on it again finishes the job.
+    /// (every entry is cleared before what it names is freed, and a table is
+    /// emptied before it is unlinked, so what is left is consistent and still
+    /// reachable); calling `exit` on it again finishes the job. A table whose
+    /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
         if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
@@ -481,39 +494,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {
-        self.issued_now(|| {
-            for i4 in 0..USER_PGD_SLOTS {
-                let e4 = self.ops.read_entry(Level::L4, root, i4)?;
-                if !e4.is_present() {
-                    continue;
-                }
-                self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
-                self.free_table(root, Level::L3, e4.pfn())?;
-                self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
-                self.frames.free_frame(e4.pfn())?;
-            }
-            Ok(())
-        })
+        self.issued_now(|| self.free_below(root, Level::L4, root, 0..USER_PGD_SLOTS))
     }
 
-    /// Frees everything below the `level` table `table` (not the table itself).
-    fn free_table(&self, root: Pfn, level: Level, table: Pfn) -> Result<(), PvError> {
-        for i in 0..ENTRIES_PER_TABLE {
+    /// Frees everything slots `slots` of the `level` table `table` lead to,
+    /// deepest first: a table is emptied, then unlinked, released and freed.
+    /// Unlinked before freed, so the space never points at a frame given
+    /// away; emptied before unlinked, so if anything below fails the rest is
+    /// still linked and a second `exit` finds it. Only a table whose release
+    /// is refused is lost (unlinked, kept: never freed while still a table).
+    fn free_below(&self, root: Pfn, level: Level, table: Pfn, slots: Range<usize>) -> Result<(), PvError> {
+        for i in slots {
             let e = self.ops.read_entry(level, table, i)?;
             if !e.is_present() {
                 continue;
             }
-            // Unlink before freeing: if anything below fails, the space handed
-            // back to the caller never points at a frame that was given away.
-            self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
-            match level.lower() {
-                None => self.frames.free_frame(e.pfn())?,
-                Some(lower) => {
-                    self.free_table(root, lower, e.pfn())?;
-                    self.ops.release_pt(self.frames, root, lower, e.pfn())?;
-                    self.frames.free_frame(e.pfn())?;
-                }
+            let lower = level.lower();
+            if let Some(lower) = lower {
+                self.free_below(root, lower, e.pfn(), 0..ENTRIES_PER_TABLE)?;
             }
+            self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
+            if let Some(lower) = lower {
+                self.ops.release_pt(self.frames, root, lower, e.pfn())?;
+            }
+            self.frames.free_frame(e.pfn())?;
         }
         Ok(())
     }
