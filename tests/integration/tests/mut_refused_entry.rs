@@ -25,6 +25,10 @@ use pvops_xen64 as _;
 enum Refuse {
     SetEntry,
     ReleasePt,
+    /// A user-half L4 link that takes effect but fails: what the contract of
+    /// `set_entry` allows for a mirrored slot (xen64: the kernel pgd written,
+    /// its user-pgd twin and the repair both refused).
+    PgdLinkStays,
 }
 
 /// The native backend, refusing calls `from..from + burst` of one kind
@@ -49,7 +53,12 @@ impl Refusing {
     }
     /// True if this call is one to refuse.
     fn refuse(&self, kind: Refuse) -> bool {
-        if !matches!((self.kind, kind), (Refuse::SetEntry, Refuse::SetEntry) | (Refuse::ReleasePt, Refuse::ReleasePt)) {
+        if !matches!(
+            (self.kind, kind),
+            (Refuse::SetEntry, Refuse::SetEntry)
+                | (Refuse::ReleasePt, Refuse::ReleasePt)
+                | (Refuse::PgdLinkStays, Refuse::PgdLinkStays)
+        ) {
             return false;
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -88,6 +97,11 @@ impl PvMmuOps for Refusing {
     }
     fn set_entry(&self, mm: &dyn MmServices, level: Level, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
         if self.refuse(Refuse::SetEntry) {
+            return Err(Self::refused());
+        }
+        let pgd_link = level == Level::L4 && index < USER_PGD_SLOTS && pte.is_present();
+        if pgd_link && self.refuse(Refuse::PgdLinkStays) {
+            self.inner.set_entry(mm, level, table, index, pte)?;
             return Err(Self::refused());
         }
         self.inner.set_entry(mm, level, table, index, pte)
@@ -260,4 +274,25 @@ fn a_refused_table_release_at_any_point_frees_nothing_still_a_table() {
         let n = sweep(Refuse::ReleasePt, burst);
         assert!(n >= 5, "only {n} releases");
     }
+}
+
+/// A map whose new L4 link took effect although `set_entry` failed (allowed
+/// for a mirrored slot): `map` fails and, as it promises, changes nothing —
+/// the slot is empty again (read from the machine's memory) and the new
+/// table is back in the allocator.
+#[test]
+fn a_pgd_link_that_stays_although_refused_is_undone() {
+    let s = setup(Refuse::PgdLinkStays, 1);
+    let space = s.mm.create().expect("create");
+    let free_before = s.frames.free_frames();
+    s.ops.arm(Some(0));
+    let va = 0x40_0000u64 + (5 << 39);
+    let r = s.mm.map(&space, va, PageFlags::DATA);
+    assert!(!s.ops.armed() && r.is_err(), "the link was refused: {r:?}");
+    s.ops.arm(None);
+    let slot = VirtAddr::try_new(va).expect("va").index(Level::L4);
+    assert_eq!(s.host.mem.read_entry(space.pgd(), slot), 0, "the L4 slot is empty again");
+    assert_eq!(s.frames.free_frames(), free_before, "the new table and the page are free again");
+    no_reachable_frame_is_free(&s, std::slice::from_ref(&space)).expect("invariants");
+    s.mm.exit(space).map_err(|(e, _)| e).expect("exit");
 }
