@@ -102,9 +102,9 @@ fn build<O: PvMmuOps + ?Sized>(
 }
 
 /// Unlinks (whether or not the link took effect), releases and frees the
-/// tables `made` lists, newest first. Each unlink is issued and checked
-/// before the next: if the hypervisor refuses one, that table and the older
-/// ones above it stay linked, part of the space (`Mm::exit` frees them) —
+/// tables `made` lists, newest first. Each unlink is issued and its result
+/// checked before the next: if the hypervisor refuses one, that table and
+/// the older ones above it stay linked, part of the space (`Mm::exit` frees them) —
 /// unlinking a parent that still holds a child would orphan the child. The
 /// tables unlinked are released and freed only after a TLB flush: they may
 /// have been reachable from a loaded root, and a paging-structure cache may
@@ -121,11 +121,10 @@ pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn
     ops.lazy_mmu_enter();
     let mut unlinked = 0;
     for &(parent, level, slot, new) in made.iter().rev() {
-        // Best effort: these only fail if the hypervisor already refused us
-        // once. Whether it took effect is read back, not taken from the result.
-        let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
-        let _ = ops.lazy_mmu_flush();
-        if links(ops, level, parent, slot) {
+        // These only fail if the hypervisor already refused us once. A failed
+        // unlink counts as not done even if the slot reads empty: a mirrored
+        // slot (xen64's user pgd) may still hold the link.
+        if ops.set_entry(mm, level, parent, slot, Pte::EMPTY).and(ops.lazy_mmu_flush()).is_err() {
             log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; it and the tables above it stay");
             break;
         }
