@@ -3,7 +3,7 @@
 //! Everything goes through [`PvMmuOps`]: this module never writes a page
 //! table itself, so the same code is correct natively and on Xen.
 
-use core::cell::Cell;
+use core::ops::Range;
 
 use pvops::pte::flags;
 use pvops::{
@@ -40,6 +40,11 @@ impl PageFlags {
         }
         f
     }
+
+    /// The permissions a present user leaf grants (the inverse of `user_bits`).
+    fn of_leaf(e: Pte) -> PageFlags {
+        PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 }
+    }
 }
 
 /// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
@@ -52,6 +57,8 @@ struct Queued {
 
 /// One user address space (Linux's `mm_struct`). Dropping it does nothing:
 /// it must be given back with [`Mm::exit`], which is where errors can be seen.
+/// Only [`Mm::create`] (and `fork`) make one, on a freshly allocated root, so
+/// it is never `init_mm`: no method needs to check that.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AddressSpace {
     pgd: Pfn,
@@ -79,7 +86,6 @@ pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     mem: &'a dyn PhysMem,
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
-    active: Cell<Pfn>,
 }
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
@@ -109,7 +115,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         boot_pgd: Pfn,
     ) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
-        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd, active: Cell::new(boot_pgd) })
+        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd })
     }
 
     /// The backend in use.
@@ -127,9 +133,16 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.init_pgd
     }
 
-    /// The root currently loaded (as far as this `Mm` switched it).
+    /// The root currently loaded, as the backend knows it (`read_cr3`): also
+    /// right after a half-failed switch, or one made behind this `Mm`'s back.
     pub fn active_pgd(&self) -> Pfn {
-        self.active.get()
+        self.ops.read_cr3()
+    }
+
+    /// True while `pgd` is the loaded root: its TLB entries must be flushed
+    /// before a frame it mapped is freed.
+    fn is_loaded(&self, pgd: Pfn) -> bool {
+        self.ops.read_cr3() == pgd
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -239,7 +252,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
     fn take_back(&self, space: &AddressSpace, m: &Queued) {
-        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let loaded = self.is_loaded(space.pgd);
         let cleared = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
             if loaded {
@@ -248,8 +261,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             Ok(())
         });
-        let still_mapped =
-            self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present() && e.pfn() == m.frame);
+        // The slot was empty when `map_queued` checked it and only this map
+        // wrote it: anything present there is this map's leaf.
+        let still_mapped = self.ops.read_entry(Level::L1, m.l1, m.index).map_or(true, |e| e.is_present());
         if still_mapped {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
@@ -265,7 +279,6 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
     fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
-        self.check_live(space)?;
         if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
@@ -300,14 +313,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// still reach it), and the error says why.
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
         let va = user_va(addr)?;
-        self.check_live(space)?;
         let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
         let index = va.index(Level::L1);
         let e = self.ops.read_entry(Level::L1, l1, index)?;
         if !e.is_present() {
             return Err(PvError::NotMapped { addr: va });
         }
-        let loaded = self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd;
+        let loaded = self.is_loaded(space.pgd);
         let done = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
             if loaded {
@@ -340,64 +352,51 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if !e.is_present() {
             return Ok(None);
         }
-        let perm = PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 };
-        Ok(Some((e.pfn(), perm)))
+        Ok(Some((e.pfn(), PageFlags::of_leaf(e))))
     }
 
     /// Writes a 64-bit word into the page mapped at `addr` (kernel-side access, for loading).
     pub fn poke(&self, space: &AddressSpace, addr: u64, value: u64) -> Result<(), PvError> {
-        let (frame, _) = self
-            .translate(space, addr & !0xfff)?
-            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        let frame = self.frame_at(space, addr)?;
         self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value);
         Ok(())
     }
 
     /// Reads a 64-bit word from the page mapped at `addr` (kernel-side access).
     pub fn peek(&self, space: &AddressSpace, addr: u64) -> Result<u64, PvError> {
-        let (frame, _) = self
-            .translate(space, addr & !0xfff)?
-            .ok_or(PvError::NotMapped { addr: VirtAddr::try_new(addr & !0xfff)? })?;
+        let frame = self.frame_at(space, addr)?;
         Ok(self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
+    }
+
+    /// The frame of the page containing `addr`; `NotMapped` names that page.
+    fn frame_at(&self, space: &AddressSpace, addr: u64) -> Result<Pfn, PvError> {
+        let page = addr & !0xfff;
+        let (frame, _) = self.translate(space, page)?.ok_or(PvError::NotMapped { addr: VirtAddr::try_new(page)? })?;
+        Ok(frame)
     }
 
     /// Switches to `space`; its first activation pins it (Xen).
     pub fn activate(&self, space: &mut AddressSpace) -> Result<(), PvError> {
-        self.check_live(space)?;
         if !space.pinned {
             self.ops.activate_mm(self.frames, space.pgd)?;
             space.pinned = true;
         }
-        self.switch_to(space.pgd)
-    }
-
-    /// `write_cr3`, keeping `active` equal to what is really loaded even when
-    /// the switch fails half-way.
-    fn switch_to(&self, pgd: Pfn) -> Result<(), PvError> {
-        let r = self.ops.write_cr3(self.frames, pgd);
-        self.active.set(if r.is_ok() { pgd } else { self.ops.read_cr3() });
-        r
+        self.ops.write_cr3(self.frames, space.pgd)
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
-        self.switch_to(self.init_pgd)
-    }
-
-    fn check_live(&self, space: &AddressSpace) -> Result<(), PvError> {
-        if space.pgd == self.init_pgd {
-            return Err(PvError::WrongState { what: "init_mm is not a user address space" });
-        }
-        Ok(())
+        self.ops.write_cr3(self.frames, self.init_pgd)
     }
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
     /// contents. On failure the partial child is destroyed: nothing leaks.
+    /// (Its teardown is retried once, as `exit` allows; only if the backend
+    /// refuses that too is what is left of the child lost, logged.)
     /// Like [`Mm::map`] it brackets itself in a lazy-MMU section, which nests
     /// in a caller's (the child is not pinned yet: its tables are plain
     /// stores, nothing waits for the caller's leave).
     pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
-        self.check_live(parent)?;
         let child = self.create()?;
         self.ops.lazy_mmu_enter();
         let copied = self.copy_user_half(parent, &child);
@@ -405,7 +404,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         match copied.and(flushed) {
             Ok(()) => Ok(child),
             Err(e) => {
-                let _ = self.exit(child);
+                if let Err((first, child)) = self.exit(child) {
+                    if let Err((again, child)) = self.exit(child) {
+                        log::error!(
+                            "fork: teardown of {:?} refused ({first}, {again}); its frames are lost",
+                            child.pgd
+                        );
+                    }
+                }
                 Err(e)
             }
         }
@@ -418,8 +424,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 return;
             }
             result = (|| {
-                let perm = PageFlags { writable: pte.is_writable(), executable: pte.0 & flags::NO_EXECUTE == 0 };
-                let frame = self.map_queued(child, va.as_u64(), perm)?.frame;
+                let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte))?.frame;
                 for i in 0..ENTRIES_PER_TABLE {
                     let w = self.mem.read_entry(pte.pfn(), i);
                     if w != 0 {
@@ -464,14 +469,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
     /// Refused, with `space` given back unchanged, while it is the active one.
     /// On a later error the space comes back unpinned and partly torn down
-    /// (every entry is cleared before what it names is freed, so what is
-    /// left is consistent); calling `exit` on it again finishes the job.
+    /// (every entry is cleared before what it names is freed, and a table is
+    /// emptied before it is unlinked, so what is left is consistent and still
+    /// reachable); calling `exit` on it again finishes the job. A table whose
+    /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
-        if self.active.get() == space.pgd || self.ops.read_cr3() == space.pgd {
+        if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
-        }
-        if let Err(e) = self.check_live(&space) {
-            return Err((e, space));
         }
         if space.pinned {
             if let Err(e) = self.ops.exit_mm(self.frames, space.pgd) {
@@ -490,39 +494,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {
-        self.issued_now(|| {
-            for i4 in 0..USER_PGD_SLOTS {
-                let e4 = self.ops.read_entry(Level::L4, root, i4)?;
-                if !e4.is_present() {
-                    continue;
-                }
-                self.ops.set_entry(self.frames, Level::L4, root, i4, Pte::EMPTY)?;
-                self.free_table(root, Level::L3, e4.pfn())?;
-                self.ops.release_pt(self.frames, root, Level::L3, e4.pfn())?;
-                self.frames.free_frame(e4.pfn())?;
-            }
-            Ok(())
-        })
+        self.issued_now(|| self.free_below(root, Level::L4, root, 0..USER_PGD_SLOTS))
     }
 
-    /// Frees everything below the `level` table `table` (not the table itself).
-    fn free_table(&self, root: Pfn, level: Level, table: Pfn) -> Result<(), PvError> {
-        for i in 0..ENTRIES_PER_TABLE {
+    /// Frees everything slots `slots` of the `level` table `table` lead to,
+    /// deepest first: a table is emptied, then unlinked, released and freed.
+    /// Unlinked before freed, so the space never points at a frame given
+    /// away; emptied before unlinked, so if anything below fails the rest is
+    /// still linked and a second `exit` finds it. Only a table whose release
+    /// is refused is lost (unlinked, kept: never freed while still a table).
+    fn free_below(&self, root: Pfn, level: Level, table: Pfn, slots: Range<usize>) -> Result<(), PvError> {
+        for i in slots {
             let e = self.ops.read_entry(level, table, i)?;
             if !e.is_present() {
                 continue;
             }
-            // Unlink before freeing: if anything below fails, the space handed
-            // back to the caller never points at a frame that was given away.
-            self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
-            match level.lower() {
-                None => self.frames.free_frame(e.pfn())?,
-                Some(lower) => {
-                    self.free_table(root, lower, e.pfn())?;
-                    self.ops.release_pt(self.frames, root, lower, e.pfn())?;
-                    self.frames.free_frame(e.pfn())?;
-                }
+            let lower = level.lower();
+            if let Some(lower) = lower {
+                self.free_below(root, lower, e.pfn(), 0..ENTRIES_PER_TABLE)?;
             }
+            self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
+            if let Some(lower) = lower {
+                self.ops.release_pt(self.frames, root, lower, e.pfn())?;
+            }
+            self.frames.free_frame(e.pfn())?;
         }
         Ok(())
     }

@@ -161,7 +161,8 @@ impl MmServices for FrameAllocator<'_> {
         let words = self.nr_frames.div_ceil(64) as usize;
         let pfn = {
             let mut bits = self.free.borrow_mut();
-            let start = self.hint.get() as usize % words.max(1);
+            // Next fit: from the word the last allocation came from (always < words).
+            let start = self.hint.get() as usize;
             let found = (0..words).map(|i| (start + i) % words).find(|&w| bits[w] != 0);
             let Some(w) = found else {
                 return Err(PvError::OutOfMemory);

@@ -85,7 +85,7 @@ fn build<O: PvMmuOps + ?Sized>(
             // the new table anyway (a half-done pgd pair whose repair was
             // refused too), it is part of the space now: record it, so the
             // caller's undo unlinks it before anything is freed.
-            if links(ops, level, table, slot, new) {
+            if links(ops, level, table, slot) {
                 made.created[made.len] = (table, level, slot, new);
                 made.len += 1;
                 return Err(err);
@@ -102,33 +102,37 @@ fn build<O: PvMmuOps + ?Sized>(
 }
 
 /// Unlinks (whether or not the link took effect), releases and frees the
-/// tables `made` lists, newest first. The unlinks and a TLB flush are issued
-/// before anything is released or freed: the tables may have been reachable
-/// from a loaded root, and a paging-structure cache may still hold them until
-/// flushed (a failure path: the full flush costs nothing that matters). Runs
-/// in a lazy-MMU section of its own, so it neither reports nor swallows
-/// failures of an enclosing section's updates. A table whose parent still
-/// points at it after the unlink was issued (the hypervisor refused it) is
-/// not freed: it stays part of the space, and `Mm::exit` frees it with the
-/// rest. One whose release is refused is kept (lost, logged), never freed
-/// while still a table; so is everything if the flush is refused.
+/// tables `made` lists, newest first. Each unlink is issued and its result
+/// checked before the next: if the hypervisor refuses one, that table and
+/// the older ones above it stay linked, part of the space (`Mm::exit` frees them) —
+/// unlinking a parent that still holds a child would orphan the child. The
+/// tables unlinked are released and freed only after a TLB flush: they may
+/// have been reachable from a loaded root, and a paging-structure cache may
+/// still hold them (a failure path: the full flush costs nothing that
+/// matters). Runs in a lazy-MMU section of its own, so it neither reports
+/// nor swallows failures of an enclosing section's updates. One whose
+/// release is refused is kept (lost, logged), never freed while still a
+/// table; so is everything if the flush is refused.
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
     let made = &made.created[..made.len];
     if made.is_empty() {
         return;
     }
     ops.lazy_mmu_enter();
-    for &(parent, level, slot, _) in made.iter().rev() {
-        // Best effort: these only fail if the hypervisor already refused us once.
-        let _ = ops.set_entry(mm, level, parent, slot, Pte::EMPTY);
+    let mut unlinked = 0;
+    for &(parent, level, slot, new) in made.iter().rev() {
+        // These only fail if the hypervisor already refused us once. A failed
+        // unlink counts as not done even if the slot reads empty: a mirrored
+        // slot (xen64's user pgd) may still hold the link.
+        if ops.set_entry(mm, level, parent, slot, Pte::EMPTY).and(ops.lazy_mmu_flush()).is_err() {
+            log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; it and the tables above it stay");
+            break;
+        }
+        unlinked += 1;
     }
     let flushed = ops.flush_tlb_all().and(ops.lazy_mmu_flush());
-    for &(parent, level, slot, new) in made.iter().rev() {
+    for &(_, level, _, new) in made.iter().rev().take(unlinked) {
         let lower = level.lower().unwrap_or(Level::L1);
-        if links(ops, level, parent, slot, new) {
-            log::error!("undo: {new:?} is still linked at slot {slot} of {parent:?}; left in the space");
-            continue;
-        }
         if let Err(e) = flushed {
             log::error!("undo: no TLB flush after unlinking {new:?} ({e}); frame kept");
             continue;
@@ -144,8 +148,9 @@ pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn
     let _ = ops.lazy_mmu_leave();
 }
 
-/// True when slot `slot` of the `level` table `parent` points at `child`
-/// (or cannot be read: assume the worst).
-fn links<O: PvMmuOps + ?Sized>(ops: &O, level: Level, parent: Pfn, slot: usize, child: Pfn) -> bool {
-    ops.read_entry(level, parent, slot).map_or(true, |e| e.is_present() && e.pfn() == child)
+/// True when slot `slot` of the `level` table `parent` still links the table
+/// a build put there (or cannot be read: assume the worst). The slot was
+/// empty before the build linked it, so anything present there is that table.
+fn links<O: PvMmuOps + ?Sized>(ops: &O, level: Level, parent: Pfn, slot: usize) -> bool {
+    ops.read_entry(level, parent, slot).map_or(true, |e| e.is_present())
 }
