@@ -793,4 +793,13 @@ mod tests {
         finish(&mut b, &t).unwrap();
         assert!(t.traps.lock().unwrap().is_empty());
     }
+
+    #[test]
+    fn debug_shows_what_is_queued() {
+        let t = Recorder::default();
+        let mut b = batch(0);
+        b.push(&t, uvm());
+        let shown = std::format!("{b:?}");
+        assert!(shown.starts_with("Batch {") && shown.contains("entries: 1"), "{shown}");
+    }
 }
