@@ -31,7 +31,7 @@ mod tests {
     fn an_alias_is_present_nx_with_a_and_d_preset_and_writable_only_when_asked() {
         let base = 0xffff_8880_0000_0000;
         let mfn = Mfn(0x1234);
-        let bits = 0x1234_000 | 1 | (1 << 5) | (1 << 6) | (1 << 63);
+        let bits = 0x0123_4000 | 1 | (1 << 5) | (1 << 6) | (1 << 63);
         let want_ro = Record::Uvm { va: base + 7 * 4096, val: bits, flags: uvmf::NONE };
         assert_eq!(remap(base, Pfn(7), mfn, false), want_ro);
         let want_rw = Record::Uvm { va: base + 7 * 4096, val: bits | 2, flags: uvmf::NONE };
