@@ -259,20 +259,16 @@ impl Batch {
         RecordId(self.next_id)
     }
 
-    /// The value the last queued `mmu_update` writes at machine address
-    /// `ptr`, if one is queued: what a read must see before the batch is issued.
-    pub(crate) fn queued_value(&self, ptr: u64) -> Option<u64> {
-        self.mmu.iter().rev().find(|u| u.ptr == ptr).map(|u| u.val)
-    }
-
-    /// True when records of kind `mmu_update` are queued.
+    /// True when records of kind `mmu_update` are queued: lets `read_entry`
+    /// skip the p2m lookup and the search in the common case (a fast path only).
     pub(crate) fn has_queued_updates(&self) -> bool {
         !self.mmu.is_empty()
     }
 
-    /// True when nothing is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// The value the last queued `mmu_update` writes at machine address
+    /// `ptr`, if one is queued: what a read must see before the batch is issued.
+    pub(crate) fn queued_value(&self, ptr: u64) -> Option<u64> {
+        self.mmu.iter().rev().find(|u| u.ptr == ptr).map(|u| u.val)
     }
 
     fn merges(&self, record: &Record) -> bool {
@@ -381,9 +377,8 @@ impl Batch {
     /// One call on its own, now (after anything queued, to keep order); its
     /// result alone.
     pub(crate) fn raw(&mut self, transport: &dyn HypercallTransport, record: Record) -> Result<(), PvError> {
-        if !self.is_empty() {
-            self.flush(transport, Reason::Explicit);
-        }
+        // (An empty batch flushes nothing.)
+        self.flush(transport, Reason::Explicit);
         let id = self.push(transport, record);
         self.issue_from(transport, id).into_result()
     }
