@@ -317,7 +317,6 @@ impl Batch {
     /// a long one with a continuation — nor on an `mmu_update`/`mmuext_op` array.
     pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
         let bytes = record.arg_bytes();
-        let merges = self.merges(&record);
         let id = RecordId(self.next_id);
         self.next_id += 1;
         self.arg_bytes += bytes;
@@ -325,14 +324,15 @@ impl Batch {
             Record::Mmu(u) => {
                 self.mmu.push(u);
                 match self.entries.last_mut() {
-                    Some(Entry::Mmu { len, .. }) if merges => *len += 1,
+                    // Consecutive records of one kind share an entry (see `merges`).
+                    Some(Entry::Mmu { len, .. }) => *len += 1,
                     _ => self.entries.push(Entry::Mmu { start: self.mmu.len() - 1, len: 1, first: id }),
                 }
             }
             Record::Ext(op) => {
                 self.ext.push(op);
                 match self.entries.last_mut() {
-                    Some(Entry::Ext { len, .. }) if merges => *len += 1,
+                    Some(Entry::Ext { len, .. }) => *len += 1,
                     _ => self.entries.push(Entry::Ext { start: self.ext.len() - 1, len: 1, first: id }),
                 }
             }
@@ -796,5 +796,75 @@ mod tests {
         b.push(&t, uvm());
         let shown = std::format!("{b:?}");
         assert!(shown.starts_with("Batch {") && shown.contains("entries: 1"), "{shown}");
+    }
+
+    /// The shape of every trap so far.
+    fn shapes(t: &Recorder) -> StdVec<(bool, StdVec<usize>)> {
+        t.traps.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_pair_that_exactly_fits_the_argument_space_goes_with_the_batch() {
+        let t = Recorder::default();
+        let per_batch = MAX_ARG_BYTES / MMU_UPDATE_BYTES;
+        let mut b = batch(0);
+        for i in 0..per_batch as u64 - 2 {
+            b.push(&t, mmu(i));
+        }
+        b.push_two(&t, mmu(100), mmu(101));
+        assert!(shapes(&t).is_empty(), "nothing issued while the pair still fits");
+        finish(&mut b, &t).unwrap();
+        assert_eq!(shapes(&t), std::vec![(false, std::vec![per_batch])]);
+        assert_eq!(b.flushes, FlushCounts { explicit: 1, ..FlushCounts::default() });
+    }
+
+    #[test]
+    fn a_pair_that_does_not_fit_the_argument_space_flushes_first_and_stays_together() {
+        let t = Recorder::default();
+        let per_batch = MAX_ARG_BYTES / MMU_UPDATE_BYTES;
+        let mut b = batch(0);
+        for i in 0..per_batch as u64 - 1 {
+            b.push(&t, mmu(i));
+        }
+        b.push_two(&t, mmu(100), mmu(101));
+        finish(&mut b, &t).unwrap();
+        assert_eq!(shapes(&t), std::vec![(false, std::vec![per_batch - 1]), (false, std::vec![2])]);
+        assert_eq!(b.flushes, FlushCounts { explicit: 1, args_full: 1, ..FlushCounts::default() });
+    }
+
+    #[test]
+    fn a_pair_takes_the_last_two_entries_or_flushes_first() {
+        for (before, traps) in
+            [(MAX_ENTRIES - 2, std::vec![MAX_ENTRIES]), (MAX_ENTRIES - 1, std::vec![MAX_ENTRIES - 1, 2])]
+        {
+            let t = Recorder::default();
+            let mut b = batch(0);
+            for _ in 0..before {
+                b.push(&t, uvm());
+            }
+            b.push_two(&t, uvm(), uvm());
+            finish(&mut b, &t).unwrap();
+            let got: StdVec<usize> = shapes(&t).iter().map(|(_, entries)| entries.len()).collect();
+            assert_eq!(got, traps, "{before} entries queued before the pair");
+            let full = u64::from(traps.len() == 2);
+            assert_eq!(b.flushes, FlushCounts { explicit: 1, entries_full: full, ..FlushCounts::default() });
+        }
+    }
+
+    #[test]
+    fn a_full_callback_table_flushes_before_the_next_callback() {
+        let t = Recorder::default();
+        let mut b = batch(0);
+        let id = b.push(&t, ext());
+        for i in 0..MAX_CALLBACKS as u64 {
+            b.add_callback(&t, Callback::PublishCr3 { pgd: Pfn(i + 1), after: id });
+        }
+        assert!(shapes(&t).is_empty(), "32 callbacks fit");
+        b.add_callback(&t, Callback::PublishCr3 { pgd: Pfn(99), after: id });
+        assert_eq!(shapes(&t).len(), 1, "the 33rd callback flushed the batch first");
+        assert_eq!(b.published_cr3(), Pfn(99), "and, its record issued, ran at once");
+        finish(&mut b, &t).unwrap();
+        assert_eq!(shapes(&t).len(), 1, "nothing left to issue");
+        assert_eq!(b.flushes, FlushCounts { callbacks_full: 1, ..FlushCounts::default() });
     }
 }
