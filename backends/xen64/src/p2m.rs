@@ -103,4 +103,12 @@ mod tests {
     fn a_foreign_frame_reads_as_empty() {
         assert_eq!(decode(&Offset, 0x9999 << 12 | KERNEL), Pte::EMPTY);
     }
+
+    /// An entry Xen has not rewritten (an unpinned table, written directly)
+    /// keeps the guest's own GLOBAL bit: only Xen's G on user entries is undone.
+    #[test]
+    fn a_guest_global_kernel_entry_keeps_its_global_bit() {
+        let global = Pte::new(Pfn(3), KERNEL | flags::GLOBAL);
+        assert_eq!(decode(&Offset, encode(&Offset, global).unwrap()), global);
+    }
 }
