@@ -4,23 +4,32 @@
 //! first return to user mode.
 
 use kernel_glue::{FrameAllocator, Mm};
-use pvops::{MmServices, Pfn, PvError};
-use pvops_integration::platforms;
+use pvops::{MmServices, Pfn, PvError, PvMmuOps};
+use pvops_integration::{platforms, HostPlatform};
 use pvops_native as _;
 use pvops_xen64 as _;
+
+/// A backend booted on `host` in early boot: the boot root adopted, every
+/// frame but the reserved ones free, no frame metadata yet.
+fn early_mm(
+    desc: &pvops::BackendDesc,
+    host: &HostPlatform,
+) -> (&'static dyn PvMmuOps, &'static FrameAllocator<'static>, Mm<'static>) {
+    let ops = (desc.instantiate)(&host.env()).expect("instantiate");
+    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
+    frames.add_free_range(Pfn(0), host.nr_frames);
+    for &r in &host.reserved {
+        frames.reserve(r);
+    }
+    let mm = Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd).expect("adopt");
+    (ops, frames, mm)
+}
 
 #[test]
 fn no_user_address_space_before_frame_metadata() {
     for host in platforms() {
         let desc = pvops::select(&host.env(), &pvops::backends(), None).expect("a backend");
-        let ops = (desc.instantiate)(&host.env()).expect("instantiate");
-        let frames: &'static FrameAllocator<'static> =
-            Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-        frames.add_free_range(Pfn(0), host.nr_frames);
-        for &r in &host.reserved {
-            frames.reserve(r);
-        }
-        let mm = Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd).expect("adopt");
+        let (ops, frames, mm) = early_mm(desc, &host);
         let kpage = frames.alloc_zeroed_frame().expect("frame");
         mm.map_kernel(pvops_integration::KERNEL_VA, kpage, true).expect("early kernel mapping");
         let free = frames.free_frames();
@@ -51,14 +60,7 @@ fn an_early_kernel_mapping_that_fails_half_way_gives_back_its_tables() {
     for host in platforms() {
         let desc = pvops::select(&host.env(), &pvops::backends(), None).expect("a backend");
         for fail_at in 0..3 {
-            let ops = (desc.instantiate)(&host.env()).expect("instantiate");
-            let frames: &'static FrameAllocator<'static> =
-                Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-            frames.add_free_range(Pfn(0), host.nr_frames);
-            for &r in &host.reserved {
-                frames.reserve(r);
-            }
-            let mm = Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd).expect("adopt");
+            let (_, frames, mm) = early_mm(desc, &host);
             let kpage = frames.alloc_zeroed_frame().expect("frame");
             let free = frames.free_frames();
             // A kernel-half address whose L3, L2 and L1 do not exist yet (slot 300).
