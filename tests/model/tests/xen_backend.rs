@@ -634,6 +634,7 @@ fn the_backend_names_itself_and_keeps_the_root_xen_booted_it_on() {
     let model = pvops_model::XenModel::leaked(64, 3);
     let backend = pvops_xen64::XenBackend::new(model.platform());
     assert_eq!(format!("{backend:?}"), "XenBackend");
+    assert!(format!("{:?}", model.platform()).starts_with("XenPlatform"));
     assert_eq!(backend.boot_root(), model.pt_base());
     assert_ne!(model.pt_base(), Pfn(0), "the check needs a boot root other than the default");
 }
