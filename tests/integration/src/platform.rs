@@ -108,3 +108,28 @@ pub fn platform_for(desc: &BackendDesc) -> Option<HostPlatform> {
 pub fn platform_for_seeded(desc: &BackendDesc, p2m_seed: u64) -> Option<HostPlatform> {
     platforms_seeded(p2m_seed).into_iter().find(|p| (desc.probe)(&p.env()).is_ok())
 }
+
+/// The built-in backends (native, xen64), each booted on a host platform it
+/// accepts, by name. For tests that run the same steps on both.
+///
+/// # Panics
+/// If a built-in backend has no platform or does not boot (test setup only).
+pub fn boot_builtin_backends() -> Vec<(&'static str, HostPlatform, Booted)> {
+    pvops::backends()
+        .into_iter()
+        .filter(|d| ["native", "xen64"].contains(&d.name))
+        .map(|d| {
+            let host = platform_for(d).expect("a host platform the backend accepts");
+            let booted = boot_backend(d, &host).expect("the backend boots");
+            (d.name, host, booted)
+        })
+        .collect()
+}
+
+/// Panics, naming the backend and the step, when the platform's invariants
+/// (TLB, model, allocator) do not hold.
+pub fn assert_invariants(name: &str, host: &HostPlatform, booted: &Booted, what: &str) {
+    if let Err(e) = (host.invariants)(booted.frames, &[]) {
+        panic!("{name}: {what}: {e}");
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use kernel_glue::PageFlags;
 use pvops::{Pfn, PvError, VirtAddr};
-use pvops_integration::platform::{boot_backend, platform_for, Booted, HostPlatform};
+use pvops_integration::platform::{assert_invariants, boot_backend, boot_builtin_backends, Booted, HostPlatform};
 use pvops_integration::xen_host::xen_platform;
 use pvops_model::XenModel;
 use pvops_native::NativePlatform;
@@ -18,32 +18,13 @@ const VA: u64 = 0x40_0000;
 /// In an L4 slot of its own: mapping it builds three tables, one batch.
 const FAR_VA: u64 = VA + (3 << 39);
 
-/// Every registered backend booted on a platform it accepts.
-fn booted_backends() -> Vec<(&'static str, HostPlatform, Booted)> {
-    pvops::backends()
-        .into_iter()
-        .filter(|d| ["native", "xen64"].contains(&d.name))
-        .map(|d| {
-            let host = platform_for(d).expect("platform");
-            let booted = boot_backend(d, &host).expect("boot");
-            (d.name, host, booted)
-        })
-        .collect()
-}
-
-fn check(name: &str, host: &HostPlatform, booted: &Booted, what: &str) {
-    if let Err(e) = (host.invariants)(booted.frames, &[]) {
-        panic!("{name}: {what}: {e}");
-    }
-}
-
 /// `translate` gives back the permissions `map` was given, for every
 /// combination a user page can have; fork copies them; user mode (the
 /// models' page walk) may write exactly the writable ones.
 #[test]
 fn translate_and_fork_keep_every_permission_map_was_given() {
     let perms = [PageFlags::DATA, PageFlags::CODE, PageFlags::RODATA, PageFlags { writable: true, executable: true }];
-    for (name, host, booted) in booted_backends() {
+    for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
         let mut s = mm.create().expect("create");
         let vas: Vec<u64> = (0..perms.len() as u64).map(|i| VA + i * 0x1000).collect();
@@ -66,7 +47,7 @@ fn translate_and_fork_keep_every_permission_map_was_given() {
         mm.activate_init().expect("init");
         mm.exit(child).map_err(|(e, _)| e).expect("exit child");
         mm.exit(s).map_err(|(e, _)| e).expect("exit");
-        check(name, &host, &booted, "after exit");
+        assert_invariants(name, &host, &booted, "after exit");
     }
 }
 
@@ -75,7 +56,7 @@ fn translate_and_fork_keep_every_permission_map_was_given() {
 /// unmapped page the error names that page, not the offset.
 #[test]
 fn poke_and_peek_reach_the_word_inside_the_page_and_name_the_page_when_unmapped() {
-    for (name, host, booted) in booted_backends() {
+    for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
         let mut s = mm.create().expect("create");
         mm.map(&s, VA, PageFlags::DATA).expect("map");
@@ -98,7 +79,7 @@ fn poke_and_peek_reach_the_word_inside_the_page_and_name_the_page_when_unmapped(
 /// `Mm`'s `Debug` names the backend and `init_mm`'s root (the platform's boot root).
 #[test]
 fn mm_debug_names_the_backend_and_the_boot_root() {
-    for (name, host, booted) in booted_backends() {
+    for (name, host, booted) in boot_builtin_backends() {
         let text = format!("{:?}", booted.mm);
         assert!(text.contains(name), "{text}");
         assert!(text.contains(&format!("{:?}", host.boot_pgd)), "{text}");
@@ -109,7 +90,7 @@ fn mm_debug_names_the_backend_and_the_boot_root() {
 /// on Xen the model's own pin state agrees.
 #[test]
 fn is_pinned_follows_the_first_activation() {
-    for (name, host, booted) in booted_backends() {
+    for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
         let mut s = mm.create().expect("create");
         assert!(!s.is_pinned(), "{name}: new space");
@@ -130,7 +111,7 @@ fn is_pinned_follows_the_first_activation() {
 /// kernel base pointer) has loaded, after every switch.
 #[test]
 fn active_pgd_is_the_root_really_loaded() {
-    for (name, host, booted) in booted_backends() {
+    for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
         // The model's register, not the backend's view of it.
         let loaded = || match host.xen {

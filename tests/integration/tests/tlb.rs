@@ -5,7 +5,7 @@
 
 use kernel_glue::{AddressSpace, PageFlags};
 use pvops::{PvError, VirtAddr};
-use pvops_integration::platform::{boot_backend, platform_for, Booted, HostPlatform};
+use pvops_integration::platform::{assert_invariants, boot_builtin_backends, Booted, HostPlatform};
 use pvops_native as _;
 use pvops_xen64 as _;
 use pvops_xen64::abi::errno;
@@ -13,24 +13,6 @@ use pvops_xen64::abi::errno;
 const VA: u64 = 0x40_0000;
 /// In an L4 slot of its own: mapping it builds three tables.
 const FAR_VA: u64 = VA + (3 << 39);
-
-fn platforms() -> Vec<(&'static str, HostPlatform, Booted)> {
-    pvops::backends()
-        .into_iter()
-        .filter(|d| ["native", "xen64"].contains(&d.name))
-        .map(|d| {
-            let host = platform_for(d).expect("platform");
-            let booted = boot_backend(d, &host).expect("boot");
-            (d.name, host, booted)
-        })
-        .collect()
-}
-
-fn check(name: &str, host: &HostPlatform, booted: &Booted, what: &str) {
-    if let Err(e) = (host.invariants)(booted.frames, &[]) {
-        panic!("{name}: {what}: {e}");
-    }
-}
 
 /// A loaded space with VA mapped and used by user mode (so it may be cached).
 fn loaded_space(host: &HostPlatform, booted: &Booted) -> AddressSpace {
@@ -45,18 +27,18 @@ fn loaded_space(host: &HostPlatform, booted: &Booted) -> AddressSpace {
 fn finish(name: &str, host: &HostPlatform, booted: &Booted, s: AddressSpace) {
     booted.mm.activate_init().expect("init");
     booted.mm.exit(s).map_err(|(e, _)| e).expect("exit");
-    check(name, host, booted, "after exit");
+    assert_invariants(name, host, booted, "after exit");
     (host.quiescent)().unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
 /// Fails if the unmap's flush is missing or comes before the entry is cleared.
 #[test]
 fn unmap_in_the_loaded_space_leaves_nothing_for_user_mode_or_the_allocator() {
-    for (name, host, booted) in platforms() {
+    for (name, host, booted) in boot_builtin_backends() {
         let s = loaded_space(&host, &booted);
         booted.mm.unmap(&s, VA).expect("unmap");
         assert_eq!(host.oracle.user_access(VA, false), None, "{name}: user mode still reaches the unmapped page");
-        check(name, &host, &booted, "after unmap");
+        assert_invariants(name, &host, &booted, "after unmap");
         finish(name, &host, &booted, s);
     }
 }
@@ -65,13 +47,13 @@ fn unmap_in_the_loaded_space_leaves_nothing_for_user_mode_or_the_allocator() {
 /// the failed map linked and then took back is flushed before it is freed.
 #[test]
 fn a_map_of_the_loaded_space_failing_at_any_allocation_frees_nothing_a_tlb_can_reach() {
-    for (name, host, booted) in platforms() {
+    for (name, host, booted) in boot_builtin_backends() {
         let s = loaded_space(&host, &booted);
         for k in 0.. {
             booted.frames.fail_allocation_after(Some(k));
             let r = booted.mm.map(&s, FAR_VA, PageFlags::DATA);
             booted.frames.fail_allocation_after(None);
-            check(name, &host, &booted, &format!("allocation {k} failed ({r:?})"));
+            assert_invariants(name, &host, &booted, &format!("allocation {k} failed ({r:?})"));
             match r {
                 Err(PvError::OutOfMemory) => continue,
                 Ok(_) => break,
@@ -85,14 +67,14 @@ fn a_map_of_the_loaded_space_failing_at_any_allocation_frees_nothing_a_tlb_can_r
 /// Xen refuses each record of a map into the loaded space in turn.
 #[test]
 fn a_map_of_the_loaded_space_refused_by_xen_at_any_record_frees_nothing_a_tlb_can_reach() {
-    let (name, host, booted) = platforms().into_iter().find(|p| p.0 == "xen64").expect("xen64");
+    let (name, host, booted) = boot_builtin_backends().into_iter().find(|p| p.0 == "xen64").expect("xen64");
     let xen = host.xen.expect("xen model");
     let s = loaded_space(&host, &booted);
     for k in 0.. {
         xen.inject_subop_failure(k, -errno::EINVAL);
         let r = booted.mm.map(&s, FAR_VA, PageFlags::DATA);
         let armed = xen.clear_injections();
-        check(name, &host, &booted, &format!("record {k} refused ({r:?})"));
+        assert_invariants(name, &host, &booted, &format!("record {k} refused ({r:?})"));
         if r.is_ok() {
             assert!(armed, "k={k}: the map succeeded although a record was refused");
             break;
@@ -109,7 +91,7 @@ fn a_map_of_the_loaded_space_refused_by_xen_at_any_record_frees_nothing_a_tlb_ca
 /// nothing a TLB can reach may be freed.
 #[test]
 fn a_map_whose_batch_fails_after_its_leaf_took_effect_flushes_before_freeing() {
-    let (name, host, booted) = platforms().into_iter().find(|p| p.0 == "xen64").expect("xen64");
+    let (name, host, booted) = boot_builtin_backends().into_iter().find(|p| p.0 == "xen64").expect("xen64");
     let xen = host.xen.expect("xen model");
     let s = loaded_space(&host, &booted);
     let mm = booted.mm;
@@ -120,7 +102,7 @@ fn a_map_whose_batch_fails_after_its_leaf_took_effect_flushes_before_freeing() {
     let r = mm.map(&s, b, PageFlags::DATA);
     let left = mm.ops().lazy_mmu_leave();
     xen.clear_injections();
-    check(name, &host, &booted, &format!("map {r:?}, leave {left:?}"));
+    assert_invariants(name, &host, &booted, &format!("map {r:?}, leave {left:?}"));
     if r.is_err() {
         assert_eq!(host.oracle.user_access(b, false), None, "the failed map is reachable");
     }
@@ -131,9 +113,9 @@ fn a_map_whose_batch_fails_after_its_leaf_took_effect_flushes_before_freeing() {
 /// freeing a frame the loaded space still maps is caught at once.
 #[test]
 fn freeing_a_frame_the_loaded_space_still_maps_is_caught() {
-    for (name, host, booted) in platforms() {
+    for (name, host, booted) in boot_builtin_backends() {
         let s = loaded_space(&host, &booted);
-        check(name, &host, &booted, "before");
+        assert_invariants(name, &host, &booted, "before");
         let (frame, _) = booted.mm.translate(&s, VA).expect("translate").expect("mapped");
         pvops::MmServices::free_frame(booted.frames, frame).expect("free");
         let e = (host.invariants)(booted.frames, &[]).expect_err("a freed frame the TLB reaches");
