@@ -481,8 +481,9 @@ fn activate_twice_is_harmless<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseRes
     })
 }
 
-/// The L1 table covering `va` below `root`, read through the backend.
-fn l1_of<O: PvMmuOps + ?Sized>(ops: &O, root: pvops::Pfn, va: u64) -> Result<pvops::Pfn, String> {
+/// The L1 table covering `va` below `root`, read through the backend
+/// (`Err` naming the level when a table is missing).
+pub fn l1_of<O: PvMmuOps + ?Sized>(ops: &O, root: pvops::Pfn, va: u64) -> Result<pvops::Pfn, String> {
     let va = ok(pvops::VirtAddr::try_new(va), "va")?;
     let mut table = root;
     for level in [Level::L4, Level::L3, Level::L2] {

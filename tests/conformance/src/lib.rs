@@ -19,7 +19,7 @@ mod cases;
 mod env;
 pub mod workload;
 
-pub use cases::{cases, CASES};
+pub use cases::{cases, l1_of, CASES};
 pub use env::{Case, CaseResult, Env, Machine, Summary};
 
 /// Runs every case in order; `report` sees each result as it comes.

@@ -49,9 +49,7 @@ fn an_inner_leave_issues_nothing_and_each_section_hears_of_its_own_failures() {
     let mut s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();
     mm.activate(&mut s).unwrap();
-    let l3 = ops.read_entry(Level::L4, s.pgd(), 0).unwrap().pfn();
-    let l2 = ops.read_entry(Level::L3, l3, 0).unwrap().pfn();
-    let l1 = ops.read_entry(Level::L2, l2, 2).unwrap().pfn();
+    let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
     let clear = |i: usize| ops.set_entry(mm.frames(), Level::L1, l1, i, Pte::EMPTY).unwrap();
 
     model.reset_counters();

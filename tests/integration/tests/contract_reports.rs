@@ -24,9 +24,7 @@ fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure()
         mm.activate(&mut s).unwrap();
         mm.activate_init().unwrap();
         // The L1 holding VA: pinned, so its updates are queued records.
-        let l3 = ops.read_entry(Level::L4, s.pgd(), 0).unwrap().pfn();
-        let l2 = ops.read_entry(Level::L3, l3, 0).unwrap().pfn();
-        let l1 = ops.read_entry(Level::L2, l2, VA as usize >> 21 & 511).unwrap().pfn();
+        let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
 
         ops.lazy_mmu_enter();
         model.inject_subop_failure(0, -errno::EINVAL);
@@ -61,9 +59,7 @@ fn a_map_issued_inside_a_section_does_not_report_the_sections_earlier_failure() 
     let mut s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();
     mm.activate(&mut s).unwrap();
-    let l3 = ops.read_entry(Level::L4, s.pgd(), 0).unwrap().pfn();
-    let l2 = ops.read_entry(Level::L3, l3, 0).unwrap().pfn();
-    let l1 = ops.read_entry(Level::L2, l2, 2).unwrap().pfn();
+    let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
 
     ops.lazy_mmu_enter();
     model.inject_subop_failure(0, -errno::EINVAL);
