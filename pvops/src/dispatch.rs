@@ -238,6 +238,11 @@ macro_rules! static_dispatch {
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn flush_tlb_one(&self, va: $crate::VirtAddr) -> ::core::result::Result<(), $crate::PvError>);
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn cpus(&self) -> &dyn $crate::Cpus);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn flush_tlb_multi(&self, cpus: $crate::CpuMask, flush: $crate::Flush)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn lazy_mmu_enter(&self) -> ());
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn lazy_mmu_leave(&self) -> ::core::result::Result<(), $crate::PvError>);

@@ -88,6 +88,29 @@ pub enum PvError {
     NotInitialized,
     /// A forced backend name is not registered.
     UnknownBackend,
+    /// A cross-call or shootdown named a CPU that is not online.
+    CpuOffline {
+        /// The CPU.
+        cpu: usize,
+    },
+    /// A CPU did not acknowledge a cross-call (IPI) within the bounded wait.
+    CpuTimeout {
+        /// The CPU.
+        cpu: usize,
+    },
+    /// The root is still loaded on another CPU (unpin or free refused).
+    RootInUse {
+        /// The root.
+        pgd: Pfn,
+        /// A CPU that has it loaded.
+        cpu: usize,
+    },
+    /// A backend was entered again on the same CPU while one of its calls
+    /// was in progress there (an interrupt handler ran with events unmasked).
+    Reentered {
+        /// The CPU.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for PvError {
@@ -117,6 +140,12 @@ impl fmt::Display for PvError {
             PvError::AlreadyInitialized => write!(f, "pvops::init called twice"),
             PvError::NotInitialized => write!(f, "pvops used before pvops::init"),
             PvError::UnknownBackend => write!(f, "no backend of that name is registered"),
+            PvError::CpuOffline { cpu } => write!(f, "CPU {cpu} is not online"),
+            PvError::CpuTimeout { cpu } => write!(f, "CPU {cpu} did not acknowledge the cross-call"),
+            PvError::RootInUse { pgd, cpu } => write!(f, "root {:#x} is still loaded on CPU {cpu}", pgd.0),
+            PvError::Reentered { cpu } => {
+                write!(f, "backend re-entered on CPU {cpu} (an interrupt ran inside a call)")
+            }
         }
     }
 }

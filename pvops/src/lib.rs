@@ -18,6 +18,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod ops;
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod services;
 
 pub use addr::{Level, Mfn, Pfn, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE};
+pub use cpu::{CpuMask, Cpus, EventsMasked, Flush, SingleCpu, MAX_CPUS};
 pub use error::PvError;
 pub use ops::{OpStats, PvMmuOps, USER_LIMIT, USER_PGD_SLOTS};
 pub use pte::Pte;

@@ -7,6 +7,7 @@
 use core::ops::Range;
 
 use crate::addr::{Level, Pfn, VirtAddr};
+use crate::cpu::{CpuMask, Cpus, Flush, SingleCpu};
 use crate::error::PvError;
 use crate::pte::Pte;
 use crate::services::MmServices;
@@ -116,9 +117,41 @@ pub trait PvMmuOps: Sync {
     /// new kernel root); [`PvMmuOps::read_cr3`] then names `pgd`.
     fn write_cr3(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
 
-    /// The (kernel) root that is really loaded now, also after a failed
-    /// [`PvMmuOps::write_cr3`].
+    /// The (kernel) root that is really loaded now on the calling CPU, also
+    /// after a failed [`PvMmuOps::write_cr3`].
     fn read_cr3(&self) -> Pfn;
+
+    /// The CPUs this backend runs on: the platform seam it uses for its
+    /// per-CPU state. Kernel-glue takes the CPU set from here, so the two
+    /// can never disagree. A uniprocessor platform MAY keep the default.
+    fn cpus(&self) -> &dyn Cpus {
+        &SingleCpu
+    }
+
+    /// Flushes `flush` from the TLB of every CPU in `cpus` (the caller's own
+    /// included if it is in the set), in whatever address space each has
+    /// loaded. MUST NOT return `Ok` (outside a lazy-MMU section; inside one,
+    /// before the section's flush or outermost leave returns) until every
+    /// target has flushed. Offline CPUs in `cpus` are skipped.
+    ///
+    /// The default is the portable one: a local flush, and a cross-call
+    /// ([`Cpus::call_on`]) that runs the same local flush on each other
+    /// target (natively an IPI, acknowledged). Xen overrides it with
+    /// `MMUEXT_TLB_FLUSH_MULTI` / `MMUEXT_INVLPG_MULTI`, which need no IPI.
+    fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
+        let me = self.cpus().this_cpu();
+        let local = || match flush {
+            Flush::Page(va) => self.flush_tlb_one(va),
+            Flush::Range { start, pages } if pages <= 32 => (0..pages).try_for_each(|i| {
+                self.flush_tlb_one(VirtAddr::try_new(start.as_u64().wrapping_add(i << crate::PAGE_SHIFT))?)
+            }),
+            Flush::Range { .. } | Flush::All => self.flush_tlb_all(),
+        };
+        let others = cpus.and(self.cpus().online()).without(me);
+        let remote = if others.is_empty() { Ok(()) } else { self.cpus().call_on(others, &local) };
+        let here = if cpus.contains(me) { local() } else { Ok(()) };
+        remote.and(here)
+    }
 
     /// First use of an address space (Xen: pin both pgds). Idempotent per pin state:
     /// MUST fail with [`PvError::WrongState`] when already pinned.
@@ -129,7 +162,10 @@ pub trait PvMmuOps: Sync {
     /// unpinned; the error is returned and the refusal logged.
     fn activate_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError>;
 
-    /// The address space is exiting (Xen: unpin). MUST fail when `pgd` is loaded.
+    /// The address space is exiting (Xen: unpin). MUST fail when `pgd` is
+    /// loaded on the calling CPU ([`PvError::WrongState`]) or on any other
+    /// ([`PvError::RootInUse`]): the caller first makes every CPU that holds
+    /// it switch away (Linux's `xen_drop_mm_ref`).
     ///
     /// On error it is still pinned, as before; the same exception as
     /// [`PvMmuOps::activate_mm`] applies when an undo is refused.

@@ -2,7 +2,9 @@
 
 use core::ops::Range;
 
-use pvops::{Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT};
+use pvops::{
+    Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT,
+};
 
 use crate::cpu::NativeCpu;
 
@@ -10,6 +12,7 @@ use crate::cpu::NativeCpu;
 pub struct NativeBackend {
     mem: &'static dyn PhysMem,
     cpu: &'static dyn NativeCpu,
+    cpus: &'static dyn Cpus,
 }
 
 impl core::fmt::Debug for NativeBackend {
@@ -21,7 +24,12 @@ impl core::fmt::Debug for NativeBackend {
 impl NativeBackend {
     /// A backend over the given seams.
     pub fn new(mem: &'static dyn PhysMem, cpu: &'static dyn NativeCpu) -> Self {
-        NativeBackend { mem, cpu }
+        NativeBackend { mem, cpu, cpus: &SingleCpu }
+    }
+
+    /// The same backend on the CPUs `cpus` (remote flushes are cross-calls).
+    pub fn with_cpus(self, cpus: &'static dyn Cpus) -> Self {
+        NativeBackend { cpus, ..self }
     }
 }
 
@@ -108,6 +116,10 @@ impl PvMmuOps for NativeBackend {
     fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError> {
         self.cpu.invlpg(va);
         Ok(())
+    }
+
+    fn cpus(&self) -> &dyn Cpus {
+        self.cpus
     }
 
     /// Natively every store takes effect at once: nothing is ever queued,

@@ -3,7 +3,7 @@
 use alloc::boxed::Box;
 
 use linkme::distributed_slice;
-use pvops::{BackendDesc, BootEnv, EntryKind, PhysMem, PvError, PvMmuOps, BACKENDS};
+use pvops::{BackendDesc, BootEnv, Cpus, EntryKind, PhysMem, PvError, PvMmuOps, BACKENDS};
 
 use crate::backend::NativeBackend;
 use crate::cpu::NativeCpu;
@@ -13,8 +13,10 @@ use crate::cpu::NativeCpu;
 pub struct NativePlatform {
     /// Page-table memory.
     pub mem: &'static dyn PhysMem,
-    /// cr3 and TLB.
+    /// cr3 and TLB (of the CPU that runs the call).
     pub cpu: &'static dyn NativeCpu,
+    /// The CPUs: which one runs a call, cross-calls for remote TLB flushes.
+    pub cpus: &'static dyn Cpus,
 }
 
 impl core::fmt::Debug for NativePlatform {
@@ -41,7 +43,7 @@ impl NativeBackend {
             .platform
             .downcast_ref::<NativePlatform>()
             .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
-        Ok(NativeBackend::new(p.mem, p.cpu))
+        Ok(NativeBackend::new(p.mem, p.cpu).with_cpus(p.cpus))
     }
 }
 

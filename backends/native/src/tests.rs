@@ -77,5 +77,5 @@ fn debug_names_the_value() {
     let (_, map) = direct_map();
     let mem: &'static DirectMap = Box::leak(Box::new(map));
     assert_eq!(format!("{:?}", NativeBackend::new(mem, &NoCpu)), "NativeBackend");
-    assert_eq!(format!("{:?}", NativePlatform { mem, cpu: &NoCpu }), "NativePlatform");
+    assert_eq!(format!("{:?}", NativePlatform { mem, cpu: &NoCpu, cpus: &pvops::SingleCpu }), "NativePlatform");
 }

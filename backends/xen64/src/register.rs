@@ -23,6 +23,8 @@ pub struct XenPlatform {
     /// The root Xen's builder loaded and pinned (`start_info.pt_base` as a pfn):
     /// init_mm's pgd.
     pub boot_root: Pfn,
+    /// The vCPUs: which one runs a call (per-vCPU batches and roots), event masking.
+    pub cpus: &'static dyn pvops::Cpus,
 }
 
 impl core::fmt::Debug for XenPlatform {

@@ -86,7 +86,7 @@ pub fn directmap_platform(frames: u64) -> (&'static NativePlatform, &'static dyn
     // base address and lives for the rest of the process.
     let dm: &'static DirectMap = Box::leak(Box::new(unsafe { DirectMap::new(buf.as_mut_ptr() as u64, frames) }));
     let cpu: &'static FlatCpu = Box::leak(Box::new(FlatCpu::default()));
-    (Box::leak(Box::new(NativePlatform { mem: dm, cpu })), dm)
+    (Box::leak(Box::new(NativePlatform { mem: dm, cpu, cpus: &pvops::SingleCpu })), dm)
 }
 
 fn platform(mem: &str) -> (&'static NativePlatform, &'static dyn PhysMem) {
@@ -94,7 +94,7 @@ fn platform(mem: &str) -> (&'static NativePlatform, &'static dyn PhysMem) {
         return directmap_platform(FRAMES);
     }
     let m = Machine::leaked(FRAMES);
-    (Box::leak(Box::new(NativePlatform { mem: m, cpu: m })), m)
+    (Box::leak(Box::new(NativePlatform { mem: m, cpu: m, cpus: &pvops::SingleCpu })), m)
 }
 
 #[inline(never)]

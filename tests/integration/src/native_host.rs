@@ -30,7 +30,8 @@ impl Oracle for NativeOracle {
 pub fn native_platform(nr_frames: u64) -> HostPlatform {
     let machine = Machine::leaked(nr_frames);
     machine.set_cr3(BOOT_PGD.addr());
-    let platform: &'static NativePlatform = Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine }));
+    let platform: &'static NativePlatform =
+        Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine, cpus: &pvops::SingleCpu }));
     HostPlatform {
         label: "native-model",
         entry: EntryKind::Pvh,

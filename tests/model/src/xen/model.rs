@@ -267,6 +267,7 @@ impl XenModel {
             p2m: self,
             direct_map_base: self.direct_map_base(),
             boot_root: self.pt_base,
+            cpus: &pvops::SingleCpu,
         }
     }
 
