@@ -28,6 +28,7 @@ pub mod probe_map;
 pub mod process;
 pub mod pvh;
 pub mod sabotage;
+pub mod smp;
 pub mod seams;
 pub mod sync;
 pub mod tlb;
