@@ -4,7 +4,7 @@
 //! ```text
 //! boot::ensure_target()?;
 //! let kernel = boot::build_kernel(&[])?;
-//! let out = boot::boot(boot::Platform::Native, &kernel, boot::Platform::Native.default_timeout())?;
+//! let out = boot::boot(boot::Platform::Native, &kernel, boot::Platform::Native.default_timeout(), boot::DEFAULT_CPUS)?;
 //! out.ensure_passed()?;
 //! ```
 //!
@@ -33,6 +33,9 @@ pub const PASS_STATUS: i32 = 33;
 pub const XEN_PACKAGE: &str = "xen-hypervisor-4.17-amd64";
 /// Xen command line used for dom0 boots.
 pub const XEN_CMDLINE: &str = "loglvl=all guest_loglvl=all console=com1 dom0_mem=64M";
+/// CPUs QEMU gives the machine unless `--cpus N` says otherwise (Xen gives
+/// dom0 as many vCPUs).
+pub const DEFAULT_CPUS: usize = 2;
 /// Environment variable overriding the Xen binary (path to an ELF `xen`).
 pub const XEN_ENV: &str = "PVOPS_XEN";
 /// Environment variable overriding the QEMU binary.
@@ -94,6 +97,8 @@ impl fmt::Display for Platform {
 pub struct BootOutcome {
     /// Platform booted.
     pub platform: Platform,
+    /// CPUs the machine was given (`-smp`).
+    pub cpus: usize,
     /// QEMU's exit status; `None` if it was killed (timeout or hang marker).
     pub status: Option<i32>,
     /// Everything written to the serial port.
@@ -387,8 +392,14 @@ fn find_deb(dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// QEMU arguments for a boot (without the binary).
-pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: &Path) -> Vec<String> {
+/// QEMU arguments for a boot on `cpus` CPUs (without the binary).
+///
+/// TCG runs round-robin (`thread=single`): with multi-threaded TCG a vCPU
+/// spinning for an acknowledgement loses host time slices to any other
+/// load on this shared 2-core machine (one Xen boot in five took 4x longer,
+/// smp-notes §1); round-robin stayed stable and keeps per-CPU TLBs, so
+/// missing shootdowns still show.
+pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: &Path, cpus: usize) -> Vec<String> {
     let mut a: Vec<String> = [
         "-display",
         "none",
@@ -398,7 +409,7 @@ pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: 
         "-m",
         "256",
         "-accel",
-        "tcg",
+        "tcg,thread=single",
         "-cpu",
         "max",
         "-monitor",
@@ -407,6 +418,8 @@ pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: 
     .iter()
     .map(|s| s.to_string())
     .collect();
+    a.push("-smp".into());
+    a.push(cpus.to_string());
     a.push("-serial".into());
     a.push(format!("file:{}", serial.display()));
     a.push("-device".into());
@@ -418,7 +431,9 @@ pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: 
             a.push("-initrd".into());
             a.push(kernel.display().to_string());
             a.push("-append".into());
-            a.push(XEN_CMDLINE.into());
+            // dom0_max_vcpus defaults to the pCPU count (xen/arch/x86/dom0_build.c);
+            // said explicitly so dom0's vCPUs are what was asked for.
+            a.push(format!("{XEN_CMDLINE} dom0_max_vcpus={cpus}"));
         }
         _ => {
             a.push("-kernel".into());
@@ -451,17 +466,23 @@ fn read_lossy(path: &Path) -> String {
 /// time. `Err` only when QEMU/Xen cannot be found or started; a failing boot
 /// is an `Ok` outcome whose [`BootOutcome::passed`] is false (its serial log
 /// is printed to stderr).
-pub fn boot(platform: Platform, kernel: &Path, timeout: Duration) -> Result<BootOutcome, String> {
-    boot_with(platform, kernel, timeout, false)
+pub fn boot(platform: Platform, kernel: &Path, timeout: Duration, cpus: usize) -> Result<BootOutcome, String> {
+    boot_with(platform, kernel, timeout, false, cpus)
 }
 
 /// Like [`boot`], for kernels that are expected to fail: the serial log is
 /// not echoed, and it is kept as `serial-<platform>-<kernel file name>.log`.
-pub fn boot_quiet(platform: Platform, kernel: &Path, timeout: Duration) -> Result<BootOutcome, String> {
-    boot_with(platform, kernel, timeout, true)
+pub fn boot_quiet(platform: Platform, kernel: &Path, timeout: Duration, cpus: usize) -> Result<BootOutcome, String> {
+    boot_with(platform, kernel, timeout, true, cpus)
 }
 
-fn boot_with(platform: Platform, kernel: &Path, timeout: Duration, quiet: bool) -> Result<BootOutcome, String> {
+fn boot_with(
+    platform: Platform,
+    kernel: &Path,
+    timeout: Duration,
+    quiet: bool,
+    cpus: usize,
+) -> Result<BootOutcome, String> {
     if !kernel.is_file() {
         return Err(format!("kernel {} does not exist", kernel.display()));
     }
@@ -478,7 +499,7 @@ fn boot_with(platform: Platform, kernel: &Path, timeout: Duration, quiet: bool) 
     let qemu_out_path = dir.join(format!("qemu-{tag}.out"));
     let _ = fs::remove_file(&serial_tmp);
 
-    let args = qemu_args(platform, kernel, xen.as_deref(), &serial_tmp);
+    let args = qemu_args(platform, kernel, xen.as_deref(), &serial_tmp, cpus);
     let command = std::iter::once(qemu.display().to_string())
         .chain(args.iter().cloned())
         .map(|s| shell_quote(&s))
@@ -543,7 +564,7 @@ fn boot_with(platform: Platform, kernel: &Path, timeout: Duration, quiet: bool) 
     let _ = fs::remove_file(&serial_tmp);
     let _ = fs::remove_file(&qemu_out_path);
 
-    let outcome = BootOutcome { platform, status, serial, elapsed, timed_out, qemu_output, serial_path, command };
+    let outcome = BootOutcome { platform, cpus, status, serial, elapsed, timed_out, qemu_output, serial_path, command };
     if outcome.passed() || quiet {
         eprintln!("xtask: {} boot of {}: {} in {:.2?}", platform, kernel.display(), outcome.verdict(), elapsed);
     } else if let Err(report) = outcome.ensure_passed() {
@@ -559,7 +580,7 @@ pub fn build_and_boot(features: &[&str], platforms: &[Platform]) -> Result<Vec<B
     let kernel = build_kernel(features)?;
     let mut outcomes = Vec::new();
     for &p in platforms {
-        let out = boot(p, &kernel, p.default_timeout())?;
+        let out = boot(p, &kernel, p.default_timeout(), DEFAULT_CPUS)?;
         if !out.passed() {
             return Err(format!("{p} boot failed: {} (last serial line: {:?})", out.verdict(), out.last_line()));
         }

@@ -60,7 +60,7 @@ pub fn compare(serial: &Path, all: bool) -> Result<String, String> {
 pub fn cmd(args: &[String]) -> Result<(), String> {
     boot::ensure_target()?;
     let kernel = boot::build_kernel(&[])?;
-    let out = boot::boot_quiet(Platform::Xen, &kernel, Platform::Xen.default_timeout())?;
+    let out = boot::boot_quiet(Platform::Xen, &kernel, Platform::Xen.default_timeout(), boot::DEFAULT_CPUS)?;
     if !out.serial.contains("CALSUM ") {
         out.ensure_passed()?;
         return Err("the Xen boot printed no CALSUM line".into());

@@ -1,9 +1,9 @@
 //! `cargo xtask`: the project's automation.
 //!
-//! * `cargo xtask run [--backend NAME]` — the main job: the host-model report,
+//! * `cargo xtask run [--backend NAME] [--cpus N]` — the main job: the host-model report,
 //!   then the example kernel built once and booted natively (PVH) and as a
-//!   Xen PV64 dom0, both `RESULT` lines, a comparison table and the
-//!   kernel-vs-model hypercall comparison.
+//!   Xen PV64 dom0 on N CPUs (default 2), both `RESULT` lines, a comparison
+//!   table and the kernel-vs-model hypercall comparison.
 //! * `cargo xtask test [--platform native|xen]` — every test (what CI runs):
 //!   fmt, clippy, no_std builds, `cargo test`, the kernel's own fmt/clippy,
 //!   both boots (or only the named one), and the deliberately broken kernels,
@@ -110,11 +110,15 @@ fn platforms_for(backend: Option<&str>) -> Result<Vec<Platform>, String> {
 
 /// Boots the good kernel on `platforms`, returning each parsed result (and
 /// an error naming every failing boot, with its serial log).
-fn boot_all(kernel: &Path, platforms: &[Platform]) -> (Vec<(boot::BootOutcome, Option<KernelResult>)>, Vec<String>) {
+fn boot_all(
+    kernel: &Path,
+    platforms: &[Platform],
+    cpus: usize,
+) -> (Vec<(boot::BootOutcome, Option<KernelResult>)>, Vec<String>) {
     let mut results = Vec::new();
     let mut errors = Vec::new();
     for &p in platforms {
-        match boot::boot(p, kernel, p.default_timeout()) {
+        match boot::boot(p, kernel, p.default_timeout(), cpus) {
             Ok(out) => {
                 let parsed = KernelResult::parse(&out.serial);
                 if !out.passed() {
@@ -123,7 +127,7 @@ fn boot_all(kernel: &Path, platforms: &[Platform]) -> (Vec<(boot::BootOutcome, O
                         out.verdict(),
                         out.serial_path.display()
                     ));
-                } else if let Err(e) = parsed.as_ref().map_or(Err("no RESULT line".into()), |r| r.check(p)) {
+                } else if let Err(e) = parsed.as_ref().map_or(Err("no RESULT line".into()), |r| r.check(p, cpus)) {
                     errors.push(format!("{p} boot passed but its RESULT line is wrong: {e}"));
                 }
                 results.push((out, parsed));
@@ -236,6 +240,18 @@ fn hypercall_comparison(
     }
 }
 
+/// `--cpus N` (1..=16; default [`boot::DEFAULT_CPUS`]).
+fn cpus_arg(args: &[String]) -> Result<usize, String> {
+    match args.iter().position(|a| a == "--cpus").map(|i| args.get(i + 1)) {
+        None => Ok(boot::DEFAULT_CPUS),
+        Some(Some(n)) => match n.parse::<usize>() {
+            Ok(c) if (1..=16).contains(&c) => Ok(c),
+            _ => Err(format!("--cpus {n}: expected a number of CPUs from 1 to 16")),
+        },
+        Some(None) => Err("--cpus needs a number".into()),
+    }
+}
+
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let backend = args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).map(String::as_str);
     // `--features F,G`: boot a kernel built with test features (e.g. a sabotage).
@@ -245,6 +261,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         .and_then(|i| args.get(i + 1))
         .map(|f| f.split(',').filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
+    let cpus = cpus_arg(args)?;
     println!("== host models ==");
     // Errors on an unknown name (listing the registered ones) or a probe that
     // refuses every platform.
@@ -260,7 +277,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     };
     boot::ensure_target()?;
     let kernel = boot::build_kernel(&features)?;
-    let (results, errors) = boot_all(&kernel, &platforms);
+    let (results, errors) = boot_all(&kernel, &platforms, cpus);
     let cal = calibrate::on_boots(&results);
     print_results(&results, cal.as_ref().and_then(|c| c.as_ref().ok()).map(String::as_str));
     let cmp = hypercall_comparison(&host, &results);
@@ -360,7 +377,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     let t_kernel = Instant::now();
     let host = host_report(None)?;
     let kernel = boot::build_kernel(&[])?;
-    let (results, mut failures) = boot_all(&kernel, &platforms);
+    let (results, mut failures) = boot_all(&kernel, &platforms, boot::DEFAULT_CPUS);
     let cal = calibrate::on_boots(&results);
     print_results(&results, cal.as_ref().and_then(|c| c.as_ref().ok()).map(String::as_str));
     failures.extend(cal.and_then(Result::err));
@@ -378,7 +395,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
         }
         let elf = boot::build_kernel(&[feature])?;
         for &p in platforms.iter().filter(|p| plats.contains(p)) {
-            let out = boot::boot_quiet(p, &elf, p.default_timeout())?;
+            let out = boot::boot_quiet(p, &elf, p.default_timeout(), boot::DEFAULT_CPUS)?;
             let mut verdict = out.verdict();
             let last = out.last_result_or_line();
             let table = if p == Platform::Xen { check_kernel_steps(&out.serial, &expected) } else { Ok(String::new()) };
@@ -400,7 +417,8 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     for (feature, p, what, last) in &checks {
         println!("{feature:<20} {:<7} {what}\n{:<29}{last}", p.name(), "");
     }
-    let good = results.iter().filter(|(o, r)| o.passed() && r.as_ref().is_some_and(|r| r.check(o.platform).is_ok()));
+    let good =
+        results.iter().filter(|(o, r)| o.passed() && r.as_ref().is_some_and(|r| r.check(o.platform, o.cpus).is_ok()));
     let passed = good.count() + checks.iter().filter(|c| !c.2.starts_with("PASSED")).count();
     let total = plats.len() + checks.len();
     println!("\ntest took {:.0?} (kernel builds, boots and broken kernels: {:.0?})", t0.elapsed(), t_kernel.elapsed());
@@ -422,7 +440,7 @@ fn main() -> ExitCode {
         Some("calibrate") => calibrate::cmd(&args[1..]),
         Some("mutants") => mutants::mutants(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] | test [--platform native|xen] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
+            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] [--cpus N] | test [--platform native|xen] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
         }
     };
     match result {

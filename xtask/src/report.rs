@@ -2,8 +2,8 @@
 //!
 //! Kernel (serial log):
 //! ```text
-//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0
-//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H
+//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=4/4
+//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H cpus=2 smp=4/4
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
 //! Host report (`host-report`, `workload::render_counts`): a `[xen64] step`
@@ -44,6 +44,10 @@ pub struct KernelResult {
     pub typed_left: Option<u64>,
     /// `hypercalls=` (Xen).
     pub hypercalls: Option<u64>,
+    /// `cpus=`: CPUs the kernel had online (it counts them itself).
+    pub cpus: Option<usize>,
+    /// `smp=` (passed, run): the concurrent cases, run when 2+ CPUs are online.
+    pub smp: Option<(u64, u64)>,
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -72,12 +76,16 @@ impl KernelResult {
             pins_left: field(&line, "pins_left").and_then(|v| v.parse().ok()),
             typed_left: field(&line, "typed_left").and_then(|v| v.parse().ok()),
             hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
+            cpus: field(&line, "cpus").and_then(|v| v.parse().ok()),
+            smp: field(&line, "smp").and_then(parse_ratio),
             line,
         })
     }
 
-    /// Checks the line says everything held on `platform`.
-    pub fn check(&self, platform: Platform) -> Result<(), String> {
+    /// Checks the line says everything held on `platform`, with every one of
+    /// the `cpus` CPUs the machine was given online (a CPU that did not come
+    /// up fails the run), and every concurrent case passed when 2+ are.
+    pub fn check(&self, platform: Platform, cpus: usize) -> Result<(), String> {
         let mut bad = Vec::new();
         if self.platform != platform.name() {
             bad.push(format!("platform {} (expected {})", self.platform, platform.name()));
@@ -102,6 +110,15 @@ impl KernelResult {
         }
         if self.frames_leaked != Some(0) {
             bad.push(format!("frames_leaked {:?}", self.frames_leaked));
+        }
+        if self.cpus != Some(cpus) {
+            bad.push(format!("cpus {:?} online (the machine has {cpus})", self.cpus));
+        }
+        match self.smp {
+            _ if cpus < 2 => {}
+            Some((passed, run)) if passed == run && run > 0 => {}
+            Some((passed, run)) => bad.push(format!("smp {passed}/{run} concurrent cases passed")),
+            None => bad.push("no smp=passed/run".into()),
         }
         if platform == Platform::Xen {
             if self.pins_left != Some(0) {
@@ -233,38 +250,44 @@ mod tests {
 
     #[test]
     fn result_lines_parse_and_check() {
-        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41\n";
+        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 smp=4/4\n";
         let r = KernelResult::parse(log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
         assert_eq!(r.attacks, Some((21, 21)));
-        assert!(r.check(Platform::Xen).is_ok());
-        assert!(r.check(Platform::Native).is_err());
+        assert!(r.check(Platform::Xen, 2).is_ok());
+        assert!(r.check(Platform::Native, 2).is_err());
+        // A CPU that did not come up, or a concurrent case that failed, fails.
+        assert!(r.check(Platform::Xen, 3).unwrap_err().contains("cpus"));
+        for smp in ["smp=3/4", "smp=0/0", ""] {
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 {smp}");
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen, 2).unwrap_err().contains("smp"), "{line}");
+        }
         // A table Xen still holds typed (or no measurement at all) fails.
         for typed in ["typed_left=1", ""] {
-            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41");
-            assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen).unwrap_err().contains("typed_left"));
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41 cpus=2 smp=4/4");
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen, 2).unwrap_err().contains("typed_left"));
         }
         let bad =
             KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
                 .unwrap();
-        assert!(bad.check(Platform::Native).is_err());
+        assert!(bad.check(Platform::Native, 1).is_err());
         let good =
-            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0";
-        assert!(KernelResult::parse(good).unwrap().check(Platform::Native).is_ok());
+            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=1";
+        assert!(KernelResult::parse(good).unwrap().check(Platform::Native, 1).is_ok());
         // A stale translation, or no TLB verdict at all, fails.
         for tlb in ["tlb=STALE", ""] {
             let line = format!(
-                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0"
+                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0 cpus=1"
             );
-            assert!(KernelResult::parse(&line).unwrap().check(Platform::Native).unwrap_err().contains("tlb"));
+            assert!(KernelResult::parse(&line).unwrap().check(Platform::Native, 1).unwrap_err().contains("tlb"));
         }
         // An attack that got through, no attacks at all, or no field: each fails.
         for attacks in ["attacks=19/21", "attacks=0/0", "attacks=x/21", ""] {
             let line = format!(
-                "RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} tlb=ok frames_leaked=0"
+                "RESULT native backend=native conformance=32/32 user_isolation=ok {attacks} tlb=ok frames_leaked=0 cpus=1"
             );
             let r = KernelResult::parse(&line).unwrap();
-            let err = r.check(Platform::Native).unwrap_err();
+            let err = r.check(Platform::Native, 1).unwrap_err();
             assert!(err.contains("attacks"), "{line}: {err}");
         }
     }

@@ -10,8 +10,14 @@ use crate::xen::hypercall;
 
 const COM1: u16 = 0x3f8;
 
-/// Serialises whole lines from different callers.
+/// Serialises whole lines from different callers (and CPUs). Held with
+/// events masked: an interrupt handler that logs on the same CPU would
+/// otherwise spin on a lock its own CPU holds.
 static LOCK: SpinLock<()> = SpinLock::new(());
+
+fn masked() -> pvops::EventsMasked<'static> {
+    pvops::EventsMasked::new(&crate::smp::CPUS)
+}
 
 /// Programs COM1 for 115200 8N1 (native only).
 pub fn init_serial() {
@@ -96,6 +102,7 @@ impl Drop for LineWriter {
 
 /// Prints formatted text atomically with respect to other console users.
 pub fn print_fmt(args: fmt::Arguments<'_>) {
+    let _m = masked();
     let _g = LOCK.lock();
     let mut w = LineWriter::new();
     let _ = w.write_fmt(args);
@@ -109,6 +116,7 @@ pub fn print_fmt_unlocked(args: fmt::Arguments<'_>) {
 
 /// Writes raw bytes (e.g. a user buffer) under the console lock.
 pub fn write_bytes(bytes: &[u8]) {
+    let _m = masked();
     let _g = LOCK.lock();
     write_bytes_unlocked(bytes);
 }

@@ -153,11 +153,18 @@ impl Heap {
 
 struct KernelAllocator;
 
+/// The heap lock is taken with events masked, so an interrupt handler
+/// that allocates cannot spin on a lock its own CPU holds.
+fn masked() -> pvops::EventsMasked<'static> {
+    pvops::EventsMasked::new(&crate::smp::CPUS)
+}
+
 // SAFETY: blocks handed out are disjoint, inside the heap, sized and
 // aligned per the layout; dealloc returns exactly the block allocated
 // (same rounding of the layout).
 unsafe impl GlobalAlloc for KernelAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _m = masked();
         let mut h = HEAP.lock();
         // SAFETY: the free list is only modified under the lock.
         unsafe { h.alloc(layout) }
@@ -165,6 +172,7 @@ unsafe impl GlobalAlloc for KernelAllocator {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         let size = block_size(&layout);
+        let _m = masked();
         let mut h = HEAP.lock();
         h.used -= size;
         // SAFETY: `p` came from `alloc` with this layout, so the block is

@@ -28,8 +28,8 @@ pub mod probe_map;
 pub mod process;
 pub mod pvh;
 pub mod sabotage;
-pub mod smp;
 pub mod seams;
+pub mod smp;
 pub mod sync;
 pub mod tlb;
 pub mod traps;
@@ -91,6 +91,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     }
     log::info!("direct map ready at {:#x} (2 MiB pages)", directmap::DIRECT_MAP_BASE);
     init_heap();
+    start_native_cpus(&pvh);
 
     let nr_frames = directmap::mapped_from_zero();
     // SAFETY: the direct map covers every frame below `nr_frames` (the
@@ -102,13 +103,34 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     let platform: &'static pvops_native::NativePlatform = Box::leak(Box::new(pvops_native::NativePlatform {
         mem: seams::count_backend_stores(mem),
         cpu: sabotage::native_cpu(&CPU),
-        cpus: &pvops::SingleCpu,
+        cpus: &smp::CPUS,
     }));
     let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
     let handover = "hvm_start_info 0x336ec578";
     match vm::boot(pvops::EntryKind::Pvh, handover, platform, mem, nr_frames, boot_root) {
         Ok(v) => workload::run(v),
         Err(e) => panic!("memory management: {}", e),
+    }
+}
+
+/// Finds the other CPUs (ACPI MADT) and starts them; they idle until the
+/// SMP cases give them jobs. A machine without them runs on one CPU.
+fn start_native_cpus(pvh: &pvh::PvhInfo) {
+    match smp::native::init(pvh.start_info.rsdp_paddr, &pvh.e820[..pvh.e820_len]) {
+        Ok(madt) => {
+            log::info!(
+                "smp: MADT lists {} enabled CPUs (APIC ids {:?}; {} disabled, {} beyond {}), LAPIC at {:#x}",
+                madt.count,
+                &madt.apic_ids[..madt.count],
+                madt.disabled,
+                madt.skipped,
+                smp::NR_CPUS,
+                madt.lapic_base
+            );
+            let n = smp::bring_up(smp::NR_CPUS);
+            log::info!("smp: {} of {} CPUs online {:?}", n, madt.count, smp::online());
+        }
+        Err(e) => log::warn!("smp: cannot start other CPUs ({e:?}); running on one"),
     }
 }
 

@@ -12,9 +12,15 @@
 //!   same batch's `NEW_BASEPTR` (user mode then sees the kernel half).
 //! * `no-lazy-batching`: the backend's `lazy_mmu_enter`/`leave` do nothing,
 //!   so every queued update goes out on its own.
+//! * `no-remote-flush`: the kernel's `Cpus::call_on` runs nothing on the
+//!   other CPUs and returns `Ok`, so natively a shootdown flushes only the
+//!   calling CPU (the SMP stale-TLB case must see it).
 //!
 //! With no feature on, nothing here is compiled in but the pass-through
 //! helpers, and the seams are the real ones.
+
+/// `no-remote-flush`: cross-calls silently do nothing (see the module docs).
+pub const NO_REMOTE_FLUSH: bool = cfg!(feature = "no-remote-flush");
 
 #[cfg(any(
     feature = "no-tlb-flush",

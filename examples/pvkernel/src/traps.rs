@@ -334,7 +334,7 @@ struct DescriptorPointer {
     base: u64,
 }
 
-/// Installs GDT, TSS and IDT (native only).
+/// Installs GDT, TSS and IDT (native only, the boot CPU).
 pub fn init_native() {
     // SAFETY: single-threaded early boot on the BSP; the statics are only
     // touched here and by the CPU after loading.
@@ -342,19 +342,66 @@ pub fn init_native() {
         let tss = &raw mut TSS;
         (*tss).rsp[0] = (&raw const trap_stack_top) as u64;
         (*tss).ist[0] = (&raw const df_stack_top) as u64;
+        load_gdt_and_tss(&raw mut GDT as *mut u64, tss);
 
-        let base = tss as u64;
-        let limit = (core::mem::size_of::<Tss>() - 1) as u64;
-        let low = (limit & 0xffff)
-            | ((base & 0xff_ffff) << 16)
-            | (0x89u64 << 40) // present, 64-bit TSS (available)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((base >> 24) & 0xff) << 56);
-        let gdt = &raw mut GDT as *mut u64;
+        let stubs = &raw const native_trap_stubs;
+        let idt = &raw mut IDT as *mut u64;
+        for v in 0..32usize {
+            let ist: u64 = if v == 8 { 1 } else { 0 };
+            write_gate(idt, v, stub_addr(stubs, v), ist);
+        }
+        load_idt();
+    }
+}
+
+/// Fills IDT entry `v` with a present, DPL-0 interrupt gate (IF cleared on
+/// entry) to `off`, on IST `ist` (0: the current or RSP0 stack).
+///
+/// # Safety
+/// `idt` is the 256-entry IDT; `off` is a handler that ends in `iretq`.
+unsafe fn write_gate(idt: *mut u64, v: usize, off: u64, ist: u64) {
+    let low = (off & 0xffff)
+        | ((KERNEL_CS as u64) << 16)
+        | (ist << 32)
+        | (0x8eu64 << 40) // present, DPL 0, interrupt gate
+        | (((off >> 16) & 0xffff) << 48);
+    // SAFETY: v < 256 (callers), so both words lie in the IDT.
+    unsafe {
+        idt.add(2 * v).write_volatile(low);
+        idt.add(2 * v + 1).write_volatile(off >> 32);
+    }
+}
+
+/// Loads the shared IDT on this CPU.
+///
+/// # Safety
+/// Native ring 0; the IDT's gates point at valid handlers.
+unsafe fn load_idt() {
+    let idtr = DescriptorPointer { limit: (256 * 16 - 1) as u16, base: &raw const IDT as u64 };
+    // SAFETY: the IDT is a static that lives forever (caller: ring 0).
+    unsafe { asm!("lidt ({})", in(reg) &raw const idtr, options(att_syntax, nostack)) };
+}
+
+/// Puts the TSS descriptor for `tss` into `gdt` (7 entries, the layout of
+/// [`GDT`]), loads both, reloads the segment registers and the task register.
+///
+/// # Safety
+/// Native ring 0; `gdt` and `tss` live forever and belong to this CPU only
+/// (`ltr` marks the descriptor busy).
+unsafe fn load_gdt_and_tss(gdt: *mut u64, tss: *mut Tss) {
+    let base = tss as u64;
+    let limit = (core::mem::size_of::<Tss>() - 1) as u64;
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89u64 << 40) // present, 64-bit TSS (available)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    let gdtr = DescriptorPointer { limit: (7 * 8 - 1) as u16, base: gdt as u64 };
+    // SAFETY: the caller gives a 7-entry GDT and a TSS that outlive the CPU's
+    // use of them; the code/data selectors are those of the template.
+    unsafe {
         gdt.add(5).write(low);
         gdt.add(6).write(base >> 32);
-
-        let gdtr = DescriptorPointer { limit: (7 * 8 - 1) as u16, base: gdt as u64 };
         asm!(
             "lgdt ({gdtr})",
             "pushq ${cs}",
@@ -374,22 +421,51 @@ pub fn init_native() {
             out("rax") _,
             options(att_syntax)
         );
+    }
+}
 
-        let stubs = &raw const native_trap_stubs;
-        let idt = &raw mut IDT as *mut u64;
-        for v in 0..32usize {
-            let off = stub_addr(stubs, v);
-            let ist: u64 = if v == 8 { 1 } else { 0 };
-            let low = (off & 0xffff)
-                | ((KERNEL_CS as u64) << 16)
-                | (ist << 32)
-                | (0x8eu64 << 40) // present, DPL 0, interrupt gate
-                | (((off >> 16) & 0xffff) << 48);
-            idt.add(2 * v).write(low);
-            idt.add(2 * v + 1).write(off >> 32);
-        }
-        let idtr = DescriptorPointer { limit: (256 * 16 - 1) as u16, base: idt as u64 };
-        asm!("lidt ({})", in(reg) &raw const idtr, options(att_syntax, nostack));
+/// Installs an interrupt gate for `vector` (>= 32) to `handler` in the IDT
+/// every CPU shares (native only). The handler must end in `iretq`.
+pub fn set_native_interrupt_gate(vector: u8, handler: u64) {
+    if vector < 32 {
+        return;
+    }
+    // SAFETY: vector < 256; the IDT is a static and a gate is written as two
+    // volatile stores before any CPU is told to raise the vector.
+    unsafe { write_gate(&raw mut IDT as *mut u64, vector as usize, handler, 0) };
+}
+
+/// Per-CPU GDT and TSS of an application processor.
+#[repr(C, align(16))]
+struct ApTables {
+    gdt: [u64; 7],
+    tss: Tss,
+}
+
+/// Gives this AP (native) its own GDT and TSS, with `stack_top` as the
+/// stack for entries from user mode and `df_top` for #DF, and loads
+/// the IDT the boot CPU built. Called once by each AP on its own stack.
+pub fn init_native_ap(stack_top: u64, df_top: u64) {
+    // SAFETY: reading the template; only `init_native` writes it, before
+    // any AP starts.
+    let template = unsafe { *(&raw const GDT) };
+    let tables = alloc::boxed::Box::leak(alloc::boxed::Box::new(ApTables {
+        gdt: template,
+        tss: Tss {
+            _res0: 0,
+            rsp: [stack_top, 0, 0],
+            _res1: 0,
+            ist: [df_top, 0, 0, 0, 0, 0, 0],
+            _res2: 0,
+            _res3: 0,
+            iomap_base: core::mem::size_of::<Tss>() as u16,
+        },
+    }));
+    // SAFETY: ring 0 on the AP; the tables are leaked (live forever) and
+    // used by this CPU only; the IDT is complete (the BSP built it first).
+    unsafe {
+        load_gdt_and_tss(tables.gdt.as_mut_ptr(), &raw mut tables.tss);
+        load_idt();
     }
 }
 
