@@ -30,6 +30,7 @@ pub mod pvh;
 pub mod sabotage;
 pub mod seams;
 pub mod smp;
+pub mod smp_cases;
 pub mod sync;
 pub mod tlb;
 pub mod traps;

@@ -448,7 +448,7 @@ struct ApTables {
 pub fn init_native_ap(stack_top: u64, df_top: u64) {
     // SAFETY: reading the template; only `init_native` writes it, before
     // any AP starts.
-    let template = unsafe { *(&raw const GDT) };
+    let template = unsafe { (&raw const GDT).read() };
     let tables = alloc::boxed::Box::leak(alloc::boxed::Box::new(ApTables {
         gdt: template,
         tss: Tss {

@@ -8,8 +8,10 @@
 //!    kernel-address probes, teardown;
 //! 4. the isolation attack suite ([`crate::attacks`]): one process per
 //!    attack, each must die of the expected fault and be reaped;
-//! 5. leak and pin checks over 3 and 4, the `RESULT` line, then exit pass
-//!    only if everything held.
+//! 5. with 2+ CPUs online, the concurrent cases ([`crate::smp_cases`]);
+//! 6. leak and pin checks over 3 and 4, the `RESULT` line (with `cpus=N`,
+//!    and `smp=P/T` for the concurrent cases), then exit pass only if
+//!    everything held.
 
 use alloc::format;
 
@@ -214,6 +216,19 @@ pub fn run(v: Vm) -> ! {
     let stats = v.ops.stats().since(stats_before);
     let user = SeamCounts::now().since(&seams_before);
 
+    // 3b. The concurrent cases, on CPU 0 and the next CPU online.
+    let cpus = crate::smp::online();
+    let smp = match cpus.without(0).iter().next() {
+        Some(other) => Some(crate::smp_cases::run_all(&v, other)),
+        None => {
+            kprintln!("smp cases: skipped (1 CPU online)");
+            None
+        }
+    };
+    let smp_ok = smp.is_none_or(|s| s.passed == s.run && s.run > 0);
+    let smp_field = smp.map_or(alloc::string::String::new(), |s| format!(" smp={}/{}", s.passed, s.run));
+    let cpus_field = format!(" cpus={}{smp_field}", cpus.count());
+
     // 4. The attack suite.
     let (attack_stats, attack_seams) = (v.ops.stats(), SeamCounts::now());
     let attacks = match attacks::run_suite(&v) {
@@ -256,12 +271,12 @@ pub fn run(v: Vm) -> ! {
         let (pins_left, typed_left) = crate::xen::typed::leftovers(&v, &pins_before);
         typed_ok = pins_left == 0 && typed_left == 0;
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}",
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}{cpus_field}",
             user.hypercalls()
         );
     } else {
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}"
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}"
         );
     }
     let expected = if platform::is_xen() { "xen64" } else { "native" };
@@ -274,12 +289,13 @@ pub fn run(v: Vm) -> ! {
         && typed_ok
         && demo_leak == 0
         && counts_agree
+        && smp_ok
         && backend == expected;
     if !pass {
         kprintln!(
             "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; backend {backend}, expected {expected}; \
              backend hypercall counts agree with the transport: {counts_agree}; all attacks blocked: {}; \
-             no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word})",
+             no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word}; concurrent cases: {smp_ok})",
             attacks.all_blocked()
         );
         exit::exit(ExitCode::Fail);

@@ -213,7 +213,7 @@ pub static CPUS: KernelCpus = KernelCpus;
 
 impl KernelCpus {
     fn call_on_inner(&self, me: usize, targets: CpuMask, f: &CallFn<'_>) -> Result<(), PvError> {
-        // SAFETY (lifetime): the pointer is published to the targets only
+        // SAFETY: (lifetime) the pointer is published to the targets only
         // until this function returns, and it returns only after each
         // target finished with it (DONE) or never started (retracted).
         let f: *const CallFn<'static> = unsafe { core::mem::transmute::<&CallFn<'_>, &'static CallFn<'static>>(f) };
@@ -239,13 +239,17 @@ impl KernelCpus {
                         pending = pending.without(t);
                         first_err = first_err.or(r.err());
                     }
-                    POSTED if deadline.passed() => {
-                        // Never started: take it back (a running one must be
-                        // waited for, it borrows `f`).
-                        if slot.state.compare_exchange(POSTED, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                            pending = pending.without(t);
-                            first_err = first_err.or(Some(PvError::CpuTimeout { cpu: t }));
-                        }
+                    // Never started: take it back (a running one must be
+                    // waited for, it borrows `f`).
+                    POSTED
+                        if deadline.passed()
+                            && slot
+                                .state
+                                .compare_exchange(POSTED, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                                .is_ok() =>
+                    {
+                        pending = pending.without(t);
+                        first_err = first_err.or(Some(PvError::CpuTimeout { cpu: t }));
                     }
                     _ => {}
                 }

@@ -355,8 +355,8 @@ pub fn bring_up(want: usize) -> usize {
         log::warn!("smp: no trampoline ({e:?}); staying on one CPU");
         return 1;
     }
-    for cpu in 1..found.min(want).min(NR_CPUS) {
-        let id = APIC_IDS[cpu].load(Ordering::Relaxed);
+    for (cpu, id) in APIC_IDS.iter().enumerate().take(found.min(want)).skip(1) {
+        let id = id.load(Ordering::Relaxed);
         match start_ap(cpu, id) {
             Ok(()) => {}
             Err(why) => log::warn!("smp: CPU {cpu} (APIC id {id}) did not come up: {why}; carrying on without it"),
