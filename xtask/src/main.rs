@@ -72,11 +72,15 @@ const BROKEN: &[(&str, &[Platform])] = &[
     // page on the other CPU, and the lazy-exit case finds it still on the
     // freed root (on Xen the flushes are MMUEXT_*_MULTI, no cross-call).
     ("no-remote-flush", &[Platform::Native]),
+    // The APs never get STARTUP: the kernel carries on with cpus=1, which is
+    // not the 2 CPUs the machine has.
+    ("no-ap-startup", &[Platform::Native]),
 ];
 
 /// Every kernel feature, for the kernel's clippy run.
 const KERNEL_FEATURES: &str = "broken-isolation,leak-frame,direct-write-pinned,no-tlb-flush,no-user-baseptr,\
-                               zero-user-baseptr,user-pgd-maps-kernel,no-lazy-batching,leak-pin,no-remote-flush";
+                               zero-user-baseptr,user-pgd-maps-kernel,no-lazy-batching,leak-pin,no-remote-flush,\
+                               no-ap-startup";
 
 /// Runs the host report, printing it and returning its output.
 fn host_report(backend: Option<&str>) -> Result<String, String> {
@@ -406,7 +410,14 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             if let Err(e) = &table {
                 verdict = format!("{verdict}; {}", e.lines().next().unwrap_or_default());
             }
-            if out.passed() && table.is_ok() {
+            // The RESULT line is judged as for the good kernel (e.g. a CPU
+            // that stayed down: the kernel passes, its cpus= does not).
+            let result = KernelResult::parse(&out.serial)
+                .map_or(Err("no RESULT line".to_string()), |r| r.check(p, boot::DEFAULT_CPUS));
+            if let (true, Err(e)) = (out.passed(), &result) {
+                verdict = format!("{verdict}; RESULT line: {e}");
+            }
+            if out.passed() && table.is_ok() && result.is_ok() {
                 failures.push(format!(
                     "broken kernel `{feature}` PASSED on {p}: the harness cannot see this failure\n--- serial log ---\n{}",
                     out.serial.trim_end()

@@ -15,12 +15,17 @@
 //! * `no-remote-flush`: the kernel's `Cpus::call_on` runs nothing on the
 //!   other CPUs and returns `Ok`, so natively a shootdown flushes only the
 //!   calling CPU (the SMP stale-TLB case must see it).
+//! * `no-ap-startup`: natively the APs get INIT but never STARTUP, so they
+//!   stay down; the kernel carries on with one CPU and says so (`cpus=1`).
 //!
 //! With no feature on, nothing here is compiled in but the pass-through
 //! helpers, and the seams are the real ones.
 
 /// `no-remote-flush`: cross-calls silently do nothing (see the module docs).
 pub const NO_REMOTE_FLUSH: bool = cfg!(feature = "no-remote-flush");
+
+/// `no-ap-startup`: no STARTUP IPI is sent (see the module docs).
+pub const NO_AP_STARTUP: bool = cfg!(feature = "no-ap-startup");
 
 #[cfg(any(
     feature = "no-tlb-flush",

@@ -25,12 +25,16 @@
 //!    each switch a read of X shows the space just activated, and at the end
 //!    each CPU's loaded root (`read_cr3` on that CPU) is what it last
 //!    activated.
+//! e. `call_errors`: a cross-call to an offline CPU is `CpuOffline` naming
+//!    it; one to a CPU that spins with events masked is `CpuTimeout` naming
+//!    it after the bounded wait, and its function never runs (the request
+//!    was taken back); once that CPU listens again, a cross-call works.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel_glue::{AddressSpace, PageFlags};
-use pvops::{Cpus, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps};
+use pvops::{CpuMask, Cpus, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps};
 
 use crate::kprintln;
 use crate::smp::{self, Deadline};
@@ -182,11 +186,12 @@ pub fn run_all(v: &Vm, cpu: usize) -> Summary {
     cpus.restore_events(false);
     let mut s = Summary::default();
     type Case = fn(&Vm, &Agent) -> Result<(bool, alloc::string::String), PvError>;
-    let cases: [(&str, Case); 4] = [
+    let cases: [(&str, Case); 5] = [
         ("shootdown", shootdown),
         ("lazy_exit", lazy_exit),
         ("concurrent_map", concurrent_map),
         ("switch_storm", switch_storm),
+        ("call_errors", call_errors),
     ];
     for (name, case) in cases {
         let free_before = v.frames.free_frames();
@@ -258,7 +263,14 @@ fn shootdown(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         let ap_again = agent.run(&|| read(X));
 
         // The real test: Mm::unmap must shoot down the AP's entry.
+        let ipis = smp::ipi_counts();
         mm.unmap(&space, X)?;
+        let (sent, ran) = smp::ipi_counts();
+        kprintln!(
+            "smp shootdown: Mm::unmap of a page loaded on 2 CPUs: {} IPIs sent, {} cross-calls run",
+            sent - ipis.0,
+            ran - ipis.1
+        );
         held = Some(v.frames.alloc_zeroed_frame()?);
         mm.map(&space, X, PageFlags::DATA)?;
         mm.poke(&space, X, NEW)?;
@@ -473,6 +485,57 @@ fn switch_storm(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), 
             cpu0.1 == cpu0.2,
             agent.cpu,
             ap.1 == ap.2
+        ),
+    ))
+}
+
+/// Case e (see the module docs).
+fn call_errors(_v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvError> {
+    let cpus: &dyn Cpus = &smp::CPUS;
+    let offline = (0..smp::NR_CPUS).find(|&c| !smp::online().contains(c));
+    let r_offline = offline.map(|c| cpus.call_on(CpuMask::one(c), &|| Ok(())));
+    let offline_ok = match (offline, r_offline) {
+        (Some(c), Some(Err(PvError::CpuOffline { cpu }))) => cpu == c,
+        (None, None) => true, // every CPU is online: nothing to try
+        _ => false,
+    };
+    // The agent stops listening: events masked, not serving its mailbox.
+    let (deaf, hold) = (AtomicBool::new(false), AtomicBool::new(true));
+    let task = || {
+        let was = smp::CPUS.mask_events();
+        deaf.store(true, Ordering::Release);
+        while hold.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        smp::CPUS.restore_events(was);
+        0
+    };
+    // SAFETY: `task` is a local that lives past the `wait` below.
+    unsafe { agent.post(&task) };
+    let d = Deadline::after_ms(AGENT_TIMEOUT_MS);
+    while !deaf.load(Ordering::Acquire) && !d.passed() {
+        smp::relax();
+    }
+    let ran = AtomicBool::new(false);
+    let r_deaf = cpus.call_on(CpuMask::one(agent.cpu), &|| {
+        ran.store(true, Ordering::Release);
+        Ok(())
+    });
+    hold.store(false, Ordering::Release);
+    agent.wait();
+    let ran_late = ran.load(Ordering::Acquire);
+    let again = AtomicBool::new(false);
+    let r_again = cpus.call_on(CpuMask::one(agent.cpu), &|| {
+        again.store(true, Ordering::Release);
+        Ok(())
+    });
+    let timeout_ok = r_deaf == Err(PvError::CpuTimeout { cpu: agent.cpu }) && !ran_late;
+    let again_ok = r_again.is_ok() && again.load(Ordering::Acquire);
+    Ok((
+        offline_ok && timeout_ok && again_ok,
+        alloc::format!(
+            "to offline CPU {offline:?}: {r_offline:?}; to CPU {} with events masked: {r_deaf:?} (its function ran: {ran_late}); once it listens: {r_again:?}",
+            agent.cpu
         ),
     ))
 }

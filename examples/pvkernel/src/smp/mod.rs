@@ -36,8 +36,10 @@ use crate::platform;
 /// Most CPUs this kernel runs (mailboxes are `NR_CPUS`²).
 pub const NR_CPUS: usize = 16;
 
-/// Bound on a cross-call's wait for acknowledgements.
-pub const CALL_TIMEOUT_MS: u64 = 1000;
+/// Bound on a cross-call's wait for acknowledgements (generous: a CPU
+/// may be busy with events masked for a while, as Linux's CSD-lock
+/// watchdog allows seconds).
+pub const CALL_TIMEOUT_MS: u64 = 2000;
 /// Bound on [`join`]'s wait for a job.
 pub const JOIN_TIMEOUT_MS: u64 = 10_000;
 
