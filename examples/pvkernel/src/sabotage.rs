@@ -15,6 +15,8 @@
 //! * `no-remote-flush`: the kernel's `Cpus::call_on` runs nothing on the
 //!   other CPUs and returns `Ok`, so natively a shootdown flushes only the
 //!   calling CPU (the SMP stale-TLB case must see it).
+//! * `no-multi-flush` (Xen): `MMUEXT_TLB_FLUSH_MULTI`/`INVLPG_MULTI` keep
+//!   only the calling vCPU in their mask: remote flushes never happen.
 //! * `no-ap-startup`: natively the APs get INIT but never STARTUP, so they
 //!   stay down; the kernel carries on with one CPU and says so (`cpus=1`).
 //!
@@ -31,7 +33,8 @@ pub const NO_AP_STARTUP: bool = cfg!(feature = "no-ap-startup");
     feature = "no-tlb-flush",
     feature = "no-user-baseptr",
     feature = "zero-user-baseptr",
-    feature = "user-pgd-maps-kernel"
+    feature = "user-pgd-maps-kernel",
+    feature = "no-multi-flush"
 ))]
 mod transport {
     use alloc::vec::Vec;
@@ -47,12 +50,18 @@ mod transport {
     const DROP_USER_BASE: bool = cfg!(feature = "no-user-baseptr");
     const ZERO_USER_BASE: bool = cfg!(feature = "zero-user-baseptr");
     const KERNEL_AS_USER_BASE: bool = cfg!(feature = "user-pgd-maps-kernel");
+    const LOCAL_MULTI: bool = cfg!(feature = "no-multi-flush");
 
     /// What becomes of one record: kept (maybe changed) or dropped.
     fn rewrite_op(op: &MmuextOp, kernel_root: u64) -> Option<MmuextOp> {
         let flush = op.cmd == mmuext::INVLPG_LOCAL || op.cmd == mmuext::TLB_FLUSH_LOCAL;
         if DROP_FLUSHES && flush {
             return None;
+        }
+        if LOCAL_MULTI && (op.cmd == mmuext::TLB_FLUSH_MULTI || op.cmd == mmuext::INVLPG_MULTI) {
+            // The typed record holds the vCPU bitmap value: keep this vCPU only.
+            let mine = op.arg2 & pvops::CpuMask::one(crate::smp::this_cpu()).0;
+            return (mine != 0).then_some(MmuextOp { arg2: mine, ..*op });
         }
         if op.cmd != mmuext::NEW_USER_BASEPTR {
             return Some(*op);
@@ -171,7 +180,8 @@ pub fn xen_transport(
         feature = "no-tlb-flush",
         feature = "no-user-baseptr",
         feature = "zero-user-baseptr",
-        feature = "user-pgd-maps-kernel"
+        feature = "user-pgd-maps-kernel",
+        feature = "no-multi-flush"
     ))]
     {
         log::warn!("sabotage: the Xen transport rewrites mmuext/update_va_mapping records");
@@ -181,7 +191,8 @@ pub fn xen_transport(
         feature = "no-tlb-flush",
         feature = "no-user-baseptr",
         feature = "zero-user-baseptr",
-        feature = "user-pgd-maps-kernel"
+        feature = "user-pgd-maps-kernel",
+        feature = "no-multi-flush"
     )))]
     real
 }
