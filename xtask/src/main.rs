@@ -162,20 +162,28 @@ fn print_results(results: &[(boot::BootOutcome, Option<KernelResult>)], calibrat
     }
     println!();
     println!(
-        "{:<8} {:<8} {:>12} {:>10} {:>14}  verdict",
-        "platform", "backend", "conformance", "hypercalls", "boot-to-exit"
+        "{:<8} {:<8} {:>12} {:>10} {:>6} {:>5} {:>14}  verdict",
+        "platform", "backend", "conformance", "hypercalls", "cpus", "smp", "boot-to-exit"
     );
     for (out, r) in results {
-        let (backend, conf, hc) = match r {
-            Some(r) => (r.backend.clone(), r.conformance.clone(), r.hypercalls.map_or("-".into(), |h| h.to_string())),
-            None => ("?".into(), "?".into(), "?".into()),
+        let (backend, conf, hc, cpus, smp) = match r {
+            Some(r) => (
+                r.backend.clone(),
+                r.conformance.clone(),
+                r.hypercalls.map_or("-".into(), |h| h.to_string()),
+                format!("{}/{}", r.cpus.map_or("?".into(), |c| c.to_string()), out.cpus),
+                r.smp.map_or("-".into(), |(p, t)| format!("{p}/{t}")),
+            ),
+            None => ("?".into(), "?".into(), "?".into(), format!("?/{}", out.cpus), "?".into()),
         };
         println!(
-            "{:<8} {:<8} {:>12} {:>10} {:>13.2}s  {}",
+            "{:<8} {:<8} {:>12} {:>10} {:>6} {:>5} {:>13.2}s  {}",
             out.platform.name(),
             backend,
             conf,
             hc,
+            cpus,
+            smp,
             out.elapsed.as_secs_f64(),
             out.verdict()
         );
