@@ -37,7 +37,11 @@ fn ok<T>(r: Result<T, PvError>, what: &str) -> Result<T, alloc::string::String> 
 /// The other CPU the cases use: the lowest online one that is not this.
 fn other<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>) -> Result<usize, alloc::string::String> {
     let cpus = mm.cpus();
-    cpus.online().without(cpus.this_cpu()).iter().next().ok_or_else(|| alloc::string::String::from("needs a second online CPU"))
+    cpus.online()
+        .without(cpus.this_cpu())
+        .iter()
+        .next()
+        .ok_or_else(|| alloc::string::String::from("needs a second online CPU"))
 }
 
 /// Runs `step` on `cpu` (its IPI handler) and waits for it.
@@ -110,7 +114,8 @@ fn flush_tlb_multi_flushes_the_cpus_in_the_set<O: PvMmuOps + ?Sized>(env: &Env<'
         let l1 = crate::l1_of(ops, s.pgd(), VA)?;
         let va = ok(pvops::VirtAddr::try_new(VA), "va")?;
         let index = va.index(pvops::Level::L1);
-        let (old, perm) = ok(mm.translate(s, VA), "translate")?.ok_or_else(|| alloc::string::String::from("VA not mapped"))?;
+        let (old, perm) =
+            ok(mm.translate(s, VA), "translate")?.ok_or_else(|| alloc::string::String::from("VA not mapped"))?;
         // A second page holding NEW; VA's leaf is then pointed at it.
         let new = ok(mm.map(s, VA2, PageFlags::DATA), "map a second page")?;
         ok(mm.poke(s, VA2, NEW), "poke")?;
