@@ -12,6 +12,8 @@ use pvops::{
     USER_LIMIT, USER_PGD_SLOTS,
 };
 
+extern crate alloc;
+
 use crate::frames::FrameAllocator;
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
 
@@ -427,6 +429,72 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
         }
         self.frames.free_frame(e.pfn())
+    }
+
+    /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones
+    /// are skipped, as `munmap` does) and frees their frames; returns how
+    /// many were unmapped.
+    ///
+    /// The clears are one lazy-MMU batch and the TLB flush is one for the
+    /// whole range, on every CPU that may hold the space (Linux's
+    /// `flush_tlb_mm_range` after `zap_pte_range`): on Xen ⌈N/32⌉-ish
+    /// multicalls whose last entry is one `INVLPG_MULTI` (one page) or
+    /// `TLB_FLUSH_MULTI` (more), not one flush per page; natively one IPI
+    /// per other CPU. Frames are freed only after the flush. On error, the
+    /// pages whose entries were not cleared stay mapped; a cleared page's
+    /// frame is freed only once a flush succeeded (else kept, logged).
+    pub fn unmap_range(&self, space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, PvError> {
+        let start = user_va(addr)?;
+        let end = pages
+            .checked_mul(pvops::PAGE_SIZE)
+            .and_then(|len| addr.checked_add(len))
+            .filter(|&end| end <= USER_LIMIT)
+            .ok_or(PvError::NotUserAddress { addr: start })?;
+        let _locked = self.lock(space);
+        let mut cleared = alloc::vec::Vec::new();
+        let holders = self.holders(space);
+        let done = self.issued_now(|| {
+            let mut va = addr;
+            while va < end {
+                let v = VirtAddr::try_new(va)?;
+                if let Some(l1) = find_l1(self.ops, space.pgd, v)? {
+                    let index = v.index(Level::L1);
+                    let e = self.ops.read_entry(Level::L1, l1, index)?;
+                    if e.is_present() {
+                        self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
+                        cleared.push((l1, index, e.pfn()));
+                    }
+                }
+                va += pvops::PAGE_SIZE;
+            }
+            if !holders.is_empty() && !cleared.is_empty() {
+                self.ops.flush_tlb_multi(holders, Flush::Range { start, pages })?;
+            }
+            Ok(())
+        });
+        let mut flushed = done.is_ok();
+        if let Err(e) = &done {
+            if !holders.is_empty() {
+                log::warn!("unmap_range {:#x}+{pages}: {e}; flushing everything", addr);
+                flushed = self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All)).is_ok();
+            } else {
+                flushed = true;
+            }
+        }
+        let mut unmapped = 0;
+        for &(l1, index, frame) in &cleared {
+            // Queued clears a failed batch did not apply are still present.
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+                continue;
+            }
+            unmapped += 1;
+            if flushed {
+                self.frames.free_frame(frame)?;
+            } else {
+                log::error!("unmap_range: no flush after unmapping {frame:?}; frame kept");
+            }
+        }
+        done.map(|()| unmapped)
     }
 
     /// The frame and user permissions mapped at `addr`, if any.
