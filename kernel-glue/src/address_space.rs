@@ -148,7 +148,14 @@ pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
     init_lock: AtomicBool,
+    /// The space each CPU runs (pfn of its pgd; `NONE`: init_mm, or only
+    /// lazily held since [`Mm::enter_lazy`]). A space some other CPU runs
+    /// cannot exit; one it only holds lazily is dropped there first.
+    running: [AtomicU64; pvops::MAX_CPUS],
 }
+
+/// `Mm::running` of a CPU that runs no user address space.
+const NONE: u64 = u64::MAX;
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -177,7 +184,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         boot_pgd: Pfn,
     ) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
-        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd, init_lock: AtomicBool::new(false) })
+        Ok(Mm {
+            ops,
+            mem,
+            frames,
+            init_pgd: boot_pgd,
+            init_lock: AtomicBool::new(false),
+            running: [const { AtomicU64::new(NONE) }; pvops::MAX_CPUS],
+        })
     }
 
     /// The backend in use.
@@ -542,13 +556,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 space.pinned.store(true, Ordering::Release);
             }
         }
-        space.cpus.fetch_or(CpuMask::one(self.cpus().this_cpu()).0, Ordering::AcqRel);
+        let me = self.cpus().this_cpu();
+        space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        self.set_running(me, space.pgd.0);
         self.ops.write_cr3(self.frames, space.pgd)
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
+        self.set_running(self.cpus().this_cpu(), NONE);
         self.ops.write_cr3(self.frames, self.init_pgd)
+    }
+
+    /// This CPU stops running its user address space but keeps it loaded
+    /// (Linux's `enter_lazy_tlb`: an idle CPU or a kernel thread saves a
+    /// switch). The space may then exit from another CPU, which makes this
+    /// one drop it first.
+    pub fn enter_lazy(&self) {
+        self.set_running(self.cpus().this_cpu(), NONE);
+    }
+
+    fn set_running(&self, cpu: usize, pgd: u64) {
+        if let Some(r) = self.running.get(cpu) {
+            r.store(pgd, Ordering::Release);
+        }
     }
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
@@ -631,11 +662,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
     /// Refused, with `space` given back unchanged, while it is the one loaded
-    /// on this CPU. Any other CPU that still holds it (loaded, maybe only
-    /// lazily, by an idle CPU) is first made to switch to `init_mm` through a
-    /// cross-call (Linux's `xen_drop_mm_ref`): no CPU may keep a root that is
-    /// unpinned and freed; if one cannot be reached, `space` comes back
-    /// unchanged with the error naming it.
+    /// on this CPU, or while another CPU runs it ([`PvError::RootInUse`]).
+    /// Any other CPU that only holds it lazily ([`Mm::enter_lazy`]) is first
+    /// made to switch to `init_mm` through a cross-call (Linux's
+    /// `xen_drop_mm_ref`): no CPU may keep a root that is unpinned and freed;
+    /// if one cannot be reached, `space` comes back unchanged with the error
+    /// naming it.
     /// On a later error the space comes back unpinned and partly torn down
     /// (every entry is cleared before what it names is freed, and a table is
     /// emptied before it is unlinked, so what is left is consistent and still
@@ -644,6 +676,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
         if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
+        }
+        let me = self.cpus().this_cpu();
+        let running = (0..pvops::MAX_CPUS).find(|&c| c != me && self.running[c].load(Ordering::Acquire) == space.pgd.0);
+        if let Some(cpu) = running {
+            return Err((PvError::RootInUse { pgd: space.pgd, cpu }, space));
         }
         if let Err(e) = self.drop_root_elsewhere(&space) {
             return Err((e, space));

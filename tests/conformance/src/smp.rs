@@ -160,7 +160,12 @@ fn exit_drops_the_root_on_a_cpu_that_still_holds_it<O: PvMmuOps + ?Sized>(env: &
     let pgd = s.pgd();
     let set_up = (|| {
         ok(mm.map(&s, VA, PageFlags::DATA), "map")?;
-        on(mm, cpu, "activate on the other CPU", &|| mm.activate(&s))
+        // It runs the space, then goes idle keeping it loaded.
+        on(mm, cpu, "activate on the other CPU, then idle", &|| {
+            mm.activate(&s)?;
+            mm.enter_lazy();
+            Ok(())
+        })
     })();
     if let Err(e) = set_up {
         let _ = on(mm, cpu, "back to init_mm there", &|| mm.activate_init());
@@ -184,6 +189,37 @@ fn exit_drops_the_root_on_a_cpu_that_still_holds_it<O: PvMmuOps + ?Sized>(env: &
     where_?;
     ensure!(mm.frames().free_frames() == before, "frames not returned");
     Ok(())
+}
+
+/// `Mm::exit` of a space another CPU is running (not merely holding
+/// lazily) is refused with `RootInUse` naming that CPU, and changes nothing:
+/// the other CPU still reads its page, and the space exits later.
+fn exit_of_a_space_another_cpu_runs_is_refused_and_changes_nothing<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+) -> CaseResult {
+    let mm = env.mm;
+    let cpu = other(mm)?;
+    let s = ok(mm.create(), "create")?;
+    let r = (|| {
+        ok(mm.map(&s, VA, PageFlags::DATA), "map")?;
+        ok(mm.poke(&s, VA, OLD), "poke")?;
+        on(mm, cpu, "activate on the other CPU", &|| mm.activate(&s))?;
+        Ok(())
+    })();
+    let (refusal, s) = match mm.exit(s) {
+        Ok(()) => return r.and(Err(format!("exit of a space CPU {cpu} runs succeeded"))),
+        Err(refused) => refused,
+    };
+    let verdict = r.and_then(|()| match refusal {
+        PvError::RootInUse { cpu: c, .. } if c == cpu => Ok(()),
+        e => Err(format!("exit: {e}, expected RootInUse on CPU {cpu}")),
+    });
+    let still = read_on(env, cpu, VA);
+    let back = on(mm, cpu, "back to init_mm there", &|| mm.activate_init());
+    let gone = mm.exit(s).map_err(|(e, _)| format!("exit after: {e}"));
+    verdict?;
+    ensure!(still? == OLD, "the other CPU no longer reads its page after the refused exit");
+    back.and(gone)
 }
 
 /// `PvMmuOps::exit_mm` of a root another CPU has loaded MUST fail with
@@ -246,5 +282,6 @@ smp_cases!(
     unmap_shoots_down_the_translation_on_every_cpu_that_holds_the_space,
     flush_tlb_multi_flushes_the_cpus_in_the_set,
     exit_drops_the_root_on_a_cpu_that_still_holds_it,
+    exit_of_a_space_another_cpu_runs_is_refused_and_changes_nothing,
     exit_mm_of_a_root_loaded_on_another_cpu_is_refused,
 );
