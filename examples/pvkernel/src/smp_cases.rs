@@ -14,10 +14,12 @@
 //!    see NEW (OLD/0 = a stale translation: no remote flush). First, to show
 //!    the test can fail, the same rewire with a local-only flush: the AP is
 //!    expected to read the old page (QEMU TCG keeps per-CPU TLBs).
-//! b. `lazy_exit`: the AP activates A and goes idle with it loaded; CPU 0
-//!    `Mm::exit`s A: it must succeed (kernel-glue cross-calls the AP to
-//!    switch to init_mm, Linux's `xen_drop_mm_ref`), the AP must then report
-//!    init_mm's root, and every frame must come back.
+//! b. `lazy_exit`: the AP activates A; while it runs A, CPU 0's `Mm::exit`
+//!    must be refused (`RootInUse` naming the AP, nothing changed). Then the
+//!    AP only holds A lazily (`Mm::enter_lazy`) and goes idle; `Mm::exit`
+//!    must succeed (kernel-glue cross-calls the AP to switch to init_mm,
+//!    Linux's `xen_drop_mm_ref`), the AP must then report init_mm's root,
+//!    and every frame must come back.
 //! c. `concurrent_map`: both CPUs map into A at once, in disjoint tables and
 //!    interleaved in the same L1; afterwards every page, read through the
 //!    hardware on both CPUs, holds what its mapper wrote; frames balance.
@@ -319,8 +321,34 @@ fn lazy_exit(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         Ok(()) if read(X) == OLD => ops.read_cr3().0,
         _ => u64::MAX,
     });
-    // The AP keeps A loaded and goes idle (`sti; hlt` / SCHEDOP_block):
-    // only a cross-call can make it let go.
+    // While the AP runs A, exit must be refused, naming it, nothing changed.
+    let free = v.frames.free_frames();
+    let space = match mm.exit(space) {
+        Err((e, space)) => {
+            let still = agent.run(&|| read(X));
+            let unchanged = v.frames.free_frames() == free && still == OLD;
+            if e != (PvError::RootInUse { pgd, cpu: agent.cpu }) || !unchanged {
+                let _ = agent.run(&|| code(mm.activate_init()));
+                let _ = mm.exit(space);
+                return Ok((
+                    false,
+                    alloc::format!("exit while CPU {} runs A: {e} (unchanged: {unchanged})", agent.cpu),
+                ));
+            }
+            space
+        }
+        Ok(()) => {
+            // Freed under the AP's feet: get it off that root first.
+            let _ = agent.run(&|| code(mm.activate_init()));
+            return Ok((false, alloc::format!("exit while CPU {} runs A succeeded", agent.cpu)));
+        }
+    };
+    // The AP only keeps A loaded now (Linux's enter_lazy_tlb) and goes idle
+    // (`sti; hlt` / SCHEDOP_block): only a cross-call can make it let go.
+    agent.run(&|| {
+        mm.enter_lazy();
+        0
+    });
     MAILBOX.stop.store(true, Ordering::Release);
     smp::join(agent.cpu)?;
     let exited = mm.exit(space);
@@ -331,13 +359,13 @@ fn lazy_exit(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
     let init = mm.init_pgd().0;
     let ok = loaded == pgd.0 && exited.is_ok() && now == init;
     let what = alloc::format!(
-        "CPU {} had root {loaded:#x} (A {:#x}) loaded while idle; exit {}; it now has {now:#x} (init_mm {init:#x})",
-        agent.cpu,
+        "exit while CPU {cpu} runs A: refused (root in use on CPU {cpu}), nothing changed; CPU {cpu} had root {loaded:#x} (A {:#x}) loaded lazily while idle; exit {}; it now has {now:#x} (init_mm {init:#x})",
         pgd.0,
         match &exited {
             Ok(()) => alloc::string::String::from("ok"),
             Err((e, _)) => alloc::format!("failed: {e}"),
-        }
+        },
+        cpu = agent.cpu,
     );
     if let Err((_, space)) = exited {
         // Leave nothing behind: switch the AP away and try again.
