@@ -25,8 +25,9 @@
 //!    hardware on both CPUs, holds what its mapper wrote; frames balance.
 //! d. `switch_storm`: both CPUs alternate between A and B many times; after
 //!    each switch a read of X shows the space just activated, and at the end
-//!    each CPU's loaded root (`read_cr3` on that CPU) is what it last
-//!    activated.
+//!    each CPU's loaded root is what it last activated, as the backend
+//!    (`read_cr3`) and the hardware (cr3) say on that CPU; on Xen, Xen must
+//!    hold the user pgd of each space a vCPU ended on as a loaded base.
 //! e. `call_errors`: a cross-call to an offline CPU is `CpuOffline` naming
 //!    it; one to a CPU that spins with events masked is `CpuTimeout` naming
 //!    it after the bounded wait, and its function never runs (the request
@@ -39,6 +40,7 @@ use kernel_glue::{AddressSpace, PageFlags};
 use pvops::{CpuMask, Cpus, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps};
 
 use crate::kprintln;
+use crate::oracle::KernelOracle;
 use crate::smp::{self, Deadline};
 use crate::vm::{self, Vm};
 
@@ -440,21 +442,30 @@ fn concurrent_map(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String)
 
 /// Alternates between `a` and `b` `STORM_ROUNDS` times (starting with `a`
 /// if `first_a`); returns (reads that showed the wrong space, last root
-/// activated, root loaded at the end) — or u64::MAX fields on an error.
-fn storm(v: &Vm, a: &AddressSpace, b: &AddressSpace, first_a: bool) -> (u64, u64, u64) {
+/// activated, root loaded at the end as the backend says, as the hardware
+/// (cr3; on Xen translated from the MFN) says) — u64::MAX fields on an error.
+fn storm(v: &Vm, a: &AddressSpace, b: &AddressSpace, first_a: bool) -> [u64; 4] {
     let mut wrong = 0;
     let mut last = 0;
     for i in 0..STORM_ROUNDS {
         let (s, want) = if (i % 2 == 0) == first_a { (a, OLD) } else { (b, NEW) };
         if v.mm.activate(s).is_err() {
-            return (u64::MAX, u64::MAX, u64::MAX);
+            return [u64::MAX; 4];
         }
         last = s.pgd().0;
         if read(X) != want {
             wrong += 1;
         }
     }
-    (wrong, last, v.ops.read_cr3().0)
+    let hw = KernelOracle::kernel_root().map_or(u64::MAX, |p| p.0);
+    [wrong, last, v.ops.read_cr3().0, hw]
+}
+
+/// (Xen) Whether Xen holds the user pgd of `space` as a loaded base
+/// pointer on some vCPU (asked of Xen: a writable alias is refused).
+fn user_root_loaded(v: &Vm, space: &AddressSpace) -> Option<bool> {
+    let user = pvops_xen64::attached_user_pgd(v.frames, space.pgd()).ok().flatten()?;
+    crate::xen::typed::is_loaded_base(user).ok()
 }
 
 /// Case d (see the module docs).
@@ -473,8 +484,8 @@ fn switch_storm(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), 
         .and_then(|_| mm.poke(&a, X, OLD))
         .and_then(|()| mm.map(&b, X, PageFlags::DATA))
         .and_then(|_| mm.poke(&b, X, NEW));
-    let ap_out = [const { AtomicU64::new(u64::MAX) }; 3];
-    let mut cpu0 = (u64::MAX, u64::MAX, u64::MAX);
+    let ap_out = [const { AtomicU64::new(u64::MAX) }; 4];
+    let mut cpu0 = [u64::MAX; 4];
     if setup.is_ok() {
         let go = AtomicBool::new(false);
         // Bound to a local: it must outlive the `wait` below.
@@ -482,8 +493,7 @@ fn switch_storm(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), 
             while !go.load(Ordering::Acquire) {
                 core::hint::spin_loop();
             }
-            let (wrong, last, loaded) = storm(v, &a, &b, false);
-            for (slot, x) in ap_out.iter().zip([wrong, last, loaded]) {
+            for (slot, x) in ap_out.iter().zip(storm(v, &a, &b, false)) {
                 slot.store(x, Ordering::Relaxed);
             }
             0
@@ -494,25 +504,40 @@ fn switch_storm(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), 
         cpu0 = storm(v, &a, &b, true);
         agent.wait();
     }
-    let [w, l, n] = &ap_out;
-    let ap = (w.load(Ordering::Relaxed), l.load(Ordering::Relaxed), n.load(Ordering::Relaxed));
+    let ap = ap_out.each_ref().map(|x| x.load(Ordering::Relaxed));
+    // Xen: the user pgd of each space a vCPU ended on must be loaded too
+    // (the user root stays the partner of the kernel root).
+    let mut users = alloc::string::String::new();
+    let mut users_ok = true;
+    if crate::platform::is_xen() && setup.is_ok() {
+        for (name, s) in [("A", &a), ("B", &b)] {
+            let want = cpu0[1] == s.pgd().0 || ap[1] == s.pgd().0;
+            let got = user_root_loaded(v, s);
+            users_ok &= got == Some(want);
+            users += &alloc::format!("; user pgd of {name} loaded: {got:?} (want {want})");
+        }
+    }
     let back = code(mm.activate_init()) | agent.run(&|| code(mm.activate_init()));
     let ga = mm.exit(a).map_err(|(e, _)| e);
     let gb = mm.exit(b).map_err(|(e, _)| e);
     setup?;
     ga?;
     gb?;
-    let ok = cpu0.0 == 0 && ap.0 == 0 && cpu0.1 == cpu0.2 && ap.1 == ap.2 && back == 0;
+    let ends_ok = |r: &[u64; 4]| r[0] == 0 && r[1] == r[2] && r[1] == r[3];
+    let ok = ends_ok(&cpu0) && ends_ok(&ap) && users_ok && back == 0;
     Ok((
         ok,
         alloc::format!(
-            "{STORM_ROUNDS} switches per CPU; wrong space seen: CPU 0 {}, CPU {} {}; loaded at the end = last activated: CPU 0 {}, CPU {} {}",
-            cpu0.0,
-            agent.cpu,
-            ap.0,
-            cpu0.1 == cpu0.2,
-            agent.cpu,
-            ap.1 == ap.2
+            "{STORM_ROUNDS} switches per CPU; wrong space seen: CPU 0 {}, CPU {cpu} {}; last activated / loaded (backend) / cr3: CPU 0 {:#x}/{:#x}/{:#x}, CPU {cpu} {:#x}/{:#x}/{:#x}{users}",
+            cpu0[0],
+            ap[0],
+            cpu0[1],
+            cpu0[2],
+            cpu0[3],
+            ap[1],
+            ap[2],
+            ap[3],
+            cpu = agent.cpu,
         ),
     ))
 }
