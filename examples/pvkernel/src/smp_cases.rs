@@ -41,6 +41,7 @@ use pvops::{CpuMask, Cpus, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps
 
 use crate::kprintln;
 use crate::oracle::KernelOracle;
+use crate::seams::SeamCounts;
 use crate::smp::{self, Deadline};
 use crate::vm::{self, Vm};
 
@@ -267,11 +268,11 @@ fn shootdown(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         let ap_again = agent.run(&|| read(X));
 
         // The real test: Mm::unmap must shoot down the AP's entry.
-        let ipis = smp::ipi_counts();
+        let (ipis, seams) = (smp::ipi_counts(), SeamCounts::now());
         mm.unmap(&space, X)?;
-        let (sent, ran) = smp::ipi_counts();
+        let ((sent, ran), seams) = (smp::ipi_counts(), SeamCounts::now().since(&seams));
         kprintln!(
-            "smp shootdown: Mm::unmap of a page loaded on 2 CPUs: {} IPIs sent, {} cross-calls run",
+            "smp shootdown: Mm::unmap of a page loaded on 2 CPUs: {} IPIs sent, {} cross-calls run; {seams}",
             sent - ipis.0,
             ran - ipis.1
         );
