@@ -206,6 +206,8 @@ pub enum NativeSmpError {
     Acpi(native_acpi::AcpiError),
     /// The trampoline page is not usable RAM in the E820 map.
     TrampolineNotRam(u64),
+    /// The trampoline page is in the free list: the allocator could hand it out.
+    TrampolineNotReserved(u64),
     /// The LAPIC base is not where a 2 MiB uncached page can map it.
     LapicBase(u64),
     /// The boot CPU's APIC id is not in the MADT.
@@ -259,6 +261,13 @@ pub fn init(rsdp: u64, e820: &[E820Entry]) -> Result<Madt, NativeSmpError> {
     let page = TRAMPOLINE..TRAMPOLINE + 4096;
     if !e820.iter().any(|e| e.kind == E820_RAM && e.addr <= page.start && e.addr + e.size >= page.end) {
         return Err(NativeSmpError::TrampolineNotRam(TRAMPOLINE));
+    }
+    // memory.rs keeps the first MiB out of the free list; the boot and frame
+    // allocators only hand out what was in it, so nobody else has this page
+    // (it was never free: neither still free nor handed out since boot).
+    let pfn = TRAMPOLINE >> 12;
+    if crate::memory::free_frames().contains(pfn) || crate::memory::was_allocated(pfn) {
+        return Err(NativeSmpError::TrampolineNotReserved(TRAMPOLINE));
     }
     // SAFETY: the APIC base MSR exists on every x86-64 CPU (ring 0).
     let base = unsafe { x86::rdmsr(MSR_APIC_BASE) } & 0x000f_ffff_ffff_f000;
