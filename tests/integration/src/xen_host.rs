@@ -42,7 +42,14 @@ pub fn xen_platform(nr_pages: u64) -> HostPlatform {
 
 /// [`xen_platform`] with the p2m scrambled from `p2m_seed`.
 pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
-    let model = XenModel::leaked(nr_pages, p2m_seed);
+    xen_platform_smp(nr_pages, p2m_seed, 1)
+}
+
+/// [`xen_platform_seeded`] with `vcpus` vCPUs, every one up on the boot L4
+/// (`VCPUOP_initialise` with `ctrlreg[3]` = `pt_base`). Its `Cpus` are the
+/// model's: event masks are the vCPUs' upcall masks, cross-calls event-channel IPIs.
+pub fn xen_platform_smp(nr_pages: u64, p2m_seed: u64, vcpus: usize) -> HostPlatform {
+    let model = XenModel::leaked_smp(nr_pages, p2m_seed, vcpus);
     let platform: &'static pvops_xen64::XenPlatform = Box::leak(Box::new(model.platform()));
     HostPlatform {
         label: "xen-model",
@@ -63,6 +70,7 @@ pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
         }),
         invariants: Box::new(move |frames, pgds| invariants(model, frames, pgds)),
         xen: Some(model),
+        machine: model.machine(),
         quiescent: Box::new(move || model.check_quiescent()),
     }
 }

@@ -449,20 +449,24 @@ impl Explorer {
     }
 
     /// For each seed: `setup(seed)` builds fresh state, every vCPU runs
-    /// `body`, then `check` (on the calling thread, as vCPU 0) judges the
-    /// end state. The first failing seed is the error.
+    /// `body`, then `check` (on the calling thread, as vCPU 0, outside the
+    /// schedule) judges the end state; it owns the state, so it may tear it
+    /// down. The first failing seed is the error.
     pub fn run<S: SmpState>(
         &self,
         setup: impl Fn(u64) -> S,
         body: impl Fn(usize, &S) -> Result<(), String> + Sync,
-        check: impl Fn(&S) -> Result<(), String>,
+        check: impl Fn(S) -> Result<(), String>,
     ) -> Result<Explored, Failure> {
         let mut out = Explored::default();
         let mut hashes = std::collections::HashSet::new();
         for seed in self.seeds.clone() {
             let state = setup(seed);
             let run = run_once(self.vcpus, Schedule::Seed(seed), self.max_steps, &state, &body);
-            let failure = run.failure.clone().or_else(|| crate::vcpu::on_vcpu(0, || check(&state)).err());
+            let failure = match run.failure.clone() {
+                Some(f) => Some(f),
+                None => crate::vcpu::on_vcpu(0, || check(state)).err(),
+            };
             if let Some(message) = failure {
                 return Err(Failure { seed, message, steps: run.steps, trace_hash: run.trace_hash });
             }
@@ -481,7 +485,7 @@ pub fn explore<S: SmpState>(
     seeds: Range<u64>,
     setup: impl Fn(u64) -> S,
     body: impl Fn(usize, &S) -> Result<(), String> + Sync,
-    check: impl Fn(&S) -> Result<(), String>,
+    check: impl Fn(S) -> Result<(), String>,
 ) -> Result<Explored, Failure> {
     Explorer::new(vcpus).seeds(seeds).run(setup, body, check)
 }

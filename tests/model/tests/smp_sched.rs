@@ -49,7 +49,7 @@ fn racy_increments(_id: usize, t: &Toy) -> Result<(), String> {
     Ok(())
 }
 
-fn six(t: &Toy) -> Result<(), String> {
+fn six(t: Toy) -> Result<(), String> {
     match t.counter.load(Ordering::SeqCst) {
         6 => Ok(()),
         n => Err(format!("counter {n}, not 6: an update was lost")),
@@ -65,7 +65,7 @@ fn a_racy_read_yield_write_toy_is_found_and_its_seed_replays() {
         let t = toy(f.seed);
         let body: &Body<'_, Toy> = &racy_increments;
         let run = run_once(2, Schedule::Seed(f.seed), 10_000, &t, body);
-        (run.trace_hash, six(&t).is_err())
+        (run.trace_hash, six(t).is_err())
     };
     assert_eq!(replay(()), (f.trace_hash, true));
     assert_eq!(replay(()), (f.trace_hash, true));
@@ -173,7 +173,7 @@ fn an_idle_vcpu_still_answers_cross_calls() {
         }
         Ok(())
     };
-    explore(2, 0..50, toy, body, |t| match t.cpus.counters().handled {
+    explore(2, 0..50, toy, body, |t: Toy| match t.cpus.counters().handled {
         1 => Ok(()),
         n => Err(format!("{n} handled")),
     })
@@ -206,7 +206,7 @@ fn a_target_with_events_masked_for_good_times_out_naming_it() {
             other => Err(format!("{other:?}")),
         }
     };
-    explore(2, 0..20, toy, body, |t| if t.cpus.pending(1) == 0 { Ok(()) } else { Err("left queued".into()) })
+    explore(2, 0..20, toy, body, |t: Toy| if t.cpus.pending(1) == 0 { Ok(()) } else { Err("left queued".into()) })
         .expect("a bounded wait");
 }
 

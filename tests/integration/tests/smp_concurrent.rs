@@ -1,0 +1,348 @@
+//! The concurrent cases of issue 12 on the host models, two vCPUs under the
+//! deterministic scheduler (`pvops_model::explore`), on both backends and
+//! through kernel-glue as the kernel calls it. Every verdict comes from the
+//! models — a vCPU's TLB and root as the machine or Xen model holds them,
+//! Xen's types and pins — never from the backend's or `Mm`'s own records.
+//!
+//! * unmap while the other vCPU reads: once `unmap` has returned, the
+//!   reader faults (the shootdown reached its TLB), and no frame is freed
+//!   while a TLB may still reach it;
+//! * exit while the other vCPU still has the space loaded (lazily, idle or
+//!   busy): no Xen error or hazard, every vCPU back on init_mm, no leak;
+//! * both vCPUs mapping into one space at once, racing for the same new
+//!   tables: no lost update, no torn table;
+//! * switch storms: after each switch, the vCPU's loaded kernel root is the
+//!   one it asked for and its user root that root's partner.
+//!
+//! Seeds: 0..N per case and backend (`PVOPS_SMP_SEEDS=N`, default below).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use kernel_glue::{AddressSpace, PageFlags};
+use pvops::Pfn;
+use pvops_integration::platform::{boot_smp, SmpBooted, KERNEL_VA};
+use pvops_model::sched::seed_range;
+use pvops_model::{vcpu, Explorer, ModelCpus, Point, SmpState};
+
+const BACKENDS: [&str; 2] = ["native", "xen64"];
+/// Frames per model: enough for a few spaces, small enough to boot fast.
+const FRAMES: u64 = 512;
+const SEEDS: u64 = 60;
+const VA: u64 = 0x40_0000;
+
+fn explorer() -> Explorer {
+    Explorer::new(2).seeds(seed_range(SEEDS)).max_steps(100_000)
+}
+
+fn boot(name: &str, seed: u64) -> SmpBooted {
+    boot_smp(name, 2, FRAMES, seed).unwrap_or_else(|e| panic!("{name} boots with 2 vCPUs: {e}"))
+}
+
+fn yield_here(b: &SmpBooted) {
+    b.cpus().yield_point(Point::Explicit);
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A space with `VA` mapped, activated on both vCPUs.
+struct Unmap {
+    b: SmpBooted,
+    space: AddressSpace,
+    frame: Pfn,
+    unmapped: AtomicBool,
+    /// User reads that found the page before the unmap returned.
+    hits: AtomicU64,
+}
+
+impl SmpState for Unmap {
+    fn cpus(&self) -> &ModelCpus {
+        self.b.cpus()
+    }
+}
+
+fn unmap_setup(name: &str, seed: u64) -> Unmap {
+    let b = boot(name, seed);
+    let space = b.mm.create().expect("create");
+    let frame = b.mm.map(&space, VA, PageFlags::DATA).expect("map");
+    for cpu in [1, 0] {
+        vcpu::on_vcpu(cpu, || b.mm.activate(&space)).expect("activate");
+        assert_eq!(vcpu::on_vcpu(cpu, || b.user_read(VA)), Some(frame), "vCPU {cpu} reads the page");
+    }
+    Unmap { b, space, frame, unmapped: AtomicBool::new(false), hits: AtomicU64::new(0) }
+}
+
+fn unmap_body(id: usize, c: &Unmap) -> Result<(), String> {
+    if id == 0 {
+        yield_here(&c.b);
+        c.b.mm.unmap(&c.space, VA).map_err(err)?;
+        c.unmapped.store(true, Ordering::SeqCst);
+        return Ok(());
+    }
+    for _ in 0..12 {
+        let after = c.unmapped.load(Ordering::SeqCst);
+        match c.b.user_read(VA) {
+            Some(f) if after => return Err(format!("vCPU 1 read {f:?} at {VA:#x} after unmap returned")),
+            Some(f) if f != c.frame => return Err(format!("vCPU 1 read {f:?}, mapped was {:?}", c.frame)),
+            Some(_) => {
+                c.hits.fetch_add(1, Ordering::SeqCst);
+            }
+            None => {}
+        }
+        yield_here(&c.b);
+    }
+    Ok(())
+}
+
+fn unmap_check(c: Unmap) -> Result<(), String> {
+    c.b.check()?;
+    match c.b.mm.translate(&c.space, VA).map_err(err)? {
+        None => Ok(()),
+        Some(m) => Err(format!("still mapped: {m:?}")),
+    }
+}
+
+#[test]
+fn unmap_while_the_other_vcpu_reads_shoots_its_tlb_down() {
+    for name in BACKENDS {
+        let hits = AtomicU64::new(0);
+        let r = explorer().run(
+            |seed| unmap_setup(name, seed),
+            unmap_body,
+            |c| {
+                hits.fetch_add(c.hits.load(Ordering::SeqCst), Ordering::SeqCst);
+                unmap_check(c)
+            },
+        );
+        let e = r.unwrap_or_else(|f| panic!("{name}: {f}"));
+        assert!(hits.load(Ordering::SeqCst) > 0, "{name}: the reader saw the page before the unmap in some runs");
+        assert!(e.distinct > e.runs as usize / 2, "{name}: interleavings vary: {e:?}");
+    }
+}
+
+/// A space loaded on both vCPUs; vCPU 0 leaves it and exits it while vCPU 1
+/// still has it loaded (Linux's lazy TLB: vCPU 1 runs kernel work — here it
+/// maps pages into another space, so the drop-root cross-call may land
+/// inside one of its backend calls — then goes idle).
+struct Exit {
+    b: SmpBooted,
+    space: Mutex<Option<AddressSpace>>,
+    other: AddressSpace,
+    free_before: u64,
+    busy_pages: u64,
+}
+
+impl SmpState for Exit {
+    fn cpus(&self) -> &ModelCpus {
+        self.b.cpus()
+    }
+}
+
+fn exit_setup(name: &str, seed: u64) -> Exit {
+    let b = boot(name, seed);
+    let free_before = b.frames.free_frames();
+    let space = b.mm.create().expect("create");
+    let other = b.mm.create().expect("create");
+    b.mm.map(&space, VA, PageFlags::DATA).expect("map");
+    for cpu in [1, 0] {
+        vcpu::on_vcpu(cpu, || b.mm.activate(&space)).expect("activate");
+    }
+    Exit { b, space: Mutex::new(Some(space)), other, free_before, busy_pages: seed % 4 }
+}
+
+fn exit_body(id: usize, c: &Exit) -> Result<(), String> {
+    if id == 0 {
+        c.b.mm.activate_init().map_err(err)?;
+        yield_here(&c.b);
+        let space = c.space.lock().map_err(err)?.take().ok_or("no space")?;
+        c.b.mm.exit(space).map_err(|(e, _)| format!("exit: {e}"))?;
+        return Ok(());
+    }
+    for j in 0..c.busy_pages {
+        c.b.mm.map(&c.other, VA + j * 0x1000, PageFlags::DATA).map_err(|e| format!("vCPU 1 map: {e}"))?;
+        if c.b.kernel_read(KERNEL_VA).is_none() {
+            return Err(String::from("vCPU 1 lost the kernel half"));
+        }
+    }
+    Ok(())
+}
+
+fn exit_check(c: Exit) -> Result<(), String> {
+    c.b.check()?;
+    c.b.mm.exit(c.other).map_err(|(e, _)| format!("exit of the other space: {e}"))?;
+    c.b.check_quiescent()?;
+    let boot_root = c.b.mm.init_pgd();
+    for cpu in 0..2 {
+        let root = match c.b.xen {
+            Some(model) => model.pfn_of(model.kernel_base_of(cpu)),
+            None => Some(Pfn(c.b.machine.cr3_of(cpu) >> 12)),
+        };
+        if root != Some(boot_root) {
+            return Err(format!("vCPU {cpu} is on {root:?}, not init_mm's {boot_root:?}"));
+        }
+    }
+    let free = c.b.frames.free_frames();
+    if free != c.free_before {
+        return Err(format!("{} frames free after exit, {} before create", free, c.free_before));
+    }
+    Ok(())
+}
+
+#[test]
+fn exit_while_the_other_vcpu_holds_the_root_drops_it_there_first() {
+    for name in BACKENDS {
+        explorer().run(|seed| exit_setup(name, seed), exit_body, exit_check).unwrap_or_else(|f| panic!("{name}: {f}"));
+    }
+}
+
+/// Both vCPUs map pages into one space at once, in the same fresh 2 MiB
+/// regions (racing to build the same L2 and L1 tables).
+struct Maps {
+    b: SmpBooted,
+    space: AddressSpace,
+    frames: Mutex<Vec<(u64, Pfn)>>,
+}
+
+impl SmpState for Maps {
+    fn cpus(&self) -> &ModelCpus {
+        self.b.cpus()
+    }
+}
+
+const REGIONS: u64 = 3;
+
+fn page_va(id: usize, j: u64) -> u64 {
+    VA + j * 0x20_0000 + id as u64 * 0x1000
+}
+
+fn maps_setup(name: &str, seed: u64) -> Maps {
+    let b = boot(name, seed);
+    let space = b.mm.create().expect("create");
+    for cpu in [1, 0] {
+        vcpu::on_vcpu(cpu, || b.mm.activate(&space)).expect("activate");
+    }
+    Maps { b, space, frames: Mutex::new(Vec::new()) }
+}
+
+fn maps_body(id: usize, c: &Maps) -> Result<(), String> {
+    for j in 0..REGIONS {
+        let va = page_va(id, j);
+        let frame = c.b.mm.map(&c.space, va, PageFlags::DATA).map_err(|e| format!("map {va:#x}: {e}"))?;
+        c.frames.lock().map_err(err)?.push((va, frame));
+        yield_here(&c.b);
+    }
+    Ok(())
+}
+
+fn maps_check(c: Maps) -> Result<(), String> {
+    c.b.check()?;
+    let mapped = c.frames.lock().map_err(err)?.clone();
+    if mapped.len() != 2 * REGIONS as usize {
+        return Err(format!("{} pages mapped", mapped.len()));
+    }
+    for cpu in 0..2 {
+        for &(va, frame) in &mapped {
+            // The page tables as the model walks them: no lost update.
+            let got = vcpu::on_vcpu(cpu, || c.b.user_read(va));
+            if got != Some(frame) {
+                return Err(format!("vCPU {cpu}: {va:#x} reaches {got:?}, mapped {frame:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn both_vcpus_mapping_into_one_space_lose_no_update() {
+    for name in BACKENDS {
+        explorer().run(|seed| maps_setup(name, seed), maps_body, maps_check).unwrap_or_else(|f| panic!("{name}: {f}"));
+    }
+}
+
+/// Two spaces mapping `VA` to different frames; each vCPU switches between
+/// them and init_mm.
+struct Storm {
+    b: SmpBooted,
+    spaces: [AddressSpace; 2],
+    frames: [Pfn; 2],
+}
+
+impl SmpState for Storm {
+    fn cpus(&self) -> &ModelCpus {
+        self.b.cpus()
+    }
+}
+
+fn storm_setup(name: &str, seed: u64) -> Storm {
+    let b = boot(name, seed);
+    let a = b.mm.create().expect("create");
+    let z = b.mm.create().expect("create");
+    let fa = b.mm.map(&a, VA, PageFlags::DATA).expect("map");
+    let fz = b.mm.map(&z, VA, PageFlags::DATA).expect("map");
+    Storm { b, spaces: [a, z], frames: [fa, fz] }
+}
+
+/// The kernel root `cpu` really has loaded, asked of the model.
+fn loaded_root(b: &SmpBooted, cpu: usize) -> Option<Pfn> {
+    match b.xen {
+        Some(model) => model.pfn_of(model.kernel_base_of(cpu)),
+        None => Some(Pfn(b.machine.cr3_of(cpu) >> 12)),
+    }
+}
+
+fn storm_body(id: usize, c: &Storm) -> Result<(), String> {
+    for i in 0..6 {
+        let which = (id + i) % 3;
+        let (want, frame) = match which {
+            2 => {
+                c.b.mm.activate_init().map_err(err)?;
+                (c.b.mm.init_pgd(), None)
+            }
+            k => {
+                c.b.mm.activate(&c.spaces[k]).map_err(err)?;
+                (c.spaces[k].pgd(), Some(c.frames[k]))
+            }
+        };
+        let root = loaded_root(&c.b, id);
+        if root != Some(want) {
+            return Err(format!("vCPU {id} switched to {want:?} but runs on {root:?}"));
+        }
+        if let Some(model) = c.b.xen {
+            // Xen: the user root this vCPU has loaded is the partner of its
+            // kernel root (check_invariants pairs them on every vCPU).
+            model.check_invariants()?;
+            if frame.is_none() && model.user_base_of(id).0 != 0 {
+                return Err(format!("vCPU {id} on init_mm kept a user root"));
+            }
+        }
+        if let Some(f) = frame {
+            let got = c.b.user_read(VA);
+            if got != Some(f) {
+                return Err(format!("vCPU {id} in space {which}: user read reaches {got:?}, not {f:?}"));
+            }
+        }
+        yield_here(&c.b);
+    }
+    Ok(())
+}
+
+fn storm_check(c: Storm) -> Result<(), String> {
+    c.b.check()?;
+    let Storm { b, spaces, .. } = c;
+    b.mm.activate_init().map_err(err)?;
+    for space in spaces {
+        b.mm.exit(space).map_err(|(e, _)| format!("exit: {e}"))?;
+    }
+    b.check_quiescent()
+}
+
+#[test]
+fn switch_storms_keep_each_vcpus_roots_paired() {
+    for name in BACKENDS {
+        explorer()
+            .run(|seed| storm_setup(name, seed), storm_body, storm_check)
+            .unwrap_or_else(|f| panic!("{name}: {f}"));
+    }
+}
