@@ -187,6 +187,22 @@ impl SmpBooted {
         }
     }
 
+    /// Where the tables under `pgd` take a user read of `va`, walked by the
+    /// model with no TLB (what the tables say now, not what a CPU may still
+    /// have cached).
+    pub fn table_walk(&self, pgd: Pfn, va: u64) -> Option<Pfn> {
+        let va = pvops::VirtAddr::try_new(va).ok()?;
+        let access = pvops_model::Access::USER_READ;
+        match self.xen {
+            Some(model) => {
+                let root = model.mfn_of(pgd)?;
+                let mfn = self.machine.translate_from(root.0, va, access).ok()?;
+                model.pfn_of(pvops::Mfn(mfn))
+            }
+            None => self.machine.translate_from(pgd.0, va, access).ok().map(Pfn),
+        }
+    }
+
     /// What must hold after any step: no TLB hazard (a frame freed or
     /// reused while a vCPU's TLB may reach it, a write through a stale
     /// entry) and, under Xen, every rule of the model on every vCPU (no
