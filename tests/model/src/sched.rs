@@ -65,9 +65,10 @@ pub enum Point {
 pub enum Schedule {
     /// Pseudo-random picks from this seed.
     Seed(u64),
-    /// Pick `choices[i] % runnable` at the `i`-th choice; after the list,
-    /// the running vCPU goes on while it can (enumerating these lists
-    /// explores interleavings systematically).
+    /// Pick `choices[i] % runnable` at the `i`-th choice (an index among
+    /// the runnable vCPUs, lowest first); after the list, the lowest
+    /// runnable vCPU (enumerating these lists explores interleavings
+    /// systematically: [`Explorer::run_all`]).
     Choices(Vec<usize>),
 }
 
@@ -115,7 +116,7 @@ impl St {
     }
 
     /// The runnable vCPU that goes on after `me`, or `None` if none is.
-    fn pick(&mut self, me: usize) -> Option<usize> {
+    fn pick(&mut self) -> Option<usize> {
         let runnable: Vec<usize> = (0..self.status.len()).filter(|&v| self.status[v] == Status::Runnable).collect();
         let k = runnable.len();
         if k <= 1 {
@@ -123,10 +124,7 @@ impl St {
         }
         let i = match &self.schedule {
             Schedule::Seed(_) => (self.next_rng() % k as u64) as usize,
-            Schedule::Choices(c) => match c.get(self.next_choice) {
-                Some(&x) => x % k,
-                None => runnable.iter().position(|&v| v == me).unwrap_or(0),
-            },
+            Schedule::Choices(c) => c.get(self.next_choice).map_or(0, |&x| x % k),
         };
         self.next_choice += 1;
         self.decisions.push((i, k));
@@ -211,7 +209,7 @@ pub fn yield_now(point: Point) {
         drop(st);
         abort();
     }
-    let next = st.pick(me).unwrap_or(me);
+    let next = st.pick().unwrap_or(me);
     st.mix(next as u64);
     if next != me {
         st.running = next;
@@ -244,7 +242,7 @@ fn idle() -> bool {
     }
     st.status[me] = Status::Idle;
     st.mix(((me as u64) << 8) | Point::Idle as u64);
-    match st.pick(me) {
+    match st.pick() {
         None => {
             st.finished = true;
             shared.cv.notify_all();
@@ -319,7 +317,7 @@ pub fn run_once<S: SmpState>(vcpus: usize, schedule: Schedule, max_steps: u64, s
     });
     {
         let mut st = shared.lock();
-        st.running = st.pick(0).unwrap_or(0);
+        st.running = st.pick().unwrap_or(0);
         let first = st.running as u64;
         st.mix(first);
     }
@@ -364,7 +362,7 @@ fn vcpu_thread<S: SmpState>(shared: Arc<Shared>, id: usize, state: &S, body: &Bo
     let mut st = shared.lock();
     st.status[id] = Status::Done;
     if st.running == id && !st.finished {
-        match st.pick(id) {
+        match st.pick() {
             Some(next) => st.running = next,
             None => st.finished = true,
         }
@@ -394,8 +392,12 @@ pub fn seed_range(default: u64) -> Range<u64> {
 /// The first failing run of an exploration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    /// Its seed (replay it with [`Schedule::Seed`]).
+    /// Its seed (replay it with [`Schedule::Seed`]); in an exhaustive
+    /// exploration, the run's number.
     pub seed: u64,
+    /// In an exhaustive exploration, the choices that replay it
+    /// ([`Schedule::Choices`]); empty for a seeded run.
+    pub choices: Vec<usize>,
     /// Why it failed.
     pub message: String,
     /// Points passed before the failure.
@@ -406,7 +408,11 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seed {} (after {} steps, trace {:#x}): {}", self.seed, self.steps, self.trace_hash, self.message)
+        write!(f, "seed {} (after {} steps, trace {:#x}): {}", self.seed, self.steps, self.trace_hash, self.message)?;
+        if !self.choices.is_empty() {
+            write!(f, " [choices {:?}]", self.choices)?;
+        }
+        Ok(())
     }
 }
 
@@ -419,6 +425,8 @@ pub struct Explored {
     pub steps: u64,
     /// Distinct interleavings seen (by trace hash).
     pub distinct: usize,
+    /// An exhaustive exploration ran every interleaving (within its bound).
+    pub complete: bool,
 }
 
 /// Runs a body over many schedules, with fresh state for each.
@@ -468,11 +476,66 @@ impl Explorer {
                 None => crate::vcpu::on_vcpu(0, || check(state)).err(),
             };
             if let Some(message) = failure {
-                return Err(Failure { seed, message, steps: run.steps, trace_hash: run.trace_hash });
+                return Err(Failure {
+                    seed,
+                    choices: Vec::new(),
+                    message,
+                    steps: run.steps,
+                    trace_hash: run.trace_hash,
+                });
             }
             out.runs += 1;
             out.steps += run.steps;
             hashes.insert(run.trace_hash);
+        }
+        out.distinct = hashes.len();
+        Ok(out)
+    }
+}
+
+impl Explorer {
+    /// Every interleaving, depth first, up to `max_runs` runs (stateless
+    /// model checking): each run follows a [`Schedule::Choices`] list; the
+    /// next one changes the last choice that still has an untried branch.
+    /// `Explored::complete` says whether the tree was exhausted. Only for
+    /// small bodies: the count grows exponentially with their points.
+    pub fn run_all<S: SmpState>(
+        &self,
+        max_runs: u64,
+        setup: impl Fn(u64) -> S,
+        body: impl Fn(usize, &S) -> Result<(), String> + Sync,
+        check: impl Fn(S) -> Result<(), String>,
+    ) -> Result<Explored, Failure> {
+        let mut out = Explored::default();
+        let mut hashes = std::collections::HashSet::new();
+        let mut choices: Vec<usize> = Vec::new();
+        while out.runs < max_runs {
+            let state = setup(out.runs);
+            let run = run_once(self.vcpus, Schedule::Choices(choices.clone()), self.max_steps, &state, &body);
+            let failure = match run.failure.clone() {
+                Some(f) => Some(f),
+                None => crate::vcpu::on_vcpu(0, || check(state)).err(),
+            };
+            if let Some(message) = failure {
+                let taken = run.decisions.iter().map(|&(i, _)| i).collect();
+                return Err(Failure {
+                    seed: out.runs,
+                    choices: taken,
+                    message,
+                    steps: run.steps,
+                    trace_hash: run.trace_hash,
+                });
+            }
+            out.runs += 1;
+            out.steps += run.steps;
+            hashes.insert(run.trace_hash);
+            // Backtrack: the deepest choice with an untried branch.
+            let Some(i) = run.decisions.iter().rposition(|&(idx, k)| idx + 1 < k) else {
+                out.complete = true;
+                break;
+            };
+            choices = run.decisions[..i].iter().map(|&(idx, _)| idx).collect();
+            choices.push(run.decisions[i].0 + 1);
         }
         out.distinct = hashes.len();
         Ok(out)

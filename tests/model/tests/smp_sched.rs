@@ -72,6 +72,33 @@ fn a_racy_read_yield_write_toy_is_found_and_its_seed_replays() {
 }
 
 #[test]
+fn exhaustive_exploration_finds_the_race_and_covers_the_atomic_toy() {
+    let f = Explorer::new(2).run_all(10_000, toy, racy_increments, six).expect_err("a lost update");
+    assert!(f.message.contains("lost"), "{f}");
+    // Its choices replay it.
+    let t = toy(0);
+    let body: &Body<'_, Toy> = &racy_increments;
+    let run = run_once(2, Schedule::Choices(f.choices.clone()), 10_000, &t, body);
+    assert_eq!((run.trace_hash, six(t).is_err()), (f.trace_hash, true));
+
+    let atomic = |_id: usize, t: &Toy| {
+        for _ in 0..2 {
+            t.counter.fetch_add(3, Ordering::SeqCst);
+            t.cpus.yield_point(Point::Store);
+        }
+        Ok(())
+    };
+    let twelve = |t: Toy| match t.counter.load(Ordering::SeqCst) {
+        12 => Ok(()),
+        n => Err(format!("{n}")),
+    };
+    let e = Explorer::new(2).run_all(10_000, toy, atomic, twelve).expect("no lost update");
+    assert!(e.complete, "{e:?}");
+    assert_eq!(e.distinct as u64, e.runs, "every run a different interleaving");
+    assert!(e.runs >= 6, "at least C(4,2) orders of the four increments: {e:?}");
+}
+
+#[test]
 fn the_same_toy_made_atomic_passes_every_seed() {
     let atomic = |_id: usize, t: &Toy| {
         for _ in 0..3 {
