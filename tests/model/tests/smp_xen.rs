@@ -99,6 +99,27 @@ fn a_local_flush_leaves_the_other_vcpu_stale_and_multi_flushes_it() {
 }
 
 #[test]
+fn a_cross_call_whose_handler_flushes_locally_makes_the_other_vcpu_fresh() {
+    // An event-channel IPI: vCPU 1's handler issues its own INVLPG_LOCAL.
+    use pvops::Cpus;
+    let m = model();
+    retarget_local(m, PAGE_B);
+    let handler = || {
+        assert_eq!(pvops_model::vcpu::current(), 1);
+        let r = ext(m, mmuext::INVLPG_LOCAL, PROBE, 0);
+        if r.is_ok() {
+            Ok(())
+        } else {
+            Err(pvops::PvError::WrongState { what: "INVLPG_LOCAL refused" })
+        }
+    };
+    assert_eq!(read_on(m, 1), Ok(Pfn(PAGE_A)));
+    assert_eq!(m.cpus().call_on(pvops::CpuMask::first(2), &handler), Ok(()));
+    assert_eq!(read_on(m, 1), Ok(Pfn(PAGE_B)));
+    assert_eq!(m.counters().remote_flushes, 0, "each vCPU flushed itself");
+}
+
+#[test]
 fn a_flush_on_vcpu_1_is_local_to_it_too() {
     let m = model();
     retarget_local(m, PAGE_B);
