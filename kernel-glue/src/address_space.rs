@@ -12,6 +12,8 @@ use pvops::{
     USER_LIMIT, USER_PGD_SLOTS,
 };
 
+extern crate alloc;
+
 use crate::frames::FrameAllocator;
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
 
@@ -146,7 +148,14 @@ pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
     init_lock: AtomicBool,
+    /// The space each CPU runs (pfn of its pgd; `NONE`: init_mm, or only
+    /// lazily held since [`Mm::enter_lazy`]). A space some other CPU runs
+    /// cannot exit; one it only holds lazily is dropped there first.
+    running: [AtomicU64; pvops::MAX_CPUS],
 }
+
+/// `Mm::running` of a CPU that runs no user address space.
+const NONE: u64 = u64::MAX;
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -175,7 +184,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         boot_pgd: Pfn,
     ) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
-        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd, init_lock: AtomicBool::new(false) })
+        Ok(Mm {
+            ops,
+            mem,
+            frames,
+            init_pgd: boot_pgd,
+            init_lock: AtomicBool::new(false),
+            running: [const { AtomicU64::new(NONE) }; pvops::MAX_CPUS],
+        })
     }
 
     /// The backend in use.
@@ -429,6 +445,72 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.frames.free_frame(e.pfn())
     }
 
+    /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones
+    /// are skipped, as `munmap` does) and frees their frames; returns how
+    /// many were unmapped.
+    ///
+    /// The clears are one lazy-MMU batch and the TLB flush is one for the
+    /// whole range, on every CPU that may hold the space (Linux's
+    /// `flush_tlb_mm_range` after `zap_pte_range`): on Xen ⌈N/32⌉-ish
+    /// multicalls whose last entry is one `INVLPG_MULTI` (one page) or
+    /// `TLB_FLUSH_MULTI` (more), not one flush per page; natively one IPI
+    /// per other CPU. Frames are freed only after the flush. On error, the
+    /// pages whose entries were not cleared stay mapped; a cleared page's
+    /// frame is freed only once a flush succeeded (else kept, logged).
+    pub fn unmap_range(&self, space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, PvError> {
+        let start = user_va(addr)?;
+        let end = pages
+            .checked_mul(pvops::PAGE_SIZE)
+            .and_then(|len| addr.checked_add(len))
+            .filter(|&end| end <= USER_LIMIT)
+            .ok_or(PvError::NotUserAddress { addr: start })?;
+        let _locked = self.lock(space);
+        let mut cleared = alloc::vec::Vec::new();
+        let holders = self.holders(space);
+        let done = self.issued_now(|| {
+            let mut va = addr;
+            while va < end {
+                let v = VirtAddr::try_new(va)?;
+                if let Some(l1) = find_l1(self.ops, space.pgd, v)? {
+                    let index = v.index(Level::L1);
+                    let e = self.ops.read_entry(Level::L1, l1, index)?;
+                    if e.is_present() {
+                        self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
+                        cleared.push((l1, index, e.pfn()));
+                    }
+                }
+                va += pvops::PAGE_SIZE;
+            }
+            if !holders.is_empty() && !cleared.is_empty() {
+                self.ops.flush_tlb_multi(holders, Flush::Range { start, pages })?;
+            }
+            Ok(())
+        });
+        let mut flushed = done.is_ok();
+        if let Err(e) = &done {
+            if !holders.is_empty() {
+                log::warn!("unmap_range {:#x}+{pages}: {e}; flushing everything", addr);
+                flushed = self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All)).is_ok();
+            } else {
+                flushed = true;
+            }
+        }
+        let mut unmapped = 0;
+        for &(l1, index, frame) in &cleared {
+            // Queued clears a failed batch did not apply are still present.
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+                continue;
+            }
+            unmapped += 1;
+            if flushed {
+                self.frames.free_frame(frame)?;
+            } else {
+                log::error!("unmap_range: no flush after unmapping {frame:?}; frame kept");
+            }
+        }
+        done.map(|()| unmapped)
+    }
+
     /// The frame and user permissions mapped at `addr`, if any.
     pub fn translate(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
         let va = user_va(addr)?;
@@ -474,13 +556,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 space.pinned.store(true, Ordering::Release);
             }
         }
-        space.cpus.fetch_or(CpuMask::one(self.cpus().this_cpu()).0, Ordering::AcqRel);
+        let me = self.cpus().this_cpu();
+        space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        self.set_running(me, space.pgd.0);
         self.ops.write_cr3(self.frames, space.pgd)
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
+        self.set_running(self.cpus().this_cpu(), NONE);
         self.ops.write_cr3(self.frames, self.init_pgd)
+    }
+
+    /// This CPU stops running its user address space but keeps it loaded
+    /// (Linux's `enter_lazy_tlb`: an idle CPU or a kernel thread saves a
+    /// switch). The space may then exit from another CPU, which makes this
+    /// one drop it first.
+    pub fn enter_lazy(&self) {
+        self.set_running(self.cpus().this_cpu(), NONE);
+    }
+
+    fn set_running(&self, cpu: usize, pgd: u64) {
+        if let Some(r) = self.running.get(cpu) {
+            r.store(pgd, Ordering::Release);
+        }
     }
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
@@ -563,11 +662,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
     /// Refused, with `space` given back unchanged, while it is the one loaded
-    /// on this CPU. Any other CPU that still holds it (loaded, maybe only
-    /// lazily, by an idle CPU) is first made to switch to `init_mm` through a
-    /// cross-call (Linux's `xen_drop_mm_ref`): no CPU may keep a root that is
-    /// unpinned and freed; if one cannot be reached, `space` comes back
-    /// unchanged with the error naming it.
+    /// on this CPU, or while another CPU runs it ([`PvError::RootInUse`]).
+    /// Any other CPU that only holds it lazily ([`Mm::enter_lazy`]) is first
+    /// made to switch to `init_mm` through a cross-call (Linux's
+    /// `xen_drop_mm_ref`): no CPU may keep a root that is unpinned and freed;
+    /// if one cannot be reached, `space` comes back unchanged with the error
+    /// naming it.
     /// On a later error the space comes back unpinned and partly torn down
     /// (every entry is cleared before what it names is freed, and a table is
     /// emptied before it is unlinked, so what is left is consistent and still
@@ -576,6 +676,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
         if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
+        }
+        let me = self.cpus().this_cpu();
+        let running = (0..pvops::MAX_CPUS).find(|&c| c != me && self.running[c].load(Ordering::Acquire) == space.pgd.0);
+        if let Some(cpu) = running {
+            return Err((PvError::RootInUse { pgd: space.pgd, cpu }, space));
         }
         if let Err(e) = self.drop_root_elsewhere(&space) {
             return Err((e, space));

@@ -342,6 +342,29 @@ fn unmap_in_the_active_space_is_invisible_at_once<O: PvMmuOps + ?Sized>(env: &En
     })
 }
 
+/// `Mm::unmap_range` (one batch, one flush for the range) unmaps every page
+/// in the range, skips holes, leaves the page after it alone, and what it
+/// unmapped is unreachable at once in the loaded space.
+fn unmap_range_removes_the_range_at_once_and_skips_holes<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
+    with_space(env, |mm, s| {
+        for off in [0, 0x1000, 0x3000, 0x4000] {
+            ok(mm.map(s, VA + off, PageFlags::DATA), "map")?;
+        }
+        ok(mm.activate(s), "activate")?;
+        for off in [0, 0x1000, 0x3000] {
+            ensure!(env.machine.user_access(VA + off, false).is_some(), "page {off:#x} not reachable before");
+        }
+        let n = ok(mm.unmap_range(s, VA, 4), "unmap_range")?;
+        ensure!(n == 3, "unmap_range reported {n} pages, 3 were mapped");
+        for off in [0, 0x1000, 0x3000] {
+            ensure!(env.machine.user_access(VA + off, false).is_none(), "page {off:#x} still reachable");
+            ensure!(ok(mm.translate(s, VA + off), "translate")?.is_none(), "page {off:#x} still mapped");
+        }
+        ensure!(env.machine.user_access(VA + 0x4000, false).is_some(), "the page after the range was unmapped");
+        Ok(())
+    })
+}
+
 fn pages_in_first_and_last_user_slot_coexist<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         let a = ok(mm.map(s, 0x1000, PageFlags::DATA), "map low")?;
@@ -596,6 +619,7 @@ cases!(
     exit_returns_every_frame_of_a_large_space,
     map_in_the_active_space_is_visible_at_once,
     unmap_in_the_active_space_is_invisible_at_once,
+    unmap_range_removes_the_range_at_once_and_skips_holes,
     pages_in_first_and_last_user_slot_coexist,
     many_address_spaces_coexist,
     out_of_memory_in_create_leaks_nothing,
