@@ -24,6 +24,16 @@ impl Oracle for NativeOracle {
         let a = Access { user: false, write, execute: false };
         self.0.access(va, a).ok().map(Pfn)
     }
+
+    /// A kernel read on vCPU `cpu`: through its cr3 and its TLB.
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        if cpu >= self.0.nr_vcpus() {
+            return None;
+        }
+        let v = pvops::VirtAddr::try_new(va).ok()?;
+        let frame = pvops_model::on_vcpu(cpu, || self.0.access(v, Access::KERNEL_READ)).ok()?;
+        self.0.read(frame, ((va & 0xfff) / 8) as usize)
+    }
 }
 
 /// A bare-metal-like machine with `nr_frames` frames, booted on an empty root.

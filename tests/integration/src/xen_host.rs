@@ -20,6 +20,15 @@ impl Oracle for XenOracle {
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn> {
         self.0.probe(va, false, write).ok()
     }
+
+    /// A kernel read on vCPU `cpu`: through its kernel base pointer and its TLB.
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        if cpu >= self.0.nr_vcpus() {
+            return None;
+        }
+        let pfn = pvops_model::on_vcpu(cpu, || self.0.probe(va, false, false)).ok()?;
+        Some(self.0.read_guest(pfn, ((va & 0xfff) / 8) as usize))
+    }
 }
 
 /// Every Xen rule the property tests check after each step: the model's own
