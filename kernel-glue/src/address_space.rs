@@ -546,8 +546,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Switches this CPU to `space`; its first activation pins it (Xen).
-    /// This CPU joins the space's [`AddressSpace::cpumask`] before the root
-    /// is loaded, so a shootdown racing with the switch reaches it.
+    /// This CPU joins the space's [`AddressSpace::cpumask`] under the space's
+    /// lock before the root is loaded, so an unmap racing with the switch
+    /// either shoots it down or finished before it could walk the old entry.
     pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
         if !space.is_pinned() {
             let _locked = self.lock(space);
@@ -557,7 +558,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
         }
         let me = self.cpus().this_cpu();
-        space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        // Under the space's lock: an unmap reads the cpumask under it too,
+        // so either it sees this CPU (and shoots it down), or its clear was
+        // issued before this CPU loads the root and walks the tables.
+        {
+            let _locked = self.lock(space);
+            space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        }
         self.set_running(me, space.pgd.0);
         self.ops.write_cr3(self.frames, space.pgd)
     }

@@ -24,14 +24,34 @@ impl Oracle for NativeOracle {
         let a = Access { user: false, write, execute: false };
         self.0.access(va, a).ok().map(Pfn)
     }
+
+    /// A kernel read on vCPU `cpu`: through its cr3 and its TLB.
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        if cpu >= self.0.nr_vcpus() {
+            return None;
+        }
+        let v = pvops::VirtAddr::try_new(va).ok()?;
+        let frame = pvops_model::on_vcpu(cpu, || self.0.access(v, Access::KERNEL_READ)).ok()?;
+        self.0.read(frame, ((va & 0xfff) / 8) as usize)
+    }
 }
 
 /// A bare-metal-like machine with `nr_frames` frames, booted on an empty root.
 pub fn native_platform(nr_frames: u64) -> HostPlatform {
-    let machine = Machine::leaked(nr_frames);
-    machine.set_cr3(BOOT_PGD.addr());
+    native_platform_smp(nr_frames, 1)
+}
+
+/// [`native_platform`] with `vcpus` vCPUs, every one on the boot root (the
+/// APs' trampoline leaves them on init_mm's root, as Linux's `swapper_pg_dir`).
+/// Its `Cpus` are the machine's ([`pvops_model::ModelCpus`]): cross-calls
+/// are IPIs the other vCPUs take at their preemption points.
+pub fn native_platform_smp(nr_frames: u64, vcpus: usize) -> HostPlatform {
+    let machine = Machine::leaked_smp(nr_frames, vcpus);
+    for cpu in 0..vcpus {
+        pvops_model::on_vcpu(cpu, || machine.set_cr3(BOOT_PGD.addr()));
+    }
     let platform: &'static NativePlatform =
-        Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine, cpus: &pvops::SingleCpu }));
+        Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine, cpus: machine.cpus() }));
     HostPlatform {
         label: "native-model",
         entry: EntryKind::Pvh,
@@ -47,6 +67,7 @@ pub fn native_platform(nr_frames: u64) -> HostPlatform {
         // no write through a stale translation.
         invariants: Box::new(move |_, _| machine.check_tlb()),
         xen: None,
+        machine,
         quiescent: Box::new(move || machine.check_tlb()),
     }
 }

@@ -45,6 +45,9 @@ pub struct HostPlatform {
     pub invariants: InvariantCheck,
     /// The Xen model behind the platform, for hypercall fault injection.
     pub xen: Option<&'static pvops_model::XenModel>,
+    /// The machine behind the platform (under Xen: the model's, by mfn):
+    /// its vCPUs' TLBs and `Cpus`.
+    pub machine: &'static pvops_model::Machine,
     /// Checks that must hold once every address space has exited (e.g. no pin left).
     pub quiescent: Box<dyn Fn() -> Result<(), String>>,
 }
@@ -132,4 +135,119 @@ pub fn assert_invariants(name: &str, host: &HostPlatform, booted: &Booted, what:
     if let Err(e) = (host.invariants)(booted.frames, &[]) {
         panic!("{name}: {what}: {e}");
     }
+}
+
+/// A booted memory manager on a host platform with several vCPUs, for
+/// [`pvops_model::explore`]: what every vCPU body shares, all `Sync`.
+pub struct SmpBooted {
+    /// The backend's name.
+    pub name: &'static str,
+    /// The backend.
+    pub ops: &'static dyn PvMmuOps,
+    /// The allocator.
+    pub frames: &'static FrameAllocator<'static>,
+    /// The memory manager.
+    pub mm: &'static Mm<'static>,
+    /// The machine (per-vCPU cr3 and TLBs; under Xen indexed by mfn).
+    pub machine: &'static pvops_model::Machine,
+    /// The Xen model, on the Xen platform.
+    pub xen: Option<&'static pvops_model::XenModel>,
+}
+
+impl pvops_model::SmpState for SmpBooted {
+    fn cpus(&self) -> &pvops_model::ModelCpus {
+        self.machine.cpus()
+    }
+}
+
+impl SmpBooted {
+    /// What a user-mode read of `va` on the calling vCPU reaches now, through
+    /// its TLB: asked of the model, never of the backend or kernel-glue.
+    /// Under Xen it is user mode running on that vCPU (its user root may be
+    /// cached from now on).
+    pub fn user_read(&self, va: u64) -> Option<Pfn> {
+        match self.xen {
+            Some(model) => model.access(va, true, false).ok(),
+            None => {
+                let va = pvops::VirtAddr::try_new(va).ok()?;
+                self.machine.access(va, pvops_model::Access::USER_READ).ok().map(Pfn)
+            }
+        }
+    }
+
+    /// What a kernel-mode read of `va` on the calling vCPU reaches now,
+    /// through its TLB (asked of the model).
+    pub fn kernel_read(&self, va: u64) -> Option<Pfn> {
+        match self.xen {
+            Some(model) => model.access(va, false, false).ok(),
+            None => {
+                let va = pvops::VirtAddr::try_new(va).ok()?;
+                self.machine.access(va, pvops_model::Access::KERNEL_READ).ok().map(Pfn)
+            }
+        }
+    }
+
+    /// Where the tables under `pgd` take a user read of `va`, walked by the
+    /// model with no TLB (what the tables say now, not what a CPU may still
+    /// have cached).
+    pub fn table_walk(&self, pgd: Pfn, va: u64) -> Option<Pfn> {
+        let va = pvops::VirtAddr::try_new(va).ok()?;
+        let access = pvops_model::Access::USER_READ;
+        match self.xen {
+            Some(model) => {
+                let root = model.mfn_of(pgd)?;
+                let mfn = self.machine.translate_from(root.0, va, access).ok()?;
+                model.pfn_of(pvops::Mfn(mfn))
+            }
+            None => self.machine.translate_from(pgd.0, va, access).ok().map(Pfn),
+        }
+    }
+
+    /// What must hold after any step: no TLB hazard (a frame freed or
+    /// reused while a vCPU's TLB may reach it, a write through a stale
+    /// entry) and, under Xen, every rule of the model on every vCPU (no
+    /// refused store, no crash, each vCPU's user root the partner of its
+    /// kernel root) and every user pgd mirroring its kernel pgd.
+    pub fn check(&self) -> Result<(), String> {
+        match self.xen {
+            Some(model) => {
+                model.check_invariants()?;
+                model.check_user_pgd_mirrors(self.frames)
+            }
+            None => self.machine.check_tlb(),
+        }
+    }
+
+    /// With every address space gone: [`SmpBooted::check`], and under Xen
+    /// only the boot root pinned and every vCPU back on it.
+    pub fn check_quiescent(&self) -> Result<(), String> {
+        self.check()?;
+        match self.xen {
+            Some(model) => model.check_quiescent(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The built-in backend `name` (`native` or `xen64`) booted on a host
+/// platform with `vcpus` vCPUs and `nr_frames` frames (p2m seed `p2m_seed`),
+/// the same steps as [`boot_backend`], run as vCPU 0.
+pub fn boot_smp(name: &str, vcpus: usize, nr_frames: u64, p2m_seed: u64) -> Result<SmpBooted, PvError> {
+    let host = match name {
+        "xen64" => crate::xen_host::xen_platform_smp(nr_frames, p2m_seed, vcpus),
+        _ => crate::native_host::native_platform_smp(nr_frames, vcpus),
+    };
+    let desc = pvops::backends()
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or(PvError::WrongState { what: "boot_smp: backend not linked" })?;
+    let booted = pvops_model::on_vcpu(0, || boot_backend(desc, &host))?;
+    Ok(SmpBooted {
+        name: desc.name,
+        ops: booted.ops,
+        frames: booted.frames,
+        mm: booted.mm,
+        machine: host.machine,
+        xen: host.xen,
+    })
 }

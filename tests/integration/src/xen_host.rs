@@ -20,6 +20,15 @@ impl Oracle for XenOracle {
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn> {
         self.0.probe(va, false, write).ok()
     }
+
+    /// A kernel read on vCPU `cpu`: through its kernel base pointer and its TLB.
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        if cpu >= self.0.nr_vcpus() {
+            return None;
+        }
+        let pfn = pvops_model::on_vcpu(cpu, || self.0.probe(va, false, false)).ok()?;
+        Some(self.0.read_guest(pfn, ((va & 0xfff) / 8) as usize))
+    }
 }
 
 /// Every Xen rule the property tests check after each step: the model's own
@@ -42,7 +51,14 @@ pub fn xen_platform(nr_pages: u64) -> HostPlatform {
 
 /// [`xen_platform`] with the p2m scrambled from `p2m_seed`.
 pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
-    let model = XenModel::leaked(nr_pages, p2m_seed);
+    xen_platform_smp(nr_pages, p2m_seed, 1)
+}
+
+/// [`xen_platform_seeded`] with `vcpus` vCPUs, every one up on the boot L4
+/// (`VCPUOP_initialise` with `ctrlreg[3]` = `pt_base`). Its `Cpus` are the
+/// model's: event masks are the vCPUs' upcall masks, cross-calls event-channel IPIs.
+pub fn xen_platform_smp(nr_pages: u64, p2m_seed: u64, vcpus: usize) -> HostPlatform {
+    let model = XenModel::leaked_smp(nr_pages, p2m_seed, vcpus);
     let platform: &'static pvops_xen64::XenPlatform = Box::leak(Box::new(model.platform()));
     HostPlatform {
         label: "xen-model",
@@ -63,6 +79,7 @@ pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
         }),
         invariants: Box::new(move |frames, pgds| invariants(model, frames, pgds)),
         xen: Some(model),
+        machine: model.machine(),
         quiescent: Box::new(move || model.check_quiescent()),
     }
 }

@@ -2,14 +2,23 @@
 //!
 //! * [`machine::Machine`]: frames, cr3, a strict 4-level walker and a TLB ([`tlb`]).
 //! * [`xen`]: Xen's PV MMU on top of a machine (p2m, page types, pins, hypercalls).
+//! * SMP: [`vcpu`] (which vCPU a host thread is), [`cpus::ModelCpus`] (the
+//!   vCPUs' `pvops::Cpus`: event masks, cross-calls) and [`sched`] (vCPU
+//!   threads under a deterministic scheduler that explores interleavings).
 #![warn(missing_docs)]
 
+pub mod cpus;
 pub mod machine;
+pub mod sched;
 pub mod tlb;
+pub mod vcpu;
 pub mod walk;
 pub mod xen;
 
+pub use cpus::{CpuCounters, ModelCpus};
 pub use machine::Machine;
+pub use sched::{explore, Explored, Explorer, Failure, Point, Run, Schedule, SmpState};
 pub use tlb::{Cached, TlbHazard, TlbViolation};
+pub use vcpu::{on_vcpu, AsVcpu};
 pub use walk::{Access, Fault};
 pub use xen::{GuestMm, XenGuest, XenModel};

@@ -1,6 +1,13 @@
-//! A host model of an x86-64 machine: guest-physical frames, cr3, a TLB with
-//! paging-structure caches ([`crate::tlb`]) and access checks through a real
-//! 4-level walk and that TLB.
+//! A host model of an x86-64 machine: guest-physical frames, one or more
+//! vCPUs each with its own cr3 and TLB with paging-structure caches
+//! ([`crate::tlb`]), access checks through a real 4-level walk and the
+//! calling vCPU's TLB, and the vCPUs' [`pvops::Cpus`] ([`ModelCpus`]).
+//!
+//! Register and TLB operations act on the calling vCPU
+//! ([`crate::vcpu::current`]); a store to a table any vCPU has loaded leaves
+//! stale entries in that vCPU's TLB, which only a flush on that vCPU drops.
+//! Every seam call ([`PhysMem`], [`NativeCpu`]) is a preemption point of the
+//! scheduler ([`crate::sched`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,15 +15,17 @@ use std::sync::Mutex;
 use pvops::{Pfn, PhysMem, VirtAddr, ENTRIES_PER_TABLE};
 use pvops_native::NativeCpu;
 
+use crate::cpus::ModelCpus;
+use crate::sched::Point;
 use crate::tlb::{Cached, Frames, Tlb, TlbHazard, TlbViolation};
 use crate::walk::{walk, Access, Fault};
 
 type Frame = Box<[u64; ENTRIES_PER_TABLE]>;
 
-#[derive(Default)]
 struct State {
     frames: HashMap<u64, Frame>,
-    cr3: u64,
+    /// Per vCPU.
+    cr3: Vec<u64>,
     invlpgs: u64,
     full_flushes: u64,
     cr3_writes: u64,
@@ -54,6 +63,7 @@ impl State {
 pub struct Machine {
     nr_frames: u64,
     state: Mutex<State>,
+    cpus: ModelCpus,
 }
 
 impl std::fmt::Debug for Machine {
@@ -63,14 +73,48 @@ impl std::fmt::Debug for Machine {
 }
 
 impl Machine {
-    /// A machine with `nr_frames` frames of memory.
+    /// A machine with `nr_frames` frames of memory and one vCPU.
     pub fn new(nr_frames: u64) -> Self {
-        Machine { nr_frames, state: Mutex::new(State::default()) }
+        Machine::with_vcpus(nr_frames, 1)
+    }
+
+    /// A machine with `nr_frames` frames and `vcpus` vCPUs (1..=64), each
+    /// with cr3 0 and an empty TLB.
+    ///
+    /// # Panics
+    /// If `vcpus` is 0 or above 64 (test setup only).
+    pub fn with_vcpus(nr_frames: u64, vcpus: usize) -> Self {
+        let cpus = ModelCpus::new(vcpus);
+        let state = State {
+            frames: HashMap::new(),
+            cr3: vec![0; vcpus],
+            invlpgs: 0,
+            full_flushes: 0,
+            cr3_writes: 0,
+            tlb: Tlb::new(vcpus),
+        };
+        Machine { nr_frames, state: Mutex::new(state), cpus }
     }
 
     /// A leaked machine, for platforms that need `'static` handles.
     pub fn leaked(nr_frames: u64) -> &'static Machine {
         Box::leak(Box::new(Machine::new(nr_frames)))
+    }
+
+    /// A leaked machine with `vcpus` vCPUs.
+    pub fn leaked_smp(nr_frames: u64, vcpus: usize) -> &'static Machine {
+        Box::leak(Box::new(Machine::with_vcpus(nr_frames, vcpus)))
+    }
+
+    /// The vCPUs: their event masks, cross-calls, and the [`pvops::Cpus`]
+    /// a platform on this machine hands its backend.
+    pub fn cpus(&self) -> &ModelCpus {
+        &self.cpus
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.cpus.count()
     }
 
     /// Number of frames.
@@ -124,17 +168,24 @@ impl Machine {
         s.frames.remove(&frame);
     }
 
-    /// The cr3 register.
+    /// The calling vCPU's cr3 register.
     pub fn cr3(&self) -> u64 {
-        self.state().cr3
+        self.cr3_of(self.cpus.index())
     }
 
-    /// Loads cr3: non-global TLB entries and every paging-structure cache
-    /// are flushed; the old root's global leaves stay cached (SDM §4.10.4.1).
+    /// `vcpu`'s cr3 register (0 for a vCPU the machine lacks).
+    pub fn cr3_of(&self, vcpu: usize) -> u64 {
+        self.state().cr3.get(vcpu).copied().unwrap_or(0)
+    }
+
+    /// Loads the calling vCPU's cr3: its non-global TLB entries and every
+    /// paging-structure cache are flushed; the old root's global leaves stay
+    /// cached (SDM §4.10.4.1).
     pub fn set_cr3(&self, v: u64) {
+        let me = self.cpus.index();
         let mut s = self.state();
-        let old = s.cr3 >> 12;
-        s.cr3 = v;
+        let old = s.cr3[me] >> 12;
+        s.cr3[me] = v;
         s.cr3_writes += 1;
         let (read, tlb) = s.parts(self.nr_frames);
         tlb.flush_non_global();
@@ -180,23 +231,52 @@ impl Machine {
         tlb.retire_root(root, global_only, &read);
     }
 
-    /// Flushes every cached entry, global ones included (cr4.PGE toggle).
+    /// The roots `vcpu`'s TLB may cache now.
+    pub fn tlb_roots_of(&self, vcpu: usize) -> Vec<u64> {
+        self.state().tlb.roots_of(vcpu).to_vec()
+    }
+
+    /// [`Machine::tlb_set_roots`] for `vcpu`.
+    pub fn tlb_set_roots_of(&self, vcpu: usize, roots: &[u64]) {
+        self.state().tlb.set_roots_of(vcpu, roots);
+    }
+
+    /// Flushes every cached entry of the calling vCPU, global ones included
+    /// (cr4.PGE toggle).
     pub fn tlb_flush_everything(&self) {
         self.state().tlb.flush_all();
     }
 
-    /// Flushes non-global entries and the paging-structure caches (a cr3 reload).
+    /// [`Machine::tlb_flush_everything`] on `vcpu`.
+    pub fn tlb_flush_everything_of(&self, vcpu: usize) {
+        self.state().tlb.flush_all_of(vcpu);
+    }
+
+    /// Flushes the calling vCPU's non-global entries and paging-structure
+    /// caches (a cr3 reload).
     pub fn tlb_flush_non_global(&self) {
         self.state().tlb.flush_non_global();
     }
 
-    /// `invlpg va`: its leaf (global or not) and every paging-structure-cache entry.
+    /// [`Machine::tlb_flush_non_global`] on `vcpu`.
+    pub fn tlb_flush_non_global_of(&self, vcpu: usize) {
+        self.state().tlb.flush_non_global_of(vcpu);
+    }
+
+    /// `invlpg va` on the calling vCPU: its leaf (global or not) and every
+    /// paging-structure-cache entry.
     pub fn tlb_invlpg(&self, va: u64) {
         self.state().tlb.invlpg(va);
     }
 
-    /// Records `hazard` if a cache may still map `frame` (a stale entry, or
-    /// the loaded tables); `writable_only`: only stale writable leaves count.
+    /// [`Machine::tlb_invlpg`] on `vcpu`.
+    pub fn tlb_invlpg_of(&self, vcpu: usize, va: u64) {
+        self.state().tlb.invlpg_of(vcpu, va);
+    }
+
+    /// Records `hazard` if any vCPU's caches may still map `frame` (a stale
+    /// entry, or the tables it has loaded); `writable_only`: only stale
+    /// writable leaves count.
     /// True when it was recorded.
     pub fn tlb_check_frame(&self, frame: u64, hazard: TlbHazard, writable_only: bool) -> bool {
         let mut s = self.state();
@@ -204,9 +284,14 @@ impl Machine {
         tlb.check_frame(frame, hazard, writable_only, &read)
     }
 
-    /// Cached translations the tables no longer give (current vCPU).
+    /// Cached translations the tables no longer give (calling vCPU).
     pub fn tlb_stale(&self) -> Vec<Cached> {
         self.state().tlb.stale().to_vec()
+    }
+
+    /// [`Machine::tlb_stale`] of `vcpu`.
+    pub fn tlb_stale_of(&self, vcpu: usize) -> Vec<Cached> {
+        self.state().tlb.stale_of(vcpu).to_vec()
     }
 
     /// How often the set of tables the loaded roots reach was recomputed:
@@ -244,14 +329,17 @@ impl Machine {
 
 impl PhysMem for Machine {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+        self.cpus.yield_point(Point::Load);
         self.read(pfn.0, index).unwrap_or(0)
     }
 
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
+        self.cpus.yield_point(Point::Store);
         self.write(pfn.0, index, value);
     }
 
     fn zero_frame(&self, pfn: Pfn) {
+        self.cpus.yield_point(Point::Zero);
         // Only the allocator zeroes frames: this is reuse.
         self.tlb_check_frame(pfn.0, TlbHazard::Reused, false);
         self.clear_frame(pfn.0);
@@ -262,16 +350,20 @@ impl PhysMem for Machine {
     }
 }
 
+/// The calling vCPU's registers and TLB.
 impl NativeCpu for Machine {
     fn read_cr3(&self) -> u64 {
+        self.cpus.yield_point(Point::Cr3);
         self.cr3()
     }
 
     fn write_cr3(&self, value: u64) {
+        self.cpus.yield_point(Point::Cr3);
         self.set_cr3(value);
     }
 
     fn invlpg(&self, va: VirtAddr) {
+        self.cpus.yield_point(Point::Invlpg);
         let mut s = self.state();
         s.invlpgs += 1;
         s.tlb.invlpg(va.as_u64());
@@ -280,6 +372,7 @@ impl NativeCpu for Machine {
     /// The native backend's full flush is a cr3 reload (`x86::tlb::flush_all`):
     /// global entries survive it.
     fn flush_all(&self) {
+        self.cpus.yield_point(Point::Flush);
         let mut s = self.state();
         s.full_flushes += 1;
         s.tlb.flush_non_global();

@@ -107,6 +107,8 @@ struct Vcpu {
     /// and, after user mode ran, the user base pointer).
     roots: Vec<u64>,
     stale: Vec<Cached>,
+    /// What `roots` reach now (recomputed lazily).
+    reach: Option<Reach>,
 }
 
 /// Entry bits that grant something: losing one of them makes the old
@@ -150,34 +152,45 @@ pub(crate) trait Frames {
 
 type Reader<'a> = &'a dyn Frames;
 
-/// The TLBs of every vCPU and what the loaded roots reach.
+/// The TLBs of every vCPU and what their loaded roots reach.
 #[derive(Debug)]
 pub(crate) struct Tlb {
     vcpus: Vec<Vcpu>,
-    reach: Option<Reach>,
-    /// How often `reach` was recomputed (tests keep it rare).
+    /// How often a vCPU's reach was recomputed (tests keep it rare).
     reach_builds: u64,
     violations: Vec<TlbViolation>,
 }
 
 impl Default for Tlb {
     fn default() -> Self {
-        // One vCPU exists today; everything is per vCPU so SMP only adds entries.
-        Tlb { vcpus: vec![Vcpu::default()], reach: None, reach_builds: 0, violations: Vec::new() }
+        Tlb::new(1)
     }
 }
 
-/// The vCPU every operation acts on (the only one so far).
-const CURRENT: usize = 0;
-
 impl Tlb {
-    fn vcpu(&mut self) -> &mut Vcpu {
-        &mut self.vcpus[CURRENT]
+    /// Caches for `n` vCPUs.
+    pub(crate) fn new(n: usize) -> Self {
+        Tlb { vcpus: (0..n.max(1)).map(|_| Vcpu::default()).collect(), reach_builds: 0, violations: Vec::new() }
     }
 
-    /// Stale entries of the current vCPU.
+    /// The calling vCPU ([`crate::vcpu::current`]).
+    ///
+    /// # Panics
+    /// If the thread runs as a vCPU this TLB does not have (test setup).
+    fn current(&self) -> usize {
+        let c = crate::vcpu::current();
+        assert!(c < self.vcpus.len(), "running as vCPU {c} on a machine with {} vCPUs", self.vcpus.len());
+        c
+    }
+
+    /// Stale entries of the calling vCPU.
     pub(crate) fn stale(&self) -> &[Cached] {
-        &self.vcpus[CURRENT].stale
+        &self.vcpus[self.current()].stale
+    }
+
+    /// Stale entries of `vcpu` (none for a vCPU the machine lacks).
+    pub(crate) fn stale_of(&self, vcpu: usize) -> &[Cached] {
+        self.vcpus.get(vcpu).map_or(&[], |v| &v.stale)
     }
 
     pub(crate) fn reach_builds(&self) -> u64 {
@@ -192,43 +205,60 @@ impl Tlb {
         self.violations.clear();
     }
 
-    /// The roots whose translations may be cached now.
+    /// The roots whose translations the calling vCPU may cache now.
     pub(crate) fn set_roots(&mut self, roots: &[u64]) {
-        let vcpu = self.vcpu();
-        if vcpu.roots != roots {
-            vcpu.roots = roots.to_vec();
-            self.reach = None;
+        self.set_roots_of(self.current(), roots);
+    }
+
+    /// The roots whose translations `vcpu` may cache now.
+    pub(crate) fn set_roots_of(&mut self, vcpu: usize, roots: &[u64]) {
+        let Some(v) = self.vcpus.get_mut(vcpu) else { return };
+        if v.roots != roots {
+            v.roots = roots.to_vec();
+            v.reach = None;
         }
     }
 
-    fn reach(&mut self, read: Reader<'_>) -> &Reach {
-        if self.reach.is_none() {
-            let roots: Vec<u64> = self.vcpus.iter().flat_map(|v| v.roots.iter().copied()).collect();
-            self.reach = Some(build_reach(&roots, read));
+    /// The loaded roots of `vcpu`.
+    pub(crate) fn roots_of(&self, vcpu: usize) -> &[u64] {
+        self.vcpus.get(vcpu).map_or(&[], |v| &v.roots)
+    }
+
+    fn reach(&mut self, vcpu: usize, read: Reader<'_>) -> &Reach {
+        let v = &mut self.vcpus[vcpu];
+        if v.reach.is_none() {
+            v.reach = Some(build_reach(&v.roots, read));
             self.reach_builds += 1;
         }
-        self.reach.get_or_insert_with(Reach::default)
+        v.reach.get_or_insert_with(Reach::default)
     }
 
-    /// A word of `frame` is about to change from `old` to `new`.
+    /// A word of `frame` is about to change from `old` to `new`: every vCPU
+    /// whose loaded roots reach `frame` may keep what the word gave.
     pub(crate) fn on_write(&mut self, frame: u64, index: usize, old: u64, new: u64, read: Reader<'_>) {
         if old == new {
             return;
         }
-        let Some(positions) = self.reach(read).tables.get(&frame).cloned() else {
+        for vcpu in 0..self.vcpus.len() {
+            self.on_write_of(vcpu, frame, index, old, new, read);
+        }
+    }
+
+    fn on_write_of(&mut self, vcpu: usize, frame: u64, index: usize, old: u64, new: u64, read: Reader<'_>) {
+        let Some(positions) = self.reach(vcpu, read).tables.get(&frame).cloned() else {
             return;
         };
+        let v = &mut self.vcpus[vcpu];
         for pos in &positions {
             let va = canonical(pos.va + ((index as u64) << shift(pos.level)));
             if lost(old, new) {
                 let mut out = Vec::new();
                 enumerate(pos, va, old, read, &mut out);
-                self.vcpu().stale.extend(out);
+                v.stale.extend(out);
             }
         }
         let structural = positions.iter().any(|p| p.level != Level::L1);
-        let reach = self.reach.as_mut();
-        match reach {
+        match v.reach.as_mut() {
             Some(r) if !structural => {
                 // A leaf write: adjust the live leaf counts in place.
                 for pos in &positions {
@@ -246,7 +276,7 @@ impl Tlb {
                     }
                 }
             }
-            _ => self.reach = None,
+            _ => v.reach = None,
         }
     }
 
@@ -262,30 +292,55 @@ impl Tlb {
             enumerate(&top, va, e, read, &mut out);
         }
         out.retain(|c| !global_only || (c.level == Level::L1 && c.global));
-        self.vcpu().stale.extend(out);
+        let c = self.current();
+        self.vcpus[c].stale.extend(out);
     }
 
-    /// A cr3 write: non-global entries and paging-structure caches go.
-    pub(crate) fn flush_non_global(&mut self) {
-        self.vcpu().stale.retain(|c| c.level == Level::L1 && c.global);
+    /// A cr3 write on `vcpu`: non-global entries and paging-structure caches go.
+    pub(crate) fn flush_non_global_of(&mut self, vcpu: usize) {
+        if let Some(v) = self.vcpus.get_mut(vcpu) {
+            v.stale.retain(|c| c.level == Level::L1 && c.global);
+        }
     }
 
-    /// A full flush, global entries included.
-    pub(crate) fn flush_all(&mut self) {
-        self.vcpu().stale.clear();
+    /// A full flush on `vcpu`, global entries included.
+    pub(crate) fn flush_all_of(&mut self, vcpu: usize) {
+        if let Some(v) = self.vcpus.get_mut(vcpu) {
+            v.stale.clear();
+        }
     }
 
-    /// `invlpg va`: its leaf and every paging-structure-cache entry.
-    pub(crate) fn invlpg(&mut self, va: u64) {
+    /// `invlpg va` on `vcpu`: its leaf and every paging-structure-cache entry.
+    pub(crate) fn invlpg_of(&mut self, vcpu: usize, va: u64) {
         let page = va & !0xfff;
-        self.vcpu().stale.retain(|c| c.level == Level::L1 && c.va != page);
+        if let Some(v) = self.vcpus.get_mut(vcpu) {
+            v.stale.retain(|c| c.level == Level::L1 && c.va != page);
+        }
     }
 
-    /// Records `hazard` if any cache may still map `frame` (only writable
-    /// leaves count when `writable_only`). True when one was recorded.
+    /// A cr3 write on the calling vCPU.
+    pub(crate) fn flush_non_global(&mut self) {
+        self.flush_non_global_of(self.current());
+    }
+
+    /// A full flush on the calling vCPU.
+    pub(crate) fn flush_all(&mut self) {
+        self.flush_all_of(self.current());
+    }
+
+    /// `invlpg va` on the calling vCPU.
+    pub(crate) fn invlpg(&mut self, va: u64) {
+        self.invlpg_of(self.current(), va);
+    }
+
+    /// Records `hazard` if any vCPU's caches may still map `frame` (only
+    /// writable leaves count when `writable_only`). True when one was recorded.
     pub(crate) fn check_frame(&mut self, frame: u64, hazard: TlbHazard, writable_only: bool, read: Reader<'_>) -> bool {
-        let stale =
-            self.stale().iter().find(|c| c.frame == frame && (!writable_only || (c.level == Level::L1 && c.writable)));
+        let stale = self
+            .vcpus
+            .iter()
+            .flat_map(|v| v.stale.iter())
+            .find(|c| c.frame == frame && (!writable_only || (c.level == Level::L1 && c.writable)));
         if let Some(c) = stale {
             let v = TlbViolation { hazard, frame, va: c.va, stale: true };
             self.violations.push(v);
@@ -294,15 +349,17 @@ impl Tlb {
         if writable_only {
             return false;
         }
-        let reach = self.reach(read);
-        let live = reach
-            .leaves
-            .get(&frame)
-            .map(|&(_, va)| va)
-            .or_else(|| reach.tables.get(&frame).and_then(|p| p.first()).map(|p| p.va));
-        if let Some(va) = live {
-            self.violations.push(TlbViolation { hazard, frame, va, stale: false });
-            return true;
+        for vcpu in 0..self.vcpus.len() {
+            let reach = self.reach(vcpu, read);
+            let live = reach
+                .leaves
+                .get(&frame)
+                .map(|&(_, va)| va)
+                .or_else(|| reach.tables.get(&frame).and_then(|p| p.first()).map(|p| p.va));
+            if let Some(va) = live {
+                self.violations.push(TlbViolation { hazard, frame, va, stale: false });
+                return true;
+            }
         }
         false
     }

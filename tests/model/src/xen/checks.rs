@@ -8,8 +8,8 @@ use pvops_xen64::abi::{XEN_L4_END, XEN_L4_FIRST};
 use super::model::XenModel;
 
 impl XenModel {
-    /// After every step: no refused direct store, no TLB hazard, no domain crash, and the
-    /// loaded user root (if any) mirrors the loaded kernel root below
+    /// After every step: no refused direct store, no TLB hazard, no domain crash, and on
+    /// every vCPU the loaded user root (if any) mirrors the loaded kernel root below
     /// `USER_LIMIT` and holds nothing of the guest's above it.
     pub fn check_invariants(&self) -> Result<(), String> {
         let violations = self.violations();
@@ -23,26 +23,32 @@ impl XenModel {
         if let Some(why) = self.crashed() {
             return Err(format!("domain crashed: {why}"));
         }
-        let (kernel, user) = (self.kernel_base(), self.user_base());
-        if user.0 != 0 {
-            self.check_pair(kernel, user)?;
+        for vcpu in 0..self.nr_vcpus() {
+            let (kernel, user) = (self.kernel_base_of(vcpu), self.user_base_of(vcpu));
+            if user.0 != 0 {
+                self.check_pair(kernel, user).map_err(|e| format!("vCPU {vcpu}: {e}"))?;
+            }
         }
         Ok(())
     }
 
     /// With every user address space gone: only the builder's root is
-    /// pinned, it is the kernel base pointer, and no user root is loaded.
+    /// pinned, it is every vCPU's kernel base pointer, and no vCPU has a
+    /// user root loaded.
     pub fn check_quiescent(&self) -> Result<(), String> {
         self.check_invariants()?;
         let pinned = self.pinned_count();
         if pinned != 1 {
             return Err(format!("{pinned} frames pinned; only the boot root should be"));
         }
-        if self.pfn_of(self.kernel_base()) != Some(self.pt_base()) {
-            return Err(format!("kernel base {:?} is not the boot root", self.kernel_base()));
-        }
-        if self.user_base().0 != 0 {
-            return Err(format!("user base {:?} still loaded", self.user_base()));
+        for vcpu in 0..self.nr_vcpus() {
+            let (kernel, user) = (self.kernel_base_of(vcpu), self.user_base_of(vcpu));
+            if self.pfn_of(kernel) != Some(self.pt_base()) {
+                return Err(format!("vCPU {vcpu}: kernel base {kernel:?} is not the boot root"));
+            }
+            if user.0 != 0 {
+                return Err(format!("vCPU {vcpu}: user base {user:?} still loaded"));
+            }
         }
         Ok(())
     }

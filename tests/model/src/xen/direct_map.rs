@@ -14,8 +14,9 @@
 //!
 //! The slots are not in any modelled page table, so the machine's TLB cannot
 //! see them; the stale translations a slot change leaves (`lost`, as for any
-//! L1e) are kept here and dropped by the same flushes (`invlpg` of the
-//! address, a full flush).
+//! L1e) are kept here, for every vCPU (the direct map is in the kernel half
+//! every vCPU has loaded), and dropped on a vCPU by the same flushes there
+//! (`invlpg` of the address, a full flush).
 
 use pvops_xen64::abi::errno;
 
@@ -36,12 +37,16 @@ pub struct Slot {
 pub(crate) struct StaleSlot {
     pub(crate) pfn: u64,
     pub(crate) slot: Slot,
+    /// The vCPUs that may still hold it (bit n = vCPU n).
+    pub(crate) vcpus: u64,
 }
 
 /// The slots, the per-frame writable counts, and their stale translations.
 #[derive(Debug)]
 pub(crate) struct DirectMap {
     slots: Vec<Option<Slot>>,
+    /// Every vCPU (bit n = vCPU n).
+    all_vcpus: u64,
     /// Per mfn: writable slots naming it.
     writable: Vec<u32>,
     stale: Vec<StaleSlot>,
@@ -51,8 +56,8 @@ pub(crate) struct DirectMap {
 
 impl DirectMap {
     /// As the domain builder leaves it: every pfn mapped to its own frame
-    /// (`p2m[pfn]`), writable but for `read_only`.
-    pub(crate) fn identity(p2m: impl Iterator<Item = u64>, nr_mfns: u64, read_only: u64) -> Self {
+    /// (`p2m[pfn]`), writable but for `read_only`; `vcpus` vCPUs.
+    pub(crate) fn identity(p2m: impl Iterator<Item = u64>, nr_mfns: u64, read_only: u64, vcpus: usize) -> Self {
         let mut writable = vec![0; nr_mfns as usize];
         let slots = p2m
             .enumerate()
@@ -64,7 +69,8 @@ impl DirectMap {
                 Some(Slot { mfn, writable: w })
             })
             .collect();
-        DirectMap { slots, writable, stale: Vec::new(), hazards: Vec::new() }
+        let all_vcpus = pvops::CpuMask::first(vcpus).0;
+        DirectMap { slots, all_vcpus, writable, stale: Vec::new(), hazards: Vec::new() }
     }
 
     /// Slot `pfn`.
@@ -77,21 +83,33 @@ impl DirectMap {
         self.writable.get(mfn as usize).copied().unwrap_or(0)
     }
 
-    /// The TLB may hold a writable translation of slot `pfn` other than its
-    /// live one: the frame a store may reach instead (the worst case).
-    pub(crate) fn stale_writable(&self, pfn: u64) -> Option<u64> {
+    /// `vcpu`'s TLB may hold a writable translation of slot `pfn` other
+    /// than its live one: the frame a store may reach instead (the worst case).
+    pub(crate) fn stale_writable(&self, vcpu: usize, pfn: u64) -> Option<u64> {
         let live = self.slot(pfn).filter(|s| s.writable).map(|s| s.mfn);
-        self.stale.iter().find(|s| s.pfn == pfn && s.slot.writable && Some(s.slot.mfn) != live).map(|s| s.slot.mfn)
+        let bit = pvops::CpuMask::one(vcpu).0;
+        self.stale
+            .iter()
+            .find(|s| s.pfn == pfn && s.vcpus & bit != 0 && s.slot.writable && Some(s.slot.mfn) != live)
+            .map(|s| s.slot.mfn)
     }
 
-    /// Drops what `invlpg` of slot `pfn`'s address drops.
-    pub(crate) fn invlpg(&mut self, pfn: u64) {
-        self.stale.retain(|s| s.pfn != pfn);
+    /// Drops what `invlpg` of slot `pfn`'s address drops on `vcpu`.
+    pub(crate) fn invlpg(&mut self, vcpu: usize, pfn: u64) {
+        let bit = pvops::CpuMask::one(vcpu).0;
+        for s in self.stale.iter_mut().filter(|s| s.pfn == pfn) {
+            s.vcpus &= !bit;
+        }
+        self.stale.retain(|s| s.vcpus != 0);
     }
 
-    /// Drops every stale translation (a full flush; they are not global).
-    pub(crate) fn flush(&mut self) {
-        self.stale.clear();
+    /// Drops every stale translation on `vcpu` (a full flush; they are not global).
+    pub(crate) fn flush(&mut self, vcpu: usize) {
+        let bit = pvops::CpuMask::one(vcpu).0;
+        for s in &mut self.stale {
+            s.vcpus &= !bit;
+        }
+        self.stale.retain(|s| s.vcpus != 0);
     }
 }
 
@@ -134,7 +152,8 @@ impl Hv<'_> {
             // tlb.rs `lost`: gone, another frame, or write permission taken away.
             let lost = new.is_none_or(|n| n.mfn != old.mfn || (old.writable && !n.writable));
             if lost {
-                self.st.direct.stale.push(StaleSlot { pfn, slot: old });
+                let vcpus = self.st.direct.all_vcpus;
+                self.st.direct.stale.push(StaleSlot { pfn, slot: old, vcpus });
             }
             if old.writable {
                 if let Some(c) = self.st.direct.writable.get_mut(old.mfn as usize) {

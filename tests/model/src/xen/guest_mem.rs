@@ -14,13 +14,15 @@ use pvops::{Mfn, Pfn, PhysMem};
 use pvops_xen64::P2m;
 
 use super::model::{Violation, XenModel};
+use crate::sched::Point;
 use crate::tlb::{TlbHazard, TlbViolation};
 
 impl XenModel {
     /// The frame a store to `pfn` reaches, or `None` (recorded) if it faults.
     fn store(&self, pfn: Pfn, index: Option<usize>, value: u64) -> Option<u64> {
         let mut st = self.lock();
-        if let Some(stale) = st.direct.stale_writable(pfn.0) {
+        let me = st.me();
+        if let Some(stale) = st.direct.stale_writable(me, pfn.0) {
             let va = st.direct_map_base + pfn.0 * pvops::PAGE_SIZE;
             let v = TlbViolation { hazard: TlbHazard::StaleWrite, frame: stale, va, stale: true };
             st.direct.hazards.push(v);
@@ -46,18 +48,22 @@ impl XenModel {
     }
 }
 
+/// The calling vCPU's accesses; each is a preemption point.
 impl PhysMem for XenModel {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+        self.cpus().yield_point(Point::Load);
         self.load(pfn, index).map_or(0, |mfn| self.read_machine(Mfn(mfn), index))
     }
 
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
+        self.cpus().yield_point(Point::Store);
         if let Some(mfn) = self.store(pfn, Some(index), value) {
             self.mem.write(mfn, index, value);
         }
     }
 
     fn zero_frame(&self, pfn: Pfn) {
+        self.cpus().yield_point(Point::Zero);
         // Only allocators zero frames: this is reuse.
         if let Some(mfn) = self.mfn_of(pfn) {
             self.mem.tlb_check_frame(mfn.0, TlbHazard::Reused, false);

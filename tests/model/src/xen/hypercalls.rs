@@ -14,6 +14,15 @@ use pvops_xen64::{HypercallTransport, Outcome};
 use super::direct_map::Slot;
 use super::model::{XenModel, XenState};
 use super::types::{adjust_entry, is_guest_l4_slot, Hv, PageType};
+use crate::sched::Point;
+
+/// `MMUEXT_TLB_FLUSH_MULTI` (xen/include/public/xen.h): flush the TLBs of
+/// the vCPUs in the bitmap `arg2`.
+pub const TLB_FLUSH_MULTI: u32 = 8;
+/// `MMUEXT_INVLPG_MULTI`: `invlpg arg1` on the vCPUs in the bitmap `arg2`.
+pub const INVLPG_MULTI: u32 = 9;
+/// `UVMF_ALL` in `update_va_mapping`'s flags: flush every vCPU.
+pub const UVMF_ALL: u64 = 4;
 
 impl Hv<'_> {
     /// Runs one call (not a multicall) and returns its outcome.
@@ -136,12 +145,14 @@ impl Hv<'_> {
                 Ok(())
             }
             mmuext::NEW_BASEPTR => {
+                // The calling vCPU's `guest_table` only (smp-notes §4: batching
+                // is per vCPU, NEW_BASEPTR changes only the caller's cr3).
                 self.st.counters.new_baseptrs += 1;
                 if mfn == 0 {
                     return Err(-errno::EINVAL);
                 }
                 self.get_type(mfn, PageType::Table(Level::L4))?;
-                let old = core::mem::replace(&mut self.st.kernel_base, mfn);
+                let old = core::mem::replace(&mut self.st.cur().kernel_base, mfn);
                 if old != 0 {
                     self.put_type(old);
                 }
@@ -156,18 +167,18 @@ impl Hv<'_> {
                 if mfn != 0 {
                     self.get_type(mfn, PageType::Table(Level::L4))?;
                 }
-                let old = core::mem::replace(&mut self.st.user_base, mfn);
+                let old = core::mem::replace(&mut self.st.cur().user_base, mfn);
                 // Xen flushes nothing here (mm.c, MMUEXT_NEW_USER_BASEPTR). If
                 // user mode ran on the old root since the last flush, leaving
                 // it rewrote cr3 (toggle_guest_pt: non-global entries gone),
                 // but its global leaves — Xen sets G on guest user L1es,
                 // adjust_guest_l1e in pv/mm.h — are still cached.
                 if old != mfn {
-                    if old != 0 && self.st.user_cached {
+                    if old != 0 && self.st.cur().user_cached {
                         self.mem.tlb_retire_root(old, true);
                     }
                     // The new root has not run user mode yet.
-                    self.st.user_cached = false;
+                    self.st.cur().user_cached = false;
                     self.sync_roots();
                 }
                 if old != 0 {
@@ -186,7 +197,31 @@ impl Hv<'_> {
                 self.st.counters.invlpgs += 1;
                 // paging_invlpg → invlpg: the address's leaf and, per the SDM,
                 // every paging-structure-cache entry.
-                self.invlpg(op.arg1);
+                let me = self.st.me();
+                self.invlpg(me, op.arg1);
+                Ok(())
+            }
+            TLB_FLUSH_MULTI => {
+                // flush_tlb_mask(vcpumask_to_pcpumask(arg2)): Xen IPIs the
+                // pCPUs those vCPUs are dirty on and waits, so on return their
+                // TLBs are flushed; the targets do nothing (xen/arch/x86/mm.c,
+                // smp-notes §4). Bits for vCPUs the domain lacks are ignored.
+                self.st.counters.tlb_flush_multis += 1;
+                for vcpu in self.mask_vcpus(op.arg2) {
+                    self.full_flush_of(vcpu);
+                }
+                Ok(())
+            }
+            INVLPG_MULTI => {
+                // flush_tlb_one_mask(mask, arg1): `invlpg arg1` on each target.
+                self.st.counters.invlpg_multis += 1;
+                let me = self.st.me();
+                for vcpu in self.mask_vcpus(op.arg2) {
+                    if vcpu != me {
+                        self.st.counters.remote_flushes += 1;
+                    }
+                    self.invlpg(vcpu, op.arg1);
+                }
                 Ok(())
             }
             _ => Err(-errno::ENOSYS),
@@ -206,7 +241,6 @@ impl Hv<'_> {
         // (4) is accepted; any other value is a guest pointer to a vCPU
         // mask, which the model does not read (Xen: -EFAULT if unreadable).
         // Calibrated: tests/calibration, case `uvm-all-vcpus`.
-        const UVMF_ALL: u64 = 4;
         if va < base || va & (PAGE_SIZE - 1) != 0 || !matches!(uvm_flags & !3, 0 | UVMF_ALL) {
             return Err(-errno::EINVAL);
         }
@@ -225,26 +259,46 @@ impl Hv<'_> {
         self.uvm_flush(va, uvm_flags)
     }
 
-    /// `invlpg va`: the machine's TLB, and a stale direct-map translation.
-    fn invlpg(&mut self, va: u64) {
-        self.mem.tlb_invlpg(va);
+    /// The domain's vCPUs named in a vCPU bitmap word (the typed MULTI
+    /// record carries the bitmap's value in `arg2`; Xen reads
+    /// `ceil(max_vcpus/64)` words and ignores bits >= max_vcpus).
+    fn mask_vcpus(&self, bitmap: u64) -> Vec<usize> {
+        let n = self.st.vcpus.len();
+        pvops::CpuMask(bitmap).iter().filter(|&v| v < n).collect()
+    }
+
+    /// `invlpg va` on `vcpu`: its TLB, and a stale direct-map translation.
+    fn invlpg(&mut self, vcpu: usize, va: u64) {
+        self.mem.tlb_invlpg_of(vcpu, va);
         let base = self.st.direct_map_base;
         if va >= base {
-            self.st.direct.invlpg((va - base) / PAGE_SIZE);
+            self.st.direct.invlpg(vcpu, (va - base) / PAGE_SIZE);
         }
     }
 
     /// The flush `update_va_mapping` asks for, once the L1e changed
-    /// (`__do_update_va_mapping` flushes only after the update, mm.c).
+    /// (`__do_update_va_mapping` flushes only after the update, mm.c): on
+    /// the calling vCPU (`UVMF_LOCAL`) or on all of them (`UVMF_ALL`,
+    /// `flush_tlb_mask(d->dirty_cpumask)`).
     fn uvm_flush(&mut self, va: u64, uvm_flags: u64) -> Result<(), i64> {
+        let targets: Vec<usize> =
+            if uvm_flags & !3 == UVMF_ALL { (0..self.st.vcpus.len()).collect() } else { vec![self.st.me()] };
+        let me = self.st.me();
         match uvm_flags & 3 {
             uvmf::INVLPG => {
                 self.st.counters.invlpgs += 1;
-                self.invlpg(va);
+                for vcpu in targets {
+                    if vcpu != me {
+                        self.st.counters.remote_flushes += 1;
+                    }
+                    self.invlpg(vcpu, va);
+                }
             }
             uvmf::TLB_FLUSH => {
                 self.st.counters.tlb_flushes += 1;
-                self.full_flush();
+                for vcpu in targets {
+                    self.full_flush_of(vcpu);
+                }
             }
             _ => {}
         }
@@ -252,8 +306,10 @@ impl Hv<'_> {
     }
 }
 
+/// Hypercalls run on the calling vCPU; each is a preemption point.
 impl HypercallTransport for XenModel {
     fn call(&self, call: &Call<'_>) -> Outcome {
+        self.cpus().yield_point(Point::Hypercall);
         let mut st = self.lock();
         st.counters.hypercalls += 1;
         Hv::new(&mut st, &self.mem).trapped();
@@ -265,6 +321,7 @@ impl HypercallTransport for XenModel {
     }
 
     fn multicall(&self, calls: &[Call<'_>], outcomes: &mut [Outcome]) -> i64 {
+        self.cpus().yield_point(Point::Hypercall);
         let mut st = self.lock();
         st.counters.hypercalls += 1;
         st.counters.multicalls += 1;

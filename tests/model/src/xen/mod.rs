@@ -27,7 +27,14 @@
 //!   `pv_make_cr4` leaves cr4.PGE off and G means nothing — the model takes
 //!   the worse case, PGE on); a direct-map slot change leaves its old
 //!   translation cached like any L1e change, until those flushes drop it;
-//! * user mode with no user base pointer crashes the domain.
+//! * user mode with no user base pointer crashes the domain;
+//! * SMP: base pointers, their type references, TLBs and event masks are
+//!   per vCPU; hypercalls and multicalls run on the calling vCPU; `*_LOCAL`
+//!   and `UVMF_LOCAL` flush only it, `MMUEXT_TLB_FLUSH_MULTI` /
+//!   `MMUEXT_INVLPG_MULTI` the vCPUs in the bitmap, `UVMF_ALL` and a type
+//!   change's flush every vCPU (smp-notes §4). An unpin succeeds while
+//!   another vCPU holds the root: its frames stay typed, and freeing them
+//!   is a hazard, because that vCPU's TLB still reaches them.
 //!
 //! Files: [`p2m`] (the scrambled map), [`types`] (types, counts, validation),
 //! [`direct_map`] (the direct map's slots and their writable counts),
@@ -44,7 +51,7 @@ pub mod direct_map;
 pub mod guest;
 mod guest_mem;
 pub mod guest_mm;
-mod hypercalls;
+pub mod hypercalls;
 pub mod model;
 pub mod p2m;
 pub mod types;

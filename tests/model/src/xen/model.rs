@@ -51,6 +51,13 @@ pub struct XenCounters {
     pub tlb_flushes: u64,
     /// `MMUEXT_INVLPG_LOCAL` records.
     pub invlpgs: u64,
+    /// `MMUEXT_TLB_FLUSH_MULTI` records.
+    pub tlb_flush_multis: u64,
+    /// `MMUEXT_INVLPG_MULTI` records.
+    pub invlpg_multis: u64,
+    /// Flushes done on a vCPU other than the caller (a MULTI record, a
+    /// `UVMF_ALL` or a type change's flush): one per (record, vCPU).
+    pub remote_flushes: u64,
     /// Records (or calls) that returned an error.
     pub failures: u64,
 }
@@ -91,6 +98,20 @@ pub(crate) struct Injection {
     pub(crate) code: i64,
 }
 
+/// What Xen keeps per vCPU for the PV MMU (`struct vcpu`'s `arch`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct VcpuMmu {
+    /// `guest_table`: the kernel base pointer (mfn), holding a PGT_root
+    /// (here: L4) type reference while non-zero.
+    pub(crate) kernel_base: u64,
+    /// `guest_table_user`: the user base pointer, holding one too.
+    pub(crate) user_base: u64,
+    /// The clock at this vCPU's last full flush (`tlbflush_time`).
+    pub(crate) flush_time: u64,
+    /// User mode may have run on the user root since the last full flush.
+    pub(crate) user_cached: bool,
+}
+
 /// Everything behind the model's lock.
 #[derive(Debug)]
 pub(crate) struct XenState {
@@ -98,8 +119,8 @@ pub(crate) struct XenState {
     pub(crate) frames: Vec<FrameInfo>,
     /// The guest's direct map: its L1 slots and writable counts.
     pub(crate) direct: DirectMap,
-    pub(crate) kernel_base: u64,
-    pub(crate) user_base: u64,
+    /// Per vCPU: base pointers, flush time, user mode cached.
+    pub(crate) vcpus: Vec<VcpuMmu>,
     pub(crate) counters: XenCounters,
     pub(crate) violations: Vec<Violation>,
     pub(crate) crash: Option<String>,
@@ -115,13 +136,25 @@ pub(crate) struct XenState {
     pub(crate) type_stamp: Vec<u64>,
     /// Xen's TLB clock (`tlbflush_clock`), ticked by every full flush.
     pub(crate) flush_clock: u64,
-    /// The clock at this vCPU's last full flush (`tlbflush_time`).
-    pub(crate) cpu_flush_time: u64,
-    /// User mode may have run on the user root since the last full flush.
-    pub(crate) user_cached: bool,
 }
 
 impl XenState {
+    /// The calling vCPU ([`crate::vcpu::current`]).
+    ///
+    /// # Panics
+    /// If the thread runs as a vCPU the domain does not have (test setup).
+    pub(crate) fn me(&self) -> usize {
+        let c = crate::vcpu::current();
+        assert!(c < self.vcpus.len(), "running as vCPU {c} in a domain with {} vCPUs", self.vcpus.len());
+        c
+    }
+
+    /// The calling vCPU's MMU state.
+    pub(crate) fn cur(&mut self) -> &mut VcpuMmu {
+        let me = self.me();
+        &mut self.vcpus[me]
+    }
+
     /// True when slot `pfn` maps pfn's own frame writable.
     pub(crate) fn alias_writable(&self, pfn: u64) -> bool {
         let own = self.p2m.pfn_to_mfn(pfn);
@@ -141,16 +174,17 @@ impl XenState {
         (mfn << 12) | f
     }
 
-    /// The roots whose translations the TLB may hold: the kernel base
+    /// The roots whose translations `vcpu`'s TLB may hold: the kernel base
     /// pointer always (the guest kernel runs on it), the user base pointer
     /// once user mode may have run on it.
-    pub(crate) fn tlb_roots(&self) -> Vec<u64> {
+    pub(crate) fn tlb_roots(&self, vcpu: usize) -> Vec<u64> {
         let mut roots = Vec::with_capacity(2);
-        if self.kernel_base != 0 {
-            roots.push(self.kernel_base);
+        let Some(v) = self.vcpus.get(vcpu) else { return roots };
+        if v.kernel_base != 0 {
+            roots.push(v.kernel_base);
         }
-        if self.user_base != 0 && self.user_cached {
-            roots.push(self.user_base);
+        if v.user_base != 0 && v.user_cached {
+            roots.push(v.user_base);
         }
         roots
     }
@@ -196,22 +230,38 @@ impl XenModel {
     /// p2m from `seed`; an empty boot L4 (the guest fills its kernel half),
     /// read-only in the direct map, pinned and loaded as the kernel base
     /// pointer; no user base pointer; every other pfn's direct-map slot
-    /// mapping its own frame writable.
+    /// mapping its own frame writable. One vCPU.
     ///
     /// # Panics
     /// If `nr_pages < 4` (the builder needs its frames). Test setup only.
     pub fn boot(nr_pages: u64, seed: u64) -> Self {
+        XenModel::boot_smp(nr_pages, seed, 1)
+    }
+
+    /// [`XenModel::boot`] with `vcpus` vCPUs (1..=64), every one up on the
+    /// boot L4 as `VCPUOP_initialise` with `ctrlreg[3]` = `pt_base` leaves
+    /// it (smp-notes §2.3): each holds its own type reference on it, no user
+    /// base pointer, events unmasked.
+    ///
+    /// # Panics
+    /// If `nr_pages < 4` or `vcpus` is not in 1..=64. Test setup only.
+    pub fn boot_smp(nr_pages: u64, seed: u64, vcpus: usize) -> Self {
         assert!(nr_pages >= 4, "XenModel::boot needs at least 4 pages");
         // Spare machine frames beyond the domain's, so mfns are not a mere
         // permutation of the pfns.
         let nr_mfns = nr_pages + nr_pages / 4 + 17;
         let p2m = P2mTable::scrambled(nr_pages, nr_mfns, seed);
         let state = XenState {
-            direct: DirectMap::identity((0..nr_pages).filter_map(|p| p2m.pfn_to_mfn(p)), nr_mfns, BUILDER_PT_BASE),
+            direct: DirectMap::identity(
+                (0..nr_pages).filter_map(|p| p2m.pfn_to_mfn(p)),
+                nr_mfns,
+                BUILDER_PT_BASE,
+                vcpus,
+            ),
             p2m,
             frames: vec![FrameInfo::default(); nr_mfns as usize],
-            kernel_base: 0,
-            user_base: 0,
+            // The CPU flushed when Xen loaded the boot tables: after every stamp.
+            vcpus: vec![VcpuMmu { flush_time: 1, ..VcpuMmu::default() }; vcpus],
             counters: XenCounters::default(),
             violations: Vec::new(),
             crash: None,
@@ -223,13 +273,10 @@ impl XenModel {
             // Every frame starts mapped writable by the builder's direct map.
             last_type: vec![PageType::Writable; nr_mfns as usize],
             type_stamp: vec![0; nr_mfns as usize],
-            // The CPU flushed when Xen loaded the boot tables: after every stamp.
             flush_clock: 1,
-            cpu_flush_time: 1,
-            user_cached: false,
         };
         let model = XenModel {
-            mem: Machine::new(nr_mfns),
+            mem: Machine::with_vcpus(nr_mfns, vcpus),
             state: Mutex::new(state),
             reserved: vec![Pfn(BUILDER_START_INFO), Pfn(BUILDER_STACK), Pfn(BUILDER_PT_BASE)],
             pt_base: Pfn(BUILDER_PT_BASE),
@@ -239,11 +286,14 @@ impl XenModel {
             let mfn = st.p2m.pfn_to_mfn(BUILDER_PT_BASE).unwrap_or(0);
             let mut hv = Hv::new(&mut st, &model.mem);
             let pinned = hv.get_type(mfn, PageType::Table(Level::L4));
-            let loaded = hv.get_type(mfn, PageType::Table(Level::L4));
-            assert_eq!((pinned, loaded), (Ok(()), Ok(())), "boot L4 must validate");
+            assert_eq!(pinned, Ok(()), "boot L4 must validate");
+            for v in 0..vcpus {
+                let loaded = hv.get_type(mfn, PageType::Table(Level::L4));
+                assert_eq!(loaded, Ok(()), "boot L4 must validate");
+                hv.st.vcpus[v].kernel_base = mfn;
+                hv.sync_roots_of(v);
+            }
             st.frames[mfn as usize].pinned = true;
-            st.kernel_base = mfn;
-            Hv::new(&mut st, &model.mem).sync_roots();
         }
         model
     }
@@ -251,6 +301,11 @@ impl XenModel {
     /// [`XenModel::boot`], leaked: for platforms that need `'static` handles.
     pub fn leaked(nr_pages: u64, seed: u64) -> &'static XenModel {
         Box::leak(Box::new(XenModel::boot(nr_pages, seed)))
+    }
+
+    /// [`XenModel::boot_smp`], leaked.
+    pub fn leaked_smp(nr_pages: u64, seed: u64, vcpus: usize) -> &'static XenModel {
+        Box::leak(Box::new(XenModel::boot_smp(nr_pages, seed, vcpus)))
     }
 
     /// Moves the direct map the model expects `update_va_mapping` on.
@@ -267,8 +322,18 @@ impl XenModel {
             p2m: self,
             direct_map_base: self.direct_map_base(),
             boot_root: self.pt_base,
-            cpus: &pvops::SingleCpu,
+            cpus: self.mem.cpus(),
         }
+    }
+
+    /// The vCPUs: event (upcall) masks, event-channel cross-calls.
+    pub fn cpus(&self) -> &crate::cpus::ModelCpus {
+        self.mem.cpus()
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.mem.nr_vcpus()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, XenState> {
@@ -360,14 +425,26 @@ impl XenModel {
         Hv::new(&mut st, &self.mem).writable_refs(mfn)
     }
 
-    /// The kernel base pointer (mfn; 0 = none).
+    /// The calling vCPU's kernel base pointer (mfn; 0 = none).
     pub fn kernel_base(&self) -> Mfn {
-        Mfn(self.lock().kernel_base)
+        let mut st = self.lock();
+        Mfn(st.cur().kernel_base)
     }
 
-    /// The user base pointer (mfn; 0 = none).
+    /// The calling vCPU's user base pointer (mfn; 0 = none).
     pub fn user_base(&self) -> Mfn {
-        Mfn(self.lock().user_base)
+        let mut st = self.lock();
+        Mfn(st.cur().user_base)
+    }
+
+    /// `vcpu`'s kernel base pointer (`guest_table`; 0 = none).
+    pub fn kernel_base_of(&self, vcpu: usize) -> Mfn {
+        Mfn(self.lock().vcpus.get(vcpu).map_or(0, |v| v.kernel_base))
+    }
+
+    /// `vcpu`'s user base pointer (`guest_table_user`; 0 = none).
+    pub fn user_base_of(&self, vcpu: usize) -> Mfn {
+        Mfn(self.lock().vcpus.get(vcpu).map_or(0, |v| v.user_base))
     }
 
     /// Frames pinned now.
@@ -437,7 +514,7 @@ impl XenModel {
         armed
     }
 
-    /// An access as the CPU would do it for the guest, through the TLB.
+    /// An access as the calling vCPU would do it for the guest, through its TLB.
     ///
     /// Kernel mode walks from the kernel base pointer, user mode from the user
     /// base pointer Xen has loaded. The PV64 kernel runs in ring 3, so both
@@ -465,21 +542,23 @@ impl XenModel {
         let va = VirtAddr::try_new(va).map_err(|_| XenFault::NonCanonical)?;
         let root = {
             let mut st = self.lock();
-            if user_mode && st.user_base == 0 {
+            let me = st.me();
+            let v = st.vcpus[me];
+            if user_mode && v.user_base == 0 {
                 if record_crash {
                     st.crash = Some(String::from("Guest switching to user mode with no user page tables"));
                 }
                 return Err(XenFault::DomainCrashed);
             }
             if user_mode {
-                if record_crash && !st.user_cached {
+                if record_crash && !v.user_cached {
                     // User mode really ran: its root's translations may be cached.
-                    st.user_cached = true;
+                    st.vcpus[me].user_cached = true;
                     Hv::new(&mut st, &self.mem).sync_roots();
                 }
-                st.user_base
+                v.user_base
             } else {
-                st.kernel_base
+                v.kernel_base
             }
         };
         let access = Access { user: true, write, execute: false };

@@ -162,45 +162,74 @@ impl<'a> Hv<'a> {
         Ok(())
     }
 
-    /// Entering Xen: if the guest has a user root, user mode may have run on
-    /// it since the last flush, so its translations may be cached.
+    /// Entering Xen: if the calling vCPU has a user root, user mode may have
+    /// run on it since the last flush, so its translations may be cached.
     pub(crate) fn trapped(&mut self) {
-        if self.st.user_base != 0 && !self.st.user_cached {
-            self.st.user_cached = true;
+        let v = self.st.cur();
+        if v.user_base != 0 && !v.user_cached {
+            v.user_cached = true;
             self.sync_roots();
         }
     }
 
-    /// Tells the TLB which roots' translations may be cached now.
+    /// Tells the calling vCPU's TLB which roots it may cache now.
     pub(crate) fn sync_roots(&mut self) {
-        let roots = self.st.tlb_roots();
-        self.mem.tlb_set_roots(&roots);
+        let me = self.st.me();
+        self.sync_roots_of(me);
     }
 
-    /// Xen's `do_tlb_flush` (cr4.PGE toggled: global entries too), which
-    /// ticks the TLB clock (`pre_flush`/`post_flush`, flushtlb.c).
+    /// Tells `vcpu`'s TLB which roots it may cache now.
+    pub(crate) fn sync_roots_of(&mut self, vcpu: usize) {
+        let roots = self.st.tlb_roots(vcpu);
+        self.mem.tlb_set_roots_of(vcpu, &roots);
+    }
+
+    /// Xen's `do_tlb_flush` on the calling vCPU.
     pub(crate) fn full_flush(&mut self) {
-        self.mem.tlb_flush_everything();
-        self.st.direct.flush();
+        let me = self.st.me();
+        self.full_flush_of(me);
+    }
+
+    /// Xen's `do_tlb_flush` (cr4.PGE toggled: global entries too) on
+    /// `vcpu`'s pCPU, which ticks the TLB clock (`pre_flush`/`post_flush`,
+    /// flushtlb.c). A flush of another vCPU is what `flush_tlb_mask` does
+    /// for it: Xen IPIs the pCPU it is dirty on and waits (smp-notes §4).
+    pub(crate) fn full_flush_of(&mut self, vcpu: usize) {
+        if vcpu >= self.st.vcpus.len() {
+            return;
+        }
+        if vcpu != self.st.me() {
+            self.st.counters.remote_flushes += 1;
+        }
+        self.mem.tlb_flush_everything_of(vcpu);
+        self.st.direct.flush(vcpu);
         self.st.flush_clock += 1;
-        self.st.cpu_flush_time = self.st.flush_clock;
+        let now = self.st.flush_clock;
+        let v = &mut self.st.vcpus[vcpu];
+        v.flush_time = now;
         // What user mode cached is gone; it refills only after a return to it.
-        self.st.user_cached = false;
-        self.sync_roots();
+        v.user_cached = false;
+        self.sync_roots_of(vcpu);
     }
 
     /// `_get_page_type` on a type change (xen/arch/x86/mm.c): "On type change
     /// we check to flush stale TLB entries. It is vital that no other CPUs are
     /// left with writeable mappings to a frame which is intending to become
-    /// pgtable/segdesc." It flushes (`FLUSH_TLB`, i.e. `do_tlb_flush`) unless
-    /// this CPU flushed since the frame's last type reference went
-    /// (`tlbflush_filter` on `page->tlbflush_timestamp`). Then, for a table,
-    /// any writable translation still cached is a hazard the model records.
+    /// pgtable/segdesc." It flushes (`FLUSH_TLB`, i.e. `do_tlb_flush`) the
+    /// domain's dirty CPUs (`d->dirty_cpumask`: here every vCPU, as a
+    /// descheduled one is flushed when it runs again) except those that
+    /// flushed since the frame's last type reference went (`tlbflush_filter`
+    /// on `page->tlbflush_timestamp`). Then, for a table, any writable
+    /// translation still cached is a hazard the model records.
     pub(crate) fn type_change_flush(&mut self, mfn: u64, want: PageType) {
         let last = self.st.last_type.get(mfn as usize).copied().unwrap_or_default();
         let stamp = self.st.type_stamp.get(mfn as usize).copied().unwrap_or(0);
-        if last != want && self.st.cpu_flush_time <= stamp {
-            self.full_flush();
+        if last != want {
+            for vcpu in 0..self.st.vcpus.len() {
+                if self.st.vcpus[vcpu].flush_time <= stamp {
+                    self.full_flush_of(vcpu);
+                }
+            }
         }
         if matches!(want, PageType::Table(_)) {
             self.mem.tlb_check_frame(mfn, TlbHazard::BecameTable, true);
