@@ -43,14 +43,36 @@ pub fn run() -> ! {
         p2m: &P2M,
         direct_map_base: directmap::DIRECT_MAP_BASE,
         boot_root,
-        cpus: &pvops::SingleCpu,
+        cpus: &crate::smp::CPUS,
     }));
     let handover = si.magic_str();
     match vm::boot(EntryKind::XenPv, handover, platform, mem, nr_frames, boot_root) {
         Ok(v) => {
             log::info!("xen: transport so far: {}", TRANSPORT.counts());
+            start_other_vcpus();
             workload::run(v)
         }
         Err(e) => panic!("memory management: {}", e),
+    }
+}
+
+/// Starts every vCPU Xen gave the domain and, if another one runs, checks
+/// the IPI and remote-flush plumbing on it (see `smp::xen::probe`). A vCPU
+/// that does not start is logged and left out; a failing check fails the
+/// run.
+fn start_other_vcpus() {
+    let n = crate::smp::bring_up(pvops::MAX_CPUS);
+    let Some(other) = crate::smp::online().without(crate::smp::this_cpu()).iter().next() else {
+        log::info!("xen smp: one vCPU online, no cross-vCPU check");
+        return;
+    };
+    match crate::smp::xen::probe::run(other) {
+        Ok(r) => log::info!(
+            "xen smp check: ok ({n} vCPUs; stale reads seen before the MULTI flushes: {:?}; IPI round trip min {} us, mean {} us)",
+            r.stale,
+            r.ipi_min_ns / 1000,
+            r.ipi_mean_ns / 1000
+        ),
+        Err(e) => panic!("xen smp check on vCPU {other}: {e}"),
     }
 }
