@@ -460,13 +460,16 @@ pub fn bring_up(want: usize) -> usize {
     }
     let n = want.min(present);
     log::info!("xen smp: the domain has {present} vCPU(s); starting {}", n.saturating_sub(1));
-    if n <= 1 {
-        return 1;
-    }
     if let Err(e) = bind_ipi_port(0) {
         log::error!("xen smp: no IPI port for vCPU 0: {e}; one vCPU");
         return 1;
     }
+    // Xen starts vCPU 0 with events masked (Linux turns them on once its
+    // handlers are in place): from now on vCPU 0 takes IPIs whenever no
+    // caller has them masked.
+    let was_masked = mask_events();
+    restore_events(false);
+    log::info!("xen smp: vCPU 0 events on (they were {})", if was_masked { "masked" } else { "on" });
     for cpu in 1..n {
         match start_vcpu(cpu) {
             Ok((up, alive)) => log::info!(
@@ -575,7 +578,48 @@ pub mod probe {
         if out.status == 0 && out.done == 1 {
             Ok(())
         } else {
+            log::error!("xen smp check: {} -> status {}, done {}", mmuext_multi_name(cmd), out.status, out.done);
             Err("MULTI flush refused")
+        }
+    }
+
+    fn mmuext_multi_name(cmd: u32) -> &'static str {
+        if cmd == mmuext_multi::INVLPG_MULTI {
+            "mmuext_op(INVLPG_MULTI)"
+        } else {
+            "mmuext_op(TLB_FLUSH_MULTI)"
+        }
+    }
+
+    /// Event masking on the calling vCPU, with an IPI to itself: while
+    /// masked (also after a nested mask/restore and a hypercall) the IPI
+    /// MUST NOT be taken; `restore_events` MUST deliver it before it
+    /// returns (an unmask alone would leave it pending until the next
+    /// hypercall or block). The oracle is the upcall's own count of IPIs
+    /// taken, which the masking code does not touch.
+    pub fn events(me: usize) -> Result<(), &'static str> {
+        if super::ipi_port(me) == 0 {
+            return Err("no IPI port");
+        }
+        let before = super::ipis_taken(me);
+        let was = super::mask_events();
+        let nested = super::mask_events();
+        super::restore_events(nested);
+        super::send_ipi(me);
+        hypercall::force_event_delivery();
+        let masked = super::ipis_taken(me) - before;
+        super::restore_events(false);
+        let after = super::ipis_taken(me) - before;
+        super::restore_events(was);
+        log::info!(
+            "xen smp events: nested mask {nested} (want true); self-IPI taken while masked {masked} (want 0), \
+             right after restore_events {after} (want 1)"
+        );
+        match (nested, masked, after) {
+            (true, 0, 1) => Ok(()),
+            (false, _, _) => Err("a nested mask_events did not report events masked"),
+            (_, 0, _) => Err("restore_events left the pending IPI undelivered"),
+            _ => Err("an IPI was taken while events were masked"),
         }
     }
 

@@ -62,6 +62,9 @@ pub fn run() -> ! {
 /// run.
 fn start_other_vcpus() {
     let n = crate::smp::bring_up(pvops::MAX_CPUS);
+    if let Err(e) = crate::smp::xen::probe::events(crate::smp::this_cpu()) {
+        panic!("xen smp event masking: {e}");
+    }
     let Some(other) = crate::smp::online().without(crate::smp::this_cpu()).iter().next() else {
         log::info!("xen smp: one vCPU online, no cross-vCPU check");
         return;
