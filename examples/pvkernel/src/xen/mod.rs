@@ -142,9 +142,17 @@ pub fn m2p_max_mfn() -> u64 {
     M2P_MAX_MFN.load(Ordering::Relaxed)
 }
 
+/// Whether `pfn`'s initial-region alias was removed. The lock is held with
+/// events masked: an IPI handler on this vCPU that walks tables must not
+/// spin on it.
+fn retired(pfn: u64) -> bool {
+    let _masked = pvops::EventsMasked::new(&crate::smp::CPUS);
+    RETIRED.lock().contains(pfn)
+}
+
 /// VA of `pfn` in Xen's initial region, if it is (still) mapped there.
 pub fn initial_va(pfn: u64) -> Option<u64> {
-    if pfn < REGION_END_PFN.load(Ordering::Relaxed) && !RETIRED.lock().contains(pfn) {
+    if pfn < REGION_END_PFN.load(Ordering::Relaxed) && !retired(pfn) {
         Some(VIRT_BASE + (pfn << 12))
     } else {
         None
@@ -175,6 +183,7 @@ pub fn retire_initial_aliases(ranges: &crate::memory::RangeList) -> Result<u64, 
             }
         }
         if r.start < end {
+            let _masked = pvops::EventsMasked::new(&crate::smp::CPUS);
             RETIRED
                 .lock()
                 .push(crate::memory::FrameRange { start: r.start, end })
