@@ -419,9 +419,13 @@ extern "C" fn xen_ap_main(cpu: u64) -> ! {
         .get(cpu)
         .is_some_and(|s| s.compare_exchange(STARTING, ALIVE, Ordering::SeqCst, Ordering::SeqCst).is_ok());
     if me != cpu || !claimed {
-        // vCPU 0 gave up on it (or its gs base is wrong): stay out of the way.
+        // vCPU 0 gave up on it (or its gs base is wrong): stay out of the
+        // way without burning a pCPU. VCPUOP_down on itself is synchronous
+        // (Linux `xen_pv_play_dead`); it should not return.
+        // SAFETY: VCPUOP_down takes no argument.
+        unsafe { hypercall::vcpu_op(hypercall::vcpuop::DOWN, cpu as u32, 0) };
         loop {
-            hypercall::sched_yield();
+            hypercall::sched_block();
         }
     }
     restore_events(false);

@@ -50,6 +50,8 @@ pub mod vcpuop {
     pub const INITIALISE: u64 = 0;
     /// Let an initialised vCPU run.
     pub const UP: u64 = 1;
+    /// Stop a vCPU (synchronous when it names the caller).
+    pub const DOWN: u64 = 2;
     /// 1 if the vCPU runs, 0 if down, -ENOENT past the domain's last vCPU.
     pub const IS_UP: u64 = 3;
 }
