@@ -4,11 +4,15 @@
 //! table itself, so the same code is correct natively and on Xen.
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pvops::pte::flags;
 use pvops::{
-    Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, USER_LIMIT, USER_PGD_SLOTS,
+    CpuMask, Cpus, Flush, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE,
+    USER_LIMIT, USER_PGD_SLOTS,
 };
+
+extern crate alloc;
 
 use crate::frames::FrameAllocator;
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
@@ -59,21 +63,75 @@ struct Queued {
 /// it must be given back with [`Mm::exit`], which is where errors can be seen.
 /// Only [`Mm::create`] (and `fork`) make one, on a freshly allocated root, so
 /// it is never `init_mm`: no method needs to check that.
-#[derive(Debug, PartialEq, Eq)]
+///
+/// `Sync`: threads of one process run on several CPUs at once. Its tables
+/// change under its own lock (Linux's `page_table_lock`), and every update
+/// an operation queues is issued before that lock is released, so another
+/// CPU never walks a table with updates still queued on this one (Linux
+/// likewise leaves lazy-MMU mode before `pte_unmap_unlock`).
 pub struct AddressSpace {
     pgd: Pfn,
-    pinned: bool,
+    pinned: AtomicBool,
+    /// CPUs that may hold its translations (Linux's `mm_cpumask`): set before
+    /// a CPU loads it, cleared only when it exits.
+    cpus: AtomicU64,
+    lock: AtomicBool,
 }
 
+impl core::fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("pgd", &self.pgd)
+            .field("pinned", &self.is_pinned())
+            .field("cpus", &self.cpumask())
+            .finish()
+    }
+}
+
+impl PartialEq for AddressSpace {
+    fn eq(&self, other: &Self) -> bool {
+        self.pgd == other.pgd
+    }
+}
+impl Eq for AddressSpace {}
+
 impl AddressSpace {
+    fn new(pgd: Pfn, pinned: bool) -> Self {
+        AddressSpace { pgd, pinned: AtomicBool::new(pinned), cpus: AtomicU64::new(0), lock: AtomicBool::new(false) }
+    }
+
     /// The frame of its top-level table (the kernel pgd on Xen).
     pub fn pgd(&self) -> Pfn {
         self.pgd
     }
     /// True once it has been activated (pinned on Xen).
     pub fn is_pinned(&self) -> bool {
-        self.pinned
+        self.pinned.load(Ordering::Acquire)
     }
+    /// The CPUs that may hold its translations in their TLBs (every CPU
+    /// that activated it since it was created): the targets of a shootdown.
+    pub fn cpumask(&self) -> CpuMask {
+        CpuMask(self.cpus.load(Ordering::Acquire))
+    }
+}
+
+/// Holds an address space's lock; released on drop.
+struct Locked<'s>(&'s AtomicBool);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Takes `lock`, spinning with [`Cpus::relax`] (a host model runs another
+/// vCPU there; the holder may be waiting for this CPU to answer an IPI,
+/// which it can, as interrupts stay on while spinning).
+fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
+    while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        cpus.relax();
+    }
+    Locked(lock)
 }
 
 /// The memory manager: `init_mm`, the frame allocator and the selected backend.
@@ -81,12 +139,23 @@ impl AddressSpace {
 /// `O` is how the backend is called: `dyn PvMmuOps` (the default, what the
 /// registry hands out) or a concrete type such as an enum declared with
 /// `pvops::static_dispatch!`, which makes every call a direct, inlinable one.
+///
+/// `Sync`: every method may be called from any CPU at once; per-space work is
+/// serialised by the space's lock, `init_mm`'s kernel half by its own.
 pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
     ops: &'a O,
     mem: &'a dyn PhysMem,
     frames: &'a FrameAllocator<'a>,
     init_pgd: Pfn,
+    init_lock: AtomicBool,
+    /// The space each CPU runs (pfn of its pgd; `NONE`: init_mm, or only
+    /// lazily held since [`Mm::enter_lazy`]). A space some other CPU runs
+    /// cannot exit; one it only holds lazily is dropped there first.
+    running: [AtomicU64; pvops::MAX_CPUS],
 }
+
+/// `Mm::running` of a CPU that runs no user address space.
+const NONE: u64 = u64::MAX;
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -115,7 +184,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         boot_pgd: Pfn,
     ) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
-        Ok(Mm { ops, mem, frames, init_pgd: boot_pgd })
+        Ok(Mm {
+            ops,
+            mem,
+            frames,
+            init_pgd: boot_pgd,
+            init_lock: AtomicBool::new(false),
+            running: [const { AtomicU64::new(NONE) }; pvops::MAX_CPUS],
+        })
     }
 
     /// The backend in use.
@@ -139,10 +215,32 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.ops.read_cr3()
     }
 
-    /// True while `pgd` is the loaded root: its TLB entries must be flushed
-    /// before a frame it mapped is freed.
+    /// The CPUs the backend runs on.
+    pub fn cpus(&self) -> &'a dyn Cpus {
+        self.ops.cpus()
+    }
+
+    /// True while `pgd` is the root loaded on this CPU: its TLB entries must
+    /// be flushed before a frame it mapped is freed.
     fn is_loaded(&self, pgd: Pfn) -> bool {
         self.ops.read_cr3() == pgd
+    }
+
+    /// The CPUs whose TLBs may hold `space`'s translations now: this one if
+    /// it has `space` loaded, and every other online CPU that activated it.
+    fn holders(&self, space: &AddressSpace) -> CpuMask {
+        let cpus = self.cpus();
+        let me = cpus.this_cpu();
+        let others = space.cpumask().and(cpus.online()).without(me);
+        if self.is_loaded(space.pgd) {
+            others.with(me)
+        } else {
+            others
+        }
+    }
+
+    fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
+        lock(self.cpus(), &space.lock)
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -158,6 +256,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if self.ops.reserved_l4_slots().contains(&va.index(Level::L4)) {
             return Err(PvError::ReservedSlot { index: va.index(Level::L4) });
         }
+        let _locked = lock(self.cpus(), &self.init_lock);
         self.issued_now(|| {
             let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
@@ -207,7 +306,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             let _ = self.frames.free_frame(pgd);
             return Err(err);
         }
-        Ok(AddressSpace { pgd, pinned: false })
+        Ok(AddressSpace::new(pgd, false))
     }
 
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
@@ -222,17 +321,18 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// tables is one multicall — read-only remaps and links in order — not one
     /// hypercall per table.
     ///
-    /// Inside a lazy-MMU section of the caller's, the section nests: nothing
-    /// is issued until the caller flushes or leaves, and a hypercall failure
-    /// of this map's updates is reported there, not here. The state is then
-    /// what Xen did: the page may be missing (`translate` says), its frame
-    /// and any table it needed stay allocated; tables linked into the space
-    /// are freed by [`Mm::exit`], a frame that was never linked is lost.
+    /// Inside a lazy-MMU section of the caller's, the section nests and stays
+    /// open, but this map's updates are issued before it returns (with what
+    /// the caller queued before, whose failures stay the caller's): they must
+    /// be in effect before the space's lock is released, or another CPU
+    /// would walk tables whose updates are still queued here.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+        let _locked = self.lock(space);
         self.ops.lazy_mmu_enter();
         let queued = self.map_queued(space, addr, perm);
-        let issued = self.ops.lazy_mmu_leave();
-        match (queued, issued) {
+        let flushed = self.ops.lazy_mmu_flush();
+        let left = self.ops.lazy_mmu_leave();
+        match (queued, flushed.and(left)) {
             (Ok(m), Ok(())) => Ok(m.frame),
             (Ok(m), Err(e)) => {
                 // Some record of the batch was refused: take the whole map back,
@@ -252,12 +352,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
     fn take_back(&self, space: &AddressSpace, m: &Queued) {
-        let loaded = self.is_loaded(space.pgd);
+        let holders = self.holders(space);
         let cleared = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
-            if loaded {
+            if !holders.is_empty() {
                 // Nothing used the mapping, but no TLB may keep it once the frame is free.
-                self.ops.flush_tlb_all()?;
+                self.ops.flush_tlb_multi(holders, Flush::All)?;
             }
             Ok(())
         });
@@ -269,7 +369,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             return;
         }
         undo(self.ops, self.frames, space.pgd, &m.made);
-        if loaded && cleared.is_err() {
+        if !holders.is_empty() && cleared.is_err() {
             log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
         }
@@ -304,26 +404,29 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// Unmaps the page at `addr` and frees its frame.
     ///
-    /// In order: the entry is cleared, then (if `space` is loaded) its TLB
-    /// entry flushed, then the frame freed. The clear and the flush are one
-    /// batch issued before it returns (on Xen one hypercall), even inside a
-    /// caller's lazy-MMU section. On error: if the entry was not cleared,
-    /// nothing changed; if it was but no flush could be done, the page is
-    /// unmapped and its frame is kept (never handed out while a TLB may
-    /// still reach it), and the error says why.
+    /// In order: the entry is cleared, then its TLB entry flushed on every
+    /// CPU that may hold it (this one if `space` is loaded here, and every
+    /// other CPU of its [`AddressSpace::cpumask`]: a remote shootdown), then
+    /// the frame freed. The clear and the flush are one batch issued before
+    /// it returns (on Xen one hypercall, with `INVLPG_MULTI` for other
+    /// vCPUs), even inside a caller's lazy-MMU section. On error: if the
+    /// entry was not cleared, nothing changed; if it was but no flush could
+    /// be done, the page is unmapped and its frame is kept (never handed out
+    /// while a TLB may still reach it), and the error says why.
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
         let va = user_va(addr)?;
+        let _locked = self.lock(space);
         let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
         let index = va.index(Level::L1);
         let e = self.ops.read_entry(Level::L1, l1, index)?;
         if !e.is_present() {
             return Err(PvError::NotMapped { addr: va });
         }
-        let loaded = self.is_loaded(space.pgd);
+        let holders = self.holders(space);
         let done = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
-            if loaded {
-                self.ops.flush_tlb_one(va)?;
+            if !holders.is_empty() {
+                self.ops.flush_tlb_multi(holders, Flush::Page(va))?;
             }
             Ok(())
         });
@@ -332,19 +435,86 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 // The clear did not take effect: nothing changed.
                 return Err(e);
             }
-            if loaded {
+            if !holders.is_empty() {
                 // Cleared, but the flush may not have happened: flush everything,
                 // or keep the frame rather than hand it out.
                 log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
-                self.issued_now(|| self.ops.flush_tlb_all())?;
+                self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
             }
         }
         self.frames.free_frame(e.pfn())
     }
 
+    /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones
+    /// are skipped, as `munmap` does) and frees their frames; returns how
+    /// many were unmapped.
+    ///
+    /// The clears are one lazy-MMU batch and the TLB flush is one for the
+    /// whole range, on every CPU that may hold the space (Linux's
+    /// `flush_tlb_mm_range` after `zap_pte_range`): on Xen ⌈N/32⌉-ish
+    /// multicalls whose last entry is one `INVLPG_MULTI` (one page) or
+    /// `TLB_FLUSH_MULTI` (more), not one flush per page; natively one IPI
+    /// per other CPU. Frames are freed only after the flush. On error, the
+    /// pages whose entries were not cleared stay mapped; a cleared page's
+    /// frame is freed only once a flush succeeded (else kept, logged).
+    pub fn unmap_range(&self, space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, PvError> {
+        let start = user_va(addr)?;
+        let end = pages
+            .checked_mul(pvops::PAGE_SIZE)
+            .and_then(|len| addr.checked_add(len))
+            .filter(|&end| end <= USER_LIMIT)
+            .ok_or(PvError::NotUserAddress { addr: start })?;
+        let _locked = self.lock(space);
+        let mut cleared = alloc::vec::Vec::new();
+        let holders = self.holders(space);
+        let done = self.issued_now(|| {
+            let mut va = addr;
+            while va < end {
+                let v = VirtAddr::try_new(va)?;
+                if let Some(l1) = find_l1(self.ops, space.pgd, v)? {
+                    let index = v.index(Level::L1);
+                    let e = self.ops.read_entry(Level::L1, l1, index)?;
+                    if e.is_present() {
+                        self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
+                        cleared.push((l1, index, e.pfn()));
+                    }
+                }
+                va += pvops::PAGE_SIZE;
+            }
+            if !holders.is_empty() && !cleared.is_empty() {
+                self.ops.flush_tlb_multi(holders, Flush::Range { start, pages })?;
+            }
+            Ok(())
+        });
+        let mut flushed = done.is_ok();
+        if let Err(e) = &done {
+            if !holders.is_empty() {
+                log::warn!("unmap_range {:#x}+{pages}: {e}; flushing everything", addr);
+                flushed = self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All)).is_ok();
+            } else {
+                flushed = true;
+            }
+        }
+        let mut unmapped = 0;
+        for &(l1, index, frame) in &cleared {
+            // Queued clears a failed batch did not apply are still present.
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+                continue;
+            }
+            unmapped += 1;
+            if flushed {
+                self.frames.free_frame(frame)?;
+            } else {
+                log::error!("unmap_range: no flush after unmapping {frame:?}; frame kept");
+            }
+        }
+        done.map(|()| unmapped)
+    }
+
     /// The frame and user permissions mapped at `addr`, if any.
     pub fn translate(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
         let va = user_va(addr)?;
+        let _locked = self.lock(space);
         let Some(l1) = find_l1(self.ops, space.pgd, va)? else {
             return Ok(None);
         };
@@ -375,18 +545,41 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         Ok(frame)
     }
 
-    /// Switches to `space`; its first activation pins it (Xen).
-    pub fn activate(&self, space: &mut AddressSpace) -> Result<(), PvError> {
-        if !space.pinned {
-            self.ops.activate_mm(self.frames, space.pgd)?;
-            space.pinned = true;
+    /// Switches this CPU to `space`; its first activation pins it (Xen).
+    /// This CPU joins the space's [`AddressSpace::cpumask`] before the root
+    /// is loaded, so a shootdown racing with the switch reaches it.
+    pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
+        if !space.is_pinned() {
+            let _locked = self.lock(space);
+            if !space.is_pinned() {
+                self.ops.activate_mm(self.frames, space.pgd)?;
+                space.pinned.store(true, Ordering::Release);
+            }
         }
+        let me = self.cpus().this_cpu();
+        space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        self.set_running(me, space.pgd.0);
         self.ops.write_cr3(self.frames, space.pgd)
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
     pub fn activate_init(&self) -> Result<(), PvError> {
+        self.set_running(self.cpus().this_cpu(), NONE);
         self.ops.write_cr3(self.frames, self.init_pgd)
+    }
+
+    /// This CPU stops running its user address space but keeps it loaded
+    /// (Linux's `enter_lazy_tlb`: an idle CPU or a kernel thread saves a
+    /// switch). The space may then exit from another CPU, which makes this
+    /// one drop it first.
+    pub fn enter_lazy(&self) {
+        self.set_running(self.cpus().this_cpu(), NONE);
+    }
+
+    fn set_running(&self, cpu: usize, pgd: u64) {
+        if let Some(r) = self.running.get(cpu) {
+            r.store(pgd, Ordering::Release);
+        }
     }
 
     /// A copy of `parent`'s user half: new tables and new frames with the same
@@ -397,6 +590,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// in a caller's (the child is not pinned yet: its tables are plain
     /// stores, nothing waits for the caller's leave).
     pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
+        let _locked = self.lock(parent);
         let child = self.create()?;
         self.ops.lazy_mmu_enter();
         let copied = self.copy_user_half(parent, &child);
@@ -467,7 +661,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
-    /// Refused, with `space` given back unchanged, while it is the active one.
+    /// Refused, with `space` given back unchanged, while it is the one loaded
+    /// on this CPU, or while another CPU runs it ([`PvError::RootInUse`]).
+    /// Any other CPU that only holds it lazily ([`Mm::enter_lazy`]) is first
+    /// made to switch to `init_mm` through a cross-call (Linux's
+    /// `xen_drop_mm_ref`): no CPU may keep a root that is unpinned and freed;
+    /// if one cannot be reached, `space` comes back unchanged with the error
+    /// naming it.
     /// On a later error the space comes back unpinned and partly torn down
     /// (every entry is cleared before what it names is freed, and a table is
     /// emptied before it is unlinked, so what is left is consistent and still
@@ -477,7 +677,15 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if self.is_loaded(space.pgd) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
         }
-        if space.pinned {
+        let me = self.cpus().this_cpu();
+        let running = (0..pvops::MAX_CPUS).find(|&c| c != me && self.running[c].load(Ordering::Acquire) == space.pgd.0);
+        if let Some(cpu) = running {
+            return Err((PvError::RootInUse { pgd: space.pgd, cpu }, space));
+        }
+        if let Err(e) = self.drop_root_elsewhere(&space) {
+            return Err((e, space));
+        }
+        if space.is_pinned() {
             if let Err(e) = self.ops.exit_mm(self.frames, space.pgd) {
                 return Err((e, space));
             }
@@ -489,8 +697,25 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         });
         match result {
             Ok(()) => Ok(()),
-            Err(e) => Err((e, AddressSpace { pgd: root, pinned: false })),
+            Err(e) => Err((e, AddressSpace::new(root, false))),
         }
+    }
+
+    /// Makes every other CPU that has `space` loaded switch to `init_mm`.
+    fn drop_root_elsewhere(&self, space: &AddressSpace) -> Result<(), PvError> {
+        let cpus = self.cpus();
+        let others = space.cpumask().and(cpus.online()).without(cpus.this_cpu());
+        if others.is_empty() {
+            return Ok(());
+        }
+        let (pgd, init) = (space.pgd, self.init_pgd);
+        cpus.call_on(others, &|| {
+            if self.ops.read_cr3() == pgd {
+                self.ops.write_cr3(self.frames, init)
+            } else {
+                Ok(())
+            }
+        })
     }
 
     fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {

@@ -9,7 +9,6 @@ extern crate alloc;
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
 
 use pvops::{MmServices, Pfn, PhysMem, PvError};
 
@@ -23,21 +22,36 @@ pub struct FrameInfo {
 }
 
 /// Frame allocator with a bitmap and optional metadata.
+///
+/// `Sync`: one lock covers the bitmap and the metadata, so CPUs may allocate,
+/// free and change metadata at once. Nothing inside the lock calls a seam
+/// (zeroing a frame and [`PhysMem::frame_freed`] happen outside it), so a
+/// holder never waits on hardware or on another CPU.
 pub struct FrameAllocator<'m> {
     mem: &'m dyn PhysMem,
     nr_frames: u64,
+    inner: spin::Mutex<Inner>,
+}
+
+struct Inner {
     /// Bit set = frame free.
-    free: RefCell<Vec<u64>>,
-    free_count: Cell<u64>,
-    meta: RefCell<Option<Vec<FrameInfo>>>,
-    allocations: Cell<u64>,
-    fail_at: Cell<Option<u64>>,
-    hint: Cell<u64>,
+    free: Vec<u64>,
+    free_count: u64,
+    meta: Option<Vec<FrameInfo>>,
+    allocations: u64,
+    fail_at: Option<u64>,
+    hint: u64,
+}
+
+impl Inner {
+    fn is_free(&self, nr_frames: u64, pfn: Pfn) -> bool {
+        pfn.0 < nr_frames && self.free[(pfn.0 / 64) as usize] & (1 << (pfn.0 % 64)) != 0
+    }
 }
 
 impl core::fmt::Debug for FrameAllocator<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "FrameAllocator({} of {} free)", self.free_count.get(), self.nr_frames)
+        write!(f, "FrameAllocator({} of {} free)", self.free_frames(), self.nr_frames)
     }
 }
 
@@ -59,36 +73,38 @@ impl<'m> FrameAllocator<'m> {
         FrameAllocator {
             mem,
             nr_frames,
-            free: RefCell::new(vec![0; nr_frames.div_ceil(64) as usize]),
-            free_count: Cell::new(0),
-            meta: RefCell::new(None),
-            allocations: Cell::new(0),
-            fail_at: Cell::new(None),
-            hint: Cell::new(0),
+            inner: spin::Mutex::new(Inner {
+                free: vec![0; nr_frames.div_ceil(64) as usize],
+                free_count: 0,
+                meta: None,
+                allocations: 0,
+                fail_at: None,
+                hint: 0,
+            }),
         }
     }
 
     /// Marks `count` frames from `start` free (idempotent; out-of-range ignored).
     pub fn add_free_range(&self, start: Pfn, count: u64) {
-        let mut bits = self.free.borrow_mut();
+        let mut inner = self.inner.lock();
         let end = start.0.saturating_add(count).min(self.nr_frames);
         for f in start.0..end {
             let (w, b) = ((f / 64) as usize, f % 64);
-            if bits[w] & (1 << b) == 0 {
-                bits[w] |= 1 << b;
-                self.free_count.set(self.free_count.get() + 1);
+            if inner.free[w] & (1 << b) == 0 {
+                inner.free[w] |= 1 << b;
+                inner.free_count += 1;
             }
         }
     }
 
     /// Marks a frame used (e.g. reserved by firmware after the fact).
     pub fn reserve(&self, pfn: Pfn) {
-        let mut bits = self.free.borrow_mut();
+        let mut inner = self.inner.lock();
         if pfn.0 < self.nr_frames {
             let (w, b) = ((pfn.0 / 64) as usize, pfn.0 % 64);
-            if bits[w] & (1 << b) != 0 {
-                bits[w] &= !(1 << b);
-                self.free_count.set(self.free_count.get() - 1);
+            if inner.free[w] & (1 << b) != 0 {
+                inner.free[w] &= !(1 << b);
+                inner.free_count -= 1;
             }
         }
     }
@@ -96,15 +112,15 @@ impl<'m> FrameAllocator<'m> {
     /// Creates per-frame metadata: the end of early boot.
     /// Idempotent: a second call keeps the metadata (pins, private words) it has.
     pub fn init_metadata(&self) {
-        let mut meta = self.meta.borrow_mut();
-        if meta.is_none() {
-            *meta = Some(vec![FrameInfo::default(); self.nr_frames as usize]);
+        let mut inner = self.inner.lock();
+        if inner.meta.is_none() {
+            inner.meta = Some(vec![FrameInfo::default(); self.nr_frames as usize]);
         }
     }
 
     /// Frames currently free.
     pub fn free_frames(&self) -> u64 {
-        self.free_count.get()
+        self.inner.lock().free_count
     }
 
     /// Total frames.
@@ -114,85 +130,89 @@ impl<'m> FrameAllocator<'m> {
 
     /// Successful allocations so far.
     pub fn allocations(&self) -> u64 {
-        self.allocations.get()
+        self.inner.lock().allocations
     }
 
     /// Fault injection: the `k`-th allocation from now (0 = the next) fails; `None` disarms.
     pub fn fail_allocation_after(&self, k: Option<u64>) {
-        self.fail_at.set(k);
+        self.inner.lock().fail_at = k;
     }
 
     /// True while an injected allocation failure is still pending.
     pub fn injection_armed(&self) -> bool {
-        self.fail_at.get().is_some()
+        self.inner.lock().fail_at.is_some()
     }
 
     /// The metadata of a frame, if metadata exists.
     pub fn info(&self, pfn: Pfn) -> Option<FrameInfo> {
-        self.meta.borrow().as_ref().and_then(|m| m.get(pfn.0 as usize).copied())
+        self.inner.lock().meta.as_ref().and_then(|m| m.get(pfn.0 as usize).copied())
     }
 
     fn with_meta<R>(&self, pfn: Pfn, f: impl FnOnce(&mut FrameInfo) -> R) -> Result<R, PvError> {
-        let mut meta = self.meta.borrow_mut();
-        let m = meta.as_mut().ok_or(PvError::WrongState { what: "frame metadata not initialised" })?;
+        let mut inner = self.inner.lock();
+        let m = inner.meta.as_mut().ok_or(PvError::WrongState { what: "frame metadata not initialised" })?;
         m.get_mut(pfn.0 as usize).map(f).ok_or(PvError::BadFrame { pfn })
     }
 
     /// True when `pfn` is free in the allocator.
     pub fn is_free(&self, pfn: Pfn) -> bool {
-        let bits = self.free.borrow();
-        pfn.0 < self.nr_frames && bits[(pfn.0 / 64) as usize] & (1 << (pfn.0 % 64)) != 0
+        self.inner.lock().is_free(self.nr_frames, pfn)
     }
 }
 
 impl MmServices for FrameAllocator<'_> {
     fn has_metadata(&self) -> bool {
-        self.meta.borrow().is_some()
+        self.inner.lock().meta.is_some()
     }
 
     fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError> {
-        if let Some(k) = self.fail_at.get() {
-            if k == 0 {
-                self.fail_at.set(None);
-                return Err(PvError::OutOfMemory);
-            }
-            self.fail_at.set(Some(k - 1));
-        }
-        let words = self.nr_frames.div_ceil(64) as usize;
         let pfn = {
-            let mut bits = self.free.borrow_mut();
+            let mut inner = self.inner.lock();
+            if let Some(k) = inner.fail_at {
+                if k == 0 {
+                    inner.fail_at = None;
+                    return Err(PvError::OutOfMemory);
+                }
+                inner.fail_at = Some(k - 1);
+            }
+            let words = self.nr_frames.div_ceil(64) as usize;
             // Next fit: from the word the last allocation came from (always < words).
-            let start = self.hint.get() as usize;
-            let found = (0..words).map(|i| (start + i) % words).find(|&w| bits[w] != 0);
+            let start = inner.hint as usize;
+            let found = (0..words).map(|i| (start + i) % words).find(|&w| inner.free[w] != 0);
             let Some(w) = found else {
                 return Err(PvError::OutOfMemory);
             };
-            let b = bits[w].trailing_zeros() as u64;
-            bits[w] &= !(1 << b);
-            self.hint.set(w as u64);
-            Pfn(w as u64 * 64 + b)
+            let b = inner.free[w].trailing_zeros() as u64;
+            inner.free[w] &= !(1 << b);
+            inner.hint = w as u64;
+            let pfn = Pfn(w as u64 * 64 + b);
+            inner.free_count -= 1;
+            inner.allocations += 1;
+            if let Some(m) = inner.meta.as_mut() {
+                m[pfn.0 as usize] = FrameInfo::default();
+            }
+            pfn
         };
-        self.free_count.set(self.free_count.get() - 1);
-        self.allocations.set(self.allocations.get() + 1);
-        if let Some(m) = self.meta.borrow_mut().as_mut() {
-            m[pfn.0 as usize] = FrameInfo::default();
-        }
+        // Outside the lock: the frame is this caller's alone now.
         self.mem.zero_frame(pfn);
         Ok(pfn)
     }
 
     fn free_frame(&self, pfn: Pfn) -> Result<(), PvError> {
-        if pfn.0 >= self.nr_frames || self.is_free(pfn) {
-            return Err(PvError::BadFrame { pfn });
+        {
+            let mut inner = self.inner.lock();
+            if pfn.0 >= self.nr_frames || inner.is_free(self.nr_frames, pfn) {
+                return Err(PvError::BadFrame { pfn });
+            }
+            if let Some(m) = inner.meta.as_mut() {
+                if m[pfn.0 as usize].pinned {
+                    return Err(PvError::WrongState { what: "freeing a pinned frame" });
+                }
+                m[pfn.0 as usize] = FrameInfo::default();
+            }
+            inner.free[(pfn.0 / 64) as usize] |= 1 << (pfn.0 % 64);
+            inner.free_count += 1;
         }
-        if self.info(pfn).is_some_and(|i| i.pinned) {
-            return Err(PvError::WrongState { what: "freeing a pinned frame" });
-        }
-        if let Some(m) = self.meta.borrow_mut().as_mut() {
-            m[pfn.0 as usize] = FrameInfo::default();
-        }
-        self.free.borrow_mut()[(pfn.0 / 64) as usize] |= 1 << (pfn.0 % 64);
-        self.free_count.set(self.free_count.get() + 1);
         self.mem.frame_freed(pfn);
         Ok(())
     }

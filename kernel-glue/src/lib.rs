@@ -22,7 +22,7 @@
 //! let mut space = mm.create()?;
 //! let page = mm.map(&space, 0x40_0000, PageFlags::DATA)?;
 //! assert_eq!(mm.translate(&space, 0x40_0000)?, Some((page, PageFlags::DATA)));
-//! mm.activate(&mut space)?; // first use: pinned on Xen; cr3 switch
+//! mm.activate(&space)?; // first use: pinned on Xen; cr3 switch
 //! let child = mm.fork(&space)?;
 //! mm.activate_init()?;
 //! mm.exit(space).map_err(|(e, _)| e)?;
@@ -41,3 +41,11 @@ mod walk;
 
 pub use address_space::{AddressSpace, Mm, PageFlags};
 pub use frames::{FrameAllocator, FrameInfo};
+
+// SMP: one `Mm`, its address spaces and the allocator are shared by every CPU.
+const _: fn() = || {
+    fn sync<T: Sync>() {}
+    sync::<Mm<'static>>();
+    sync::<AddressSpace>();
+    sync::<FrameAllocator<'static>>();
+};

@@ -2,17 +2,24 @@
 
 use core::ops::Range;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use pvops::{
-    Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, PAGE_SHIFT,
+    Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, MAX_CPUS,
+    PAGE_SHIFT,
 };
 
 use crate::cpu::NativeCpu;
 
-/// Direct page-table writes and a single cr3.
+/// Direct page-table writes and one cr3 per CPU.
 pub struct NativeBackend {
     mem: &'static dyn PhysMem,
     cpu: &'static dyn NativeCpu,
     cpus: &'static dyn Cpus,
+    /// The root each CPU last loaded through this backend (pfn;
+    /// `u64::MAX`: none yet). Another CPU's cr3 cannot be read, and a root
+    /// one still has loaded must not be freed.
+    roots: [AtomicU64; MAX_CPUS],
 }
 
 impl core::fmt::Debug for NativeBackend {
@@ -24,12 +31,30 @@ impl core::fmt::Debug for NativeBackend {
 impl NativeBackend {
     /// A backend over the given seams.
     pub fn new(mem: &'static dyn PhysMem, cpu: &'static dyn NativeCpu) -> Self {
-        NativeBackend { mem, cpu, cpus: &SingleCpu }
+        NativeBackend { mem, cpu, cpus: &SingleCpu, roots: [const { AtomicU64::new(u64::MAX) }; MAX_CPUS] }
     }
 
     /// The same backend on the CPUs `cpus` (remote flushes are cross-calls).
     pub fn with_cpus(self, cpus: &'static dyn Cpus) -> Self {
         NativeBackend { cpus, ..self }
+    }
+
+    /// Another online CPU that last loaded `pgd`, if any.
+    fn loaded_elsewhere(&self, pgd: Pfn) -> Option<usize> {
+        let me = self.cpus.this_cpu();
+        let online = self.cpus.online();
+        (0..MAX_CPUS).find(|&c| c != me && online.contains(c) && self.roots[c].load(Ordering::Acquire) == pgd.0)
+    }
+
+    /// Refuses `pgd` while it is loaded here or on another CPU.
+    fn check_unloaded(&self, pgd: Pfn, what: &'static str) -> Result<(), PvError> {
+        if self.read_cr3() == pgd {
+            return Err(PvError::WrongState { what });
+        }
+        match self.loaded_elsewhere(pgd) {
+            Some(cpu) => Err(PvError::RootInUse { pgd, cpu }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -54,10 +79,7 @@ impl PvMmuOps for NativeBackend {
     }
 
     fn pgd_free(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-        if self.read_cr3() == pgd {
-            return Err(PvError::WrongState { what: "pgd_free of the loaded pgd" });
-        }
-        Ok(())
+        self.check_unloaded(pgd, "pgd_free of the loaded pgd")
     }
 
     fn alloc_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
@@ -89,7 +111,10 @@ impl PvMmuOps for NativeBackend {
 
     #[inline]
     fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
+        let me = self.cpus.this_cpu();
+        let slot = self.roots.get(me).ok_or(PvError::CpuOffline { cpu: me })?;
         self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
+        slot.store(pgd.0, Ordering::Release);
         Ok(())
     }
 
@@ -102,10 +127,7 @@ impl PvMmuOps for NativeBackend {
     }
 
     fn exit_mm(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-        if self.read_cr3() == pgd {
-            return Err(PvError::WrongState { what: "exit_mm of the loaded pgd" });
-        }
-        Ok(())
+        self.check_unloaded(pgd, "exit_mm of the loaded pgd")
     }
 
     fn flush_tlb_all(&self) -> Result<(), PvError> {

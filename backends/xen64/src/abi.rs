@@ -31,6 +31,10 @@ pub mod mmuext {
     pub const TLB_FLUSH_LOCAL: u32 = 6;
     /// Flush one address locally.
     pub const INVLPG_LOCAL: u32 = 7;
+    /// Flush the TLBs of the vCPUs in a bitmap (`arg2`: see `mmuext.rs`).
+    pub const TLB_FLUSH_MULTI: u32 = 8;
+    /// Flush one address from the TLBs of the vCPUs in a bitmap.
+    pub const INVLPG_MULTI: u32 = 9;
     /// Load the user root (x86-64 only; mfn 0 = none).
     pub const NEW_USER_BASEPTR: u32 = 15;
 
@@ -46,6 +50,8 @@ pub mod mmuext {
             TLB_FLUSH_LOCAL => "mmuext_op(TLB_FLUSH_LOCAL)",
             INVLPG_LOCAL => "mmuext_op(INVLPG_LOCAL)",
             NEW_USER_BASEPTR => "mmuext_op(NEW_USER_BASEPTR)",
+            TLB_FLUSH_MULTI => "mmuext_op(TLB_FLUSH_MULTI)",
+            INVLPG_MULTI => "mmuext_op(INVLPG_MULTI)",
             _ => "mmuext_op(?)",
         }
     }

@@ -3,8 +3,9 @@
 
 use alloc::vec::Vec;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use pvops::{Level, Mfn, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
+use pvops::{CpuMask, Cpus, Flush, Level, Mfn, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr, MAX_CPUS};
 
 use crate::abi::{XEN_L4_END, XEN_L4_FIRST};
 use crate::multicall::{Batch, FlushCounts, Record, RecordId, Report};
@@ -12,7 +13,11 @@ use crate::register::XenPlatform;
 use crate::user_pgd::UserSlot;
 use crate::{boot, mmu_update, p2m, pin, root, tlb, user_pgd};
 
-/// Mutable backend state, behind one lock.
+/// One vCPU's backend state (Linux keeps the same in per-CPU variables:
+/// `mc_buffer`, `xen_lazy_mode`, `xen_cr3`/`xen_current_cr3`). Only its own
+/// vCPU touches it, with events masked, so its lock is never contended: a
+/// failed `try_lock` means an event handler re-entered the backend on this
+/// vCPU in the middle of a call ([`PvError::Reentered`]).
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) batch: Batch,
@@ -22,17 +27,24 @@ pub(crate) struct State {
     pub(crate) lazy: Vec<RecordId>,
     /// The root the builder loaded and pinned (`start_info.pt_base`): init_mm's pgd.
     pub(crate) boot_root: Pfn,
-    /// True once the boot tables were marked pinned in frame metadata.
-    pub(crate) boot_tables_marked: bool,
+    /// While a lazy section is open events stay masked (the batch is open):
+    /// whether they were masked before the outermost section began.
+    events_were_masked: bool,
 }
 
-/// One operation's view: the platform seams and the locked state.
+/// One operation's view: the platform seams and the calling vCPU's state.
 pub(crate) struct Cx<'a> {
     pub(crate) platform: &'a XenPlatform,
     pub(crate) st: &'a mut State,
     /// The first record this operation may queue: its reports cover records
     /// from here on only (earlier ones belong to a lazy section's owner).
     pub(crate) mark: RecordId,
+    /// The calling vCPU.
+    pub(crate) cpu: usize,
+    /// Every vCPU's loaded kernel root (pfn; `u64::MAX`: never set).
+    roots: &'a [AtomicU64],
+    /// Set once the boot tables are marked pinned (shared by all vCPUs).
+    boot_marked: &'a spin::Mutex<bool>,
 }
 
 impl Cx<'_> {
@@ -96,18 +108,40 @@ impl Cx<'_> {
         if !mm.has_metadata() {
             return Ok(false);
         }
-        if !self.st.boot_tables_marked {
+        let boot_marked = self.boot_marked;
+        let mut marked = boot_marked.lock();
+        if !*marked {
             boot::mark_boot_tables_pinned(self, mm)?;
-            self.st.boot_tables_marked = true;
+            *marked = true;
         }
         Ok(true)
+    }
+
+    /// Another vCPU that has `pgd` loaded as its kernel root, if any (what
+    /// it last saw Xen take: Linux's `xen_current_cr3`, possibly late, never
+    /// early). Xen keeps a type reference on a vCPU's root while it is
+    /// loaded, so such a root must not be unpinned or freed (notes §4: the
+    /// unpin succeeds, the frames stay typed, a later writable remap fails).
+    pub(crate) fn loaded_elsewhere(&self, pgd: Pfn) -> Option<usize> {
+        let online = self.platform.cpus.online();
+        self.roots
+            .iter()
+            .enumerate()
+            .find(|&(c, r)| c != self.cpu && online.contains(c) && r.load(Ordering::Acquire) == pgd.0)
+            .map(|(c, _)| c)
     }
 }
 
 /// The Xen 64-bit PV backend.
+///
+/// Per-vCPU state (batch, lazy depth, loaded root) is made on a vCPU's first
+/// call. An AP is expected to start on init_mm's root (the boot root), as
+/// Linux starts it on `swapper_pg_dir` (`arch/x86/xen/smp_pv.c`).
 pub struct XenBackend {
     platform: XenPlatform,
-    state: spin::Mutex<State>,
+    vcpus: Vec<spin::Mutex<Option<State>>>,
+    roots: Vec<AtomicU64>,
+    boot_marked: spin::Mutex<bool>,
 }
 
 impl core::fmt::Debug for XenBackend {
@@ -130,23 +164,87 @@ impl XenBackend {
     /// A backend over `platform`, whose boot root (already pinned and loaded
     /// by Xen's domain builder) becomes the current cr3 and init_mm's pgd.
     pub fn new(platform: XenPlatform) -> Self {
-        let boot_root = platform.boot_root;
         XenBackend {
             platform,
-            state: spin::Mutex::new(State {
-                batch: Batch::new(boot_root, platform.mem),
-                lazy: Vec::new(),
-                boot_root,
-                boot_tables_marked: false,
-            }),
+            vcpus: (0..MAX_CPUS).map(|_| spin::Mutex::new(None)).collect(),
+            roots: (0..MAX_CPUS).map(|_| AtomicU64::new(platform.boot_root.0)).collect(),
+            boot_marked: spin::Mutex::new(false),
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Cx<'_>) -> R) -> R {
-        let mut st = self.state.lock();
+    /// Runs `f` on the calling vCPU's state with events masked (an event
+    /// handler must never see, or add to, a half-built batch). Events stay
+    /// masked after `f` while a lazy section is open: its batch is open.
+    fn with_events<R>(&self, f: impl FnOnce(&mut Cx<'_>) -> Result<R, PvError>) -> Result<R, PvError> {
+        let cpus = self.platform.cpus;
+        let cpu = cpus.this_cpu();
+        let slot = self.vcpus.get(cpu).ok_or(PvError::CpuOffline { cpu })?;
+        let was_masked = cpus.mask_events();
+        let Some(mut guard) = slot.try_lock() else {
+            cpus.restore_events(was_masked);
+            return Err(PvError::Reentered { cpu });
+        };
+        let boot_root = self.platform.boot_root;
+        let mem = self.platform.mem;
+        let st = guard.get_or_insert_with(|| State {
+            batch: Batch::new(boot_root, mem),
+            lazy: Vec::new(),
+            boot_root,
+            events_were_masked: false,
+        });
+        let opened = st.lazy.is_empty();
         let mark = st.batch.mark();
-        let mut cx = Cx { platform: &self.platform, st: &mut st, mark };
-        f(&mut cx)
+        let mut cx = Cx { platform: &self.platform, st, mark, cpu, roots: &self.roots, boot_marked: &self.boot_marked };
+        let r = f(&mut cx);
+        let st = cx.st;
+        self.roots[cpu].store(st.batch.published_cr3().0, Ordering::Release);
+        let lazy_now = !st.lazy.is_empty();
+        let restore = match (opened, lazy_now) {
+            // Not in a section before or after: as it was.
+            (true, false) => Some(was_masked),
+            // A section began here: remember, stay masked.
+            (true, true) => {
+                st.events_were_masked = was_masked;
+                None
+            }
+            // Inside a section before: still masked, whatever happens now.
+            (false, true) => None,
+            // The outermost section ended here: back to before it began.
+            (false, false) => Some(st.events_were_masked),
+        };
+        drop(guard);
+        if let Some(m) = restore {
+            cpus.restore_events(m);
+        }
+        r
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Cx<'_>) -> Result<(), PvError>) -> Result<(), PvError> {
+        self.with_events(f)
+    }
+
+    /// Reads the calling vCPU's state (made if this is its first call).
+    fn peek<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, PvError> {
+        self.with_events(|cx| Ok(f(cx.st)))
+    }
+
+    /// Sums something over every vCPU's state.
+    fn sum<T: Default>(&self, mut add: impl FnMut(&mut T, &State)) -> T {
+        let mut total = T::default();
+        for slot in &self.vcpus {
+            // Another vCPU may be inside a call (a host model may have
+            // descheduled it there): let it run rather than spin blind.
+            let guard = loop {
+                match slot.try_lock() {
+                    Some(g) => break g,
+                    None => self.platform.cpus.relax(),
+                }
+            };
+            if let Some(st) = guard.as_ref() {
+                add(&mut total, st);
+            }
+        }
+        total
     }
 
     /// The user pgd slot mirroring slot `index` of kernel pgd `pgd`: `Some`
@@ -156,14 +254,26 @@ impl XenBackend {
         user_pgd::get_user_pgd(mm, pgd, index)
     }
 
-    /// Why batches were flushed so far.
+    /// Why batches were flushed so far (all vCPUs).
     pub fn flush_counts(&self) -> FlushCounts {
-        self.state.lock().batch.flushes
+        self.sum(|t: &mut FlushCounts, st| t.add(st.batch.flushes))
     }
 
     /// init_mm's pgd (the boot root).
     pub fn boot_root(&self) -> Pfn {
-        self.state.lock().boot_root
+        self.platform.boot_root
+    }
+
+    /// The vCPUs that have `pgd` loaded as their kernel root, as far as this
+    /// backend saw Xen take it.
+    pub fn loaded_on(&self, pgd: Pfn) -> CpuMask {
+        let mut m = CpuMask::EMPTY;
+        for (c, r) in self.roots.iter().enumerate() {
+            if r.load(Ordering::Acquire) == pgd.0 && self.platform.cpus.online().contains(c) {
+                m = m.with(c);
+            }
+        }
+        m
     }
 }
 
@@ -209,16 +319,32 @@ impl PvMmuOps for XenBackend {
     }
 
     fn read_entry(&self, level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
-        let st = self.state.lock();
-        mmu_update::read_entry(&self.platform, &st.batch, level, table, index)
+        self.with_events(|cx| mmu_update::read_entry(cx.platform, &cx.st.batch, level, table, index))
     }
 
     fn write_cr3(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.with(|cx| root::write_cr3(cx, mm, pgd))
     }
 
+    /// This vCPU's root. (Re-entered from an event handler in the middle
+    /// of a call, which masking prevents, it answers from the shared copy.)
     fn read_cr3(&self) -> Pfn {
-        self.state.lock().batch.published_cr3()
+        self.peek(|st| st.batch.published_cr3()).unwrap_or_else(|_| {
+            let cpu = self.platform.cpus.this_cpu();
+            Pfn(self.roots.get(cpu).map_or(self.platform.boot_root.0, |r| r.load(Ordering::Acquire)))
+        })
+    }
+
+    fn cpus(&self) -> &dyn Cpus {
+        self.platform.cpus
+    }
+
+    /// `MMUEXT_TLB_FLUSH_MULTI` / `MMUEXT_INVLPG_MULTI` with the vCPU mask:
+    /// Xen flushes every target before the hypercall returns, no IPI
+    /// (Linux's `xen_flush_tlb_multi`); only this vCPU: the `_LOCAL` ops.
+    fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
+        let online = self.platform.cpus.online();
+        self.with(|cx| tlb::flush_multi(cx, cpus.and(online), flush))
     }
 
     fn activate_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
@@ -237,11 +363,17 @@ impl PvMmuOps for XenBackend {
         self.with(|cx| tlb::flush_one(cx, va))
     }
 
-    /// Opens a (possibly nested) section; it owns the records queued from now on.
+    /// Opens a (possibly nested) section; it owns the records queued from
+    /// now on. Events stay masked on this vCPU until the outermost leave.
     fn lazy_mmu_enter(&self) {
-        let mut st = self.state.lock();
-        let mark = st.batch.mark();
-        st.lazy.push(mark);
+        let r = self.with(|cx| {
+            let mark = cx.st.batch.mark();
+            cx.st.lazy.push(mark);
+            Ok(())
+        });
+        if let Err(e) = r {
+            log::error!("xen64: lazy_mmu_enter refused: {e}");
+        }
     }
 
     /// An inner leave issues nothing and reports what is already known about
@@ -279,6 +411,17 @@ impl PvMmuOps for XenBackend {
     }
 
     fn stats(&self) -> OpStats {
-        self.state.lock().batch.stats
+        self.sum(|t: &mut OpStats, st| *t = add_stats(*t, st.batch.stats))
+    }
+}
+
+fn add_stats(a: OpStats, b: OpStats) -> OpStats {
+    OpStats {
+        hypercalls: a.hypercalls + b.hypercalls,
+        multicall_entries: a.multicall_entries + b.multicall_entries,
+        mmu_updates: a.mmu_updates + b.mmu_updates,
+        mmuext_ops: a.mmuext_ops + b.mmuext_ops,
+        update_va_mappings: a.update_va_mappings + b.update_va_mappings,
+        direct_writes: a.direct_writes + b.direct_writes,
     }
 }

@@ -2,7 +2,7 @@
 //! Each takes 24 bytes of batch argument space and merges with its
 //! neighbours into one `mmuext_op` array.
 
-use pvops::{Level, Mfn, VirtAddr};
+use pvops::{CpuMask, Level, Mfn, VirtAddr};
 
 use crate::abi::{mmuext, MmuextOp};
 use crate::multicall::Record;
@@ -40,6 +40,18 @@ pub(crate) fn new_user_baseptr(mfn: Option<Mfn>) -> Record {
 /// `MMUEXT_TLB_FLUSH_LOCAL`.
 pub(crate) fn tlb_flush_local() -> Record {
     op(mmuext::TLB_FLUSH_LOCAL, 0)
+}
+
+/// `MMUEXT_TLB_FLUSH_MULTI` for the vCPUs in `mask`. The typed record holds
+/// the bitmap itself in `arg2`; the transport places it in memory and passes
+/// its address (Xen reads `vcpumask.p`, `xen/include/public/xen.h`).
+pub(crate) fn tlb_flush_multi(mask: CpuMask) -> Record {
+    Record::Ext(MmuextOp { cmd: mmuext::TLB_FLUSH_MULTI, arg1: 0, arg2: mask.0 })
+}
+
+/// `MMUEXT_INVLPG_MULTI` of `va` for the vCPUs in `mask` (bitmap as above).
+pub(crate) fn invlpg_multi(va: VirtAddr, mask: CpuMask) -> Record {
+    Record::Ext(MmuextOp { cmd: mmuext::INVLPG_MULTI, arg1: va.as_u64(), arg2: mask.0 })
 }
 
 /// `MMUEXT_INVLPG_LOCAL`.

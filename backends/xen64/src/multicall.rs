@@ -126,6 +126,16 @@ pub struct FlushCounts {
     pub callbacks_full: u64,
 }
 
+impl FlushCounts {
+    /// Adds `other`'s counts (a sum over vCPUs).
+    pub(crate) fn add(&mut self, other: FlushCounts) {
+        self.explicit += other.explicit;
+        self.entries_full += other.entries_full;
+        self.args_full += other.args_full;
+        self.callbacks_full += other.callbacks_full;
+    }
+}
+
 /// What issued records did, accumulated until claimed.
 #[derive(Debug, Default)]
 #[must_use = "a report may hold a hypercall failure"]

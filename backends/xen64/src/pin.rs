@@ -187,6 +187,9 @@ pub(crate) fn unpin_mm(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Result
     if pgd == cx.st.boot_root {
         return Err(PvError::WrongState { what: "exit_mm of init_mm's pgd" });
     }
+    if let Some(cpu) = cx.loaded_elsewhere(pgd) {
+        return Err(PvError::RootInUse { pgd, cpu });
+    }
     if !mm.is_pinned(pgd)? {
         return Err(PvError::WrongState { what: "exit_mm: pgd not pinned" });
     }

@@ -111,6 +111,9 @@ pub(crate) fn pgd_free(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Result
     if pgd == cx.st.batch.published_cr3() {
         return Err(PvError::WrongState { what: "pgd_free of the loaded pgd" });
     }
+    if let Some(cpu) = cx.loaded_elsewhere(pgd) {
+        return Err(PvError::RootInUse { pgd, cpu });
+    }
     if mm.is_pinned(pgd)? {
         return Err(PvError::WrongState { what: "pgd_free of a pinned pgd" });
     }

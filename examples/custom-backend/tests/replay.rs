@@ -23,11 +23,11 @@ fn replaying_a_trace_rebuilds_identical_page_tables() {
     frames.add_free_range(Pfn(2), FRAMES - 2);
     frames.init_metadata();
     let mm = Mm::adopt_boot(trace, original, frames, Pfn(1)).expect("boot");
-    let mut a = mm.create().expect("create");
+    let a = mm.create().expect("create");
     for i in 0..5 {
         mm.map(&a, 0x40_0000 + i * 0x1000 + i * (1 << 39), PageFlags::DATA).expect("map");
     }
-    mm.activate(&mut a).expect("activate");
+    mm.activate(&a).expect("activate");
     let b = mm.fork(&a).expect("fork");
     mm.unmap(&a, 0x40_0000).expect("unmap");
     let text = trace.trace_text();

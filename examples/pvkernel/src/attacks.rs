@@ -768,7 +768,7 @@ pub fn audit(v: &Vm, space: &AddressSpace) -> Result<Audit, PvError> {
 fn run_detached(v: &Vm, p: &mut Process) -> Result<(), PvError> {
     loop {
         if v.mm.active_pgd() != p.space.pgd() {
-            v.mm.activate(&mut p.space)?;
+            v.mm.activate(&p.space)?;
         }
         match p.task.resume() {
             UserExit::Syscall { nr: sys::EXIT, args } => {
@@ -863,7 +863,7 @@ pub fn attack(procs: &mut Processes, driver: usize, n: u64, seen: u64) -> Result
         regs.rdx = value_of(&v, a.value)?;
         regs.r8 = SURVIVED | n as u64;
         let audit = audit(&v, &child.space)?;
-        v.mm.activate(&mut child.space)?;
+        v.mm.activate(&child.space)?;
         // The attacker's roots are loaded (on Xen: its user pgd, not the
         // driver's), and the driver's secret page is gone from user view.
         let want = user_root_of(&v, &child.space)?;
@@ -875,7 +875,7 @@ pub fn attack(procs: &mut Processes, driver: usize, n: u64, seen: u64) -> Result
         Ok((target, audit, roots_ok))
     })();
     // Reap: back to the driver, then the attacker's space goes.
-    let back = v.mm.activate(&mut procs.procs[driver - 1].space);
+    let back = v.mm.activate(&procs.procs[driver - 1].space);
     let gone = v.mm.exit(child.space).map_err(|(e, _)| e);
     let (target, audit, roots_ok) = r?;
     back?;

@@ -33,12 +33,12 @@ fn read(va: u64) -> u64 {
 /// Runs the test; `Ok(true)` when the second read saw the new page.
 pub fn kernel_tlb_test(v: &Vm) -> Result<bool, PvError> {
     let mm = v.mm;
-    let mut space = mm.create()?;
+    let space = mm.create()?;
     let mut held = None;
     let r = (|| {
         mm.map(&space, TLB_TEST_VA, PageFlags::DATA)?;
         mm.poke(&space, TLB_TEST_VA, OLD)?;
-        mm.activate(&mut space)?;
+        mm.activate(&space)?;
         let first = read(TLB_TEST_VA);
         mm.unmap(&space, TLB_TEST_VA)?;
         // The frame just freed comes back first: hold it, so the new

@@ -2,7 +2,7 @@
 //! user-mode exception, and return to the caller like a function.
 //!
 //! ```text
-//! mm.activate(&mut space)?;                 // the backend loads the roots
+//! mm.activate(&space)?;                 // the backend loads the roots
 //! let mut task = UserTask::new(entry_va, stack_top_va);
 //! loop {
 //!     match task.resume() {

@@ -50,18 +50,18 @@ pub fn hypercall_demo(mm: &Mm<'_, KernelOps>, pages: u64) -> Result<i64, PvError
     };
     let mut a = None;
     step("create A", &mut || mm.create().map(|s| a = Some(s)))?;
-    let mut a = a.ok_or(PvError::WrongState { what: "demo: no space A" })?;
+    let a = a.ok_or(PvError::WrongState { what: "demo: no space A" })?;
     step(&format!("map {pages} pages in A (unpinned)"), &mut || {
         (0..pages).try_for_each(|i| mm.map(&a, 0x40_0000 + i * 0x1000, PageFlags::DATA).map(|_| ()))
     })?;
-    step("activate A (first use: pin)", &mut || mm.activate(&mut a))?;
+    step("activate A (first use: pin)", &mut || mm.activate(&a))?;
     step("map 1 page in A (pinned, new tables)", &mut || mm.map(&a, 0x7f00_0000_0000, PageFlags::DATA).map(|_| ()))?;
     let mut b = None;
     step("fork A -> B", &mut || mm.fork(&a).map(|s| b = Some(s)))?;
-    let mut b = b.ok_or(PvError::WrongState { what: "demo: no space B" })?;
-    step("switch to B (first use: pin)", &mut || mm.activate(&mut b))?;
-    step("switch to A", &mut || mm.activate(&mut a))?;
-    step("switch to B", &mut || mm.activate(&mut b))?;
+    let b = b.ok_or(PvError::WrongState { what: "demo: no space B" })?;
+    step("switch to B (first use: pin)", &mut || mm.activate(&b))?;
+    step("switch to A", &mut || mm.activate(&a))?;
+    step("switch to B", &mut || mm.activate(&b))?;
     step("switch to init_mm", &mut || mm.activate_init())?;
     let mut a = Some(a);
     step("exit A (unpin, free)", &mut || a.take().map_or(Ok(()), |s| mm.exit(s).map_err(|(e, _)| e)))?;

@@ -162,9 +162,9 @@ pub fn pin_unpin(g: &Guest, l1: u64) -> Result<(Cost, Cost), String> {
 pub fn lazy_map(g: &Guest, n: u64) -> Result<Cost, String> {
     const PER_L1: u64 = 511; // slot 511 of each L1 holds the page that made it
     let regions = n.div_ceil(PER_L1);
-    let mut s = g.space_with((0..regions).map(|r| PIN_BASE + r * L1_SPAN + PER_L1 * 4096))?;
+    let s = g.space_with((0..regions).map(|r| PIN_BASE + r * L1_SPAN + PER_L1 * 4096))?;
     let mm = g.mm();
-    mm.activate(&mut s).map_err(|e| e.to_string())?;
+    mm.activate(&s).map_err(|e| e.to_string())?;
     let l1s = (0..regions).map(|r| g.l1_of(s.pgd(), PIN_BASE + r * L1_SPAN)).collect::<Result<Vec<_>, _>>()?;
     let frames = g.booted.frames;
     let pages =
@@ -191,11 +191,11 @@ pub fn measure() -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
 
     // Two pinned address spaces to switch between.
-    let mut a = g.space_with([0x40_0000])?;
-    let mut b = g.space_with([0x40_0000])?;
-    mm.activate(&mut a).map_err(|e| e.to_string())?;
-    mm.activate(&mut b).map_err(|e| e.to_string())?;
-    let (_, c) = g.cost(|| mm.activate(&mut a))?;
+    let a = g.space_with([0x40_0000])?;
+    let b = g.space_with([0x40_0000])?;
+    mm.activate(&a).map_err(|e| e.to_string())?;
+    mm.activate(&b).map_err(|e| e.to_string())?;
+    let (_, c) = g.cost(|| mm.activate(&a))?;
     rows.push(Row {
         what: "context switch (both base pointers)".into(),
         size: None,

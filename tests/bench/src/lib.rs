@@ -128,7 +128,7 @@ mod tests {
         let g = Guest::boot(1024).unwrap();
         let mm = g.mm();
         // Unpinned: mapping writes tables directly.
-        let (mut a, c) = g
+        let (a, c) = g
             .cost(|| {
                 let a = mm.create()?;
                 for i in 0..3 {
@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(c.backend.direct_writes, 10, "3 kernel-half slots, pgd + user pgd slot, pud, pmd, 3 ptes");
         // First activation: one pin (the read-only remaps of 3 table pages and
         // 2 pgds, and both pins), then one mmuext_op with both base pointers.
-        let (_, c) = g.cost(|| mm.activate(&mut a)).unwrap();
+        let (_, c) = g.cost(|| mm.activate(&a)).unwrap();
         assert_eq!(c.hypercalls(), 2);
         assert_eq!(c.backend.mmuext_ops, 4, "2 pins + NEW_BASEPTR + NEW_USER_BASEPTR");
         let (_, c) = g.cost(|| mm.activate_init()).unwrap();

@@ -120,11 +120,11 @@ pub fn measure() -> Result<Memory, String> {
         mm.map_kernel(KERNEL_VA, kpage, true).map_err(|e| e.to_string())?;
         frames.init_metadata();
         for _ in 0..LIVES {
-            let mut s = mm.create().map_err(|e| e.to_string())?;
+            let s = mm.create().map_err(|e| e.to_string())?;
             for i in 0..64 {
                 mm.map(&s, 0x40_0000 + i * 4096, PageFlags::DATA).map_err(|e| e.to_string())?;
             }
-            mm.activate(&mut s).map_err(|e| e.to_string())?;
+            mm.activate(&s).map_err(|e| e.to_string())?;
             mm.activate_init().map_err(|e| e.to_string())?;
             mm.exit(s).map_err(|(e, _)| e.to_string())?;
         }

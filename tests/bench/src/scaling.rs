@@ -139,7 +139,7 @@ pub fn child(backend: &str, pages: u64) -> Result<(), String> {
         a = Some(mm.create().map_err(|e| e.to_string())?);
         Ok(())
     })?;
-    let mut a = a.ok_or("no space")?;
+    let a = a.ok_or("no space")?;
     let free_created = frames.free_frames();
     phase("map", &mut || {
         for i in 0..pages {
@@ -153,14 +153,14 @@ pub fn child(backend: &str, pages: u64) -> Result<(), String> {
         b = Some(mm.fork(&a).map_err(|e| e.to_string())?);
         Ok(())
     })?;
-    let mut b = b.ok_or("no child")?;
+    let b = b.ok_or("no child")?;
     phase("pin", &mut || {
-        mm.activate(&mut a).map_err(|e| e.to_string())?;
-        mm.activate(&mut b).map_err(|e| e.to_string())
+        mm.activate(&a).map_err(|e| e.to_string())?;
+        mm.activate(&b).map_err(|e| e.to_string())
     })?;
     phase("switch", &mut || {
-        mm.activate(&mut a).map_err(|e| e.to_string())?;
-        mm.activate(&mut b).map_err(|e| e.to_string())?;
+        mm.activate(&a).map_err(|e| e.to_string())?;
+        mm.activate(&b).map_err(|e| e.to_string())?;
         mm.activate_init().map_err(|e| e.to_string())
     })?;
     let mut spaces = vec![a, b];

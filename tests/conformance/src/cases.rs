@@ -187,18 +187,18 @@ fn kernel_half_is_shared_with_init_mm<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) ->
 
 fn switching_address_spaces_changes_what_user_mode_sees<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
-    let mut a = ok(mm.create(), "create a")?;
-    let mut b = ok(mm.create(), "create b")?;
+    let a = ok(mm.create(), "create a")?;
+    let b = ok(mm.create(), "create b")?;
     let r = (|| {
         let fa = ok(mm.map(&a, VA, PageFlags::DATA), "map a")?;
         let fb = ok(mm.map(&b, VA, PageFlags::DATA), "map b")?;
         ok(mm.map(&b, VA + 0x1000, PageFlags::DATA), "map b2")?;
-        ok(mm.activate(&mut a), "activate a")?;
+        ok(mm.activate(&a), "activate a")?;
         ensure!(env.machine.user_access(VA, false) == Some(fa), "a: wrong frame");
         ensure!(env.machine.user_access(VA + 0x1000, false).is_none(), "a sees b's page");
-        ok(mm.activate(&mut b), "activate b")?;
+        ok(mm.activate(&b), "activate b")?;
         ensure!(env.machine.user_access(VA, false) == Some(fb), "b: wrong frame");
-        ok(mm.activate(&mut a), "activate a again")?;
+        ok(mm.activate(&a), "activate a again")?;
         ensure!(env.machine.user_access(VA, false) == Some(fa), "a again: wrong frame");
         Ok(())
     })();
@@ -241,13 +241,13 @@ fn fork_copies_are_independent<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseRe
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.poke(s, VA, 1), "poke")?;
-        let mut c = ok(mm.fork(s), "fork")?;
+        let c = ok(mm.fork(s), "fork")?;
         let r = (|| {
             ok(mm.poke(&c, VA, 2), "poke child")?;
             ensure!(ok(mm.peek(s, VA), "peek")? == 1, "child's write reached the parent");
             ok(mm.map(&c, VA + 0x1000, PageFlags::DATA), "map in child")?;
             ensure!(ok(mm.translate(s, VA + 0x1000), "t")?.is_none(), "child's map reached the parent");
-            ok(mm.activate(&mut c), "activate child")?;
+            ok(mm.activate(&c), "activate child")?;
             let cf = env.machine.user_access(VA, false);
             ok(mm.activate(s), "activate parent")?;
             let pf = env.machine.user_access(VA, false);
@@ -277,10 +277,10 @@ fn fork_of_an_empty_space_is_empty<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> Ca
 
 fn exit_of_the_active_space_is_refused<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
-    let mut s = ok(mm.create(), "create")?;
+    let s = ok(mm.create(), "create")?;
     let f = ok(mm.map(&s, VA, PageFlags::DATA), "map");
     let r = f.and_then(|f| {
-        ok(mm.activate(&mut s), "activate")?;
+        ok(mm.activate(&s), "activate")?;
         Ok(f)
     });
     let f = match r {
@@ -338,6 +338,29 @@ fn unmap_in_the_active_space_is_invisible_at_once<O: PvMmuOps + ?Sized>(env: &En
         ok(mm.activate(s), "activate")?;
         ok(mm.unmap(s, VA), "unmap")?;
         ensure!(env.machine.user_access(VA, false).is_none(), "unmapped page still reachable");
+        Ok(())
+    })
+}
+
+/// `Mm::unmap_range` (one batch, one flush for the range) unmaps every page
+/// in the range, skips holes, leaves the page after it alone, and what it
+/// unmapped is unreachable at once in the loaded space.
+fn unmap_range_removes_the_range_at_once_and_skips_holes<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
+    with_space(env, |mm, s| {
+        for off in [0, 0x1000, 0x3000, 0x4000] {
+            ok(mm.map(s, VA + off, PageFlags::DATA), "map")?;
+        }
+        ok(mm.activate(s), "activate")?;
+        for off in [0, 0x1000, 0x3000] {
+            ensure!(env.machine.user_access(VA + off, false).is_some(), "page {off:#x} not reachable before");
+        }
+        let n = ok(mm.unmap_range(s, VA, 4), "unmap_range")?;
+        ensure!(n == 3, "unmap_range reported {n} pages, 3 were mapped");
+        for off in [0, 0x1000, 0x3000] {
+            ensure!(env.machine.user_access(VA + off, false).is_none(), "page {off:#x} still reachable");
+            ensure!(ok(mm.translate(s, VA + off), "translate")?.is_none(), "page {off:#x} still mapped");
+        }
+        ensure!(env.machine.user_access(VA + 0x4000, false).is_some(), "the page after the range was unmapped");
         Ok(())
     })
 }
@@ -435,10 +458,10 @@ fn out_of_memory_in_map_of_an_active_space_leaks_nothing<O: PvMmuOps + ?Sized>(e
     sweep(
         env,
         &|mm| {
-            let mut s = mm.create()?;
+            let s = mm.create()?;
             let r = mm
                 .map(&s, VA, PageFlags::DATA)
-                .and_then(|_| mm.activate(&mut s))
+                .and_then(|_| mm.activate(&s))
                 .and_then(|()| mm.map(&s, VA + (3 << 39), PageFlags::DATA));
             mm.activate_init()?;
             mm.exit(s).map_err(|(e, _)| e)?;
@@ -494,54 +517,68 @@ pub fn l1_of<O: PvMmuOps + ?Sized>(ops: &O, root: pvops::Pfn, va: u64) -> Result
     Ok(table)
 }
 
-/// Lazy-MMU sections nest (`PvMmuOps::lazy_mmu_enter`): `Mm::map` brackets
-/// itself, and its leave must not end (or issue) the caller's section. The
-/// observable is what user mode reaches: an update the caller queued that was
-/// not yet in effect must still not be in effect after the nested map
-/// returns; after the outer leave both are. (A backend that queues nothing
+/// Lazy-MMU sections nest (`PvMmuOps::lazy_mmu_enter`): an inner section's
+/// leave must not end (or issue) the caller's section. The observable is what
+/// user mode reaches: an update the caller queued that was not yet in effect
+/// must still not be in effect after the inner section's leave; after the
+/// outer leave both sections' updates are. (A backend that queues nothing
 /// passes the first part trivially.)
 fn lazy_sections_nest_and_the_outer_leave_issues_everything<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     const VA3: u64 = VA + 0x3000;
-    const VA2: u64 = VA + (1 << 30);
+    const VA4: u64 = VA + 0x4000;
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
         ok(mm.activate(s), "activate")?;
         let ops = mm.ops();
         let l1 = l1_of(ops, s.pgd(), VA3)?;
         let x = ok(pvops::MmServices::alloc_zeroed_frame(mm.frames()), "alloc")?;
-        let leaf = Pte::new(x, flags::PRESENT | flags::USER | flags::WRITABLE | flags::NO_EXECUTE);
-        let index = ok(pvops::VirtAddr::try_new(VA3), "va")?.index(Level::L1);
+        let y = match pvops::MmServices::alloc_zeroed_frame(mm.frames()) {
+            Ok(y) => y,
+            Err(e) => {
+                let _ = pvops::MmServices::free_frame(mm.frames(), x);
+                return Err(format!("alloc: {e}"));
+            }
+        };
+        let bits = flags::PRESENT | flags::USER | flags::WRITABLE | flags::NO_EXECUTE;
+        let i3 = ok(pvops::VirtAddr::try_new(VA3), "va")?.index(Level::L1);
+        let i4 = ok(pvops::VirtAddr::try_new(VA4), "va")?.index(Level::L1);
         ops.lazy_mmu_enter();
-        if let Err(e) = ops.set_entry(mm.frames(), Level::L1, l1, index, leaf) {
-            let left = ops.lazy_mmu_leave();
-            let _ = pvops::MmServices::free_frame(mm.frames(), x);
-            return Err(format!("set_entry: {e} (leave: {left:?})"));
-        }
         let r = (|| {
+            ok(ops.set_entry(mm.frames(), Level::L1, l1, i3, Pte::new(x, bits)), "set_entry")?;
             let queued_visible = env.machine.user_access(VA3, false) == Some(x);
-            let g = ok(mm.map(s, VA2, PageFlags::DATA), "map inside the section")?;
+            ops.lazy_mmu_enter();
+            let inner = ops.set_entry(mm.frames(), Level::L1, l1, i4, Pte::new(y, bits));
+            let inner_left = ops.lazy_mmu_leave();
+            ok(inner, "set_entry inside the inner section")?;
+            ok(inner_left, "inner leave")?;
             let visible_after_inner = env.machine.user_access(VA3, false) == Some(x);
             ensure!(
                 queued_visible || !visible_after_inner,
-                "the nested map's leave issued the caller's queued update (it ended the caller's section)"
+                "the inner section's leave issued the caller's queued update (it ended the caller's section)"
             );
-            // Through the tables the first map linked, maybe still queued.
-            let h = ok(mm.map(s, VA2 + 0x1000, PageFlags::DATA), "second map inside the section")?;
-            Ok((g, h))
+            Ok(())
         })();
         let left = ok(ops.lazy_mmu_leave(), "outer leave");
-        let (g, h) = r?;
-        left?;
-        ensure!(
-            env.machine.user_access(VA3, false) == Some(x),
-            "the caller's update not in effect after the outer leave"
-        );
-        ensure!(
-            env.machine.user_access(VA2, true) == Some(g),
-            "the first nested map not in effect after the outer leave"
-        );
-        ensure!(env.machine.user_access(VA2 + 0x1000, true) == Some(h), "the second nested map not in effect");
-        Ok(())
+        let checked = r.and(left).and_then(|()| {
+            ensure!(
+                env.machine.user_access(VA3, false) == Some(x),
+                "the caller's update not in effect after the outer leave"
+            );
+            ensure!(
+                env.machine.user_access(VA4, true) == Some(y),
+                "the inner section's update not in effect after the outer leave"
+            );
+            Ok(())
+        });
+        // Unmap both again (flushed: the space is loaded) before the frames go back.
+        let cleared = ops
+            .set_entry(mm.frames(), Level::L1, l1, i3, Pte::EMPTY)
+            .and_then(|()| ops.set_entry(mm.frames(), Level::L1, l1, i4, Pte::EMPTY))
+            .and_then(|()| ops.flush_tlb_all());
+        ok(cleared, "clearing the test entries")?;
+        let _ = pvops::MmServices::free_frame(mm.frames(), x);
+        let _ = pvops::MmServices::free_frame(mm.frames(), y);
+        checked
     })
 }
 
@@ -582,6 +619,7 @@ cases!(
     exit_returns_every_frame_of_a_large_space,
     map_in_the_active_space_is_visible_at_once,
     unmap_in_the_active_space_is_invisible_at_once,
+    unmap_range_removes_the_range_at_once_and_skips_holes,
     pages_in_first_and_last_user_slot_coexist,
     many_address_spaces_coexist,
     out_of_memory_in_create_leaks_nothing,

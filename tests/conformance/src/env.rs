@@ -13,6 +13,14 @@ pub trait Machine {
     fn user_access(&self, va: u64, write: bool) -> Option<Pfn>;
     /// The frame kernel mode reaches at `va`, or `None` if it faults.
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn>;
+    /// The 64-bit word kernel mode on CPU `cpu` reads at `va` now, through
+    /// that CPU's own TLB (real code on that CPU, or the model's vCPU), for
+    /// the SMP cases. `va` is mapped whenever a case asks. `None`: this
+    /// oracle cannot run code on `cpu` (a case that needs it fails).
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        let _ = (cpu, va);
+        None
+    }
 }
 
 /// Everything a case needs. `O` is how the backend is called (see `kernel_glue::Mm`).

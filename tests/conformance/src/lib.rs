@@ -17,10 +17,12 @@ use pvops::PvMmuOps;
 
 mod cases;
 mod env;
+mod smp;
 pub mod workload;
 
 pub use cases::{cases, l1_of, CASES};
 pub use env::{Case, CaseResult, Env, Machine, Summary};
+pub use smp::smp_cases;
 
 /// Runs every case in order; `report` sees each result as it comes.
 pub fn run_all<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {
@@ -39,4 +41,19 @@ pub fn run_all<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&C
 /// Runs the case called `name`; `None` if there is no such case.
 pub fn run_one<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, name: &str) -> Option<CaseResult> {
     cases::<O>().iter().find(|c| c.name == name).map(|c| env.run_case(c))
+}
+
+/// Runs every SMP case ([`smp_cases`]); they need a second online CPU
+/// (`Mm::cpus`), and each fails saying so without one.
+pub fn run_smp<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {
+    let mut summary = Summary::default();
+    for case in &smp_cases::<O>() {
+        let result = env.run_case(case);
+        summary.total += 1;
+        if result.is_ok() {
+            summary.passed += 1;
+        }
+        report(case, &result);
+    }
+    summary
 }

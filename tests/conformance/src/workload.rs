@@ -39,21 +39,21 @@ pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Ste
     let ops = mm.ops();
     let free_before = mm.frames().free_frames() as i64;
     let mut steps = Vec::new();
-    let mut a = step(ops, &mut steps, "create A".into(), || mm.create())?;
+    let a = step(ops, &mut steps, "create A".into(), || mm.create())?;
     step(ops, &mut steps, format!("map {pages} pages in A (unpinned)"), || {
         for i in 0..pages {
             mm.map(&a, 0x40_0000 + i * 0x1000, PageFlags::DATA)?;
         }
         Ok(())
     })?;
-    step(ops, &mut steps, "activate A (first use: pin)".into(), || mm.activate(&mut a))?;
+    step(ops, &mut steps, "activate A (first use: pin)".into(), || mm.activate(&a))?;
     step(ops, &mut steps, "map 1 page in A (pinned, new tables)".into(), || {
         mm.map(&a, 0x7f00_0000_0000, PageFlags::DATA)
     })?;
-    let mut b = step(ops, &mut steps, "fork A -> B".into(), || mm.fork(&a))?;
-    step(ops, &mut steps, "switch to B (first use: pin)".into(), || mm.activate(&mut b))?;
-    step(ops, &mut steps, "switch to A".into(), || mm.activate(&mut a))?;
-    step(ops, &mut steps, "switch to B".into(), || mm.activate(&mut b))?;
+    let b = step(ops, &mut steps, "fork A -> B".into(), || mm.fork(&a))?;
+    step(ops, &mut steps, "switch to B (first use: pin)".into(), || mm.activate(&b))?;
+    step(ops, &mut steps, "switch to A".into(), || mm.activate(&a))?;
+    step(ops, &mut steps, "switch to B".into(), || mm.activate(&b))?;
     step(ops, &mut steps, "switch to init_mm".into(), || mm.activate_init())?;
     step(ops, &mut steps, "exit A (unpin, free)".into(), || mm.exit(a).map_err(|(e, _)| e))?;
     step(ops, &mut steps, "exit B (unpin, free)".into(), || mm.exit(b).map_err(|(e, _)| e))?;

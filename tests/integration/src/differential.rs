@@ -86,7 +86,7 @@ fn apply(r: &mut Runner, op: &Op, reference: &Reference) -> Result<(), String> {
             r.spaces.push(child);
         }
         Op::Switch { space } if space < n => {
-            mm.activate(&mut r.spaces[space]).map_err(|e| e.to_string())?;
+            mm.activate(&r.spaces[space]).map_err(|e| e.to_string())?;
             r.active = Some(space);
         }
         Op::SwitchInit => {

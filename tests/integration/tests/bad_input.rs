@@ -219,9 +219,9 @@ fn cases() -> Vec<Case> {
 
 fn setup(b: &Booted) -> Fixture {
     let mm = b.mm;
-    let mut active = mm.create().expect("create");
+    let active = mm.create().expect("create");
     mm.map(&active, VA, PageFlags::DATA).expect("map");
-    mm.activate(&mut active).expect("activate");
+    mm.activate(&active).expect("activate");
     let idle = mm.create().expect("create idle");
     Fixture { active, idle }
 }

@@ -49,7 +49,7 @@ fn a_pin_stopped_part_way_undoes_exactly_the_entries_that_ran() {
     let (host, b) = boot();
     let model = host.xen.unwrap();
     let mm = b.mm;
-    let mut s = mm.create().unwrap();
+    let s = mm.create().unwrap();
     for i in 0..3u64 {
         mm.map(&s, 0x40_0000 + i * (1 << 30), PageFlags::DATA).unwrap();
     }
@@ -58,7 +58,7 @@ fn a_pin_stopped_part_way_undoes_exactly_the_entries_that_ran() {
     // The pin is one multicall: read-only remaps of every table page, then the pins.
     for entry in 1..8 {
         model.inject_multicall_failure(0, entry, -errno::EFAULT);
-        let e = mm.activate(&mut s).expect_err("stopped multicall");
+        let e = mm.activate(&s).expect_err("stopped multicall");
         assert!(matches!(e, PvError::Hypercall { .. }), "entry {entry}: {e}");
         assert!(!s.is_pinned(), "entry {entry}");
         assert_eq!(model.pinned_count(), 1, "entry {entry}: only the boot root is pinned");
@@ -66,7 +66,7 @@ fn a_pin_stopped_part_way_undoes_exactly_the_entries_that_ran() {
         let changed: Vec<usize> = (0..before.len()).filter(|&p| before[p] != after[p]).collect();
         assert!(changed.is_empty(), "entry {entry}: aliases of pfns {changed:?} left changed by remaps that ran");
     }
-    mm.activate(&mut s).unwrap();
+    mm.activate(&s).unwrap();
     mm.activate_init().unwrap();
     mm.exit(s).map_err(|(e, _)| e).unwrap();
     model.check_quiescent().unwrap();
@@ -78,13 +78,13 @@ fn workload(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), PvError> 
     for i in 0..3u64 {
         mm.map(&spaces[0], 0x40_0000 + i * 0x1000 + i * (1 << 30), PageFlags::DATA)?;
     }
-    mm.activate(&mut spaces[0])?;
+    mm.activate(&spaces[0])?;
     mm.map(&spaces[0], 0x7f00_0000_0000, PageFlags::DATA)?;
     mm.unmap(&spaces[0], 0x40_0000)?;
     let child = mm.fork(&spaces[0])?;
     spaces.push(child);
-    mm.activate(&mut spaces[1])?;
-    mm.activate(&mut spaces[0])?;
+    mm.activate(&spaces[1])?;
+    mm.activate(&spaces[0])?;
     mm.activate_init()?;
     let s = spaces.remove(1);
     if let Err((e, s)) = mm.exit(s) {

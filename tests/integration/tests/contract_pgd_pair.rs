@@ -88,9 +88,9 @@ fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
 
     let (model, b) = boot_xen64(1024);
     let mm = b.mm;
-    let mut s = mm.create().unwrap();
+    let s = mm.create().unwrap();
     mm.map(&s, UVA, PageFlags::DATA).unwrap();
-    mm.activate(&mut s).unwrap();
+    mm.activate(&s).unwrap();
     let user = pvops_xen64::attached_user_pgd(mm.frames(), s.pgd()).unwrap().unwrap();
     let free_before = b.frames.free_frames();
     let failures_before = model.counters().failures;
@@ -136,9 +136,9 @@ fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
     let mut lost = 0;
     for k in 0..24u64 {
         let free_before = b.frames.free_frames();
-        let mut s = mm.create().unwrap();
+        let s = mm.create().unwrap();
         mm.map(&s, UVA, PageFlags::DATA).unwrap();
-        mm.activate(&mut s).unwrap();
+        mm.activate(&s).unwrap();
         // The map's multicall stops before its last entry; then, counting
         // from the map's first sub-operation, the k-th one is refused.
         model.inject_multicall_failure(0, 7, -errno::EFAULT);

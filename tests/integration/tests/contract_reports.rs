@@ -19,9 +19,9 @@ fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure()
     for flush_instead_of_leave in [false, true] {
         let (model, b) = boot_xen64(1024);
         let (mm, ops) = (b.mm, b.ops);
-        let mut s = mm.create().unwrap();
+        let s = mm.create().unwrap();
         mm.map(&s, VA, PageFlags::DATA).unwrap();
-        mm.activate(&mut s).unwrap();
+        mm.activate(&s).unwrap();
         mm.activate_init().unwrap();
         // The L1 holding VA: pinned, so its updates are queued records.
         let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
@@ -33,7 +33,7 @@ fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure()
             ops.set_entry(mm.frames(), Level::L1, l1, 100 + i, Pte::EMPTY).unwrap();
         }
         // The switch's two records do not fit: the batch goes out first.
-        let activated = mm.activate(&mut s);
+        let activated = mm.activate(&s);
         let loaded = model.kernel_base() == model.mfn_of(s.pgd()).unwrap();
         let owner = if flush_instead_of_leave {
             let r = ops.lazy_mmu_flush();
@@ -56,9 +56,9 @@ fn an_activate_that_loaded_its_space_is_not_blamed_for_an_earlier_lazy_failure()
 fn a_map_issued_inside_a_section_does_not_report_the_sections_earlier_failure() {
     let (model, b) = boot_xen64(1024);
     let (mm, ops) = (b.mm, b.ops);
-    let mut s = mm.create().unwrap();
+    let s = mm.create().unwrap();
     mm.map(&s, VA, PageFlags::DATA).unwrap();
-    mm.activate(&mut s).unwrap();
+    mm.activate(&s).unwrap();
     let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
 
     ops.lazy_mmu_enter();

@@ -75,10 +75,10 @@ fn unmap_from_the_loaded_space_is_one_hypercall_clear_then_flush_then_free() {
     let b = boot_backend(desc, &host).expect("boot");
     FRAMES.with(|f| f.set(Some(b.frames)));
     let mm = b.mm;
-    let mut s = mm.create().unwrap();
+    let s = mm.create().unwrap();
     let frame = mm.map(&s, VA, PageFlags::DATA).unwrap();
     mm.map(&s, VA + 0x1000, PageFlags::DATA).unwrap();
-    mm.activate(&mut s).unwrap();
+    mm.activate(&s).unwrap();
     assert_eq!(host.oracle.user_access(VA, false), Some(frame));
 
     *rec.watched.lock().unwrap() = Some(frame);

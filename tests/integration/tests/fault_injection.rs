@@ -20,13 +20,13 @@ fn workload(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), PvError> 
     for i in 0..3u64 {
         mm.map(&spaces[0], 0x40_0000 + i * 0x1000 + i * (1 << 30), PageFlags::DATA)?;
     }
-    mm.activate(&mut spaces[0])?;
+    mm.activate(&spaces[0])?;
     mm.map(&spaces[0], 0x7f00_0000_0000, PageFlags::DATA)?;
     mm.unmap(&spaces[0], 0x40_0000)?;
     let child = mm.fork(&spaces[0])?;
     spaces.push(child);
-    mm.activate(&mut spaces[1])?;
-    mm.activate(&mut spaces[0])?;
+    mm.activate(&spaces[1])?;
+    mm.activate(&spaces[0])?;
     mm.activate_init()?;
     let s = spaces.remove(1);
     if let Err((e, s)) = mm.exit(s) {

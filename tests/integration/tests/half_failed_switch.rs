@@ -28,12 +28,12 @@ fn two_spaces() -> Two {
     let desc = pvops::backends().into_iter().find(|d| d.name == "xen64").expect("xen64");
     let booted = boot_backend(desc, &host).expect("boot");
     let mm = booted.mm;
-    let mut a = mm.create().expect("a");
-    let mut other = mm.create().expect("b");
+    let a = mm.create().expect("a");
+    let other = mm.create().expect("b");
     let fa = mm.map(&a, 0x40_0000, PageFlags::DATA).expect("map a");
     mm.map(&other, 0x40_1000, PageFlags::DATA).expect("map b");
-    mm.activate(&mut other).expect("pin b");
-    mm.activate(&mut a).expect("switch to a");
+    mm.activate(&other).expect("pin b");
+    mm.activate(&a).expect("switch to a");
     assert_eq!(host.oracle.user_access(0x40_0000, false), Some(fa));
     Two { booted, model, oracle: host.oracle, a, other, fa }
 }
@@ -44,9 +44,9 @@ fn user_pgd_mfn(model: &XenModel, mm: &Mm<'_>, pgd: pvops::Pfn) -> pvops::Mfn {
 }
 
 fn finish(t: Two) {
-    let Two { booted, model, mut other, a, .. } = t;
+    let Two { booted, model, other, a, .. } = t;
     let mm = booted.mm;
-    mm.activate(&mut other).expect("switch again");
+    mm.activate(&other).expect("switch again");
     mm.activate_init().expect("init");
     mm.exit(a).map_err(|(e, _)| e).expect("exit a");
     mm.exit(other).map_err(|(e, _)| e).expect("exit b");
@@ -55,11 +55,11 @@ fn finish(t: Two) {
 
 #[test]
 fn a_refused_user_base_pointer_undoes_the_switch() {
-    let mut t = two_spaces();
+    let t = two_spaces();
     let mm = t.booted.mm;
     // The switch to `other` is one mmuext_op: NEW_BASEPTR (record 0), NEW_USER_BASEPTR (record 1).
     t.model.inject_subop_failure(1, -errno::EINVAL);
-    let err = mm.activate(&mut t.other).expect_err("refused user base pointer");
+    let err = mm.activate(&t.other).expect_err("refused user base pointer");
     assert!(matches!(err, pvops::PvError::Hypercall { .. }), "{err}");
     assert_eq!(t.model.kernel_base(), t.model.mfn_of(t.a.pgd()).unwrap(), "a's kernel root is loaded again");
     assert_eq!(t.model.user_base(), user_pgd_mfn(t.model, mm, t.a.pgd()), "with a's user root");
@@ -72,12 +72,12 @@ fn a_refused_user_base_pointer_undoes_the_switch() {
 
 #[test]
 fn a_switch_that_cannot_be_undone_leaves_the_new_kernel_root_and_no_user_root() {
-    let mut t = two_spaces();
+    let t = two_spaces();
     let mm = t.booted.mm;
     // Trap 0: the switch (its user record refused); trap 1: the undo (refused).
     t.model.inject_subop_failure(1, -errno::EINVAL);
     t.model.inject_hypercall_failure(1, -errno::ENOMEM);
-    let err = mm.activate(&mut t.other).expect_err("refused user base pointer");
+    let err = mm.activate(&t.other).expect_err("refused user base pointer");
     assert!(matches!(err, pvops::PvError::Hypercall { .. }), "{err}");
     assert_eq!(t.model.kernel_base(), t.model.mfn_of(t.other.pgd()).unwrap(), "the new kernel root stayed");
     assert_eq!(t.model.user_base(), pvops::Mfn(0), "no user root: never a's under b's kernel root");

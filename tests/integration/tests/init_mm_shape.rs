@@ -37,14 +37,14 @@ fn every_new_address_space_reaches_the_whole_kernel_half_of_init_mm() {
         let mm = booted.mm;
         let want: Vec<_> = KERNEL_HALF.iter().map(|&va| host.oracle.kernel_access(va, false)).collect();
         assert!(want.iter().all(Option::is_some), "{}: init_mm maps {want:?}", desc.name);
-        let mut space = mm.create().expect("create");
-        let mut child = mm.fork(&space).expect("fork");
-        mm.activate(&mut space).expect("activate");
+        let space = mm.create().expect("create");
+        let child = mm.fork(&space).expect("fork");
+        mm.activate(&space).expect("activate");
         for (&va, w) in KERNEL_HALF.iter().zip(&want) {
             assert_eq!(host.oracle.kernel_access(va, false), *w, "{}: {va:#x} in a new space", desc.name);
             assert_eq!(host.oracle.user_access(va, false), None, "{}: user mode reaches {va:#x}", desc.name);
         }
-        mm.activate(&mut child).expect("activate child");
+        mm.activate(&child).expect("activate child");
         for (&va, w) in KERNEL_HALF.iter().zip(&want) {
             assert_eq!(host.oracle.kernel_access(va, false), *w, "{}: {va:#x} in a forked space", desc.name);
         }

@@ -26,11 +26,11 @@ fn translate_and_fork_keep_every_permission_map_was_given() {
     let perms = [PageFlags::DATA, PageFlags::CODE, PageFlags::RODATA, PageFlags { writable: true, executable: true }];
     for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
-        let mut s = mm.create().expect("create");
+        let s = mm.create().expect("create");
         let vas: Vec<u64> = (0..perms.len() as u64).map(|i| VA + i * 0x1000).collect();
         let frames: Vec<Pfn> = vas.iter().zip(perms).map(|(&va, p)| mm.map(&s, va, p).expect("map")).collect();
-        let mut child = mm.fork(&s).expect("fork");
-        mm.activate(&mut s).expect("activate");
+        let child = mm.fork(&s).expect("fork");
+        mm.activate(&s).expect("activate");
         for ((&va, perm), frame) in vas.iter().zip(perms).zip(&frames) {
             assert_eq!(mm.translate(&s, va).expect("translate"), Some((*frame, perm)), "{name}: {va:#x}");
             let (_, child_perm) = mm.translate(&child, va).expect("translate").expect("child has the page");
@@ -39,7 +39,7 @@ fn translate_and_fork_keep_every_permission_map_was_given() {
             let written = host.oracle.user_access(va, true);
             assert_eq!(written, perm.writable.then_some(*frame), "{name}: {va:#x} writable iff asked");
         }
-        mm.activate(&mut child).expect("activate child");
+        mm.activate(&child).expect("activate child");
         for (&va, perm) in vas.iter().zip(perms) {
             let w = host.oracle.user_access(va, true).is_some();
             assert_eq!(w, perm.writable, "{name}: child's {va:#x} writable iff the parent's was");
@@ -58,9 +58,9 @@ fn translate_and_fork_keep_every_permission_map_was_given() {
 fn poke_and_peek_reach_the_word_inside_the_page_and_name_the_page_when_unmapped() {
     for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
-        let mut s = mm.create().expect("create");
+        let s = mm.create().expect("create");
         mm.map(&s, VA, PageFlags::DATA).expect("map");
-        mm.activate(&mut s).expect("activate");
+        mm.activate(&s).expect("activate");
         let frame = host.oracle.user_access(VA, false).expect("mapped");
         for (offset, value) in [(0x8u64, 0x1111), (0x7f8, 0x2222), (0xff8, 0x3333)] {
             mm.poke(&s, VA + offset, value).expect("poke");
@@ -92,12 +92,12 @@ fn mm_debug_names_the_backend_and_the_boot_root() {
 fn is_pinned_follows_the_first_activation() {
     for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
-        let mut s = mm.create().expect("create");
+        let s = mm.create().expect("create");
         assert!(!s.is_pinned(), "{name}: new space");
         if let Some(x) = host.xen {
             assert!(!x.is_pinned(s.pgd()), "xen model: new space");
         }
-        mm.activate(&mut s).expect("activate");
+        mm.activate(&s).expect("activate");
         mm.activate_init().expect("init");
         assert!(s.is_pinned(), "{name}: after activation");
         if let Some(x) = host.xen {
@@ -121,10 +121,10 @@ fn active_pgd_is_the_root_really_loaded() {
                 Pfn::containing(native.cpu.read_cr3() & pvops::pte::flags::ADDR_MASK)
             }
         };
-        let mut s = mm.create().expect("create");
+        let s = mm.create().expect("create");
         assert_eq!(mm.active_pgd(), loaded(), "{name}: boot root");
         assert_eq!(loaded(), host.boot_pgd, "{name}");
-        mm.activate(&mut s).expect("activate");
+        mm.activate(&s).expect("activate");
         assert_eq!(mm.active_pgd(), loaded(), "{name}: after activate");
         assert_eq!(loaded(), s.pgd(), "{name}");
         mm.activate_init().expect("init");
@@ -192,12 +192,12 @@ fn lossy_xen() -> Lossy {
 fn a_map_reported_failed_after_it_took_effect_is_taken_back_flushed_only_if_loaded() {
     let t = lossy_xen();
     let (mm, frames, model) = (t.booted.mm, t.booted.frames, t.model);
-    let mut s = mm.create().expect("create");
-    let mut idle = mm.create().expect("create idle");
+    let s = mm.create().expect("create");
+    let idle = mm.create().expect("create idle");
     mm.map(&s, VA, PageFlags::DATA).expect("map");
     // Both pinned (maps into them are hypercalls), `s` loaded.
-    mm.activate(&mut idle).expect("activate idle");
-    mm.activate(&mut s).expect("activate");
+    mm.activate(&idle).expect("activate idle");
+    mm.activate(&s).expect("activate");
     assert!(t.host.oracle.user_access(VA, true).is_some(), "user mode uses the space");
 
     for (space, loaded) in [(&s, true), (&idle, false)] {
@@ -232,9 +232,9 @@ fn a_map_whose_take_back_is_refused_stays_mapped_and_exit_frees_it() {
     let t = lossy_xen();
     let (mm, frames, model) = (t.booted.mm, t.booted.frames, t.model);
     let free_at_start = frames.free_frames();
-    let mut s = mm.create().expect("create");
+    let s = mm.create().expect("create");
     mm.map(&s, VA, PageFlags::DATA).expect("map");
-    mm.activate(&mut s).expect("activate");
+    mm.activate(&s).expect("activate");
 
     t.transport.armed.store(true, Ordering::SeqCst);
     t.transport.then_refuse.store(true, Ordering::SeqCst);

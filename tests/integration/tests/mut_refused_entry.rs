@@ -216,7 +216,7 @@ fn workload(s: &Setup, live: &mut Vec<AddressSpace>) {
         let _ = mm.map(&live[0], va, PageFlags::DATA);
         check("map", live);
     }
-    let _ = mm.activate(&mut live[0]);
+    let _ = mm.activate(&live[0]);
     let _ = mm.map(&live[0], 0x7e00_0000_0000, PageFlags::CODE);
     check("map into the loaded space", live);
     let _ = mm.unmap(&live[0], 0x40_0000);

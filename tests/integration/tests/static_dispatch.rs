@@ -25,14 +25,14 @@ fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
         frames.init_metadata();
         let before = frames.free_frames();
 
-        let mut a = mm.create().expect("create");
+        let a = mm.create().expect("create");
         let f = mm.map(&a, 0x40_0000, PageFlags::DATA).expect("map");
         mm.poke(&a, 0x40_0000, 7).expect("poke");
-        mm.activate(&mut a).expect("activate");
+        mm.activate(&a).expect("activate");
         assert_eq!(host.oracle.user_access(0x40_0000, true), Some(f), "{}", host.label);
         assert_eq!(host.oracle.user_access(pvops_integration::KERNEL_VA, false), None, "{}", host.label);
-        let mut b = mm.fork(&a).expect("fork");
-        mm.activate(&mut b).expect("switch");
+        let b = mm.fork(&a).expect("fork");
+        mm.activate(&b).expect("switch");
         assert_eq!(mm.peek(&b, 0x40_0000), Ok(7));
         assert_ne!(host.oracle.user_access(0x40_0000, false), Some(f), "{}: child shares the frame", host.label);
         mm.activate_init().expect("init");

@@ -17,9 +17,9 @@ const FAR_VA: u64 = VA + (3 << 39);
 /// A loaded space with VA mapped and used by user mode (so it may be cached).
 fn loaded_space(host: &HostPlatform, booted: &Booted) -> AddressSpace {
     let mm = booted.mm;
-    let mut s = mm.create().expect("create");
+    let s = mm.create().expect("create");
     let f = mm.map(&s, VA, PageFlags::DATA).expect("map");
-    mm.activate(&mut s).expect("activate");
+    mm.activate(&s).expect("activate");
     assert_eq!(host.oracle.user_access(VA, true), Some(f), "user mode uses the page");
     s
 }
