@@ -505,7 +505,7 @@ pub mod probe {
     use pvops_xen64::{HypercallTransport, Outcome};
 
     use super::{MAX_VCPUS, PROBE_TIMEOUT_NS};
-    use crate::xen::hypercall::{self, mmuext_multi, UVMF_INVLPG};
+    use crate::xen::hypercall::{self, mmuext, UVMF_INVLPG};
     use crate::xen::mmu::{PTE_A, PTE_D, PTE_P, PTE_RW};
     use crate::xen::transport::HypercallPage;
     use crate::xen::{self, time};
@@ -582,7 +582,7 @@ pub mod probe {
         if out.status == 0 && out.done == 1 {
             Ok(())
         } else {
-            log::error!("xen smp check: {} -> status {}, done {}", mmuext_multi_name(cmd), out.status, out.done);
+            log::error!("xen smp check: {} -> status {}, done {}", mmuext::name(cmd), out.status, out.done);
             Err("MULTI flush refused")
         }
     }
@@ -592,10 +592,10 @@ pub mod probe {
     /// different places of its copy; every record MUST take effect.
     fn multi_batched(va: u64, mask: u64) -> Result<(), &'static str> {
         let first = [
-            MmuextOp { cmd: hypercall::mmuext::INVLPG_LOCAL, arg1: va, arg2: 0 },
-            MmuextOp { cmd: mmuext_multi::INVLPG_MULTI, arg1: va, arg2: mask },
+            MmuextOp { cmd: mmuext::INVLPG_LOCAL, arg1: va, arg2: 0 },
+            MmuextOp { cmd: mmuext::INVLPG_MULTI, arg1: va, arg2: mask },
         ];
-        let second = [MmuextOp { cmd: mmuext_multi::TLB_FLUSH_MULTI, arg1: 0, arg2: mask }];
+        let second = [MmuextOp { cmd: mmuext::TLB_FLUSH_MULTI, arg1: 0, arg2: mask }];
         let calls = [Call::MmuextOp(&first), Call::MmuextOp(&second)];
         let mut out = [Outcome::NOT_RUN; 2];
         let rc = CHECK_TRANSPORT.multicall(&calls, &mut out);
@@ -604,14 +604,6 @@ pub mod probe {
         } else {
             log::error!("xen smp check: multicall of MULTI flushes -> {rc}, outcomes {out:?}");
             Err("MULTI flushes in a multicall refused")
-        }
-    }
-
-    fn mmuext_multi_name(cmd: u32) -> &'static str {
-        if cmd == mmuext_multi::INVLPG_MULTI {
-            "mmuext_op(INVLPG_MULTI)"
-        } else {
-            "mmuext_op(TLB_FLUSH_MULTI)"
         }
     }
 
@@ -697,7 +689,7 @@ pub mod probe {
                 return Err("the local flush did not take on this vCPU");
             }
             let (stale1, _) = remote_read(other)?;
-            multi(mmuext_multi::INVLPG_MULTI, probe_va(), mask)?;
+            multi(mmuext::INVLPG_MULTI, probe_va(), mask)?;
             let (fresh1, _) = remote_read(other)?;
             // Round 2: the MULTI records inside a multicall (the batched
             // path), one after a local record in the same array.
@@ -725,7 +717,7 @@ pub mod probe {
             Ok(())
         })();
         // Put the probe page back on its own frame everywhere.
-        let restored = map_probe(pte_own).and_then(|_| multi(mmuext_multi::TLB_FLUSH_MULTI, 0, mask));
+        let restored = map_probe(pte_own).and_then(|_| multi(mmuext::TLB_FLUSH_MULTI, 0, mask));
         result.and(restored)?;
 
         // IPI round trips, last: each read caches the probe VA on `other`.

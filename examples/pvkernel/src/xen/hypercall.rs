@@ -28,20 +28,11 @@ pub mod nr {
     pub const PHYSDEV_OP: u64 = 33;
 }
 
-/// `mmuext_op` commands that take a vCPU bitmap (xen/include/public/xen.h):
-/// `arg2.vcpumask` is a guest pointer to an array of u64 words (bit v =
-/// vCPU v); `INVLPG_MULTI` also takes `arg1.linear_addr`. Defined here, not in
-/// the backend's `abi::mmuext`, until the backend's SMP work adds them there.
-pub mod mmuext_multi {
-    /// Flush the TLBs of the vCPUs in the mask.
-    pub const TLB_FLUSH_MULTI: u32 = 8;
-    /// Flush one address on the vCPUs in the mask.
-    pub const INVLPG_MULTI: u32 = 9;
-
-    /// Whether `cmd` carries a vCPU bitmap in `arg2`.
-    pub const fn takes_vcpumask(cmd: u32) -> bool {
-        cmd == TLB_FLUSH_MULTI || cmd == INVLPG_MULTI
-    }
+/// Whether an `mmuext_op` command carries a vCPU bitmap in `arg2`
+/// (`TLB_FLUSH_MULTI`, `INVLPG_MULTI`: Xen reads `arg2.vcpumask`, a guest
+/// pointer to u64 words, xen/include/public/xen.h).
+pub const fn takes_vcpumask(cmd: u32) -> bool {
+    cmd == mmuext::TLB_FLUSH_MULTI || cmd == mmuext::INVLPG_MULTI
 }
 
 /// `vcpu_op` commands (xen/include/public/vcpu.h).

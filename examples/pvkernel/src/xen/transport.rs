@@ -29,7 +29,7 @@ use pvops::{Mfn, Pfn};
 use pvops_xen64::abi::{Call, MmuextOp, DOMID_SELF};
 use pvops_xen64::{HypercallTransport, Outcome, P2m};
 
-use super::hypercall::{self, mmuext_multi, MulticallEntry};
+use super::hypercall::{self, MulticallEntry};
 
 /// Hypercalls issued through the transport, by kind (traps into Xen).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,7 +130,7 @@ fn args(call: &Call<'_>, done: *mut u32, ext: Option<*const MmuextOp>) -> [u64; 
 /// (they must be marshalled, see [`marshal_ext`]).
 fn ext_needing_marshal<'a>(call: &Call<'a>) -> Option<&'a [MmuextOp]> {
     match *call {
-        Call::MmuextOp(ops) if ops.iter().any(|o| mmuext_multi::takes_vcpumask(o.cmd)) => Some(ops),
+        Call::MmuextOp(ops) if ops.iter().any(|o| hypercall::takes_vcpumask(o.cmd)) => Some(ops),
         _ => None,
     }
 }
@@ -141,7 +141,7 @@ fn ext_needing_marshal<'a>(call: &Call<'a>) -> Option<&'a [MmuextOp]> {
 fn marshal_ext(ops: &[MmuextOp], copy: &mut [MmuextOp], masks: &mut [u64]) {
     for ((op, c), m) in ops.iter().zip(copy.iter_mut()).zip(masks.iter_mut()) {
         *c = *op;
-        if mmuext_multi::takes_vcpumask(op.cmd) {
+        if hypercall::takes_vcpumask(op.cmd) {
             *m = op.arg2;
             c.arg2 = (m as *const u64) as u64;
         }
