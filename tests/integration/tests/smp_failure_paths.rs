@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kernel_glue::PageFlags;
-use pvops::{PvError, PvMmuOps};
+use pvops::PvError;
 use pvops_integration::platform::boot_smp;
 use pvops_model::vcpu;
 
