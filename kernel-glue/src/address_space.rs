@@ -125,8 +125,9 @@ impl Drop for Locked<'_> {
 }
 
 /// Takes `lock`, spinning with [`Cpus::relax`] (a host model runs another
-/// vCPU there; the holder may be waiting for this CPU to answer an IPI,
-/// which it can, as interrupts stay on while spinning).
+/// vCPU there). The holder may be waiting for this CPU to answer an IPI (a
+/// native shootdown): `Mm` methods are called with interrupts (events)
+/// enabled, so this CPU answers while it spins.
 fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
     while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         cpus.relax();
@@ -258,7 +259,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
         let _locked = lock(self.cpus(), &self.init_lock);
         self.issued_now(|| {
-            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS)?;
+            // The kernel half is in every space: a table undone there may be cached anywhere.
+            let all = self.cpus().online();
+            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS, all)?;
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
@@ -368,7 +371,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
         }
-        undo(self.ops, self.frames, space.pgd, &m.made);
+        undo(self.ops, self.frames, space.pgd, &m.made, holders);
         if !holders.is_empty() && cleared.is_err() {
             log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
@@ -385,7 +388,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
         }
         let frame = self.frames.alloc_zeroed_frame()?;
-        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS) {
+        let holders = self.holders(space);
+        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS, holders) {
             Ok(built) => built,
             Err(e) => {
                 let _ = self.frames.free_frame(frame);
@@ -395,7 +399,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let index = va.index(Level::L1);
         if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, perm.user_bits())) {
             // Tables built for this page alone go again.
-            undo(self.ops, self.frames, space.pgd, &made);
+            undo(self.ops, self.frames, space.pgd, &made, holders);
             let _ = self.frames.free_frame(frame);
             return Err(e);
         }
@@ -513,8 +517,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// The frame and user permissions mapped at `addr`, if any.
     pub fn translate(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
-        let va = user_va(addr)?;
         let _locked = self.lock(space);
+        self.translate_locked(space, addr)
+    }
+
+    /// [`Mm::translate`] with the space's lock already held.
+    fn translate_locked(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
+        let va = user_va(addr)?;
         let Some(l1) = find_l1(self.ops, space.pgd, va)? else {
             return Ok(None);
         };
@@ -526,23 +535,25 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Writes a 64-bit word into the page mapped at `addr` (kernel-side access, for loading).
+    /// Under the space's lock, so another CPU cannot unmap and free the
+    /// frame between the lookup and the store.
     pub fn poke(&self, space: &AddressSpace, addr: u64, value: u64) -> Result<(), PvError> {
-        let frame = self.frame_at(space, addr)?;
-        self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value);
-        Ok(())
+        self.with_frame_at(space, addr, |frame| self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value))
     }
 
     /// Reads a 64-bit word from the page mapped at `addr` (kernel-side access).
     pub fn peek(&self, space: &AddressSpace, addr: u64) -> Result<u64, PvError> {
-        let frame = self.frame_at(space, addr)?;
-        Ok(self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
+        self.with_frame_at(space, addr, |frame| self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
     }
 
-    /// The frame of the page containing `addr`; `NotMapped` names that page.
-    fn frame_at(&self, space: &AddressSpace, addr: u64) -> Result<Pfn, PvError> {
+    /// Runs `f` on the frame of the page containing `addr`, holding the
+    /// space's lock; `NotMapped` names that page.
+    fn with_frame_at<R>(&self, space: &AddressSpace, addr: u64, f: impl FnOnce(Pfn) -> R) -> Result<R, PvError> {
         let page = addr & !0xfff;
-        let (frame, _) = self.translate(space, page)?.ok_or(PvError::NotMapped { addr: VirtAddr::try_new(page)? })?;
-        Ok(frame)
+        let _locked = self.lock(space);
+        let (frame, _) =
+            self.translate_locked(space, page)?.ok_or(PvError::NotMapped { addr: VirtAddr::try_new(page)? })?;
+        Ok(f(frame))
     }
 
     /// Switches this CPU to `space`; its first activation pins it (Xen).

@@ -9,6 +9,7 @@ extern crate alloc;
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pvops::{MmServices, Pfn, PhysMem, PvError};
 
@@ -23,24 +24,44 @@ pub struct FrameInfo {
 
 /// Frame allocator with a bitmap and optional metadata.
 ///
-/// `Sync`: one lock covers the bitmap and the metadata, so CPUs may allocate,
-/// free and change metadata at once. Nothing inside the lock calls a seam
-/// (zeroing a frame and [`PhysMem::frame_freed`] happen outside it), so a
-/// holder never waits on hardware or on another CPU.
+/// `Sync`: one lock covers the bitmap, so CPUs may allocate and free at
+/// once. Nothing inside the lock calls a seam (zeroing a frame and
+/// [`PhysMem::frame_freed`] happen outside it), so a holder never waits on
+/// hardware or on another CPU. Per-frame metadata is atomic and needs no
+/// lock (like Linux's page flags): a backend call from an interrupt or event
+/// handler (a drop-root cross-call's `write_cr3` reads it) can never spin on
+/// a lock its own CPU holds. Handlers must not allocate or free frames.
 pub struct FrameAllocator<'m> {
     mem: &'m dyn PhysMem,
     nr_frames: u64,
     inner: spin::Mutex<Inner>,
+    meta: spin::Once<Vec<Meta>>,
 }
 
 struct Inner {
     /// Bit set = frame free.
     free: Vec<u64>,
     free_count: u64,
-    meta: Option<Vec<FrameInfo>>,
     allocations: u64,
     fail_at: Option<u64>,
     hint: u64,
+}
+
+/// One frame's metadata, lock-free.
+#[derive(Default)]
+struct Meta {
+    private: AtomicU64,
+    pinned: AtomicBool,
+}
+
+impl Meta {
+    fn get(&self) -> FrameInfo {
+        FrameInfo { private: self.private.load(Ordering::Acquire), pinned: self.pinned.load(Ordering::Acquire) }
+    }
+    fn reset(&self) {
+        self.private.store(0, Ordering::Release);
+        self.pinned.store(false, Ordering::Release);
+    }
 }
 
 impl Inner {
@@ -76,11 +97,11 @@ impl<'m> FrameAllocator<'m> {
             inner: spin::Mutex::new(Inner {
                 free: vec![0; nr_frames.div_ceil(64) as usize],
                 free_count: 0,
-                meta: None,
                 allocations: 0,
                 fail_at: None,
                 hint: 0,
             }),
+            meta: spin::Once::new(),
         }
     }
 
@@ -112,10 +133,7 @@ impl<'m> FrameAllocator<'m> {
     /// Creates per-frame metadata: the end of early boot.
     /// Idempotent: a second call keeps the metadata (pins, private words) it has.
     pub fn init_metadata(&self) {
-        let mut inner = self.inner.lock();
-        if inner.meta.is_none() {
-            inner.meta = Some(vec![FrameInfo::default(); self.nr_frames as usize]);
-        }
+        self.meta.call_once(|| (0..self.nr_frames).map(|_| Meta::default()).collect());
     }
 
     /// Frames currently free.
@@ -145,13 +163,12 @@ impl<'m> FrameAllocator<'m> {
 
     /// The metadata of a frame, if metadata exists.
     pub fn info(&self, pfn: Pfn) -> Option<FrameInfo> {
-        self.inner.lock().meta.as_ref().and_then(|m| m.get(pfn.0 as usize).copied())
+        self.meta.get().and_then(|m| m.get(pfn.0 as usize)).map(Meta::get)
     }
 
-    fn with_meta<R>(&self, pfn: Pfn, f: impl FnOnce(&mut FrameInfo) -> R) -> Result<R, PvError> {
-        let mut inner = self.inner.lock();
-        let m = inner.meta.as_mut().ok_or(PvError::WrongState { what: "frame metadata not initialised" })?;
-        m.get_mut(pfn.0 as usize).map(f).ok_or(PvError::BadFrame { pfn })
+    fn meta_of(&self, pfn: Pfn) -> Result<&Meta, PvError> {
+        let m = self.meta.get().ok_or(PvError::WrongState { what: "frame metadata not initialised" })?;
+        m.get(pfn.0 as usize).ok_or(PvError::BadFrame { pfn })
     }
 
     /// True when `pfn` is free in the allocator.
@@ -162,7 +179,7 @@ impl<'m> FrameAllocator<'m> {
 
 impl MmServices for FrameAllocator<'_> {
     fn has_metadata(&self) -> bool {
-        self.inner.lock().meta.is_some()
+        self.meta.get().is_some()
     }
 
     fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError> {
@@ -188,8 +205,8 @@ impl MmServices for FrameAllocator<'_> {
             let pfn = Pfn(w as u64 * 64 + b);
             inner.free_count -= 1;
             inner.allocations += 1;
-            if let Some(m) = inner.meta.as_mut() {
-                m[pfn.0 as usize] = FrameInfo::default();
+            if let Some(m) = self.meta.get().and_then(|m| m.get(pfn.0 as usize)) {
+                m.reset();
             }
             pfn
         };
@@ -204,11 +221,11 @@ impl MmServices for FrameAllocator<'_> {
             if pfn.0 >= self.nr_frames || inner.is_free(self.nr_frames, pfn) {
                 return Err(PvError::BadFrame { pfn });
             }
-            if let Some(m) = inner.meta.as_mut() {
-                if m[pfn.0 as usize].pinned {
+            if let Some(m) = self.meta.get().and_then(|m| m.get(pfn.0 as usize)) {
+                if m.pinned.load(Ordering::Acquire) {
                     return Err(PvError::WrongState { what: "freeing a pinned frame" });
                 }
-                m[pfn.0 as usize] = FrameInfo::default();
+                m.reset();
             }
             inner.free[(pfn.0 / 64) as usize] |= 1 << (pfn.0 % 64);
             inner.free_count += 1;
@@ -218,18 +235,20 @@ impl MmServices for FrameAllocator<'_> {
     }
 
     fn private(&self, pfn: Pfn) -> Result<u64, PvError> {
-        self.with_meta(pfn, |m| m.private)
+        Ok(self.meta_of(pfn)?.private.load(Ordering::Acquire))
     }
 
     fn set_private(&self, pfn: Pfn, value: u64) -> Result<(), PvError> {
-        self.with_meta(pfn, |m| m.private = value)
+        self.meta_of(pfn)?.private.store(value, Ordering::Release);
+        Ok(())
     }
 
     fn is_pinned(&self, pfn: Pfn) -> Result<bool, PvError> {
-        self.with_meta(pfn, |m| m.pinned)
+        Ok(self.meta_of(pfn)?.pinned.load(Ordering::Acquire))
     }
 
     fn set_pinned(&self, pfn: Pfn, pinned: bool) -> Result<(), PvError> {
-        self.with_meta(pfn, |m| m.pinned = pinned)
+        self.meta_of(pfn)?.pinned.store(pinned, Ordering::Release);
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Walking and building page tables through `PvMmuOps` only.
 
 use pvops::pte::flags;
-use pvops::{Level, MmServices, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
+use pvops::{CpuMask, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
 
 /// Flags for intermediate tables: present, writable, user. The leaf decides
 /// the real permission.
@@ -45,12 +45,13 @@ pub(crate) fn ensure_l1<O: PvMmuOps + ?Sized>(
     root: Pfn,
     va: VirtAddr,
     table_flags: u64,
+    holders: CpuMask,
 ) -> Result<(Pfn, NewTables), PvError> {
     let mut made = NewTables::default();
     match build(ops, mm, root, va, table_flags, &mut made) {
         Ok(l1) => Ok((l1, made)),
         Err(e) => {
-            undo(ops, mm, root, &made);
+            undo(ops, mm, root, &made, holders);
             Err(e)
         }
     }
@@ -106,14 +107,14 @@ fn build<O: PvMmuOps + ?Sized>(
 /// checked before the next: if the hypervisor refuses one, that table and
 /// the older ones above it stay linked, part of the space (`Mm::exit` frees them) —
 /// unlinking a parent that still holds a child would orphan the child. The
-/// tables unlinked are released and freed only after a TLB flush: they may
-/// have been reachable from a loaded root, and a paging-structure cache may
-/// still hold them (a failure path: the full flush costs nothing that
-/// matters). Runs in a lazy-MMU section of its own, so it neither reports
+/// tables unlinked are released and freed only after a TLB flush on every
+/// CPU in `holders` (those that may have the space loaded): they may have
+/// been reachable from a loaded root, and a paging-structure cache may still
+/// hold them (a failure path: the full flush costs nothing that matters). Runs in a lazy-MMU section of its own, so it neither reports
 /// nor swallows failures of an enclosing section's updates. One whose
 /// release is refused is kept (lost, logged), never freed while still a
 /// table; so is everything if the flush is refused.
-pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables) {
+pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables, holders: CpuMask) {
     let made = &made.created[..made.len];
     if made.is_empty() {
         return;
@@ -130,7 +131,7 @@ pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn
         }
         unlinked += 1;
     }
-    let flushed = ops.flush_tlb_all().and(ops.lazy_mmu_flush());
+    let flushed = ops.flush_tlb_multi(holders, Flush::All).and(ops.lazy_mmu_flush());
     for &(_, level, _, new) in made.iter().rev().take(unlinked) {
         let lower = level.lower().unwrap_or(Level::L1);
         if let Err(e) = flushed {

@@ -121,12 +121,16 @@ pub enum Flush {
 /// Contracts:
 /// * [`Cpus::this_cpu`] MUST be stable while the caller runs (no migration
 ///   inside a pvops call) and `< MAX_CPUS`.
-/// * [`Cpus::call_on`] MUST run `f` on every CPU of `cpus` that is online,
-///   other than the caller, and MUST NOT return `Ok` before each has
-///   finished it; a CPU that does not answer within a bounded wait is an
-///   error naming it ([`PvError::CpuTimeout`]), an offline one is
-///   [`PvError::CpuOffline`]. While it waits, the caller MUST still serve
-///   cross-calls aimed at it (two CPUs calling each other must not deadlock).
+/// * [`Cpus::call_on`] MUST run `f` on every CPU of `cpus` other than the
+///   caller, and MUST NOT return `Ok` before each has finished it. A CPU of
+///   `cpus` that is offline is an error naming it ([`PvError::CpuOffline`]);
+///   one that does not answer within a bounded wait is
+///   [`PvError::CpuTimeout`] (its request is taken back). While it waits,
+///   the caller MUST still serve cross-calls aimed at it, also with its own
+///   events masked (two CPUs calling each other must not deadlock); such a
+///   handler then runs inside whatever the caller is doing, so a caller
+///   MUST NOT cross-call from inside a lazy-MMU section (kernel-glue never
+///   does: `Mm::exit`, its only cross-call, opens no section first).
 pub trait Cpus: Sync {
     /// The CPU running this call.
     fn this_cpu(&self) -> usize;

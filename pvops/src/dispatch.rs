@@ -43,6 +43,7 @@
 //! #     fn lazy_mmu_flush(&self) -> Result<(), PvError> { Ok(()) }
 //! #     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> { Ok(pte.0) }
 //! #     fn entry_value(&self, raw: u64) -> Pte { Pte(raw) }
+//! #     fn cpus(&self) -> &dyn pvops::Cpus { &pvops::SingleCpu }
 //! # }
 //! fn fast_from_env(_env: &BootEnv<'_>) -> Result<Fast, PvError> {
 //!     Ok(Fast)
@@ -388,6 +389,9 @@ mod tests {
         }
         fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {
             Ok(pte.0)
+        }
+        fn cpus(&self) -> &dyn crate::Cpus {
+            &crate::SingleCpu
         }
         fn entry_value(&self, raw: u64) -> Pte {
             Pte(raw)

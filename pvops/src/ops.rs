@@ -7,7 +7,7 @@
 use core::ops::Range;
 
 use crate::addr::{Level, Pfn, VirtAddr};
-use crate::cpu::{CpuMask, Cpus, Flush, SingleCpu};
+use crate::cpu::{CpuMask, Cpus, Flush};
 use crate::error::PvError;
 use crate::pte::Pte;
 use crate::services::MmServices;
@@ -123,10 +123,11 @@ pub trait PvMmuOps: Sync {
 
     /// The CPUs this backend runs on: the platform seam it uses for its
     /// per-CPU state. Kernel-glue takes the CPU set from here, so the two
-    /// can never disagree. A uniprocessor platform MAY keep the default.
-    fn cpus(&self) -> &dyn Cpus {
-        &SingleCpu
-    }
+    /// can never disagree. Required (no default), so that a wrapper backend
+    /// cannot silently turn an SMP backend into a uniprocessor one: it MUST
+    /// return its inner backend's; a backend that only ever runs on one
+    /// CPU returns `&pvops::SingleCpu`.
+    fn cpus(&self) -> &dyn Cpus;
 
     /// Flushes `flush` from the TLB of every CPU in `cpus` (the caller's own
     /// included if it is in the set), in whatever address space each has
@@ -136,8 +137,11 @@ pub trait PvMmuOps: Sync {
     ///
     /// The default is the portable one: a local flush, and a cross-call
     /// ([`Cpus::call_on`]) that runs the same local flush on each other
-    /// target (natively an IPI, acknowledged). Xen overrides it with
-    /// `MMUEXT_TLB_FLUSH_MULTI` / `MMUEXT_INVLPG_MULTI`, which need no IPI.
+    /// target (natively an IPI, acknowledged). It runs the remote part at
+    /// once, so it is only right for a backend whose writes take effect at
+    /// once (never deferred in a lazy section); a backend that defers MUST
+    /// override it (Xen: `MMUEXT_TLB_FLUSH_MULTI` / `MMUEXT_INVLPG_MULTI`,
+    /// queued behind the writes, no IPI), and a wrapper MUST forward it.
     fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
         let me = self.cpus().this_cpu();
         let local = || match flush {
@@ -165,7 +169,10 @@ pub trait PvMmuOps: Sync {
     /// The address space is exiting (Xen: unpin). MUST fail when `pgd` is
     /// loaded on the calling CPU ([`PvError::WrongState`]) or on any other
     /// ([`PvError::RootInUse`]): the caller first makes every CPU that holds
-    /// it switch away (Linux's `xen_drop_mm_ref`).
+    /// it switch away (Linux's `xen_drop_mm_ref`). Which root another CPU
+    /// has loaded is published after its switch, so the caller MUST also
+    /// rule out a switch *to* `pgd` racing with this call (kernel-glue:
+    /// `Mm::exit` owns the space).
     ///
     /// On error it is still pinned, as before; the same exception as
     /// [`PvMmuOps::activate_mm`] applies when an undo is refused.

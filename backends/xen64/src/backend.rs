@@ -141,8 +141,14 @@ pub struct XenBackend {
     platform: XenPlatform,
     vcpus: Vec<spin::Mutex<Option<State>>>,
     roots: Vec<AtomicU64>,
+    /// Each vCPU's counters (`OpStats` then `FlushCounts`), published at the
+    /// end of each of its calls.
+    counts: Vec<[AtomicU64; COUNTS]>,
     boot_marked: spin::Mutex<bool>,
 }
+
+/// Counters published per vCPU: 6 of `OpStats`, 4 of `FlushCounts`.
+const COUNTS: usize = 10;
 
 impl core::fmt::Debug for XenBackend {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -168,6 +174,7 @@ impl XenBackend {
             platform,
             vcpus: (0..MAX_CPUS).map(|_| spin::Mutex::new(None)).collect(),
             roots: (0..MAX_CPUS).map(|_| AtomicU64::new(platform.boot_root.0)).collect(),
+            counts: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             boot_marked: spin::Mutex::new(false),
         }
     }
@@ -198,6 +205,22 @@ impl XenBackend {
         let r = f(&mut cx);
         let st = cx.st;
         self.roots[cpu].store(st.batch.published_cr3().0, Ordering::Release);
+        let (o, f) = (st.batch.stats, st.batch.flushes);
+        let v = [
+            o.hypercalls,
+            o.multicall_entries,
+            o.mmu_updates,
+            o.mmuext_ops,
+            o.update_va_mappings,
+            o.direct_writes,
+            f.explicit,
+            f.entries_full,
+            f.args_full,
+            f.callbacks_full,
+        ];
+        for (slot, v) in self.counts[cpu].iter().zip(v) {
+            slot.store(v, Ordering::Release);
+        }
         let lazy_now = !st.lazy.is_empty();
         let restore = match (opened, lazy_now) {
             // Not in a section before or after: as it was.
@@ -228,23 +251,27 @@ impl XenBackend {
         self.with_events(|cx| Ok(f(cx.st)))
     }
 
-    /// Sums something over every vCPU's state.
-    fn sum<T: Default>(&self, mut add: impl FnMut(&mut T, &State)) -> T {
-        let mut total = T::default();
-        for slot in &self.vcpus {
-            // Another vCPU may be inside a call (a host model may have
-            // descheduled it there): let it run rather than spin blind.
-            let guard = loop {
-                match slot.try_lock() {
-                    Some(g) => break g,
-                    None => self.platform.cpus.relax(),
-                }
-            };
-            if let Some(st) = guard.as_ref() {
-                add(&mut total, st);
-            }
+    /// Sums the counters every vCPU published at the end of its last call
+    /// (never locking another vCPU's state: that would make its own next
+    /// call look like a re-entry).
+    fn published(&self) -> (OpStats, FlushCounts) {
+        let (mut stats, mut flushes) = (OpStats::default(), FlushCounts::default());
+        for c in &self.counts {
+            let v: [u64; COUNTS] = core::array::from_fn(|i| c[i].load(Ordering::Acquire));
+            stats = add_stats(
+                stats,
+                OpStats {
+                    hypercalls: v[0],
+                    multicall_entries: v[1],
+                    mmu_updates: v[2],
+                    mmuext_ops: v[3],
+                    update_va_mappings: v[4],
+                    direct_writes: v[5],
+                },
+            );
+            flushes.add(FlushCounts { explicit: v[6], entries_full: v[7], args_full: v[8], callbacks_full: v[9] });
         }
-        total
+        (stats, flushes)
     }
 
     /// The user pgd slot mirroring slot `index` of kernel pgd `pgd`: `Some`
@@ -256,7 +283,7 @@ impl XenBackend {
 
     /// Why batches were flushed so far (all vCPUs).
     pub fn flush_counts(&self) -> FlushCounts {
-        self.sum(|t: &mut FlushCounts, st| t.add(st.batch.flushes))
+        self.published().1
     }
 
     /// init_mm's pgd (the boot root).
@@ -411,7 +438,7 @@ impl PvMmuOps for XenBackend {
     }
 
     fn stats(&self) -> OpStats {
-        self.sum(|t: &mut OpStats, st| *t = add_stats(*t, st.batch.stats))
+        self.published().0
     }
 }
 

@@ -300,6 +300,12 @@ mod no_lazy {
         fn entry_value(&self, raw: u64) -> Pte {
             self.0.entry_value(raw)
         }
+        fn cpus(&self) -> &dyn pvops::Cpus {
+            self.0.cpus()
+        }
+        fn flush_tlb_multi(&self, cpus: pvops::CpuMask, flush: pvops::Flush) -> Result<(), PvError> {
+            self.0.flush_tlb_multi(cpus, flush)
+        }
         fn stats(&self) -> OpStats {
             self.0.stats()
         }

@@ -161,12 +161,39 @@ trap_common:
     call kernel_trap
     ud2
 
-    /* Xen event upcall: we bind no event channels; acknowledge and return. */
+    /* Xen event upcall, events masked, on the interrupted kernel stack (or
+       the stack_switch stack from user mode): rcx, r11, rip, cs, rflags,
+       rsp, ss. Saves what a C call clobbers, scans this vCPU's pending
+       ports (xen_evtchn_upcall), and returns with the iret hypercall, which
+       unmasks again if the interrupted context had events on. */
     .globl xen_event_callback
 xen_event_callback:
     pop %rcx
     pop %r11
-    movb $0, SHARED_INFO_PAGE(%rip)     /* vcpu_info[0].evtchn_upcall_pending */
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %rbx
+    mov %rsp, %rbx
+    and $-16, %rsp
+    call xen_evtchn_upcall
+    mov %rbx, %rsp
+    pop %rbx
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
     pushq $0                            /* iret flags */
     jmp hypercall_page + 23 * 32
 
@@ -247,7 +274,7 @@ pub fn vector_name(v: u64) -> &'static str {
 /// Faulting address of the last page fault (CR2; vcpu_info.arch.cr2 on Xen).
 pub fn fault_address() -> u64 {
     if platform::is_xen() {
-        xen::vcpu0_cr2()
+        xen::current_cr2()
     } else {
         x86::read_cr2()
     }
@@ -480,34 +507,54 @@ pub fn mask_pic() {
 
 // --------------------------------------------------------------------- xen
 
+/// The virtual-IDT entry for exception `vector` (Xen PV), if it has one:
+/// vectors 0..20 but NMI (its own callback) and 15 (reserved); #BP and #OF
+/// may be raised from user mode. The same entries go to `set_trap_table` on
+/// vCPU 0 and into each AP's `vcpu_guest_context.trap_ctxt[vector]`.
+pub fn xen_trap_info(vector: u8) -> Option<hypercall::TrapInfo> {
+    if vector >= 20 || vector == 2 || vector == 15 {
+        return None;
+    }
+    let dpl = if vector == 3 || vector == 4 { 3 } else { 0 };
+    Some(hypercall::TrapInfo {
+        vector,
+        flags: dpl | 4, // mask events on entry
+        cs: hypercall::FLAT_CS64,
+        _pad: 0,
+        address: stub_addr(&raw const xen_trap_stubs, vector as usize),
+    })
+}
+
+/// Entry point Xen calls with pending events (every vCPU).
+pub fn xen_event_callback_addr() -> u64 {
+    xen_event_callback as *const () as u64
+}
+
+/// Entry point Xen calls when it cannot load the guest's segments.
+pub fn xen_failsafe_callback_addr() -> u64 {
+    xen_failsafe_callback as *const () as u64
+}
+
 /// Registers the virtual IDT, the user->kernel stack and the event and
-/// failsafe callbacks (Xen PV only).
+/// failsafe callbacks of the boot vCPU (Xen PV only; the other vCPUs get
+/// theirs in their initial context, see `smp::xen`).
 pub fn init_xen() -> Result<(), hypercall::XenError> {
-    let stubs = &raw const xen_trap_stubs;
     let mut table = [hypercall::TrapInfo::default(); 33];
     let mut n = 0;
-    for v in 0..20u8 {
-        if v == 2 || v == 15 {
-            continue; // NMI goes through its own callback; 15 is reserved
+    for v in 0..32u8 {
+        if let Some(t) = xen_trap_info(v) {
+            table[n] = t;
+            n += 1;
         }
-        let dpl = if v == 3 || v == 4 { 3 } else { 0 };
-        table[n] = hypercall::TrapInfo {
-            vector: v,
-            flags: dpl | 4, // mask events on entry
-            cs: hypercall::FLAT_CS64,
-            _pad: 0,
-            address: stub_addr(stubs, v as usize),
-        };
-        n += 1;
     }
     hypercall::set_trap_table(&table[..n + 1])?;
     let top = (&raw const trap_stack_top) as u64;
     hypercall::stack_switch(hypercall::FLAT_SS64, top)?;
-    hypercall::register_callback(hypercall::CALLBACKTYPE_EVENT, 0, xen_event_callback as *const () as u64)?;
+    hypercall::register_callback(hypercall::CALLBACKTYPE_EVENT, 0, xen_event_callback_addr())?;
     hypercall::register_callback(
         hypercall::CALLBACKTYPE_FAILSAFE,
         hypercall::CALLBACKF_MASK_EVENTS,
-        xen_failsafe_callback as *const () as u64,
+        xen_failsafe_callback_addr(),
     )?;
     Ok(())
 }

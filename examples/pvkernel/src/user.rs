@@ -308,6 +308,12 @@ pub fn init() -> Result<(), hypercall::XenError> {
     }
 }
 
+/// Xen's syscall callback entry (each vCPU registers it, an AP through its
+/// initial context).
+pub fn xen_syscall_entry_addr() -> u64 {
+    syscall_entry_xen as *const () as u64
+}
+
 /// A user task's CPU state. The address space it runs in is installed by
 /// the caller (`Mm::activate`, i.e. the backend's `write_cr3`) before
 /// [`UserTask::resume`]: this module never touches page-table roots.

@@ -139,6 +139,12 @@ impl PvMmuOps for Refusing {
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {
         self.inner.make_entry(pte)
     }
+    fn cpus(&self) -> &dyn pvops::Cpus {
+        self.inner.cpus()
+    }
+    fn flush_tlb_multi(&self, cpus: pvops::CpuMask, flush: pvops::Flush) -> Result<(), PvError> {
+        self.inner.flush_tlb_multi(cpus, flush)
+    }
     fn entry_value(&self, raw: u64) -> Pte {
         self.inner.entry_value(raw)
     }

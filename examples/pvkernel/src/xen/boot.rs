@@ -43,14 +43,42 @@ pub fn run() -> ! {
         p2m: &P2M,
         direct_map_base: directmap::DIRECT_MAP_BASE,
         boot_root,
-        cpus: &pvops::SingleCpu,
+        cpus: &crate::smp::CPUS,
     }));
     let handover = si.magic_str();
     match vm::boot(EntryKind::XenPv, handover, platform, mem, nr_frames, boot_root) {
         Ok(v) => {
             log::info!("xen: transport so far: {}", TRANSPORT.counts());
+            start_other_vcpus();
             workload::run(v)
         }
         Err(e) => panic!("memory management: {}", e),
+    }
+}
+
+/// Starts every vCPU Xen gave the domain and checks the event plumbing on
+/// vCPU 0 and, against every other online vCPU, the IPI and remote-flush
+/// plumbing (see `smp::xen::probe`). A vCPU that does not start is logged
+/// and left out; a failing check fails the run.
+fn start_other_vcpus() {
+    let n = crate::smp::bring_up(pvops::MAX_CPUS);
+    let me = crate::smp::this_cpu();
+    if let Err(e) = crate::smp::xen::probe::events(me) {
+        panic!("xen smp event masking: {e}");
+    }
+    let others = crate::smp::online().without(me);
+    if others.is_empty() {
+        log::info!("xen smp: one vCPU online, no cross-vCPU check");
+    }
+    for other in others.iter() {
+        match crate::smp::xen::probe::run(other) {
+            Ok(r) => log::info!(
+                "xen smp check vCPU {other}: ok ({n} vCPUs; stale reads seen before the MULTI flushes: {:?}; IPI round trip min {} us, mean {} us)",
+                r.stale,
+                r.ipi_min_ns / 1000,
+                r.ipi_mean_ns / 1000
+            ),
+            Err(e) => panic!("xen smp check on vCPU {other}: {e}"),
+        }
     }
 }

@@ -20,10 +20,38 @@ pub mod nr {
     pub const XEN_VERSION: u64 = 17;
     pub const VM_ASSIST: u64 = 21;
     pub const IRET: u64 = 23;
+    pub const VCPU_OP: u64 = 24;
+    pub const SET_SEGMENT_BASE: u64 = 25;
     pub const SCHED_OP: u64 = 29;
     pub const CALLBACK_OP: u64 = 30;
+    pub const EVENT_CHANNEL_OP: u64 = 32;
     pub const PHYSDEV_OP: u64 = 33;
 }
+
+/// Whether an `mmuext_op` command carries a vCPU bitmap in `arg2`
+/// (`TLB_FLUSH_MULTI`, `INVLPG_MULTI`: Xen reads `arg2.vcpumask`, a guest
+/// pointer to u64 words, xen/include/public/xen.h).
+pub const fn takes_vcpumask(cmd: u32) -> bool {
+    cmd == mmuext::TLB_FLUSH_MULTI || cmd == mmuext::INVLPG_MULTI
+}
+
+/// `vcpu_op` commands (xen/include/public/vcpu.h).
+pub mod vcpuop {
+    /// Set a vCPU's initial context (once: a second call is -EEXIST).
+    pub const INITIALISE: u64 = 0;
+    /// Let an initialised vCPU run.
+    pub const UP: u64 = 1;
+    /// Stop a vCPU (synchronous when it names the caller).
+    pub const DOWN: u64 = 2;
+    /// 1 if the vCPU runs, 0 if down, -ENOENT past the domain's last vCPU.
+    pub const IS_UP: u64 = 3;
+}
+
+/// `-ENOENT`: no such vCPU (`vcpu_op`).
+pub const ENOENT: i64 = -2;
+
+/// `SEGBASE_GS_KERNEL` (`set_segment_base`): the gs base in kernel mode.
+pub const SEGBASE_GS_KERNEL: u64 = 2;
 
 pub use pvops_xen64::abi::uvmf::{INVLPG as UVMF_INVLPG, NONE as UVMF_NONE};
 pub use pvops_xen64::abi::{mmuext, DOMID_SELF};
@@ -46,11 +74,13 @@ impl fmt::Display for XenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match -self.rc {
             1 => "EPERM",
+            2 => "ENOENT",
             3 => "ESRCH",
             12 => "ENOMEM",
             13 => "EACCES",
             14 => "EFAULT",
             16 => "EBUSY",
+            17 => "EEXIST",
             22 => "EINVAL",
             38 => "ENOSYS",
             95 => "EOPNOTSUPP",
@@ -258,4 +288,73 @@ pub fn version() -> (u32, u32) {
     // SAFETY: XENVER_version (0) takes no argument pointer.
     let v = unsafe { hypercall5(nr::XEN_VERSION, 0, 0, 0, 0, 0) } as u64;
     ((v >> 16) as u32 & 0xffff, v as u32 & 0xffff)
+}
+
+/// `SCHEDOP_block`: unmasks this vCPU's events and sleeps until one is
+/// pending (no lost wake-up: Xen checks for pending events after unmasking,
+/// `xen/common/sched/core.c` `vcpu_block_enable_events`). The event is
+/// delivered on the way back.
+pub fn sched_block() {
+    // SAFETY: SCHEDOP_block takes no argument.
+    unsafe {
+        hypercall5(nr::SCHED_OP, 1, 0, 0, 0, 0);
+    }
+}
+
+/// Any cheap hypercall: on its way back Xen delivers a pending, unmasked
+/// event (Linux `xen_force_evtchn_callback` uses `xen_version` too).
+pub fn force_event_delivery() {
+    let _ = version();
+}
+
+/// `vcpu_op(cmd, vcpu, arg)`: Xen's status (negative errno on error).
+///
+/// # Safety
+/// `arg` must point at the structure `cmd` reads (or be 0 where it takes
+/// none), live for the call.
+pub unsafe fn vcpu_op(cmd: u64, vcpu: u32, arg: u64) -> i64 {
+    // SAFETY: forwarded from the caller.
+    unsafe { hypercall5(nr::VCPU_OP, cmd, vcpu as u64, arg, 0, 0) }
+}
+
+/// `VCPUOP_is_up`: `Ok(true)` if `vcpu` runs, `Err` with -ENOENT past the
+/// domain's last vCPU (how dom0 counts its vCPUs; Linux
+/// `xen_filter_cpu_maps`).
+pub fn vcpu_is_up(vcpu: u32) -> Result<bool, XenError> {
+    // SAFETY: VCPUOP_is_up takes no argument.
+    let rc = unsafe { vcpu_op(vcpuop::IS_UP, vcpu, 0) };
+    check("vcpu_op(is_up)", rc).map(|r| r != 0)
+}
+
+/// `EVTCHNOP_bind_ipi`: a new port whose events always go to `vcpu`, sent
+/// by any vCPU of the domain.
+pub fn evtchn_bind_ipi(vcpu: u32) -> Result<u32, XenError> {
+    // struct evtchn_bind_ipi { uint32_t vcpu; evtchn_port_t port /* out */; }
+    let mut arg = [vcpu, 0u32];
+    // SAFETY: `arg` is a live, writable evtchn_bind_ipi.
+    let rc = unsafe { hypercall5(nr::EVENT_CHANNEL_OP, 7, arg.as_mut_ptr() as u64, 0, 0, 0) };
+    check("event_channel_op(bind_ipi)", rc).map(|_| arg[1])
+}
+
+/// `EVTCHNOP_send`: marks `port` pending and notifies its vCPU.
+pub fn evtchn_send(port: u32) -> Result<(), XenError> {
+    let arg: u32 = port;
+    // SAFETY: `arg` is a live evtchn_send.
+    let rc = unsafe { hypercall5(nr::EVENT_CHANNEL_OP, 4, (&raw const arg) as u64, 0, 0, 0) };
+    check("event_channel_op(send)", rc).map(|_| ())
+}
+
+/// `EVTCHNOP_close`.
+pub fn evtchn_close(port: u32) -> Result<(), XenError> {
+    let arg: u32 = port;
+    // SAFETY: `arg` is a live evtchn_close.
+    let rc = unsafe { hypercall5(nr::EVENT_CHANNEL_OP, 3, (&raw const arg) as u64, 0, 0, 0) };
+    check("event_channel_op(close)", rc).map(|_| ())
+}
+
+/// `set_segment_base(which, base)` for the calling vCPU.
+pub fn set_segment_base(which: u64, base: u64) -> Result<(), XenError> {
+    // SAFETY: scalar arguments only.
+    let rc = unsafe { hypercall5(nr::SET_SEGMENT_BASE, which, base, 0, 0, 0) };
+    check("set_segment_base", rc).map(|_| ())
 }

@@ -4,8 +4,10 @@ pub mod boot;
 pub mod hypercall;
 pub mod mmu;
 pub mod start_info;
+pub mod time;
 pub mod transport;
 pub mod typed;
+pub mod vcpu;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +62,8 @@ pub unsafe fn init(si: *const StartInfo) -> Result<&'static StartInfo, &'static 
         return Err("bad start_info magic");
     }
     START_INFO.store(si as *const _ as u64, Ordering::Release);
+    // Before anything asks which vCPU it runs on.
+    crate::smp::xen::init_boot_cpu();
     MFN_LIST.store(si.mfn_list, Ordering::Release);
     NR_PAGES.store(si.nr_pages, Ordering::Release);
     let r = region_from(si);
@@ -138,9 +142,17 @@ pub fn m2p_max_mfn() -> u64 {
     M2P_MAX_MFN.load(Ordering::Relaxed)
 }
 
+/// Whether `pfn`'s initial-region alias was removed. The lock is held with
+/// events masked: an IPI handler on this vCPU that walks tables must not
+/// spin on it.
+fn retired(pfn: u64) -> bool {
+    let _masked = pvops::EventsMasked::new(&crate::smp::CPUS);
+    RETIRED.lock().contains(pfn)
+}
+
 /// VA of `pfn` in Xen's initial region, if it is (still) mapped there.
 pub fn initial_va(pfn: u64) -> Option<u64> {
-    if pfn < REGION_END_PFN.load(Ordering::Relaxed) && !RETIRED.lock().contains(pfn) {
+    if pfn < REGION_END_PFN.load(Ordering::Relaxed) && !retired(pfn) {
         Some(VIRT_BASE + (pfn << 12))
     } else {
         None
@@ -171,6 +183,7 @@ pub fn retire_initial_aliases(ranges: &crate::memory::RangeList) -> Result<u64, 
             }
         }
         if r.start < end {
+            let _masked = pvops::EventsMasked::new(&crate::smp::CPUS);
             RETIRED
                 .lock()
                 .push(crate::memory::FrameRange { start: r.start, end })
@@ -207,13 +220,28 @@ pub fn shared_info_va() -> u64 {
     SHARED_INFO_MAPPED.load(Ordering::Acquire)
 }
 
-/// vCPU 0's virtual CR2 (`vcpu_info[0].arch.cr2`), 0 if shared_info is not
-/// mapped yet.
-pub fn vcpu0_cr2() -> u64 {
+/// `vcpu_info` slots in shared_info (`XEN_LEGACY_MAX_VCPUS`): vCPUs past
+/// them would need `VCPUOP_register_vcpu_info`, which this kernel does not do.
+pub const LEGACY_MAX_VCPUS: usize = 32;
+
+/// Offset of `evtchn_pending[64]` (u64 words) in shared_info.
+pub const SHINFO_EVTCHN_PENDING: u64 = 2048;
+/// Offset of `evtchn_mask[64]` (u64 words) in shared_info.
+pub const SHINFO_EVTCHN_MASK: u64 = 2560;
+
+/// VA of `shared_info.vcpu_info[vcpu]` (64 bytes: `evtchn_upcall_pending`
+/// u8 @0, `evtchn_upcall_mask` u8 @1, `evtchn_pending_sel` u64 @8,
+/// `arch.cr2` @16, `time` @32), if shared_info is mapped.
+pub fn vcpu_info_va(vcpu: usize) -> Option<u64> {
     let va = shared_info_va();
-    if va == 0 {
-        return 0;
-    }
-    // SAFETY: shared_info is mapped at `va`; vcpu_info[0].arch.cr2 is at +16.
-    unsafe { ((va + 16) as *const u64).read_volatile() }
+    (va != 0 && vcpu < LEGACY_MAX_VCPUS).then_some(va + (vcpu as u64) * 64)
+}
+
+/// The running vCPU's virtual CR2 (`vcpu_info[me].arch.cr2`: Xen writes the
+/// faulting address there for each vCPU), 0 if shared_info is not mapped
+/// yet.
+pub fn current_cr2() -> u64 {
+    let Some(vi) = vcpu_info_va(crate::smp::xen::this_cpu()) else { return 0 };
+    // SAFETY: shared_info is mapped; vcpu_info[me].arch.cr2 is at +16.
+    unsafe { ((vi + 16) as *const u64).read_volatile() }
 }

@@ -8,6 +8,16 @@
 //!   pointing at the call's records and at its own `done` slot, and reads
 //!   every entry's result back. Every trap is counted by kind, independently
 //!   of the backend's own statistics.
+//!
+//!   SMP: every argument buffer is the call's own (on its stack, on the heap
+//!   only past the batch's fixed capacity) and the counters are atomics, so
+//!   vCPUs may trap through it at once, and an event handler may too in
+//!   the middle of an interrupted call: nothing is shared to lock.
+//!   `MMUEXT_TLB_FLUSH_MULTI`/`INVLPG_MULTI` records carry their vCPU bitmap
+//!   as a value in `arg2` (the typed record); Xen reads `arg2.vcpumask` as a
+//!   guest pointer to u64 words (xen/include/public/xen.h,
+//!   xen/arch/x86/mm.c `vcpumask_to_pcpumask`), so each such record goes out
+//!   as a copy pointing at a word of the call's own that holds the bitmap.
 //! * [`XenP2m`]: `pvops_xen64::P2m` over `start_info.mfn_list` (p2m) and
 //!   Xen's read-only M2P (with the p2m round trip as a check).
 
@@ -16,7 +26,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::{Mfn, Pfn};
-use pvops_xen64::abi::{Call, DOMID_SELF};
+use pvops_xen64::abi::{Call, MmuextOp, DOMID_SELF};
 use pvops_xen64::{HypercallTransport, Outcome, P2m};
 
 use super::hypercall::{self, MulticallEntry};
@@ -103,14 +113,67 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The arguments of `call` as Xen reads them, `done` pointing at `*done`.
-fn args(call: &Call<'_>, done: *mut u32) -> [u64; 5] {
+/// The arguments of `call` as Xen reads them, `done` pointing at `*done`;
+/// `ext` replaces an `mmuext_op` call's record array (its marshalled copy).
+fn args(call: &Call<'_>, done: *mut u32, ext: Option<*const MmuextOp>) -> [u64; 5] {
     match *call {
         Call::MmuUpdate(reqs) => [reqs.as_ptr() as u64, reqs.len() as u64, done as u64, DOMID_SELF, 0],
-        Call::MmuextOp(ops) => [ops.as_ptr() as u64, ops.len() as u64, done as u64, DOMID_SELF, 0],
+        Call::MmuextOp(ops) => {
+            let p = ext.unwrap_or(ops.as_ptr());
+            [p as u64, ops.len() as u64, done as u64, DOMID_SELF, 0]
+        }
         Call::UpdateVaMapping { va, val, flags } => [va, val, flags, 0, 0],
     }
 }
+
+/// The `mmuext_op` records of `call` if any of them carries a vCPU bitmap
+/// (they must be marshalled, see [`marshal_ext`]).
+fn ext_needing_marshal<'a>(call: &Call<'a>) -> Option<&'a [MmuextOp]> {
+    match *call {
+        Call::MmuextOp(ops) if ops.iter().any(|o| hypercall::takes_vcpumask(o.cmd)) => Some(ops),
+        _ => None,
+    }
+}
+
+/// Copies `ops` into `copy`; a record taking a vCPU bitmap gets the
+/// address of its `masks` word, which receives the bitmap value. `copy` and
+/// `masks` must stay where they are until Xen has read them.
+fn marshal_ext(ops: &[MmuextOp], copy: &mut [MmuextOp], masks: &mut [u64]) {
+    for ((op, c), m) in ops.iter().zip(copy.iter_mut()).zip(masks.iter_mut()) {
+        *c = *op;
+        if hypercall::takes_vcpumask(op.cmd) {
+            *m = op.arg2;
+            c.arg2 = (m as *const u64) as u64;
+        }
+    }
+}
+
+/// A call's argument buffer: `N` elements inline (on the caller's stack),
+/// the heap only beyond (a batch past its fixed capacity: pins).
+struct Scratch<T: Copy, const N: usize> {
+    inline: [T; N],
+    heap: Vec<T>,
+    len: usize,
+}
+
+impl<T: Copy, const N: usize> Scratch<T, N> {
+    fn new(len: usize, fill: T) -> Self {
+        let heap = if len > N { vec![fill; len] } else { Vec::new() };
+        Scratch { inline: [fill; N], heap, len }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        if self.len > N {
+            &mut self.heap[..]
+        } else {
+            &mut self.inline[..self.len]
+        }
+    }
+}
+
+/// Records per call marshalled inline (a batch holds at most
+/// `MAX_ARG_BYTES / 24` = 21 `mmuext_op` records; a lone flush has 1).
+const INLINE_EXT: usize = 24;
 
 /// Xen's `done` for an array call, or 1/0 for `update_va_mapping`.
 fn outcome(call: &Call<'_>, status: i64, done: u32) -> Outcome {
@@ -174,10 +237,19 @@ const NOT_RUN_RESULT: u64 = Outcome::NOT_RUN.status as u64;
 impl HypercallTransport for HypercallPage {
     fn call(&self, call: &Call<'_>) -> Outcome {
         let mut done: u32 = 0;
-        let a = args(call, &raw mut done);
+        let ext = ext_needing_marshal(call);
+        let n = ext.map_or(0, <[MmuextOp]>::len);
+        let mut copy = Scratch::<MmuextOp, INLINE_EXT>::new(n, MmuextOp::default());
+        let mut masks = Scratch::<u64, INLINE_EXT>::new(n, 0);
+        let copy = copy.as_mut_slice();
+        if let Some(ops) = ext {
+            marshal_ext(ops, copy, masks.as_mut_slice());
+        }
+        let a = args(call, &raw mut done, ext.map(|_| copy.as_ptr()));
         // SAFETY: the arguments are those of `call`'s hypercall: pointers to
         // its record array (live for the duration of `call`, laid out as
-        // Xen's `mmu_update`/`mmuext_op`, 16/24 bytes) and to `done`, a live
+        // Xen's `mmu_update`/`mmuext_op`, 16/24 bytes) or to its marshalled
+        // copy and bitmap words (locals of this frame), and to `done`, a live
         // u32 on this stack; update_va_mapping takes scalars only.
         let rc = unsafe { hypercall::hypercall5(call.number(), a[0], a[1], a[2], a[3], a[4]) };
         match call {
@@ -196,11 +268,25 @@ impl HypercallTransport for HypercallPage {
         if calls.len() != outcomes.len() {
             return -22;
         }
-        // Both vectors are sized once: the entries point into `dones`.
-        let mut dones: Vec<u32> = vec![0; calls.len()];
-        let mut entries: Vec<MulticallEntry> = vec![MulticallEntry::default(); calls.len()];
+        // Every buffer is sized once: the entries point into `dones` and
+        // into the marshalled records, which point into `masks`.
+        let n = calls.len();
+        let mut dones = Scratch::<u32, { pvops_xen64::MAX_ENTRIES }>::new(n, 0);
+        let mut entries = Scratch::<MulticallEntry, { pvops_xen64::MAX_ENTRIES }>::new(n, MulticallEntry::default());
+        let n_ext: usize = calls.iter().filter_map(ext_needing_marshal).map(<[MmuextOp]>::len).sum();
+        let mut copy = Scratch::<MmuextOp, INLINE_EXT>::new(n_ext, MmuextOp::default());
+        let mut masks = Scratch::<u64, INLINE_EXT>::new(n_ext, 0);
+        let (dones, entries) = (dones.as_mut_slice(), entries.as_mut_slice());
+        let (copy, masks) = (copy.as_mut_slice(), masks.as_mut_slice());
+        let mut off = 0;
         for (i, (call, entry)) in calls.iter().zip(entries.iter_mut()).enumerate() {
-            let a = args(call, dones.as_mut_ptr().wrapping_add(i));
+            let ext = ext_needing_marshal(call).map(|ops| {
+                let (c, m) = (&mut copy[off..off + ops.len()], &mut masks[off..off + ops.len()]);
+                marshal_ext(ops, c, m);
+                off += ops.len();
+                c.as_ptr()
+            });
+            let a = args(call, dones.as_mut_ptr().wrapping_add(i), ext);
             entry.op = call.number();
             entry.args[..5].copy_from_slice(&a);
             // Xen writes `result` only for entries it ran (do_multicall stops
@@ -209,9 +295,10 @@ impl HypercallTransport for HypercallPage {
             entry.result = NOT_RUN_RESULT;
         }
         // SAFETY: every entry's pointers name live memory of the right
-        // layout: the calls' record arrays (borrowed for this call) and the
-        // `dones` slots, which are not moved or resized until after it.
-        let rc = unsafe { hypercall::multicall(&mut entries) };
+        // layout: the calls' record arrays (borrowed for this call), their
+        // marshalled copies and bitmap words, and the `dones` slots, none of
+        // which is moved or resized until after it.
+        let rc = unsafe { hypercall::multicall(entries) };
         bump(&self.multicall, 1);
         bump(&self.multicall_entries, calls.len() as u64);
         for (i, call) in calls.iter().enumerate() {
