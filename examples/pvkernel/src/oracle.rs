@@ -34,6 +34,7 @@
 
 use core::arch::global_asm;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::pte::flags;
 use pvops::{Pfn, PvError, VirtAddr};
@@ -311,5 +312,30 @@ impl pvops_conformance::Machine for KernelOracle {
 
     fn kernel_access(&self, va: u64, write: bool) -> Option<Pfn> {
         self.walk(Self::kernel_root()?, va, write)
+    }
+
+    /// Real code on `cpu` reads the word: here directly, elsewhere in that
+    /// CPU's cross-call handler, through its own TLB.
+    fn read_on(&self, cpu: usize, va: u64) -> Option<u64> {
+        static SEEN: AtomicU64 = AtomicU64::new(0);
+        // SAFETY: the conformance contract (`Machine::read_on`): `va` is
+        // mapped, readable by the kernel, in the space loaded on `cpu` when
+        // a case asks; a guest kernel may read user pages (on Xen PV the
+        // kernel pgd maps the user half).
+        let read = || unsafe { core::ptr::read_volatile(va as *const u64) };
+        if cpu == crate::smp::this_cpu() {
+            return Some(read());
+        }
+        let asked = pvops::Cpus::call_on(&crate::smp::CPUS, pvops::CpuMask::one(cpu), &|| {
+            SEEN.store(read(), Ordering::SeqCst);
+            Ok(())
+        });
+        match asked {
+            Ok(()) => Some(SEEN.load(Ordering::SeqCst)),
+            Err(e) => {
+                kprintln!("oracle: cannot read {va:#x} on CPU {cpu}: {e}");
+                None
+            }
+        }
     }
 }

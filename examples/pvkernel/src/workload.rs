@@ -170,6 +170,15 @@ pub fn run(v: Vm) -> ! {
         }
     });
     kprintln!("conformance {}: {}/{} passed ({})", backend, summary.passed, summary.total, oracle.describe());
+    // 1b. The SMP conformance cases, driven through cross-calls, where 2+ CPUs are online.
+    let smp_conformance = (crate::smp::online().count() >= 2).then(|| {
+        let s = pvops_conformance::run_smp(&env, &mut |case, r| match r {
+            Ok(()) => kprintln!("  smp conformance {}: ok", case.name),
+            Err(why) => kprintln!("  FAIL smp conformance {} {}: {}", backend, case.name, why),
+        });
+        kprintln!("smp conformance {}: {}/{} passed", backend, s.passed, s.total);
+        s
+    });
 
     // 2. The fixed hypercall-count workload, counted at the seams.
     let (demo_stats, demo_seams) = (v.ops.stats(), SeamCounts::now());
@@ -219,7 +228,15 @@ pub fn run(v: Vm) -> ! {
     // 3b. The concurrent cases, on CPU 0 and the next CPU online.
     let cpus = crate::smp::online();
     let smp = match cpus.without(0).iter().next() {
-        Some(other) => Some(crate::smp_cases::run_all(&v, other)),
+        Some(other) => {
+            // The concurrent cases and the SMP conformance cases (step 1b) together.
+            let mut s = crate::smp_cases::run_all(&v, other);
+            if let Some(c) = smp_conformance {
+                s.passed += c.passed as u32;
+                s.run += c.total as u32;
+            }
+            Some(s)
+        }
         None => {
             kprintln!("smp cases: skipped (1 CPU online)");
             None
