@@ -104,7 +104,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     let platform: &'static pvops_native::NativePlatform = Box::leak(Box::new(pvops_native::NativePlatform {
         mem: seams::count_backend_stores(mem),
         cpu: sabotage::native_cpu(&CPU),
-        cpus: &smp::CPUS,
+        cpus: sabotage::backend_cpus(),
     }));
     let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
     let handover = "hvm_start_info 0x336ec578";

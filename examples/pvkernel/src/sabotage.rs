@@ -17,6 +17,9 @@
 //!   calling CPU (the SMP stale-TLB case must see it).
 //! * `no-multi-flush` (Xen): `MMUEXT_TLB_FLUSH_MULTI`/`INVLPG_MULTI` keep
 //!   only the calling vCPU in their mask: remote flushes never happen.
+//! * `no-event-masking`: the backends' `Cpus` seam never masks events, so
+//!   a cross-call handler can run inside a backend call or an open batch
+//!   (the SMP case `ipi_during_batches` must see it on Xen).
 //! * `no-ap-startup`: natively the APs get INIT but never STARTUP, so they
 //!   stay down; the kernel carries on with one CPU and says so (`cpus=1`).
 //!
@@ -222,6 +225,46 @@ pub fn native_cpu(real: &'static dyn pvops_native::NativeCpu) -> &'static dyn pv
     }
     #[cfg(not(feature = "no-tlb-flush"))]
     real
+}
+
+/// The CPUs the backends get: the kernel's, or (`no-event-masking`) the
+/// same with `mask_events`/`restore_events` doing nothing.
+pub fn backend_cpus() -> &'static dyn pvops::Cpus {
+    #[cfg(feature = "no-event-masking")]
+    {
+        log::warn!("sabotage: the backends' event masking does nothing");
+        &NoMasking
+    }
+    #[cfg(not(feature = "no-event-masking"))]
+    &crate::smp::CPUS
+}
+
+/// `no-event-masking`: the kernel's CPUs, except that masking is a no-op.
+#[cfg(feature = "no-event-masking")]
+struct NoMasking;
+
+#[cfg(feature = "no-event-masking")]
+impl pvops::Cpus for NoMasking {
+    fn this_cpu(&self) -> usize {
+        crate::smp::this_cpu()
+    }
+    fn online(&self) -> pvops::CpuMask {
+        crate::smp::online()
+    }
+    fn mask_events(&self) -> bool {
+        false
+    }
+    fn restore_events(&self, _was_masked: bool) {}
+    fn call_on(
+        &self,
+        cpus: pvops::CpuMask,
+        f: &(dyn Fn() -> Result<(), pvops::PvError> + Sync),
+    ) -> Result<(), pvops::PvError> {
+        pvops::Cpus::call_on(&crate::smp::CPUS, cpus, f)
+    }
+    fn relax(&self) {
+        pvops::Cpus::relax(&crate::smp::CPUS)
+    }
 }
 
 /// `no-lazy-batching`: every method forwards, but lazy-MMU sections do nothing.

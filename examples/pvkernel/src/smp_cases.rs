@@ -28,6 +28,14 @@
 //!    each CPU's loaded root is what it last activated, as the backend
 //!    (`read_cr3`) and the hardware (cr3) say on that CPU; on Xen, Xen must
 //!    hold the user pgd of each space a vCPU ended on as a loaded base.
+//! f. `ipi_during_batches`: the AP maps and unmaps in a loop (every map and
+//!    unmap is a backend batch, on Xen a multicall built over several
+//!    calls inside a lazy section) while CPU 0 cross-calls it again and
+//!    again; each cross-call's handler flushes the TLB through the backend.
+//!    The handler must never land inside a backend call (`Reentered`) or
+//!    inside the AP's open batch: on Xen its flush must have been issued by
+//!    the time it returns (the vCPUs' published hypercall count grew). Holds
+//!    only if the backend masks events while the batch is open.
 //! e. `call_errors`: a cross-call to an offline CPU is `CpuOffline` naming
 //!    it; one to a CPU that spins with events masked is `CpuTimeout` naming
 //!    it after the bounded wait, and its function never runs (the request
@@ -191,11 +199,12 @@ pub fn run_all(v: &Vm, cpu: usize) -> Summary {
     cpus.restore_events(false);
     let mut s = Summary::default();
     type Case = fn(&Vm, &Agent) -> Result<(bool, alloc::string::String), PvError>;
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 6] = [
         ("shootdown", shootdown),
         ("lazy_exit", lazy_exit),
         ("concurrent_map", concurrent_map),
         ("switch_storm", switch_storm),
+        ("ipi_during_batches", ipi_during_batches),
         ("call_errors", call_errors),
     ];
     for (name, case) in cases {
@@ -436,6 +445,79 @@ fn concurrent_map(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String)
         ok,
         alloc::format!(
             "{total} pages mapped by 2 CPUs at once ({failed0}+{failed1} maps failed); wrong through CPU 0: {wrong0}, through CPU {}: {wrong1}",
+            agent.cpu
+        ),
+    ))
+}
+
+/// Case f (see the module docs).
+fn ipi_during_batches(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvError> {
+    const CALLS: u64 = 200;
+    const BASE: u64 = 0x80_0000;
+    let (mm, ops) = (v.mm, v.ops);
+    let space = mm.create()?;
+    let stop = AtomicBool::new(false);
+    let (rounds, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (refused, queued, handled) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let xen = crate::platform::is_xen();
+    // The AP's work: batches, back to back, until CPU 0 has sent its
+    // cross-calls (bound to a local: it outlives `wait`).
+    let task = || {
+        let fail = |r: Result<(), PvError>| {
+            if r.is_err() {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        fail(mm.activate(&space));
+        let mut i = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            let va = BASE + (i % 64) * 0x1000 + ((i % 3) << 30);
+            fail(mm.map(&space, va, PageFlags::DATA).and_then(|_| mm.unmap(&space, va)));
+            i += 1;
+            // A scheduling point: under QEMU's round-robin TCG `pause` ends
+            // this vCPU's turn, so CPU 0 sees each answer at once instead of
+            // after a whole time slice.
+            core::hint::spin_loop();
+        }
+        rounds.store(i, Ordering::Relaxed);
+        fail(mm.activate_init());
+        0
+    };
+    // Runs on the AP, in its cross-call handler.
+    let handler = || {
+        handled.fetch_add(1, Ordering::Relaxed);
+        let before = ops.stats().hypercalls;
+        match ops.flush_tlb_all() {
+            Err(_) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(()) if xen && ops.stats().hypercalls == before => {
+                queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(()) => {}
+        }
+        Ok(())
+    };
+    // SAFETY: `task` is a local that lives past the `wait` below.
+    unsafe { agent.post(&task) };
+    let mut call_failures = 0u64;
+    for _ in 0..CALLS {
+        if smp::CPUS.call_on(pvops::CpuMask::one(agent.cpu), &handler).is_err() {
+            call_failures += 1;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    agent.wait();
+    let gone = mm.exit(space).map_err(|(e, _)| e);
+    gone?;
+    let (refused, queued, handled) =
+        (refused.load(Ordering::Relaxed), queued.load(Ordering::Relaxed), handled.load(Ordering::Relaxed));
+    let (rounds, failed) = (rounds.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let ok = failed == 0 && refused == 0 && queued == 0 && handled == CALLS && call_failures == 0 && rounds >= 10;
+    Ok((
+        ok,
+        alloc::format!(
+            "{rounds} map+unmap batches on CPU {} ({failed} failed) under {CALLS} cross-calls ({handled} handled, {call_failures} failed); the handler's flush refused as a re-entry {refused}, queued into an open batch {queued}",
             agent.cpu
         ),
     ))

@@ -43,7 +43,7 @@ pub fn run() -> ! {
         p2m: &P2M,
         direct_map_base: directmap::DIRECT_MAP_BASE,
         boot_root,
-        cpus: &crate::smp::CPUS,
+        cpus: crate::sabotage::backend_cpus(),
     }));
     let handover = si.magic_str();
     match vm::boot(EntryKind::XenPv, handover, platform, mem, nr_frames, boot_root) {
