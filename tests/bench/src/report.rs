@@ -10,6 +10,7 @@ use crate::economy::{self, Row};
 use crate::memory::{self, Memory};
 use crate::overhead::{self, Overhead};
 use crate::scaling::{self, Run, PHASES};
+use crate::smp::{self, SmpRow};
 use crate::{cg, linux};
 
 /// What to run.
@@ -51,6 +52,8 @@ pub struct Results {
     pub memory: Memory,
     /// Target 3.
     pub scaling: Vec<Run>,
+    /// SMP: remote flushes on the 2-vCPU models.
+    pub smp: Vec<SmpRow>,
     /// Wall-clock seconds of the whole run (for planning, not a result).
     pub seconds: f64,
 }
@@ -78,6 +81,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
     let start = Instant::now();
     let economy = economy::measure()?;
     let memory = memory::measure()?;
+    let smp = smp::measure()?;
     let vg = cg::ensure_valgrind();
     let valgrind = vg.as_ref().map(|p| command_line(&p.to_string_lossy(), &["--version"]));
     let work = std::env::temp_dir().join(format!("pvops-bench-{}", std::process::id()));
@@ -121,6 +125,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
         economy,
         memory,
         scaling: Vec::new(),
+        smp,
         seconds: 0.0,
     };
     for o in outcomes {
@@ -695,12 +700,15 @@ pub fn markdown(r: &Results) -> String {
         pvops_xen64::MAX_ARG_BYTES
     );
 
+    let _ = write!(w, "{}", smp::markdown(&r.smp));
+
     // How.
     let _ = writeln!(w, "## Reproduce\n");
     let _ = writeln!(
         w,
         "```sh\n\
          cargo xtask bench                                          # this report (docs/PERFORMANCE.md, docs/scaling.svg)\n\
+         cargo xtask bench --smp                                    # only the SMP section, rewritten in place (no Valgrind)\n\
          cargo run --release -p pvops-bench --bin pvops-bench-report  # the same, directly\n\
          cargo bench -p pvops-bench                                 # the same tables on stdout, nothing written\n\
          cargo test -p pvops-bench                                  # the counting harness's exact check\n\
