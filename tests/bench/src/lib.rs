@@ -11,6 +11,9 @@
 //!    `mmu_pv.c` ([`linux`]);
 //! 3. [`scaling`] — cost per page as address spaces grow, and [`memory`].
 //!
+//! And [`smp`] (issue 12): hypercalls and IPIs per remote TLB flush on the
+//! 2-vCPU models, beside Linux (`--smp` renders only that section).
+//!
 //! [`report`] runs them all and writes `docs/PERFORMANCE.md` and
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
 #![warn(missing_docs)]

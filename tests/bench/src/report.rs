@@ -693,11 +693,23 @@ pub fn markdown(r: &Results) -> String {
          (`create` takes {} frame(s) on xen64 against {} natively, at every size; `map` the same \
          frames on both). Its batch buffers — `mmu_update` records ({} B of arguments), `mmuext_op` \
          records, entry and callback vectors, allocated once with their final capacity — belong to \
-         the backend (Linux: one set per CPU, ≈ 3 KiB), not to address spaces: after many \
-         address-space lives the backend holds the same heap as when it was built.\n",
+         the backend (Linux: one set per CPU, ≈ 3 KiB), not to address spaces: {}.\n",
         fc("xen64"),
         fc("native"),
-        pvops_xen64::MAX_ARG_BYTES
+        pvops_xen64::MAX_ARG_BYTES,
+        if !m.counted {
+            "heap not counted in this run".to_string()
+        } else if m.xen_heap_after_use == m.xen_heap {
+            "after many address-space lives the backend holds the same heap as when it was built".to_string()
+        } else {
+            format!(
+                "after {} address-space lives the backend holds {} B against {} B when it was built ({:+} B)",
+                memory::LIVES,
+                m.xen_heap_after_use,
+                m.xen_heap,
+                m.xen_heap_after_use - m.xen_heap
+            )
+        }
     );
 
     let _ = write!(w, "{}", smp::markdown(&r.smp));
