@@ -11,6 +11,9 @@
 //!    `mmu_pv.c` ([`linux`]);
 //! 3. [`scaling`] — cost per page as address spaces grow, and [`memory`].
 //!
+//! And [`smp`] (issue 12): hypercalls and IPIs per remote TLB flush on the
+//! 2-vCPU models, beside Linux (`--smp` renders only that section).
+//!
 //! [`report`] runs them all and writes `docs/PERFORMANCE.md` and
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
 #![warn(missing_docs)]
@@ -23,6 +26,7 @@ pub mod memory;
 pub mod overhead;
 pub mod report;
 pub mod scaling;
+pub mod smp;
 
 /// Counts heap use (see [`memory`]); forwards to the system allocator.
 #[global_allocator]
@@ -45,10 +49,13 @@ pub fn child_main(args: &[String]) -> Result<(), String> {
 struct Cli {
     opts: report::Options,
     out: Option<std::path::PathBuf>,
+    /// Only the SMP section (`--smp`), spliced into the existing document.
+    smp_only: bool,
 }
 
 fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
-    let mut cli = Cli { opts: report::Options::default(), out: write_by_default.then(report::docs_dir) };
+    let mut cli =
+        Cli { opts: report::Options::default(), out: write_by_default.then(report::docs_dir), smp_only: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -58,11 +65,13 @@ fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
             "--jobs" => cli.opts.jobs = value(a)?.parse().map_err(|e| format!("--jobs: {e}"))?,
             "--out" => cli.out = Some(value(a)?.into()),
             "--no-write" => cli.out = None,
+            "--smp" => cli.smp_only = true,
             // What `cargo bench` passes to a harness-less bench; filters are not supported.
             "--bench" => {}
             "-h" | "--help" => {
                 return Err(
-                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--out DIR | --no-write]".into()
+                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--smp] [--out DIR | --no-write]"
+                        .into(),
                 )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -91,6 +100,15 @@ pub fn main(write_by_default: bool) -> i32 {
             return 2;
         }
     };
+    if cli.smp_only {
+        return match smp_only(cli.out.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pvops-bench: {e}");
+                1
+            }
+        };
+    }
     let results = match report::run_all(&cli.opts) {
         Ok(r) => r,
         Err(e) => {
@@ -111,6 +129,20 @@ pub fn main(write_by_default: bool) -> i32 {
         None => println!("{md}"),
     }
     0
+}
+
+/// `--smp`: measures only the SMP section and rewrites it in
+/// `dir/PERFORMANCE.md` (between its markers), leaving the rest as it was.
+fn smp_only(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let section = smp::markdown(&smp::measure()?);
+    println!("{section}");
+    if let Some(dir) = dir {
+        let path = dir.join("PERFORMANCE.md");
+        let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, smp::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("pvops-bench: rewrote the SMP section of {}", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

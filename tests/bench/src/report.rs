@@ -10,6 +10,7 @@ use crate::economy::{self, Row};
 use crate::memory::{self, Memory};
 use crate::overhead::{self, Overhead};
 use crate::scaling::{self, Run, PHASES};
+use crate::smp::{self, SmpRow};
 use crate::{cg, linux};
 
 /// What to run.
@@ -51,6 +52,8 @@ pub struct Results {
     pub memory: Memory,
     /// Target 3.
     pub scaling: Vec<Run>,
+    /// SMP: remote flushes on the 2-vCPU models.
+    pub smp: Vec<SmpRow>,
     /// Wall-clock seconds of the whole run (for planning, not a result).
     pub seconds: f64,
 }
@@ -78,6 +81,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
     let start = Instant::now();
     let economy = economy::measure()?;
     let memory = memory::measure()?;
+    let smp = smp::measure()?;
     let vg = cg::ensure_valgrind();
     let valgrind = vg.as_ref().map(|p| command_line(&p.to_string_lossy(), &["--version"]));
     let work = std::env::temp_dir().join(format!("pvops-bench-{}", std::process::id()));
@@ -121,6 +125,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
         economy,
         memory,
         scaling: Vec::new(),
+        smp,
         seconds: 0.0,
     };
     for o in outcomes {
@@ -688,12 +693,26 @@ pub fn markdown(r: &Results) -> String {
          (`create` takes {} frame(s) on xen64 against {} natively, at every size; `map` the same \
          frames on both). Its batch buffers — `mmu_update` records ({} B of arguments), `mmuext_op` \
          records, entry and callback vectors, allocated once with their final capacity — belong to \
-         the backend (Linux: one set per CPU, ≈ 3 KiB), not to address spaces: after many \
-         address-space lives the backend holds the same heap as when it was built.\n",
+         the backend (Linux: one set per CPU, ≈ 3 KiB), not to address spaces: {}.\n",
         fc("xen64"),
         fc("native"),
-        pvops_xen64::MAX_ARG_BYTES
+        pvops_xen64::MAX_ARG_BYTES,
+        if !m.counted {
+            "heap not counted in this run".to_string()
+        } else if m.xen_heap_after_use == m.xen_heap {
+            "after many address-space lives the backend holds the same heap as when it was built".to_string()
+        } else {
+            format!(
+                "after {} address-space lives the backend holds {} B against {} B when it was built ({:+} B)",
+                memory::LIVES,
+                m.xen_heap_after_use,
+                m.xen_heap,
+                m.xen_heap_after_use - m.xen_heap
+            )
+        }
     );
+
+    let _ = write!(w, "{}", smp::markdown(&r.smp));
 
     // How.
     let _ = writeln!(w, "## Reproduce\n");
@@ -701,6 +720,7 @@ pub fn markdown(r: &Results) -> String {
         w,
         "```sh\n\
          cargo xtask bench                                          # this report (docs/PERFORMANCE.md, docs/scaling.svg)\n\
+         cargo xtask bench --smp                                    # only the SMP section, rewritten in place (no Valgrind)\n\
          cargo run --release -p pvops-bench --bin pvops-bench-report  # the same, directly\n\
          cargo bench -p pvops-bench                                 # the same tables on stdout, nothing written\n\
          cargo test -p pvops-bench                                  # the counting harness's exact check\n\
