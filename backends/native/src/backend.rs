@@ -113,9 +113,9 @@ impl PvMmuOps for NativeBackend {
     fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         let me = self.cpus.this_cpu();
         let slot = self.roots.get(me).ok_or(PvError::CpuOffline { cpu: me })?;
-        // Masked: a cross-call between the two must not see a root that
-        // the record does not (a spurious RootInUse elsewhere).
-        let _masked = pvops::EventsMasked::new(self.cpus);
+        // The record follows the load: until it does, another CPU checking
+        // the old root sees it still loaded here (a spurious RootInUse, the
+        // safe direction), never the new one unloaded.
         self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
         slot.store(pgd.0, Ordering::Release);
         Ok(())

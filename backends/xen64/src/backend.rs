@@ -1,6 +1,7 @@
 //! The backend value, its lock-protected state, and the `PvMmuOps` impl that
 //! dispatches each hook to the module named after its Xen concept.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -139,7 +140,8 @@ impl Cx<'_> {
 /// Linux starts it on `swapper_pg_dir` (`arch/x86/xen/smp_pv.c`).
 pub struct XenBackend {
     platform: XenPlatform,
-    vcpus: Vec<spin::Mutex<Option<State>>>,
+    /// Boxed: only the vCPUs that call get a batch's buffers.
+    vcpus: Vec<spin::Mutex<Option<Box<State>>>>,
     roots: Vec<AtomicU64>,
     /// Each vCPU's counters (`OpStats` then `FlushCounts`), published at the
     /// end of each of its calls.
@@ -193,11 +195,13 @@ impl XenBackend {
         };
         let boot_root = self.platform.boot_root;
         let mem = self.platform.mem;
-        let st = guard.get_or_insert_with(|| State {
-            batch: Batch::new(boot_root, mem),
-            lazy: Vec::new(),
-            boot_root,
-            events_were_masked: false,
+        let st = guard.get_or_insert_with(|| {
+            Box::new(State {
+                batch: Batch::new(boot_root, mem),
+                lazy: Vec::new(),
+                boot_root,
+                events_were_masked: false,
+            })
         });
         let opened = st.lazy.is_empty();
         let mark = st.batch.mark();
