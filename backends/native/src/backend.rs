@@ -39,6 +39,16 @@ impl NativeBackend {
         NativeBackend { cpus, ..self }
     }
 
+    /// Records `pgd` as this CPU's root (`Cpus::this_cpu` is `< MAX_CPUS`
+    /// by contract; a CPU beyond it is simply not recorded). Out of line:
+    /// the switch's fast path stays a store to cr3 and one call.
+    #[inline(never)]
+    fn record_root(&self, pgd: Pfn) {
+        if let Some(slot) = self.roots.get(self.cpus.this_cpu()) {
+            slot.store(pgd.0, Ordering::Release);
+        }
+    }
+
     /// Another online CPU that last loaded `pgd`, if any.
     fn loaded_elsewhere(&self, pgd: Pfn) -> Option<usize> {
         let me = self.cpus.this_cpu();
@@ -111,13 +121,11 @@ impl PvMmuOps for NativeBackend {
 
     #[inline]
     fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-        let me = self.cpus.this_cpu();
-        let slot = self.roots.get(me).ok_or(PvError::CpuOffline { cpu: me })?;
+        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
         // The record follows the load: until it does, another CPU checking
         // the old root sees it still loaded here (a spurious RootInUse, the
         // safe direction), never the new one unloaded.
-        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
-        slot.store(pgd.0, Ordering::Release);
+        self.record_root(pgd);
         Ok(())
     }
 
