@@ -45,3 +45,51 @@ fn a_range_past_user_space_is_refused_and_changes_nothing() {
     assert!(mm.translate(&s, VA).unwrap().is_some(), "nothing changed");
     mm.exit(s).map_err(|(e, _)| e).unwrap();
 }
+
+/// Nothing mapped in the range: nothing to clear, nothing to flush.
+#[test]
+fn an_empty_range_costs_no_hypercall() {
+    let (model, b) = boot_xen64(1024);
+    let mm = b.mm;
+    let s = mm.create().unwrap();
+    mm.map(&s, VA, PageFlags::DATA).unwrap();
+    mm.activate(&s).unwrap();
+    model.reset_counters();
+    assert_eq!(mm.unmap_range(&s, VA + 0x10_0000, 16).unwrap(), 0);
+    assert_eq!(model.counters().hypercalls, 0, "{:?}", model.counters());
+    mm.activate_init().unwrap();
+    mm.exit(s).map_err(|(e, _)| e).unwrap();
+}
+
+/// The batch's clears ran but its flush never did (the multicall stopped
+/// before that entry): the pages are unmapped, and their frames are freed
+/// only after a second, full flush — never while the TLB still holds them.
+#[test]
+fn a_range_whose_flush_never_ran_is_flushed_again_before_its_frames_are_freed() {
+    use pvops_integration::platform::{assert_invariants, boot_builtin_backends};
+    use pvops_xen64::abi::errno;
+    let (name, host, booted) = boot_builtin_backends().into_iter().find(|p| p.0 == "xen64").expect("xen64");
+    let model = host.xen.expect("xen model");
+    let mm = booted.mm;
+    let s = mm.create().unwrap();
+    for i in 0..3 {
+        mm.map(&s, VA + i * 0x1000, PageFlags::DATA).unwrap();
+    }
+    mm.activate(&s).unwrap();
+    for i in 0..3 {
+        assert!(host.oracle.user_access(VA + i * 0x1000, true).is_some(), "the TLB caches page {i}");
+    }
+    let free = booted.frames.free_frames();
+    // Entry 0: the three clears; entry 1: the flush, which never runs.
+    model.inject_multicall_failure(0, 1, -errno::EFAULT);
+    let r = mm.unmap_range(&s, VA, 3);
+    model.clear_injections();
+    assert!(r.is_err(), "the flush's failure is reported: {r:?}");
+    assert_invariants(name, &host, &booted, "after the failed range");
+    for i in 0..3 {
+        assert_eq!(host.oracle.user_access(VA + i * 0x1000, false), None, "page {i} still reachable");
+    }
+    assert_eq!(booted.frames.free_frames(), free + 3, "freed after the second flush");
+    mm.activate_init().unwrap();
+    mm.exit(s).map_err(|(e, _)| e).unwrap();
+}
