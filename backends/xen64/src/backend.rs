@@ -294,18 +294,6 @@ impl XenBackend {
     pub fn boot_root(&self) -> Pfn {
         self.platform.boot_root
     }
-
-    /// The vCPUs that have `pgd` loaded as their kernel root, as far as this
-    /// backend saw Xen take it.
-    pub fn loaded_on(&self, pgd: Pfn) -> CpuMask {
-        let mut m = CpuMask::EMPTY;
-        for (c, r) in self.roots.iter().enumerate() {
-            if r.load(Ordering::Acquire) == pgd.0 && self.platform.cpus.online().contains(c) {
-                m = m.with(c);
-            }
-        }
-        m
-    }
 }
 
 impl PvMmuOps for XenBackend {
