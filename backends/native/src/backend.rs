@@ -39,11 +39,15 @@ impl NativeBackend {
         NativeBackend { cpus, ..self }
     }
 
-    /// Records `pgd` as this CPU's root (`Cpus::this_cpu` is `< MAX_CPUS`
-    /// by contract; a CPU beyond it is simply not recorded). Out of line:
-    /// the switch's fast path stays a store to cr3 and one call.
+    /// Loads `pgd`, then records it as this CPU's root (`Cpus::this_cpu`
+    /// is `< MAX_CPUS` by contract; a CPU beyond it is simply not recorded).
+    /// The record follows the load: until it does, another CPU checking the
+    /// old root sees it still loaded here (a spurious `RootInUse`, the safe
+    /// direction), never the new one unloaded. Out of line, so that
+    /// `write_cr3` inlined at a call site is one call, as before SMP.
     #[inline(never)]
-    fn record_root(&self, pgd: Pfn) {
+    fn switch_root(&self, pgd: Pfn) {
+        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
         if let Some(slot) = self.roots.get(self.cpus.this_cpu()) {
             slot.store(pgd.0, Ordering::Release);
         }
@@ -121,11 +125,7 @@ impl PvMmuOps for NativeBackend {
 
     #[inline]
     fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
-        // The record follows the load: until it does, another CPU checking
-        // the old root sees it still loaded here (a spurious RootInUse, the
-        // safe direction), never the new one unloaded.
-        self.record_root(pgd);
+        self.switch_root(pgd);
         Ok(())
     }
 
