@@ -39,20 +39,6 @@ impl NativeBackend {
         NativeBackend { cpus, ..self }
     }
 
-    /// Loads `pgd`, then records it as this CPU's root (`Cpus::this_cpu`
-    /// is `< MAX_CPUS` by contract; a CPU beyond it is simply not recorded).
-    /// The record follows the load: until it does, another CPU checking the
-    /// old root sees it still loaded here (a spurious `RootInUse`, the safe
-    /// direction), never the new one unloaded. Out of line, so that
-    /// `write_cr3` inlined at a call site is one call, as before SMP.
-    #[inline(never)]
-    fn switch_root(&self, pgd: Pfn) {
-        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
-        if let Some(slot) = self.roots.get(self.cpus.this_cpu()) {
-            slot.store(pgd.0, Ordering::Release);
-        }
-    }
-
     /// Another online CPU that last loaded `pgd`, if any.
     fn loaded_elsewhere(&self, pgd: Pfn) -> Option<usize> {
         let me = self.cpus.this_cpu();
@@ -125,7 +111,16 @@ impl PvMmuOps for NativeBackend {
 
     #[inline]
     fn write_cr3(&self, _mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
-        self.switch_root(pgd);
+        self.cpu.write_cr3(pgd.0 << PAGE_SHIFT);
+        // The record follows the load: until it does, another CPU checking
+        // the old root sees it still loaded here (a spurious `RootInUse`, the
+        // safe direction), never the new one unloaded. (`this_cpu` is
+        // `< MAX_CPUS` by contract; a CPU beyond it is not recorded.) Every
+        // access is through a field, so inlined at a static-dispatch call
+        // site it costs no more than at a direct one.
+        if let Some(slot) = self.roots.get(self.cpus.this_cpu()) {
+            slot.store(pgd.0, Ordering::Release);
+        }
         Ok(())
     }
 
