@@ -560,6 +560,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// This CPU joins the space's [`AddressSpace::cpumask`] under the space's
     /// lock before the root is loaded, so an unmap racing with the switch
     /// either shoots it down or finished before it could walk the old entry.
+    ///
+    /// On error: a refused first pin changes nothing (this CPU keeps what it
+    /// had loaded); a refused switch leaves the previous space loaded, whole
+    /// (the backend's `write_cr3` contract), or, only if the hypervisor also
+    /// refused the undo, `space`'s kernel root with no user root.
+    /// [`Mm::active_pgd`] tells which. Either way this CPU stays in the
+    /// space's cpumask (it only ever costs an extra flush).
     pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
         if !space.is_pinned() {
             let _locked = self.lock(space);
