@@ -116,7 +116,7 @@ fn platforms_for(backend: Option<&str>) -> Result<Vec<Platform>, String> {
         Some(b) => {
             let v: Vec<Platform> = Platform::ALL.iter().copied().filter(|p| p.backend() == b).collect();
             if v.is_empty() {
-                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64)"))
+                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64, pvh -> native)"))
             } else {
                 Ok(v)
             }
@@ -370,7 +370,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
         None => Platform::ALL.to_vec(),
         Some(n) => match Platform::ALL.iter().find(|p| p.name() == n) {
             Some(&p) => vec![p],
-            None => return Err(format!("unknown platform {n:?} (native, xen)")),
+            None => return Err(format!("unknown platform {n:?} (native, xen, pvh)")),
         },
     };
     let t0 = Instant::now();

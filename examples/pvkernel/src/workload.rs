@@ -156,7 +156,7 @@ fn leak_pin(v: &Vm) {
 
 /// Everything after boot. Never returns.
 pub fn run(v: Vm) -> ! {
-    let plat = if platform::is_xen() { "xen" } else { "native" };
+    let plat = platform::get().result_name();
     let backend = v.ops.name();
 
     // 0. The calibration corpus (Xen only), before anything the checks measure.
