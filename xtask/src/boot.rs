@@ -94,8 +94,7 @@ impl Platform {
         match self {
             Platform::Native => "native",
             Platform::Xen => "xen64",
-            // The registry has no Xen PVH backend yet: native paging works there.
-            Platform::Pvh => "native",
+            Platform::Pvh => "xen-pvh",
         }
     }
 }

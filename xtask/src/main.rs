@@ -45,7 +45,7 @@ fn run(mut cmd: Command) -> Result<(), String> {
 
 /// Library crates that must also build for the bare-metal target.
 const NO_STD_CRATES: &[&str] =
-    &["pvops", "pvops-native", "pvops-xen64", "kernel-glue", "pvops-conformance", "pvops-trace"];
+    &["pvops", "pvops-native", "pvops-xen64", "pvops-xen-pvh", "kernel-glue", "pvops-conformance", "pvops-trace"];
 
 /// Seconds of fuzzing in `cargo xtask test` (a smoke run) and `cargo xtask fuzz`.
 const FUZZ_SMOKE_SECONDS: u64 = 20;
@@ -116,7 +116,7 @@ fn platforms_for(backend: Option<&str>) -> Result<Vec<Platform>, String> {
         Some(b) => {
             let v: Vec<Platform> = Platform::ALL.iter().copied().filter(|p| p.backend() == b).collect();
             if v.is_empty() {
-                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64, pvh -> native)"))
+                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64, pvh -> xen-pvh)"))
             } else {
                 Ok(v)
             }

@@ -45,6 +45,7 @@ pub mod xenpvh;
 // Linked for their registry entries: the registry picks one at boot.
 use pvops_native as _;
 use pvops_xen64 as _;
+use pvops_xen_pvh as _;
 
 use alloc::boxed::Box;
 
@@ -133,11 +134,18 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         Box::leak(Box::new(unsafe { pvops_native::DirectMap::new(directmap::DIRECT_MAP_BASE, nr_frames) }));
     static CPU: pvops_native::BareMetalCpu = pvops_native::BareMetalCpu;
     // The backend stores through a counting seam; its CPU seam may be sabotaged.
-    let platform: &'static pvops_native::NativePlatform = Box::leak(Box::new(pvops_native::NativePlatform {
+    let native = pvops_native::NativePlatform {
         mem: seams::count_backend_stores(mem),
         cpu: sabotage::native_cpu(&CPU),
         cpus: sabotage::backend_cpus(),
-    }));
+    };
+    // Under Xen the registry gets the same handles in a XenPvhPlatform: the
+    // xen-pvh probe re-reads CPUID, and native's probe refuses the type.
+    let platform: &'static (dyn core::any::Any + Send + Sync) = if xen.is_some() {
+        Box::leak(Box::new(pvops_xen_pvh::XenPvhPlatform { native, cpuid: xenpvh::hw_cpuid }))
+    } else {
+        Box::leak(Box::new(native))
+    };
     let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
     let handover = "hvm_start_info 0x336ec578";
     match vm::boot(pvops::EntryKind::Pvh, handover, platform, mem, nr_frames, boot_root) {

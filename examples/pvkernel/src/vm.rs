@@ -6,7 +6,7 @@
 //! the host models:
 //!
 //! ```text
-//! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64"),
+//! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64" / "xen-pvh"),
 //!   the registry's selection, published for pvops::ops() and held by value
 //! FrameAllocator::new(mem, nr_frames) + the boot allocator's free frames
 //! Mm::adopt_boot(ops, mem, frames, boot_root)        (no frame metadata yet)

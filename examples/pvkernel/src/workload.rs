@@ -296,7 +296,11 @@ pub fn run(v: Vm) -> ! {
             "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}"
         );
     }
-    let expected = if platform::is_xen() { "xen64" } else { "native" };
+    let expected = match platform::get() {
+        platform::Platform::Native => "native",
+        platform::Platform::XenPv => "xen64",
+        platform::Platform::XenPvh => "xen-pvh",
+    };
     let pass = summary.passed == summary.total
         && summary.total > 0
         && isolation

@@ -3,42 +3,16 @@
 //!
 //! A PVH entry is taken both on bare QEMU and by Xen's PVH dom0 builder; only
 //! the hypervisor CPUID leaves tell them apart. QEMU TCG has a leaf too
-//! ("TCGTCGTCGTCG"), so we match the exact Xen signature, as Linux's
-//! `xen_cpuid_base()` (`arch/x86/include/asm/xen/hypervisor.h`) does.
+//! ("TCGTCGTCGTCG"), so the exact Xen signature is matched, by the scan the
+//! xen-pvh backend's probe uses too ([`find_xen`]).
 
 use crate::entry::{hypercall_page, KERNEL_VMA};
 use crate::memory::{E820Entry, MAX_E820};
 use crate::x86;
 use crate::xen::hypercall::{self, XenError};
+pub use pvops_xen_pvh::{find_xen, XenLeaves};
 
-/// "XenVMMXenVMM" as CPUID returns it in ebx, ecx, edx.
-const XEN_SIGNATURE: [u32; 3] = [0x566e_6558, 0x6558_4d4d, 0x4d4d_566e];
-
-/// What the Xen CPUID leaves say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XenLeaves {
-    /// First leaf (0x40000000, or 0x40000100 when Viridian sits below Xen).
-    pub base: u32,
-    /// MSR that takes the hypercall page's physical address (`base + 2`, ebx).
-    pub hypercall_msr: u32,
-}
-
-/// Scans the hypervisor leaves for Xen (`cpuid` is the instruction, or a fake
-/// in tests). Requires the signature and at least leaf `base + 2`
-/// (`xen/include/public/arch-x86/cpuid.h`).
-pub fn find_xen(cpuid: impl Fn(u32) -> [u32; 4]) -> Option<XenLeaves> {
-    let mut base = 0x4000_0000u32;
-    while base < 0x4001_0000 {
-        let [eax, ebx, ecx, edx] = cpuid(base);
-        if [ebx, ecx, edx] == XEN_SIGNATURE && eax.wrapping_sub(base) >= 2 {
-            return Some(XenLeaves { base, hypercall_msr: cpuid(base + 2)[1] });
-        }
-        base += 0x100;
-    }
-    None
-}
-
-/// The CPU's own CPUID, for [`find_xen`].
+/// The CPU's own CPUID, for [`find_xen`] and the xen-pvh backend's probe.
 pub fn hw_cpuid(leaf: u32) -> [u32; 4] {
     // CPUID exists on every x86-64 CPU; a hypervisor leaf that does not
     // exist returns unrelated data, it never faults.
