@@ -54,13 +54,18 @@ const FUZZ_DEFAULT_SECONDS: u64 = 180;
 /// Kernel variants that must NOT pass, and where each is booted. A boot
 /// "fails" when the kernel fails or (Xen) its per-step counts differ from the
 /// README table.
+/// On `pvh` the kernel runs the native paths under Xen (xen-pvh = native by
+/// composition), so the native sabotages apply there too.
 const BROKEN: &[(&str, &[Platform])] = &[
-    ("broken-isolation", &[Platform::Native, Platform::Xen]),
-    ("leak-frame", &[Platform::Native, Platform::Xen]),
+    ("broken-isolation", &[Platform::Native, Platform::Xen, Platform::Pvh]),
+    ("leak-frame", &[Platform::Native, Platform::Xen, Platform::Pvh]),
     ("direct-write-pinned", &[Platform::Xen]),
     // Natively both TLB tests read the unmapped page through the stale entry;
     // on Xen the kernel-mode one does (the user-mode one cannot: Xen reloads
     // cr3 on every guest user/kernel switch).
+    // Not on pvh (measured): the kernel still reads the new page there, the
+    // stale entry apparently dropped by the VM exits of the same operation
+    // (e.g. the emulated LAPIC's IPI) under nested TCG; not yet understood.
     ("no-tlb-flush", &[Platform::Native, Platform::Xen]),
     ("no-user-baseptr", &[Platform::Xen]),
     ("zero-user-baseptr", &[Platform::Xen]),
@@ -72,10 +77,10 @@ const BROKEN: &[(&str, &[Platform])] = &[
     // page on the other CPU; on both the lazy-exit case's exit is refused
     // (the idle CPU was never made to drop the root) and call_errors sees no
     // errors (Xen's flushes are MMUEXT_*_MULTI: see no-multi-flush).
-    ("no-remote-flush", &[Platform::Native, Platform::Xen]),
+    ("no-remote-flush", &[Platform::Native, Platform::Xen, Platform::Pvh]),
     // The APs never get STARTUP: the kernel carries on with cpus=1, which is
     // not the 2 CPUs the machine has.
-    ("no-ap-startup", &[Platform::Native]),
+    ("no-ap-startup", &[Platform::Native, Platform::Pvh]),
     // (Xen) the MULTI flushes reach the calling vCPU only: the shootdown
     // case reads the old page on the other vCPU.
     ("no-multi-flush", &[Platform::Xen]),
