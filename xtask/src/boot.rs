@@ -1,5 +1,5 @@
-//! Building the example kernel and booting it under QEMU, natively (PVH) or
-//! as a Xen PV64 dom0. Standard library only.
+//! Building the example kernel and booting it under QEMU, natively (PVH), as
+//! a Xen PV64 dom0, or as a Xen PVH dom0. Standard library only.
 //!
 //! ```text
 //! boot::ensure_target()?;
@@ -33,6 +33,9 @@ pub const PASS_STATUS: i32 = 33;
 pub const XEN_PACKAGE: &str = "xen-hypervisor-4.17-amd64";
 /// Xen command line used for dom0 boots.
 pub const XEN_CMDLINE: &str = "loglvl=all guest_loglvl=all console=com1 dom0_mem=64M";
+/// Added for a PVH dom0: without an IOMMU Xen refuses PVH dom0 unless
+/// `dom0-iommu=none` skips `check_hwdom_reqs` (pvh-notes §1, §2).
+pub const PVH_CMDLINE: &str = "dom0=pvh dom0-iommu=none";
 /// CPUs QEMU gives the machine unless `--cpus N` says otherwise (Xen gives
 /// dom0 as many vCPUs).
 pub const DEFAULT_CPUS: usize = 2;
@@ -54,15 +57,24 @@ pub enum Platform {
     Native,
     /// `qemu -kernel xen -initrd pvkernel` (Xen PV64 dom0).
     Xen,
+    /// The same with `dom0=pvh dom0-iommu=none` (Xen PVH dom0: the PVH
+    /// entry, hardware paging).
+    Pvh,
 }
 
 impl Platform {
-    /// Short name ("native" / "xen").
+    /// Short name ("native" / "xen" / "pvh").
     pub fn name(self) -> &'static str {
         match self {
             Platform::Native => "native",
             Platform::Xen => "xen",
+            Platform::Pvh => "pvh",
         }
+    }
+
+    /// Whether Xen runs underneath (the machine boots `xen`, the kernel is its module).
+    pub fn under_xen(self) -> bool {
+        matches!(self, Platform::Xen | Platform::Pvh)
     }
 
     /// A generous timeout for TCG on a slow shared machine (a boot takes
@@ -70,18 +82,19 @@ impl Platform {
     pub fn default_timeout(self) -> Duration {
         match self {
             Platform::Native => Duration::from_secs(60),
-            Platform::Xen => Duration::from_secs(120),
+            Platform::Xen | Platform::Pvh => Duration::from_secs(120),
         }
     }
 
-    /// Both platforms.
-    pub const ALL: [Platform; 2] = [Platform::Native, Platform::Xen];
+    /// Every platform.
+    pub const ALL: [Platform; 3] = [Platform::Native, Platform::Xen, Platform::Pvh];
 
     /// The backend the registry must pick on this platform.
     pub fn backend(self) -> &'static str {
         match self {
             Platform::Native => "native",
             Platform::Xen => "xen64",
+            Platform::Pvh => "xen-pvh",
         }
     }
 }
@@ -140,7 +153,10 @@ impl BootOutcome {
             Some(35) => "FAIL: kernel reported failure (status 35)".into(),
             Some(37) => "FAIL: kernel panic (status 37)".into(),
             Some(0) => {
-                let why = if self.serial.contains("Hardware Dom0 crashed") || self.serial.contains("crashed on cpu#") {
+                // A PVH dom0's triple fault is followed by Xen's reboot line: match it first.
+                let why = if self.serial.contains("Triple fault") {
+                    "dom0 triple fault"
+                } else if self.serial.contains("Hardware Dom0 crashed") || self.serial.contains("crashed on cpu#") {
                     "dom0 crashed"
                 } else if self.serial.contains("Panic on CPU") {
                     "Xen panicked"
@@ -425,7 +441,7 @@ pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: 
     a.push("-device".into());
     a.push("isa-debug-exit,iobase=0xf4,iosize=0x04".into());
     match (platform, xen) {
-        (Platform::Xen, Some(xen)) => {
+        (Platform::Xen | Platform::Pvh, Some(xen)) => {
             a.push("-kernel".into());
             a.push(xen.display().to_string());
             a.push("-initrd".into());
@@ -433,7 +449,8 @@ pub fn qemu_args(platform: Platform, kernel: &Path, xen: Option<&Path>, serial: 
             a.push("-append".into());
             // dom0_max_vcpus defaults to the pCPU count (xen/arch/x86/dom0_build.c);
             // said explicitly so dom0's vCPUs are what was asked for.
-            a.push(format!("{XEN_CMDLINE} dom0_max_vcpus={cpus}"));
+            let pvh = if platform == Platform::Pvh { format!(" {PVH_CMDLINE}") } else { String::new() };
+            a.push(format!("{XEN_CMDLINE}{pvh} dom0_max_vcpus={cpus}"));
         }
         _ => {
             a.push("-kernel".into());
@@ -487,10 +504,7 @@ fn boot_with(
         return Err(format!("kernel {} does not exist", kernel.display()));
     }
     let qemu = ensure_qemu()?;
-    let xen = match platform {
-        Platform::Xen => Some(ensure_xen()?),
-        Platform::Native => None,
-    };
+    let xen = if platform.under_xen() { Some(ensure_xen()?) } else { None };
     let dir = workspace_root().join("target").join("boot");
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -587,4 +601,19 @@ pub fn build_and_boot(features: &[&str], platforms: &[Platform]) -> Result<Vec<B
         outcomes.push(out);
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pvh_boot_asks_xen_for_a_pvh_dom0() {
+        let (k, x, s) = (Path::new("k"), Path::new("xen"), Path::new("s"));
+        let line = |p| qemu_args(p, k, Some(x), s, 2).join(" ");
+        assert!(line(Platform::Pvh).contains("dom0=pvh dom0-iommu=none dom0_max_vcpus=2"));
+        assert!(line(Platform::Pvh).contains("-kernel xen -initrd k"));
+        assert!(!line(Platform::Xen).contains("dom0=pvh"));
+        assert!(!qemu_args(Platform::Native, k, None, s, 2).join(" ").contains("xen"));
+    }
 }

@@ -45,7 +45,7 @@ fn run(mut cmd: Command) -> Result<(), String> {
 
 /// Library crates that must also build for the bare-metal target.
 const NO_STD_CRATES: &[&str] =
-    &["pvops", "pvops-native", "pvops-xen64", "kernel-glue", "pvops-conformance", "pvops-trace"];
+    &["pvops", "pvops-native", "pvops-xen64", "pvops-xen-pvh", "kernel-glue", "pvops-conformance", "pvops-trace"];
 
 /// Seconds of fuzzing in `cargo xtask test` (a smoke run) and `cargo xtask fuzz`.
 const FUZZ_SMOKE_SECONDS: u64 = 20;
@@ -54,13 +54,18 @@ const FUZZ_DEFAULT_SECONDS: u64 = 180;
 /// Kernel variants that must NOT pass, and where each is booted. A boot
 /// "fails" when the kernel fails or (Xen) its per-step counts differ from the
 /// README table.
+/// On `pvh` the kernel runs the native paths under Xen (xen-pvh = native by
+/// composition), so the native sabotages apply there too.
 const BROKEN: &[(&str, &[Platform])] = &[
-    ("broken-isolation", &[Platform::Native, Platform::Xen]),
-    ("leak-frame", &[Platform::Native, Platform::Xen]),
+    ("broken-isolation", &[Platform::Native, Platform::Xen, Platform::Pvh]),
+    ("leak-frame", &[Platform::Native, Platform::Xen, Platform::Pvh]),
     ("direct-write-pinned", &[Platform::Xen]),
     // Natively both TLB tests read the unmapped page through the stale entry;
     // on Xen the kernel-mode one does (the user-mode one cannot: Xen reloads
     // cr3 on every guest user/kernel switch).
+    // Not on pvh (measured): the kernel still reads the new page there, the
+    // stale entry apparently dropped by the VM exits of the same operation
+    // (e.g. the emulated LAPIC's IPI) under nested TCG; not yet understood.
     ("no-tlb-flush", &[Platform::Native, Platform::Xen]),
     ("no-user-baseptr", &[Platform::Xen]),
     ("zero-user-baseptr", &[Platform::Xen]),
@@ -72,10 +77,10 @@ const BROKEN: &[(&str, &[Platform])] = &[
     // page on the other CPU; on both the lazy-exit case's exit is refused
     // (the idle CPU was never made to drop the root) and call_errors sees no
     // errors (Xen's flushes are MMUEXT_*_MULTI: see no-multi-flush).
-    ("no-remote-flush", &[Platform::Native, Platform::Xen]),
+    ("no-remote-flush", &[Platform::Native, Platform::Xen, Platform::Pvh]),
     // The APs never get STARTUP: the kernel carries on with cpus=1, which is
     // not the 2 CPUs the machine has.
-    ("no-ap-startup", &[Platform::Native]),
+    ("no-ap-startup", &[Platform::Native, Platform::Pvh]),
     // (Xen) the MULTI flushes reach the calling vCPU only: the shootdown
     // case reads the old page on the other vCPU.
     ("no-multi-flush", &[Platform::Xen]),
@@ -116,7 +121,7 @@ fn platforms_for(backend: Option<&str>) -> Result<Vec<Platform>, String> {
         Some(b) => {
             let v: Vec<Platform> = Platform::ALL.iter().copied().filter(|p| p.backend() == b).collect();
             if v.is_empty() {
-                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64)"))
+                Err(format!("no platform boots backend {b:?} (native -> native, xen -> xen64, pvh -> xen-pvh)"))
             } else {
                 Ok(v)
             }
@@ -289,7 +294,9 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     println!("== host models ==");
     // Errors on an unknown name (listing the registered ones) or a probe that
     // refuses every platform.
-    let host = host_report(backend)?;
+    // xen-pvh has no host platform in host-report (its probe wants Xen's
+    // CPUID); its model run is `cargo test -p pvops-xen-pvh`. Report them all.
+    let host = host_report(backend.filter(|&b| b != boot::Platform::Pvh.backend()))?;
     let platforms = match platforms_for(backend) {
         Ok(p) => p,
         Err(e) => {
@@ -370,7 +377,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
         None => Platform::ALL.to_vec(),
         Some(n) => match Platform::ALL.iter().find(|p| p.name() == n) {
             Some(&p) => vec![p],
-            None => return Err(format!("unknown platform {n:?} (native, xen)")),
+            None => return Err(format!("unknown platform {n:?} (native, xen, pvh)")),
         },
     };
     let t0 = Instant::now();

@@ -3,6 +3,7 @@
 //! Kernel (serial log):
 //! ```text
 //! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=4/4
+//! RESULT pvh backend=xen-pvh conformance=34/34 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=12/12
 //! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H cpus=2 smp=4/4
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
@@ -24,7 +25,7 @@ pub const KINDS: [&str; 6] =
 pub struct KernelResult {
     /// The whole line.
     pub line: String,
-    /// "native" / "xen".
+    /// "native" / "xen" / "pvh".
     pub platform: String,
     /// `backend=`.
     pub backend: String,
@@ -290,6 +291,20 @@ mod tests {
             let err = r.check(Platform::Native, 1).unwrap_err();
             assert!(err.contains("attacks"), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn a_pvh_result_is_judged_as_pvh() {
+        let line = format!(
+            "RESULT pvh backend={} conformance=34/34 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=2 smp=12/12",
+            Platform::Pvh.backend()
+        );
+        let r = KernelResult::parse(&line).unwrap();
+        assert!(r.check(Platform::Pvh, 2).is_ok());
+        // The kernel must know it runs on Xen PVH: a line naming another platform fails.
+        assert!(r.check(Platform::Native, 2).unwrap_err().contains("platform"));
+        let native = line.replacen("RESULT pvh", "RESULT native", 1);
+        assert!(KernelResult::parse(&native).unwrap().check(Platform::Pvh, 2).unwrap_err().contains("platform"));
     }
 
     #[test]

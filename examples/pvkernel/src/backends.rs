@@ -9,6 +9,7 @@
 
 use pvops_native::NativeBackend;
 use pvops_xen64::XenBackend;
+use pvops_xen_pvh::XenPvhBackend;
 
 pvops::static_dispatch! {
     /// The registry-selected backend of this boot.
@@ -19,5 +20,7 @@ pvops::static_dispatch! {
         Native(NativeBackend) = "native" => NativeBackend::from_env,
         /// Xen PV64.
         Xen64(XenBackend) = "xen64" => XenBackend::from_env,
+        /// Xen PVH: the native backend underneath, chosen by Xen's CPUID leaves.
+        XenPvh(XenPvhBackend) = "xen-pvh" => XenPvhBackend::from_env,
     }
 }

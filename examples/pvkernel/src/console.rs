@@ -1,5 +1,6 @@
-//! Kernel console: COM1 natively, `console_io` under Xen PV (Xen keeps the
-//! UART for itself), plus a `log::Log` backend on top.
+//! Kernel console: COM1 natively, `console_io` under Xen PV and PVH (Xen
+//! keeps the UART for itself; a PVH dom0's COM1 writes are silently dropped,
+//! `ns16550_endboot`), plus a `log::Log` backend on top.
 
 use core::fmt::{self, Write};
 
@@ -57,7 +58,7 @@ fn serial_byte(b: u8) {
 /// Writes raw bytes to the platform console without taking the lock (used
 /// directly by the panic path).
 pub fn write_bytes_unlocked(bytes: &[u8]) {
-    if platform::is_xen() {
+    if platform::has_xen() {
         // Nothing sensible to do if the console hypercall fails.
         let _ = hypercall::console_write(bytes);
     } else {

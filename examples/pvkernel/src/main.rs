@@ -1,4 +1,5 @@
-//! pvkernel: one x86-64 ELF that boots natively (PVH) and as a Xen PV64 dom0.
+//! pvkernel: one x86-64 ELF that boots natively (PVH), as a Xen PV64 dom0
+//! and as a Xen PVH dom0.
 //!
 //! Entry paths (`entry.rs`) call [`pvh_rust_entry`] or [`xen_rust_entry`],
 //! which bring up console, traps, memory, the direct map and `syscall`, build
@@ -39,10 +40,12 @@ pub mod vm;
 pub mod workload;
 pub mod x86;
 pub mod xen;
+pub mod xenpvh;
 
 // Linked for their registry entries: the registry picks one at boot.
 use pvops_native as _;
 use pvops_xen64 as _;
+use pvops_xen_pvh as _;
 
 use alloc::boxed::Box;
 
@@ -58,16 +61,36 @@ const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
 /// Native entry (from `pvh_start`, already in long mode, higher half).
 #[no_mangle]
 extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
-    platform::set(Platform::Native);
-    console::init_serial();
+    // Xen PVH or bare PVH: decided before anything else, since the
+    // hypercall MSR #GPs natively and COM1 is dead under Xen.
+    let xen = xenpvh::find_xen(xenpvh::hw_cpuid);
+    if let Some(leaves) = xen {
+        platform::set(Platform::XenPvh);
+        // SAFETY: `leaves` came from this CPU's CPUID with Xen's signature.
+        unsafe { xenpvh::init_hypercall_page(leaves) };
+    } else {
+        platform::set(Platform::Native);
+        console::init_serial();
+    }
     console::init_logger(LOG_LEVEL);
-    log::info!("pvkernel: entry pvh (hvm_start_info at {:#x})", start_info_paddr);
+    let entry = platform::get().entry_name();
+    log::info!("pvkernel: entry {entry} (hvm_start_info at {:#x})", start_info_paddr);
+    if let Some(leaves) = xen {
+        let (major, minor) = xen::hypercall::version();
+        log::info!("Xen {major}.{minor} (CPUID base {:#x}, hypercall MSR {:#x})", leaves.base, leaves.hypercall_msr);
+    }
 
-    // SAFETY: the value QEMU passed in %ebx; boot tables are live.
-    let pvh = match unsafe { pvh::read(start_info_paddr) } {
+    // SAFETY: the value QEMU or Xen passed in %ebx; boot tables are live.
+    let mut pvh = match unsafe { pvh::read(start_info_paddr, xen.is_some()) } {
         Ok(p) => p,
         Err(e) => panic!("bad PVH start info: {:?}", e),
     };
+    if pvh.e820_len == 0 {
+        match xenpvh::memory_map(&mut pvh.e820) {
+            Ok(n) => pvh.e820_len = n,
+            Err(e) => panic!("no memmap in the PVH start info, and {e}"),
+        }
+    }
     traps::mask_pic();
     traps::init_native();
     if let Err(e) = user::init() {
@@ -75,15 +98,25 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     }
 
     let (ks, ke) = entry::kernel_image_range();
-    let mut reserved = [(0u64, 0u64); 9];
+    let mut reserved = [(0u64, 0u64); 10];
     reserved[0] = (ks - KERNEL_VMA, ke - KERNEL_VMA);
     for (i, m) in pvh.modules[..pvh.nr_modules].iter().enumerate() {
         reserved[i + 1] = *m;
     }
-    if let Err(e) = memory::init_native(&pvh.e820[..pvh.e820_len], &reserved[..pvh.nr_modules + 1]) {
+    let mut nr_reserved = pvh.nr_modules + 1;
+    if xen.is_some() {
+        // Xen's PVH builder puts the modules, command lines, modlist and the
+        // start info in RAM right after the image (`pvh_load_kernel`); keep
+        // all of it, up to the end of the start info page.
+        let end = (start_info_paddr + core::mem::size_of::<pvh::HvmStartInfo>() as u64 + 4095) & !4095;
+        reserved[nr_reserved] = (ke - KERNEL_VMA, end.max(ke - KERNEL_VMA));
+        nr_reserved += 1;
+    }
+    if let Err(e) = memory::init_native(&pvh.e820[..pvh.e820_len], &reserved[..nr_reserved]) {
         panic!("memory map: {:?}", e);
     }
-    log::info!("memory map (PVH E820, {} entries):", pvh.e820_len);
+    let source = if pvh.start_info.memmap_entries == 0 { "XENMEM_memory_map" } else { "PVH E820" };
+    log::info!("memory map ({source}, {} entries):", pvh.e820_len);
     for e in &pvh.e820[..pvh.e820_len] {
         log::info!("  {:#012x}-{:#012x} {}", e.addr, e.addr + e.size, e.kind_name());
     }
@@ -101,11 +134,18 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         Box::leak(Box::new(unsafe { pvops_native::DirectMap::new(directmap::DIRECT_MAP_BASE, nr_frames) }));
     static CPU: pvops_native::BareMetalCpu = pvops_native::BareMetalCpu;
     // The backend stores through a counting seam; its CPU seam may be sabotaged.
-    let platform: &'static pvops_native::NativePlatform = Box::leak(Box::new(pvops_native::NativePlatform {
+    let native = pvops_native::NativePlatform {
         mem: seams::count_backend_stores(mem),
         cpu: sabotage::native_cpu(&CPU),
         cpus: sabotage::backend_cpus(),
-    }));
+    };
+    // Under Xen the registry gets the same handles in a XenPvhPlatform: the
+    // xen-pvh probe re-reads CPUID, and native's probe refuses the type.
+    let platform: &'static (dyn core::any::Any + Send + Sync) = if xen.is_some() {
+        Box::leak(Box::new(pvops_xen_pvh::XenPvhPlatform { native, cpuid: xenpvh::hw_cpuid }))
+    } else {
+        Box::leak(Box::new(native))
+    };
     let boot_root = pvops::Pfn(((&raw const entry::boot_pml4) as u64 - KERNEL_VMA) >> 12);
     let handover = "hvm_start_info 0x336ec578";
     match vm::boot(pvops::EntryKind::Pvh, handover, platform, mem, nr_frames, boot_root) {

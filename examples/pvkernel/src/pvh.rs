@@ -71,12 +71,15 @@ fn boot_ptr<T>(paddr: u64) -> Result<*const T, PvhError> {
     Ok((KERNEL_VMA + paddr) as *const T)
 }
 
-/// Reads and copies the PVH start info at physical `paddr`.
+/// Reads and copies the PVH start info at physical `paddr`. With
+/// `memmap_elsewhere` (Xen PVH, where Xen 4.17's dom0 builder passes no
+/// memmap: `pvh_load_kernel`, `xen/arch/x86/hvm/dom0_build.c`) a missing
+/// memmap leaves `e820_len` 0 for the caller to fill; natively it is an error.
 ///
 /// # Safety
 /// Must run with the boot page tables live, `paddr` being the `%ebx` value
 /// QEMU passed to `pvh_start`.
-pub unsafe fn read(paddr: u64) -> Result<PvhInfo, PvhError> {
+pub unsafe fn read(paddr: u64, memmap_elsewhere: bool) -> Result<PvhInfo, PvhError> {
     // SAFETY: below 1 GiB (checked), mapped by the boot tables; firmware
     // wrote a hvm_start_info there.
     let si: HvmStartInfo = unsafe { boot_ptr::<HvmStartInfo>(paddr)?.read_unaligned() };
@@ -90,10 +93,11 @@ pub unsafe fn read(paddr: u64) -> Result<PvhInfo, PvhError> {
         modules: [(0, 0); 8],
         nr_modules: 0,
     };
-    if si.version < 1 || si.memmap_paddr == 0 || si.memmap_entries == 0 {
+    let no_memmap = si.version < 1 || si.memmap_paddr == 0 || si.memmap_entries == 0;
+    if no_memmap && !memmap_elsewhere {
         return Err(PvhError::NoMemmap);
     }
-    let n = (si.memmap_entries as usize).min(MAX_E820);
+    let n = if no_memmap { 0 } else { (si.memmap_entries as usize).min(MAX_E820) };
     for i in 0..n {
         let p = si.memmap_paddr + (i as u64) * 24;
         // SAFETY: entry i of the firmware's memmap, below 1 GiB (checked).

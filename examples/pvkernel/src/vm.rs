@@ -6,7 +6,7 @@
 //! the host models:
 //!
 //! ```text
-//! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64"),
+//! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64" / "xen-pvh"),
 //!   the registry's selection, published for pvops::ops() and held by value
 //! FrameAllocator::new(mem, nr_frames) + the boot allocator's free frames
 //! Mm::adopt_boot(ops, mem, frames, boot_root)        (no frame metadata yet)
@@ -158,7 +158,8 @@ pub fn path(ops: &dyn PvMmuOps, root: Pfn, va: u64) -> Result<[(Pfn, Level, usiz
 /// kernel half; see `workload::expose_probe_page_in`.)
 #[cfg(feature = "broken-isolation")]
 fn expose_probe_page_natively(ops: &dyn PvMmuOps, mm: &dyn MmServices, root: Pfn) -> Result<(), PvError> {
-    if ops.name() != "native" {
+    // xen-pvh is the native backend under Xen: one pgd, shared kernel half.
+    if !matches!(ops.name(), "native" | "xen-pvh") {
         return Ok(());
     }
     for (table, level, index) in path(ops, root, KERNEL_PROBE_VA)? {

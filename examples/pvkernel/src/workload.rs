@@ -156,7 +156,7 @@ fn leak_pin(v: &Vm) {
 
 /// Everything after boot. Never returns.
 pub fn run(v: Vm) -> ! {
-    let plat = if platform::is_xen() { "xen" } else { "native" };
+    let plat = platform::get().result_name();
     let backend = v.ops.name();
 
     // 0. The calibration corpus (Xen only), before anything the checks measure.
@@ -296,7 +296,11 @@ pub fn run(v: Vm) -> ! {
             "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}"
         );
     }
-    let expected = if platform::is_xen() { "xen64" } else { "native" };
+    let expected = match platform::get() {
+        platform::Platform::Native => "native",
+        platform::Platform::XenPv => "xen64",
+        platform::Platform::XenPvh => "xen-pvh",
+    };
     let pass = summary.passed == summary.total
         && summary.total > 0
         && isolation
