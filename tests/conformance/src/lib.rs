@@ -26,8 +26,17 @@ pub use smp::smp_cases;
 
 /// Runs every case in order; `report` sees each result as it comes.
 pub fn run_all<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {
+    run_list(env, &cases::<O>(), report)
+}
+
+/// Runs `list` in order, counting what passed.
+fn run_list<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+    list: &[Case<O>],
+    report: &mut dyn FnMut(&Case<O>, &CaseResult),
+) -> Summary {
     let mut summary = Summary::default();
-    for case in &cases::<O>() {
+    for case in list {
         let result = env.run_case(case);
         summary.total += 1;
         if result.is_ok() {
@@ -46,14 +55,5 @@ pub fn run_one<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, name: &str) -> Option<Cas
 /// Runs every SMP case ([`smp_cases`]); they need a second online CPU
 /// (`Mm::cpus`), and each fails saying so without one.
 pub fn run_smp<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {
-    let mut summary = Summary::default();
-    for case in &smp_cases::<O>() {
-        let result = env.run_case(case);
-        summary.total += 1;
-        if result.is_ok() {
-            summary.passed += 1;
-        }
-        report(case, &result);
-    }
-    summary
+    run_list(env, &smp_cases::<O>(), report)
 }
