@@ -10,8 +10,11 @@ use pvops::{Mfn, Pfn, PhysMem};
 use pvops_model::xen::hypercalls::{INVLPG_MULTI, TLB_FLUSH_MULTI, UVMF_ALL};
 use pvops_model::xen::{PageType, XenFault, XenModel};
 use pvops_model::{on_vcpu, Fault, TlbHazard};
-use pvops_xen64::abi::{errno, mmuext, uvmf, Call, MmuUpdate, MmuextOp};
+use pvops_xen64::abi::{errno, mmuext, uvmf, Call, MmuextOp};
 use pvops_xen64::{HypercallTransport, Outcome};
+
+mod common;
+use common::{entry, mfn, mmu};
 
 const RW: u64 = flags::PRESENT | flags::WRITABLE;
 const URW: u64 = RW | flags::USER;
@@ -21,19 +24,6 @@ const PAGE_A: u64 = 20;
 const PAGE_B: u64 = 21;
 /// The probe address: L4/L3/L2/L1 index 0, page 0.
 const PROBE: u64 = 0;
-
-fn mfn(m: &XenModel, pfn: u64) -> Mfn {
-    m.mfn_of(Pfn(pfn)).expect("in range")
-}
-
-fn entry(m: &XenModel, pfn: u64, f: u64) -> u64 {
-    mfn(m, pfn).addr() | f
-}
-
-fn mmu(m: &XenModel, table: u64, index: usize, val: u64) -> Outcome {
-    let ptr = mfn(m, table).addr() + index as u64 * 8;
-    m.call(&Call::MmuUpdate(&[MmuUpdate { ptr, val }]))
-}
 
 fn ext(m: &XenModel, cmd: u32, arg1: u64, arg2: u64) -> Outcome {
     m.call(&Call::MmuextOp(&[MmuextOp { cmd, arg1, arg2 }]))

@@ -2,11 +2,14 @@
 //! flushtlb.c and pv/domain.c perform them, and nowhere else.
 
 use pvops::pte::flags;
-use pvops::{Mfn, Pfn, PhysMem};
+use pvops::{Pfn, PhysMem};
 use pvops_model::xen::{XenFault, XenModel};
 use pvops_model::{Fault, TlbHazard};
-use pvops_xen64::abi::{mmuext, uvmf, Call, MmuUpdate, MmuextOp};
+use pvops_xen64::abi::{mmuext, uvmf, Call, MmuextOp};
 use pvops_xen64::{HypercallTransport, Outcome};
+
+mod common;
+use common::{entry, mfn, mmu};
 
 const RW: u64 = flags::PRESENT | flags::WRITABLE;
 const URW: u64 = RW | flags::USER;
@@ -17,19 +20,6 @@ const SPARE_L4: u64 = 13;
 const USER_PAGE: u64 = 20;
 const KERNEL_PAGE: u64 = 21;
 const OTHER_PAGE: u64 = 22;
-
-fn mfn(m: &XenModel, pfn: u64) -> Mfn {
-    m.mfn_of(Pfn(pfn)).expect("in range")
-}
-
-fn entry(m: &XenModel, pfn: u64, f: u64) -> u64 {
-    mfn(m, pfn).addr() | f
-}
-
-fn mmu(m: &XenModel, table: u64, index: usize, val: u64) -> Outcome {
-    let ptr = mfn(m, table).addr() + index as u64 * 8;
-    m.call(&Call::MmuUpdate(&[MmuUpdate { ptr, val }]))
-}
 
 fn ext(m: &XenModel, cmd: u32, arg1: u64) -> Outcome {
     m.call(&Call::MmuextOp(&[MmuextOp { cmd, arg1, arg2: 0 }]))

@@ -5,27 +5,17 @@ use pvops::pte::flags;
 use pvops::{Mfn, Pfn, PhysMem};
 use pvops_model::xen::{PageType, XenFault, XenModel};
 use pvops_model::Fault;
-use pvops_xen64::abi::{errno, mmuext, Call, MmuUpdate, MmuextOp, PAGE_GUEST_KERNEL};
+use pvops_xen64::abi::{errno, mmuext, Call, MmuextOp, PAGE_GUEST_KERNEL};
 use pvops_xen64::{HypercallTransport, Outcome, P2m};
+
+mod common;
+use common::{entry, mfn, mmu};
 
 const RW: u64 = flags::PRESENT | flags::WRITABLE;
 const URW: u64 = RW | flags::USER;
 
 fn model() -> &'static XenModel {
     XenModel::leaked(64, 7)
-}
-
-fn mfn(m: &XenModel, pfn: u64) -> Mfn {
-    m.mfn_of(Pfn(pfn)).expect("in range")
-}
-
-fn entry(m: &XenModel, pfn: u64, f: u64) -> u64 {
-    mfn(m, pfn).addr() | f
-}
-
-fn mmu(m: &XenModel, table: u64, index: usize, val: u64) -> Outcome {
-    let ptr = mfn(m, table).addr() + index as u64 * 8;
-    m.call(&Call::MmuUpdate(&[MmuUpdate { ptr, val }]))
 }
 
 fn ext(m: &XenModel, cmd: u32, pfn: u64) -> Outcome {
