@@ -58,6 +58,19 @@ fn read_on<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, cpu: usize, va: u64) -> Resul
     env.machine.read_on(cpu, va).ok_or_else(|| format!("the oracle cannot read on CPU {cpu}"))
 }
 
+/// A new space with one page at `VA` holding `OLD` (nothing left behind on error).
+fn space_with_old_page<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>) -> Result<AddressSpace, alloc::string::String> {
+    let s = ok(mm.create(), "create")?;
+    let filled = ok(mm.map(&s, VA, PageFlags::DATA), "map").and_then(|_| ok(mm.poke(&s, VA, OLD), "poke"));
+    match filled {
+        Ok(()) => Ok(s),
+        Err(e) => {
+            let _ = mm.exit(s);
+            Err(e)
+        }
+    }
+}
+
 /// A space with one page at `VA` holding `OLD`, loaded on this CPU and on
 /// `cpu`; `body` runs; then both CPUs go back to init_mm and it exits.
 fn loaded_on_two<O: PvMmuOps + ?Sized>(
@@ -66,10 +79,8 @@ fn loaded_on_two<O: PvMmuOps + ?Sized>(
 ) -> CaseResult {
     let mm = env.mm;
     let cpu = other(mm)?;
-    let s = ok(mm.create(), "create")?;
+    let s = space_with_old_page(mm)?;
     let r = (|| {
-        ok(mm.map(&s, VA, PageFlags::DATA), "map")?;
-        ok(mm.poke(&s, VA, OLD), "poke")?;
         ok(mm.activate(&s), "activate here")?;
         on(mm, cpu, "activate on the other CPU", &|| mm.activate(&s))?;
         body(mm, &s, cpu)
@@ -199,13 +210,8 @@ fn exit_of_a_space_another_cpu_runs_is_refused_and_changes_nothing<O: PvMmuOps +
 ) -> CaseResult {
     let mm = env.mm;
     let cpu = other(mm)?;
-    let s = ok(mm.create(), "create")?;
-    let r = (|| {
-        ok(mm.map(&s, VA, PageFlags::DATA), "map")?;
-        ok(mm.poke(&s, VA, OLD), "poke")?;
-        on(mm, cpu, "activate on the other CPU", &|| mm.activate(&s))?;
-        Ok(())
-    })();
+    let s = space_with_old_page(mm)?;
+    let r = on(mm, cpu, "activate on the other CPU", &|| mm.activate(&s));
     let (refusal, s) = match mm.exit(s) {
         Ok(()) => return r.and(Err(format!("exit of a space CPU {cpu} runs succeeded"))),
         Err(refused) => refused,

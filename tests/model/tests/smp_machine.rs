@@ -3,9 +3,12 @@
 //! flush on the other (what a native shootdown IPI does; smp-notes §5.4).
 
 use pvops::pte::flags;
-use pvops::{CpuMask, Cpus, Level, Pfn, PhysMem, PvError, VirtAddr};
+use pvops::{CpuMask, Cpus, Level, Pfn, PhysMem, PvError};
 use pvops_model::{on_vcpu, Access, Fault, Machine, TlbHazard};
 use pvops_native::NativeCpu;
+
+mod common;
+use common::{e, va};
 
 const ROOT: u64 = 1;
 const L3: u64 = 2;
@@ -16,14 +19,6 @@ const DATA: u64 = 10;
 const OTHER: u64 = 11;
 const URW: u64 = flags::PRESENT | flags::WRITABLE | flags::USER;
 const VA: u64 = 0x40_0000;
-
-fn e(frame: u64, f: u64) -> u64 {
-    (frame << 12) | f
-}
-
-fn va(a: u64) -> VirtAddr {
-    VirtAddr::try_new(a).unwrap()
-}
 
 /// Two vCPUs, both with cr3 = `ROOT`, where `VA` → `DATA`; each has read it.
 fn machine() -> Machine {

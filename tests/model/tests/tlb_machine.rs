@@ -2,9 +2,12 @@
 //! dropped only by what drops real ones (Intel SDM vol. 3A §4.10.4).
 
 use pvops::pte::flags;
-use pvops::{Level, Pfn, PhysMem, VirtAddr};
+use pvops::{Level, Pfn, PhysMem};
 use pvops_model::{Access, Fault, Machine, TlbHazard};
 use pvops_native::NativeCpu;
+
+mod common;
+use common::{e, va};
 
 const ROOT: u64 = 1;
 const L3: u64 = 2;
@@ -14,14 +17,6 @@ const DATA: u64 = 10;
 const OTHER: u64 = 11;
 const URW: u64 = flags::PRESENT | flags::WRITABLE | flags::USER;
 const VA: u64 = 0x40_0000;
-
-fn e(frame: u64, f: u64) -> u64 {
-    (frame << 12) | f
-}
-
-fn va(a: u64) -> VirtAddr {
-    VirtAddr::try_new(a).unwrap()
-}
 
 /// A machine with `VA` → `DATA` (user, writable) under cr3 = `ROOT`.
 fn machine(leaf_flags: u64) -> Machine {

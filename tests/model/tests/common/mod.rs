@@ -1,8 +1,9 @@
-//! Raw-hypercall helpers shared by the Xen model's test files (each test
-//! file is its own crate; not every one uses every helper).
+//! Helpers shared by the model's test files (each test file is its own
+//! crate; not every one uses every helper): raw entries for the machine,
+//! raw hypercalls for the Xen model.
 #![allow(dead_code)]
 
-use pvops::{Mfn, Pfn};
+use pvops::{Mfn, Pfn, VirtAddr};
 use pvops_model::XenModel;
 use pvops_xen64::abi::{Call, MmuUpdate};
 use pvops_xen64::{HypercallTransport, Outcome};
@@ -21,4 +22,14 @@ pub fn entry(m: &XenModel, pfn: u64, f: u64) -> u64 {
 pub fn mmu(m: &XenModel, table: u64, index: usize, val: u64) -> Outcome {
     let ptr = mfn(m, table).addr() + index as u64 * 8;
     m.call(&Call::MmuUpdate(&[MmuUpdate { ptr, val }]))
+}
+
+/// A raw entry pointing at `frame` with flags `f` (the machine model: pfn = frame).
+pub fn e(frame: u64, f: u64) -> u64 {
+    (frame << 12) | f
+}
+
+/// `a` as a virtual address (test constants are canonical).
+pub fn va(a: u64) -> VirtAddr {
+    VirtAddr::try_new(a).unwrap()
 }
