@@ -462,6 +462,14 @@ pub fn set_native_interrupt_gate(vector: u8, handler: u64) {
     unsafe { write_gate(&raw mut IDT as *mut u64, vector as usize, handler, 0) };
 }
 
+/// The base of the GDT this CPU has loaded (each native CPU has its own).
+pub fn gdt_base() -> u64 {
+    let mut gdtr = DescriptorPointer { limit: 0, base: 0 };
+    // SAFETY: `sgdt` only stores the 10-byte GDTR into `gdtr`.
+    unsafe { asm!("sgdt [{}]", in(reg) &raw mut gdtr, options(nostack, preserves_flags)) };
+    gdtr.base
+}
+
 /// Per-CPU GDT and TSS of an application processor.
 #[repr(C, align(16))]
 struct ApTables {

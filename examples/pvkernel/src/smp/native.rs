@@ -13,8 +13,13 @@
 //! ```
 //!
 //! `this_cpu` is `rdtscp`'s TSC_AUX (set per CPU; user code cannot change
-//! it, unlike a GS base without `swapgs` on every entry); the LAPIC id
-//! lookup is the fallback when RDTSCP is missing.
+//! it, unlike a GS base without `swapgs` on every entry). Where RDTSCP is
+//! unusable (a Xen PVH dom0) it is the base of this CPU's own GDT (`sgdt`,
+//! which no hypervisor here intercepts): the LAPIC id read it replaces is an
+//! MMIO access Xen emulates, a VM exit per call (~35 µs under TCG) that also
+//! drops the CPU's whole TLB and so hid a missing flush (measured: the
+//! `no-tlb-flush` kernel passed its TLB test on PVH). The LAPIC id lookup is
+//! left for the few calls before the GDTs are recorded.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -71,6 +76,10 @@ static USE_RDTSCP: AtomicBool = AtomicBool::new(false);
 /// APIC id of each CPU index (index 0 = the boot CPU).
 static APIC_IDS: [AtomicU32; NR_CPUS] = [const { AtomicU32::new(u32::MAX) }; NR_CPUS];
 static NR_FOUND: AtomicUsize = AtomicUsize::new(1);
+/// Base of each CPU's GDT (index 0 = the boot CPU), for [`this_cpu`]
+/// without RDTSCP; 0 = not recorded yet.
+static GDT_BASES: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+static USE_GDT_ID: AtomicBool = AtomicBool::new(false);
 /// (trap stack top, #DF stack top) of each AP, read by the AP itself.
 static AP_STACKS: [(AtomicU64, AtomicU64); NR_CPUS] = [const { (AtomicU64::new(0), AtomicU64::new(0)) }; NR_CPUS];
 
@@ -312,6 +321,9 @@ pub fn init(rsdp: u64, e820: &[E820Entry]) -> Result<Madt, NativeSmpError> {
         // SAFETY: RDTSCP (hence TSC_AUX) is present (checked).
         unsafe { x86::wrmsr(MSR_TSC_AUX, 0) };
         USE_RDTSCP.store(true, Ordering::Release);
+    } else {
+        GDT_BASES[0].store(traps::gdt_base(), Ordering::Release);
+        USE_GDT_ID.store(true, Ordering::Release);
     }
     Ok(madt)
 }
@@ -471,6 +483,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     }
     let (trap, df) = (&AP_STACKS[cpu].0, &AP_STACKS[cpu].1);
     traps::init_native_ap(trap.load(Ordering::Relaxed), df.load(Ordering::Relaxed));
+    GDT_BASES[cpu].store(traps::gdt_base(), Ordering::Release);
     enable_this_lapic();
     super::ap_main(cpu)
 }
@@ -482,6 +495,12 @@ pub fn this_cpu() -> usize {
         // SAFETY: RDTSCP is present (checked); it only reads the TSC and TSC_AUX.
         unsafe { asm!("rdtscp", out("ecx") aux, out("eax") _, out("edx") _, options(nomem, nostack, preserves_flags)) };
         return aux as usize;
+    }
+    if USE_GDT_ID.load(Ordering::Relaxed) {
+        let base = traps::gdt_base();
+        if let Some(cpu) = GDT_BASES.iter().position(|b| b.load(Ordering::Relaxed) == base) {
+            return cpu;
+        }
     }
     if LAPIC_VA.load(Ordering::Acquire) == 0 {
         return 0;
