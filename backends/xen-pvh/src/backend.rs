@@ -1,25 +1,34 @@
-//! The backend: the native one, forwarded to.
+//! The backend: the native one, forwarded to, with Xen's remote flush.
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::{CpuMask, Cpus, Flush, Level, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
 use pvops_native::NativeBackend;
 
+use crate::hvm::XenHvm;
+
 /// Xen PVH: every hook is the native backend's (hardware paging), by
-/// forwarding, not by copying its code.
-///
-/// Remote TLB shootdowns also stay native (cross-calls through the emulated
-/// local APIC), as in Linux PVH; `HVMOP_flush_tlbs` would flush every vCPU
-/// fully (no VA, no mask) for the cost of a VM exit, so it is not used here.
-#[derive(Debug)]
+/// forwarding, not by copying its code, except the flush that must reach
+/// other vCPUs: one `HVMOP_flush_tlbs` instead of a cross-call per CPU.
 pub struct XenPvhBackend {
     inner: NativeBackend,
+    hvm: &'static dyn XenHvm,
+    /// `HVMOP_flush_tlbs` calls made (published in [`PvMmuOps::stats`]).
+    hypercalls: AtomicU64,
+}
+
+impl core::fmt::Debug for XenPvhBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XenPvhBackend").field("inner", &self.inner).finish_non_exhaustive()
+    }
 }
 
 impl XenPvhBackend {
-    /// Wraps a native backend built on the guest's own handles.
-    pub fn new(inner: NativeBackend) -> Self {
-        XenPvhBackend { inner }
+    /// Wraps a native backend built on the guest's own handles; `hvm`
+    /// issues Xen's HVM hypercalls.
+    pub fn new(inner: NativeBackend, hvm: &'static dyn XenHvm) -> Self {
+        XenPvhBackend { inner, hvm, hypercalls: AtomicU64::new(0) }
     }
 }
 
@@ -60,8 +69,18 @@ impl PvMmuOps for XenPvhBackend {
     fn cpus(&self) -> &dyn Cpus {
         self.inner.cpus()
     }
+    /// Only this CPU: the native local flush. Any other online CPU: one
+    /// `HVMOP_flush_tlbs`, which flushes every vCPU (this one too, global
+    /// entries too) before it returns: a superset of `flush` on a superset
+    /// of `cpus`, for one VM exit and no IPI. Nothing is deferred here
+    /// (page tables are written at once), so flushing now is in order.
     fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
-        self.inner.flush_tlb_multi(cpus, flush)
+        let me = self.cpus().this_cpu();
+        if cpus.and(self.cpus().online()).without(me).is_empty() {
+            return self.inner.flush_tlb_multi(cpus, flush);
+        }
+        self.hypercalls.fetch_add(1, Ordering::Relaxed);
+        self.hvm.flush_tlbs()
     }
     fn activate_mm(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.inner.activate_mm(mm, pgd)
@@ -91,7 +110,9 @@ impl PvMmuOps for XenPvhBackend {
         self.inner.entry_value(raw)
     }
     fn stats(&self) -> OpStats {
-        self.inner.stats()
+        let mut s = self.inner.stats();
+        s.hypercalls += self.hypercalls.load(Ordering::Relaxed);
+        s
     }
     fn set_pgd(&self, mm: &dyn MmServices, table: Pfn, index: usize, pte: Pte) -> Result<(), PvError> {
         self.inner.set_pgd(mm, table, index, pte)

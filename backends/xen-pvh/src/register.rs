@@ -8,6 +8,7 @@ use pvops_native::{NativeBackend, NativePlatform};
 
 use crate::backend::XenPvhBackend;
 use crate::cpuid::find_xen;
+use crate::hvm::XenHvm;
 
 /// What a PVH boot under Xen passes in `BootEnv::platform`: the native
 /// handles (the page tables are the guest's own) and the CPUID the probe
@@ -19,6 +20,8 @@ pub struct XenPvhPlatform {
     pub native: NativePlatform,
     /// The `cpuid` instruction (eax, ebx, ecx, edx of a leaf); a fake on the host.
     pub cpuid: fn(u32) -> [u32; 4],
+    /// Xen's HVM hypercalls (the remote TLB flush).
+    pub hvm: &'static dyn XenHvm,
 }
 
 impl core::fmt::Debug for XenPvhPlatform {
@@ -52,7 +55,7 @@ impl XenPvhBackend {
             .downcast_ref::<XenPvhPlatform>()
             .ok_or(PvError::WrongState { what: "xen-pvh: platform is not a XenPvhPlatform" })?;
         let n = p.native;
-        Ok(XenPvhBackend::new(NativeBackend::new(n.mem, n.cpu).with_cpus(n.cpus)))
+        Ok(XenPvhBackend::new(NativeBackend::new(n.mem, n.cpu).with_cpus(n.cpus), p.hvm))
     }
 }
 

@@ -2,13 +2,34 @@
 //! bare PVH → `native`, Xen PVH → `xen-pvh`, Xen PV → `xen64`; and the
 //! conformance suite on `xen-pvh` over the host machine model.
 
-use pvops::{BootEnv, EntryKind};
-use pvops_integration::native_host::native_platform;
-use pvops_integration::platform::{boot_backend, HostPlatform};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pvops::{BootEnv, EntryKind, PvError};
+use pvops_integration::native_host::{native_platform, native_platform_smp};
+use pvops_integration::platform::{boot_backend, HostPlatform, KERNEL_VA};
 use pvops_integration::xen_host::xen_platform;
+use pvops_model::Machine;
 use pvops_native::NativePlatform;
 use pvops_xen64 as _;
-use pvops_xen_pvh::{XenPvhPlatform, XEN_SIGNATURE};
+use pvops_xen_pvh::{XenHvm, XenPvhPlatform, XEN_SIGNATURE};
+
+/// `HVMOP_flush_tlbs` on the machine model: every vCPU's TLB emptied, global
+/// entries too (what Xen does, `pvh-notes.md` §8); or, `broken`, nothing.
+struct ModelHvm {
+    machine: &'static Machine,
+    broken: bool,
+    calls: AtomicU64,
+}
+
+impl XenHvm for ModelHvm {
+    fn flush_tlbs(&self) -> Result<(), PvError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.broken {
+            (0..self.machine.nr_vcpus()).for_each(|v| self.machine.tlb_flush_everything_of(v));
+        }
+        Ok(())
+    }
+}
 
 /// CPUID under Xen: "XenVMMXenVMM" at 0x40000000, leaves up to 0x40000005.
 fn xen_cpuid(leaf: u32) -> [u32; 4] {
@@ -30,10 +51,51 @@ fn tcg_cpuid(leaf: u32) -> [u32; 4] {
 /// A native host platform re-labelled as a PVH boot under Xen whose CPUID is `cpuid`.
 fn xen_pvh_host(cpuid: fn(u32) -> [u32; 4]) -> HostPlatform {
     // The integration crate's own size (`platforms()`): big enough for the suite.
-    let host = native_platform(4096);
+    relabel(native_platform(4096), cpuid, false).0
+}
+
+/// `host` as a Xen PVH boot, with a model `HVMOP_flush_tlbs` (a no-op one if `broken`).
+fn relabel(host: HostPlatform, cpuid: fn(u32) -> [u32; 4], broken: bool) -> (HostPlatform, &'static ModelHvm) {
     let native = *host.platform.downcast_ref::<NativePlatform>().expect("a native host");
-    let platform: &'static XenPvhPlatform = Box::leak(Box::new(XenPvhPlatform { native, cpuid }));
-    HostPlatform { label: "xen-pvh (model)", platform, ..host }
+    let hvm: &'static ModelHvm =
+        Box::leak(Box::new(ModelHvm { machine: host.machine, broken, calls: AtomicU64::new(0) }));
+    let platform: &'static XenPvhPlatform = Box::leak(Box::new(XenPvhPlatform { native, cpuid, hvm }));
+    (HostPlatform { label: "xen-pvh (model)", platform, ..host }, hvm)
+}
+
+/// The SMP conformance cases on xen-pvh with two vCPUs: (failures, hypercalls
+/// the backend counted, `flush_tlbs` calls the model saw).
+fn smp_run(broken: bool) -> (Vec<String>, u64, u64) {
+    let (host, hvm) = relabel(native_platform_smp(4096, 2), xen_cpuid, broken);
+    let desc = pvops::backends().into_iter().find(|d| d.name == "xen-pvh").unwrap();
+    let booted = boot_backend(desc, &host).expect("boots with 2 vCPUs");
+    let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: KERNEL_VA };
+    let mut failed = Vec::new();
+    let summary = pvops_conformance::run_smp(&env, &mut |case, result| {
+        let checked = (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}"));
+        if let Err(e) = result.clone().and(checked) {
+            failed.push(format!("{}: {e}", case.name));
+        }
+    });
+    assert!(summary.total >= 5);
+    (failed, booted.ops.stats().hypercalls, hvm.calls.load(Ordering::Relaxed))
+}
+
+#[test]
+fn xen_pvh_passes_the_smp_cases_with_hvmop_flush_tlbs_for_remote_flushes() {
+    let (failed, counted, seen) = smp_run(false);
+    assert!(failed.is_empty(), "{failed:#?}");
+    // Remote flushes went to Xen (the model saw them), one hypercall each,
+    // and the backend's count is what the model saw.
+    assert!(seen > 0, "no remote flush reached HVMOP_flush_tlbs");
+    assert_eq!(counted, seen);
+}
+
+#[test]
+fn without_hvmop_flush_tlbs_the_smp_cases_see_stale_translations() {
+    let (failed, _, seen) = smp_run(true);
+    assert!(seen > 0);
+    assert!(!failed.is_empty(), "a remote flush that does nothing went unnoticed");
 }
 
 fn chosen(env: &BootEnv<'_>) -> Result<&'static str, String> {

@@ -142,7 +142,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     // Under Xen the registry gets the same handles in a XenPvhPlatform: the
     // xen-pvh probe re-reads CPUID, and native's probe refuses the type.
     let platform: &'static (dyn core::any::Any + Send + Sync) = if xen.is_some() {
-        Box::leak(Box::new(pvops_xen_pvh::XenPvhPlatform { native, cpuid: xenpvh::hw_cpuid }))
+        Box::leak(Box::new(pvops_xen_pvh::XenPvhPlatform { native, cpuid: xenpvh::hw_cpuid, hvm: &xenpvh::HVM }))
     } else {
         Box::leak(Box::new(native))
     };

@@ -22,12 +22,17 @@
 //!   (the SMP case `ipi_during_batches` must see it on Xen).
 //! * `no-ap-startup`: natively the APs get INIT but never STARTUP, so they
 //!   stay down; the kernel carries on with one CPU and says so (`cpus=1`).
+//! * `no-hvm-flush` (Xen PVH): the xen-pvh backend's `HVMOP_flush_tlbs`
+//!   returns success without calling Xen, so remote flushes never happen.
 //!
 //! With no feature on, nothing here is compiled in but the pass-through
 //! helpers, and the seams are the real ones.
 
 /// `no-remote-flush`: cross-calls silently do nothing (see the module docs).
 pub const NO_REMOTE_FLUSH: bool = cfg!(feature = "no-remote-flush");
+
+/// `no-hvm-flush`: `HVMOP_flush_tlbs` is skipped (see the module docs).
+pub const NO_HVM_FLUSH: bool = cfg!(feature = "no-hvm-flush");
 
 /// `no-ap-startup`: no STARTUP IPI is sent (see the module docs).
 pub const NO_AP_STARTUP: bool = cfg!(feature = "no-ap-startup");

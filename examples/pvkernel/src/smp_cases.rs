@@ -270,6 +270,11 @@ fn shootdown(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         ops.flush_tlb_one(pvops::VirtAddr::try_new(X)?)?;
         let cpu0_local = read(X);
         let ap_local = agent.run(&|| read(X));
+        // The backend's remote flush on its own, right away (the same short
+        // window in which the local-only flush left the AP stale): the AP
+        // must now see the page X maps.
+        ops.flush_tlb_multi(space.cpumask(), Flush::Page(pvops::VirtAddr::try_new(X)?))?;
+        let ap_multi = agent.run(&|| read(X));
         // Put X back, flushed everywhere, before the real test.
         ops.set_entry(v.frames, Level::L1, l1, index, orig)?;
         ops.lazy_mmu_flush()?;
@@ -277,13 +282,14 @@ fn shootdown(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         let ap_again = agent.run(&|| read(X));
 
         // The real test: Mm::unmap must shoot down the AP's entry.
-        let (ipis, seams) = (smp::ipi_counts(), SeamCounts::now());
+        let (ipis, seams, hvm) = (smp::ipi_counts(), SeamCounts::now(), crate::xenpvh::hvm_flushes());
         mm.unmap(&space, X)?;
         let ((sent, ran), seams) = (smp::ipi_counts(), SeamCounts::now().since(&seams));
         kprintln!(
-            "smp shootdown: Mm::unmap of a page loaded on 2 CPUs: {} IPIs sent, {} cross-calls run; {seams}",
+            "smp shootdown: Mm::unmap of a page loaded on 2 CPUs: {} IPIs sent, {} cross-calls run, {} HVMOP_flush_tlbs; {seams}",
             sent - ipis.0,
-            ran - ipis.1
+            ran - ipis.1,
+            crate::xenpvh::hvm_flushes() - hvm
         );
         held = Some(v.frames.alloc_zeroed_frame()?);
         mm.map(&space, X, PageFlags::DATA)?;
@@ -296,12 +302,13 @@ fn shootdown(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
             "smp shootdown: local-only flush: CPU 0 read {cpu0_local:#x}, CPU {} read {ap_local:#x} ({local_word})",
             agent.cpu
         );
-        let ok = ap_first == OLD && ap_again == OLD && cpu0_after == NEW && ap_after == NEW;
+        let ok = ap_first == OLD && ap_multi == MID && ap_again == OLD && cpu0_after == NEW && ap_after == NEW;
         Ok((
             ok,
             alloc::format!(
-                "CPU {} read {ap_first:#x} before unmap, {ap_after:#x} after unmap + new page: {}",
+                "CPU {} read {ap_multi:#x} after flush_tlb_multi ({}), {ap_first:#x} before unmap, {ap_after:#x} after unmap + new page: {}",
                 agent.cpu,
+                if ap_multi == MID { "fresh" } else { "STALE" },
                 if ap_after == NEW { "fresh" } else { "STALE" }
             ),
         ))

@@ -231,6 +231,12 @@ pub fn run(v: Vm) -> ! {
         Some(other) => {
             // The concurrent cases and the SMP conformance cases (step 1b) together.
             let mut s = crate::smp_cases::run_all(&v, other);
+            if crate::platform::get() == crate::platform::Platform::XenPvh {
+                match crate::xenpvh::remote_flush_costs(other, 200) {
+                    Ok((ipi, hvm)) => kprintln!("pvh remote flush cost (TSC cycles, 200 rounds): cross-call IPI {ipi}, HVMOP_flush_tlbs {hvm}"),
+                    Err(e) => kprintln!("pvh remote flush cost: {e}"),
+                }
+            }
             if let Some(c) = smp_conformance {
                 s.passed += c.passed as u32;
                 s.run += c.total as u32;

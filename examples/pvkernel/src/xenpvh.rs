@@ -66,3 +66,66 @@ pub fn memory_map(out: &mut [E820Entry; MAX_E820]) -> Result<usize, XenError> {
     }
     Ok(n)
 }
+
+/// `HVMOP_flush_tlbs` (`hvm_op` 34, sub-op 5, NULL argument): Xen flushes the
+/// TLB of every vCPU of the domain, the caller's included, and returns once
+/// they are flushed (`hvmop_flush_tlb_all`, xen/arch/x86/hvm/hvm.c; under HAP
+/// it tickles each vCPU's ASID and IPIs the pCPUs running them). A non-NULL
+/// argument is -EINVAL in 4.17 (`pvh-notes.md` §8).
+pub fn flush_tlbs() -> Result<(), XenError> {
+    // SAFETY: HVMOP_flush_tlbs reads and writes no guest memory.
+    let rc = unsafe { hypercall::hypercall5(hypercall::nr::HVM_OP, HVMOP_FLUSH_TLBS, 0, 0, 0, 0) };
+    if rc < 0 {
+        return Err(XenError { op: "HVMOP_flush_tlbs", rc });
+    }
+    Ok(())
+}
+
+const HVMOP_FLUSH_TLBS: u64 = 5;
+
+/// `HVMOP_flush_tlbs` calls made through [`KernelHvm`] (counted at the seam,
+/// not by the backend).
+static HVM_FLUSHES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many `HVMOP_flush_tlbs` the backend's seam has issued.
+pub fn hvm_flushes() -> u64 {
+    HVM_FLUSHES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The xen-pvh backend's HVM seam: the real hypercall.
+pub struct KernelHvm;
+
+/// The one [`KernelHvm`].
+pub static HVM: KernelHvm = KernelHvm;
+
+impl pvops_xen_pvh::XenHvm for KernelHvm {
+    fn flush_tlbs(&self) -> Result<(), pvops::PvError> {
+        if crate::sabotage::NO_HVM_FLUSH {
+            return Ok(());
+        }
+        HVM_FLUSHES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        flush_tlbs().map_err(|e| pvops::PvError::Hypercall { op: "HVMOP_flush_tlbs", index: 0, code: e.rc })
+    }
+}
+
+/// What one remote flush costs on this machine, in TSC cycles, each way:
+/// a cross-call IPI whose handler flushes (the native path: ICR write,
+/// injection, EOI, all emulated by Xen) and one `HVMOP_flush_tlbs`.
+pub fn remote_flush_costs(other: usize, rounds: u64) -> Result<(u64, u64), pvops::PvError> {
+    use pvops::{CpuMask, Cpus};
+    let cpus: &dyn Cpus = &crate::smp::CPUS;
+    let t0 = crate::smp::tsc();
+    for _ in 0..rounds {
+        cpus.call_on(CpuMask::one(other), &|| {
+            // SAFETY: PVH runs the native paths (ring 0, hardware paging).
+            unsafe { crate::x86::invlpg(0) };
+            Ok(())
+        })?;
+    }
+    let t1 = crate::smp::tsc();
+    for _ in 0..rounds {
+        flush_tlbs().map_err(|e| pvops::PvError::Hypercall { op: "HVMOP_flush_tlbs", index: 0, code: e.rc })?;
+    }
+    let t2 = crate::smp::tsc();
+    Ok(((t1 - t0) / rounds, (t2 - t1) / rounds))
+}

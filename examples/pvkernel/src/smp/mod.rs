@@ -130,6 +130,11 @@ impl Deadline {
     }
 }
 
+/// The TSC (for the cost figures the kernel prints).
+pub fn tsc() -> u64 {
+    rdtsc()
+}
+
 fn rdtsc() -> u64 {
     // SAFETY: rdtsc is unprivileged (CR4.TSD clear) natively and under Xen PV.
     unsafe { core::arch::x86_64::_rdtsc() }

@@ -26,6 +26,7 @@ pub mod nr {
     pub const CALLBACK_OP: u64 = 30;
     pub const EVENT_CHANNEL_OP: u64 = 32;
     pub const PHYSDEV_OP: u64 = 33;
+    pub const HVM_OP: u64 = 34;
 }
 
 /// Whether an `mmuext_op` command carries a vCPU bitmap in `arg2`
