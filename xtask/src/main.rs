@@ -480,8 +480,10 @@ fn main() -> ExitCode {
         Some("bench") => cmd_bench(&args[1..]),
         Some("calibrate") => calibrate::cmd(&args[1..]),
         Some("mutants") => mutants::mutants(&args[1..]),
+        // The new-backend check alone (`test` runs it too).
+        Some("new-backend") => newbackend::check(),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] [--cpus N] | test [--platform native|xen] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS]>".into())
+            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] [--cpus N] | test [--platform native|xen|pvh] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS] | new-backend>".into())
         }
     };
     match result {
