@@ -233,7 +233,9 @@ pub fn run(v: Vm) -> ! {
             let mut s = crate::smp_cases::run_all(&v, other);
             if crate::platform::get() == crate::platform::Platform::XenPvh {
                 match crate::xenpvh::remote_flush_costs(other, 200) {
-                    Ok((ipi, hvm)) => kprintln!("pvh remote flush cost (TSC cycles, 200 rounds): cross-call IPI {ipi}, HVMOP_flush_tlbs {hvm}"),
+                    Ok((ipi, hvm)) => kprintln!(
+                        "pvh remote flush cost (TSC cycles, 200 rounds): cross-call IPI {ipi}, HVMOP_flush_tlbs {hvm}"
+                    ),
                     Err(e) => kprintln!("pvh remote flush cost: {e}"),
                 }
             }
