@@ -255,7 +255,9 @@ pub trait PvMmuOps: Sync {
     /// a `cmpxchg` loop on the live entry): like the window between
     /// [`PvMmuOps::protect_start`] and [`PvMmuOps::protect_commit`], a fault
     /// taken there must be resolved under the page-table lock the caller
-    /// holds, by looking at the entry again.
+    /// holds, by looking at the entry again. On error the entry is as it
+    /// was; only if the hypervisor refuses to put a withdrawn entry back
+    /// does it stay withdrawn (the error is returned and logged).
     ///
     /// MUST reject `index >= 512` ([`PvError::BadIndex`]), `bits` outside A/D
     /// and a non-present entry ([`PvError::WrongState`]), changing nothing.

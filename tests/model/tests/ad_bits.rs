@@ -294,3 +294,29 @@ fn xen_clear_in_a_lazy_section_issues_a_queued_update_of_the_slot_first() {
     assert_eq!(raw(&g, l1, 0) & (A | D | flags::WRITABLE), A);
     assert!(g.model.violations().is_empty(), "{:?}", g.model.violations());
 }
+
+#[test]
+fn xen_refused_updates_leave_the_entry_as_it_was() {
+    let (g, l1, data) = xen_space(1);
+    let ops = g.ops();
+    assert_eq!(g.model.access(UVA, true, true), Ok(data[0]));
+    let live = raw(&g, l1, 0);
+    assert_eq!(live & (A | D), A | D);
+    let refused = |r: Result<(), PvError>, what: &str| {
+        assert!(matches!(r, Err(PvError::Hypercall { code: -22, .. })), "{what}: {r:?}");
+        assert_eq!(raw(&g, l1, 0), live, "{what}: the entry changed");
+        assert!(!g.model.clear_injections(), "{what}: the injection did not fire");
+    };
+    // The commit's mmu_update.
+    let old = ops.protect_start(g.mm, l1, uidx(0)).unwrap();
+    g.model.inject_subop_failure(0, -22);
+    refused(ops.protect_commit(g.mm, l1, uidx(0), old, Pte::new(data[0], flags::PRESENT | flags::USER)), "commit");
+    // The clear's withdraw, then its put-back (the entry is put back whole).
+    for after in [0, 1] {
+        g.model.inject_subop_failure(after, -22);
+        refused(ops.clear_accessed_dirty(g.mm, l1, uidx(0), A | D).map(|_| ()), "clear");
+    }
+    assert_eq!(g.model.access(UVA, true, true), Ok(data[0]), "still mapped and writable");
+    assert!(g.model.violations().is_empty(), "{:?}", g.model.violations());
+    g.model.check_invariants().unwrap();
+}
