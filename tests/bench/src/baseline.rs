@@ -839,6 +839,8 @@ impl Cell {
 pub struct Baseline {
     /// Every cell.
     pub cells: Vec<Cell>,
+    /// Per-function costs of each region (`baseline/<impl>/<op>`), when profiled.
+    pub profiles: std::collections::BTreeMap<String, cg::Profile>,
 }
 
 impl Baseline {
@@ -867,12 +869,13 @@ pub fn collect(run: &cg::ChildRun) -> Result<Baseline, String> {
     if b.cells.len() != IMPLS.len() * OPS.len() {
         return Err(format!("baseline: {} regions reported", b.cells.len()));
     }
+    b.profiles = run.profiles.clone();
     Ok(b)
 }
 
 /// Runs the child under Callgrind (`valgrind`), dumps under `work`.
 pub fn measure(valgrind: &std::path::Path, work: &std::path::Path) -> Result<Baseline, String> {
-    let run = cg::run_child(Some(valgrind), work, &["baseline".into()])?;
+    let run = cg::run_child_profiled(valgrind, work, &["baseline".into()])?;
     collect(&run)
 }
 
@@ -989,9 +992,112 @@ pub fn markdown(b: &Baseline) -> String {
     } else {
         let list: Vec<String> = m.iter().map(|(i, o, r, t)| format!("{o} ({i}) {r:.2}× > {t}×")).collect();
         let _ = writeln!(w, "Missed: {}.\n", list.join("; "));
+        where_it_goes(w, b, &m);
     }
     let _ = writeln!(w, "{END}\n");
     s
+}
+
+/// Functions shown per missed operation.
+const TOP: usize = 8;
+
+/// `Mm<O>::map`, `<DirectMap as PhysMem>::read_entry`: a Callgrind function
+/// name without its module paths (an identifier starting lower-case and
+/// followed by `::` is a module, unless a closure follows).
+pub fn short_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        let rest: String = std::iter::once(c).chain(chars.clone().take(3)).collect();
+        let module = c == ':'
+            && rest.starts_with("::")
+            && !rest.starts_with("::{")
+            && word.starts_with(|x: char| x.is_ascii_lowercase());
+        if module {
+            chars.next(); // the second ':'
+        } else {
+            out.push_str(&word);
+            out.push(c);
+        }
+        word.clear();
+    }
+    out.push_str(&word);
+    out
+}
+
+/// For each missed operation, where the framework's instructions go (the
+/// `static` column's Callgrind profile, the `dyn` one beside it): the
+/// functions with the largest own cost, per unit.
+fn where_it_goes(w: &mut String, b: &Baseline, misses: &[(&str, &str, f64, f64)]) {
+    if b.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "**Where the instructions go** (Callgrind's per-function costs of each region, as \
+         `callgrind_annotate --inclusive=yes` shows them, divided by the units of the row; *self* is the \
+         function's own instructions with what was inlined into it — the self costs of a region add up \
+         to its total —, *incl.* adds its callees, *calls* is calls per unit). The {TOP} largest self \
+         costs of `Mm<Builtin>` per missed operation, `Mm<dyn PvMmuOps>` beside them:\n"
+    );
+    let mut ops: Vec<&str> = misses.iter().map(|m| m.1).collect();
+    ops.dedup();
+    for op in OPS.into_iter().filter(|o| ops.contains(o)) {
+        let (Some(ps), Some(pd)) =
+            (b.profiles.get(&format!("baseline/static/{op}")), b.profiles.get(&format!("baseline/dyn/{op}")))
+        else {
+            continue;
+        };
+        let units = b.cells.iter().find(|c| c.imp == "static" && c.op == op).map_or(1, |c| c.units) as f64;
+        let total = b.per("static", op).unwrap_or(0.0);
+        let _ = writeln!(
+            w,
+            "*{}* — hand-written {} Ir, `Mm<Builtin>` {} Ir, `Mm<dyn PvMmuOps>` {} Ir per unit:\n",
+            what(op),
+            b.per("hand", op).map_or("—".into(), ir),
+            ir(total),
+            b.per("dyn", op).map_or("—".into(), ir)
+        );
+        let _ = writeln!(w, "| function | static self | share | static incl. | calls | dyn self | dyn incl. |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
+        // Half an instruction per unit or more: the harness's client request is not a cost.
+        let mut top: Vec<(&String, &cg::FnCost)> =
+            ps.funcs.iter().filter(|(_, c)| c.self_ir as f64 >= units / 2.0).collect();
+        top.sort_by(|a, b| b.1.self_ir.cmp(&a.1.self_ir).then(a.0.cmp(b.0)));
+        for (name, c) in top.into_iter().take(TOP) {
+            let d = pd.funcs.get(name).copied().unwrap_or_default();
+            let per = |v: u64| ir(v as f64 / units);
+            let _ = writeln!(
+                w,
+                "| `{}` | {} | {:.0} % | {} | {} | {} | {} |",
+                short_name(name),
+                per(c.self_ir),
+                100.0 * c.self_ir as f64 / units / total.max(1.0),
+                per(c.inclusive),
+                fmt_calls(c.calls as f64 / units),
+                per(d.self_ir),
+                per(d.inclusive)
+            );
+        }
+        let _ = writeln!(w);
+    }
+}
+
+fn fmt_calls(v: f64) -> String {
+    if v == 0.0 {
+        "—".into()
+    } else if v < 0.01 {
+        "< 0.01".into()
+    } else if (v - v.round()).abs() < 0.005 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// `doc` with this section replaced by `section`; without markers, it goes
@@ -1173,6 +1279,17 @@ mod tests {
         assert_eq!(fw.flushes, hand.flushes, "{what}: TLB flushes (loaded, not loaded)");
         assert_eq!(fw.cr3_ok, hand.cr3_ok, "{what}: cr3");
         assert_eq!(fw.leaked, hand.leaked, "{what}: frames left after exit");
+    }
+
+    #[test]
+    fn module_paths_are_dropped_from_function_names() {
+        assert_eq!(
+            short_name("<pvops_native::direct_map::DirectMap as pvops::services::PhysMem>::read_entry"),
+            "<DirectMap as PhysMem>::read_entry"
+        );
+        assert_eq!(short_name("kernel_glue::address_space::Mm<O>::map_queued"), "Mm<O>::map_queued");
+        assert_eq!(short_name("kernel_glue::walk::ensure_l1"), "ensure_l1");
+        assert_eq!(short_name("pvops_bench::baseline::child::{{closure}}"), "child::{{closure}}");
     }
 
     #[test]
