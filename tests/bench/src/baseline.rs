@@ -998,6 +998,33 @@ pub fn markdown(b: &Baseline) -> String {
     s
 }
 
+/// Kinds of framework code, each with the name fragments of its functions
+/// (Callgrind's full names); the first kind whose fragment a name contains
+/// gets its cost.
+const KINDS: [(&str, &[&str]); 8] = [
+    (
+        "one word of page-table memory per call (`<DirectMap as PhysMem>::read_entry`/`write_entry`)",
+        &["DirectMap as pvops::services::PhysMem>::read_entry", "DirectMap as pvops::services::PhysMem>::write_entry"],
+    ),
+    ("zeroing frames word by word (`PhysMem::zero_frame`)", &["zero_frame"]),
+    ("frame allocator (`FrameAllocator`: bitmap, metadata, its lock)", &["FrameAllocator", "spin::"]),
+    ("table walks (`find_l1`, `ensure_l1`)", &["kernel_glue::walk::"]),
+    (
+        "locks, cpumask, CPU ids (`lock`, `holders`, `this_cpu`, `set_running`)",
+        &["address_space::lock", "Locked", "holders", "Cpus>", "is_pinned", "set_running", "cpumask"],
+    ),
+    (
+        "backend (`NativeBackend`, `PvMmuOps` defaults, `NativeCpu`)",
+        &["NativeBackend", "PvMmuOps", "NativeCpu", "Builtin"],
+    ),
+    ("`Mm`'s own code, with what is inlined into it (fork's copy loop)", &["kernel_glue", "Mm<O>"]),
+    ("bench harness (the loop calling the operation)", &[""]),
+];
+
+fn kind_of(name: &str) -> usize {
+    KINDS.iter().position(|(_, frags)| frags.iter().any(|f| name.contains(f))).unwrap_or(KINDS.len() - 1)
+}
+
 /// Functions shown per missed operation.
 const TOP: usize = 8;
 
@@ -1042,12 +1069,52 @@ fn where_it_goes(w: &mut String, b: &Baseline, misses: &[(&str, &str, f64, f64)]
         "**Where the instructions go** (Callgrind's per-function costs of each region, as \
          `callgrind_annotate --inclusive=yes` shows them, divided by the units of the row; *self* is the \
          function's own instructions with what was inlined into it — the self costs of a region add up \
-         to its total —, *incl.* adds its callees, *calls* is calls per unit). The {TOP} largest self \
-         costs of `Mm<Builtin>` per missed operation, `Mm<dyn PvMmuOps>` beside them:\n"
+         to its total —, *incl.* adds its callees, *calls* is calls per unit) of every missed operation.\n"
     );
     let mut ops: Vec<&str> = misses.iter().map(|m| m.1).collect();
+    ops.sort_unstable();
     ops.dedup();
-    for op in OPS.into_iter().filter(|o| ops.contains(o)) {
+    let ops: Vec<&str> = OPS.into_iter().filter(|o| ops.contains(o)).collect();
+    // The partition by kind first: every instruction of a region is in exactly one bucket.
+    let _ = writeln!(
+        w,
+        "By kind, `Mm<Builtin>`, Ir per unit (each function's self cost goes to the first bucket its \
+         name matches; the buckets add up to the total):\n"
+    );
+    let _ = writeln!(w, "| kind | {} |", ops.join(" | "));
+    let _ = writeln!(w, "|---|{}", "---:|".repeat(ops.len()));
+    let units =
+        |imp: &str, op: &str| b.cells.iter().find(|c| c.imp == imp && c.op == op).map_or(1.0, |c| c.units as f64);
+    let _ = writeln!(
+        w,
+        "| *hand-written, whole operation* | {} |",
+        ops.iter().map(|o| b.per("hand", o).map_or("—".into(), ir)).collect::<Vec<_>>().join(" | ")
+    );
+    for (k, kind) in KINDS.iter().enumerate() {
+        let cells: Vec<String> = ops
+            .iter()
+            .map(|o| {
+                b.profiles.get(&format!("baseline/static/{o}")).map_or("—".into(), |p| {
+                    let v: u64 = p.funcs.iter().filter(|(n, _)| kind_of(n) == k).map(|(_, c)| c.self_ir).sum();
+                    ir(v as f64 / units("static", o))
+                })
+            })
+            .collect();
+        let _ = writeln!(w, "| {} | {} |", kind.0, cells.join(" | "));
+    }
+    let _ = writeln!(
+        w,
+        "| **`Mm<Builtin>`, whole operation** | {} |\n",
+        ops.iter()
+            .map(|o| b.per("static", o).map_or("—".into(), |v| format!("**{}**", ir(v))))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        w,
+        "The {TOP} largest self costs of `Mm<Builtin>` per missed operation, `Mm<dyn PvMmuOps>` beside them:\n"
+    );
+    for op in ops {
         let (Some(ps), Some(pd)) =
             (b.profiles.get(&format!("baseline/static/{op}")), b.profiles.get(&format!("baseline/dyn/{op}")))
         else {
