@@ -1104,9 +1104,20 @@ fn where_it_goes(w: &mut String, b: &Baseline, misses: &[(&str, &str, f64, f64)]
     }
     let _ = writeln!(
         w,
-        "| **`Mm<Builtin>`, whole operation** | {} |\n",
+        "| **`Mm<Builtin>`, whole operation** | {} |",
         ops.iter()
             .map(|o| b.per("static", o).map_or("—".into(), |v| format!("**{}**", ir(v))))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        w,
+        "| *gap: `Mm<Builtin>` − hand-written* | {} |\n",
+        ops.iter()
+            .map(|o| match (b.per("static", o), b.per("hand", o)) {
+                (Some(f), Some(h)) => format!("+{}", ir(f - h)),
+                _ => "—".into(),
+            })
             .collect::<Vec<_>>()
             .join(" | ")
     );
@@ -1137,8 +1148,10 @@ fn where_it_goes(w: &mut String, b: &Baseline, misses: &[(&str, &str, f64, f64)]
             ps.funcs.iter().filter(|(_, c)| c.self_ir as f64 >= units / 2.0).collect();
         top.sort_by(|a, b| b.1.self_ir.cmp(&a.1.self_ir).then(a.0.cmp(b.0)));
         for (name, c) in top.into_iter().take(TOP) {
-            let d = pd.funcs.get(name).copied().unwrap_or_default();
+            // Absent from the dyn profile: inlined there (or not called).
+            let d = pd.funcs.get(name).copied();
             let per = |v: u64| ir(v as f64 / units);
+            let dyn_per = |f: fn(&cg::FnCost) -> u64| d.as_ref().map_or("—".into(), |c| per(f(c)));
             let _ = writeln!(
                 w,
                 "| `{}` | {} | {:.0} % | {} | {} | {} | {} |",
@@ -1147,8 +1160,8 @@ fn where_it_goes(w: &mut String, b: &Baseline, misses: &[(&str, &str, f64, f64)]
                 100.0 * c.self_ir as f64 / units / total.max(1.0),
                 per(c.inclusive),
                 fmt_calls(c.calls as f64 / units),
-                per(d.self_ir),
-                per(d.inclusive)
+                dyn_per(|c| c.self_ir),
+                dyn_per(|c| c.inclusive)
             );
         }
         let _ = writeln!(w);
