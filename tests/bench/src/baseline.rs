@@ -956,7 +956,10 @@ pub fn markdown(b: &Baseline) -> String {
          the space being mapped and unmapped is loaded (cr3). A unit test checks that the three leave \
          the same page tables (kernel half, every table entry and its flags, every page's permissions \
          and contents), free the same number of frames and flush the same TLB entries \
-         (`baseline::tests`).\n"
+         (`baseline::tests`). What the hand-written code leaves out costs the framework nothing on these \
+         successful paths, or little: undoing the tables a failed map built (Linux keeps them too), \
+         keeping a frame when a flush fails, remote shootdowns (it runs on one CPU and refuses an unmap of \
+         a space another CPU holds), any other backend.\n"
     );
     let _ = writeln!(
         w,

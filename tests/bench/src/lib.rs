@@ -12,7 +12,10 @@
 //! 3. [`scaling`] — cost per page as address spaces grow, and [`memory`].
 //!
 //! And [`smp`] (issue 12): hypercalls and IPIs per remote TLB flush on the
-//! 2-vCPU models, beside Linux (`--smp` renders only that section).
+//! 2-vCPU models, beside Linux (`--smp` renders only that section); and
+//! [`baseline`] (issue 15): `kernel_glue::Mm` against hand-written page-table
+//! code in one Callgrind run, framework ÷ hand-written per operation and
+//! where the instructions go (`--baseline` renders only that section).
 //!
 //! [`report`] runs them all and writes `docs/PERFORMANCE.md` and
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
