@@ -84,6 +84,65 @@ pub struct ChildRun {
     pub stdout: String,
     /// `label → Ir`, in label order.
     pub regions: Option<BTreeMap<String, u64>>,
+    /// `label → per-function costs`, when asked for ([`run_child_profiled`]).
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// What one function cost inside one region (what `callgrind_annotate`
+/// shows: `self_ir` exclusive, `inclusive` with its callees).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FnCost {
+    /// Instructions executed in the function itself (inlined code included).
+    pub self_ir: u64,
+    /// `self_ir` plus the inclusive cost of every call it made (a direct
+    /// recursive call is not added twice).
+    pub inclusive: u64,
+    /// Times it was called.
+    pub calls: u64,
+}
+
+/// Per-function costs of one region: function name → cost. The `self_ir`
+/// of all functions add up to the region's total.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Function name (as Callgrind names it) → cost.
+    pub funcs: BTreeMap<String, FnCost>,
+}
+
+/// Parses one Callgrind dump (`--compress-strings=no`, one event: `Ir`)
+/// into per-function costs. A cost line right after `calls=` is the
+/// inclusive cost of that call (counted in the caller's `inclusive`); any
+/// other cost line is the current function's own.
+pub fn parse_profile(text: &str) -> Profile {
+    let mut p = Profile::default();
+    let mut cur = String::new();
+    let mut callee = String::new();
+    let mut pending: Option<u64> = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("fn=") {
+            cur = n.to_string();
+        } else if let Some(n) = line.strip_prefix("cfn=") {
+            callee = n.to_string();
+        } else if let Some(c) = line.strip_prefix("calls=") {
+            pending = Some(c.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0));
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*') {
+            let cost: u64 = line.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match pending.take() {
+                Some(count) => {
+                    p.funcs.entry(callee.clone()).or_default().calls += count;
+                    if callee != cur {
+                        p.funcs.entry(cur.clone()).or_default().inclusive += cost;
+                    }
+                }
+                None => {
+                    let f = p.funcs.entry(cur.clone()).or_default();
+                    f.self_ir += cost;
+                    f.inclusive += cost;
+                }
+            }
+        }
+    }
+    p
 }
 
 impl ChildRun {
@@ -132,6 +191,15 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 /// Runs this executable as `child <args>`, under Callgrind when `valgrind` is
 /// given; dump files go to a fresh directory under `work`.
 pub fn run_child(valgrind: Option<&Path>, work: &Path, args: &[String]) -> Result<ChildRun, String> {
+    run_child_with(valgrind, work, args, false)
+}
+
+/// [`run_child`], and the per-function costs of every region ([`ChildRun::profiles`]).
+pub fn run_child_profiled(valgrind: &Path, work: &Path, args: &[String]) -> Result<ChildRun, String> {
+    run_child_with(Some(valgrind), work, args, true)
+}
+
+fn run_child_with(valgrind: Option<&Path>, work: &Path, args: &[String], profile: bool) -> Result<ChildRun, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let dir = work.join(args.join("-"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,13 +229,18 @@ pub fn run_child(valgrind: Option<&Path>, work: &Path, args: &[String]) -> Resul
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let regions = if valgrind.is_some() { Some(read_dumps(&dir)?) } else { None };
+    let mut profiles = BTreeMap::new();
+    let regions = if valgrind.is_some() { Some(read_dumps(&dir, profile.then_some(&mut profiles))?) } else { None };
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(ChildRun { stdout, regions })
+    Ok(ChildRun { stdout, regions, profiles })
 }
 
-/// Reads every `cg.out.N` dump in `dir`: `label → totals`.
-fn read_dumps(dir: &Path) -> Result<BTreeMap<String, u64>, String> {
+/// Reads every `cg.out.N` dump in `dir`: `label → totals` (and, if asked,
+/// `label → per-function costs` into `profiles`).
+fn read_dumps(
+    dir: &Path,
+    mut profiles: Option<&mut BTreeMap<String, Profile>>,
+) -> Result<BTreeMap<String, u64>, String> {
     let mut regions = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries.flatten() {
@@ -179,6 +252,9 @@ fn read_dumps(dir: &Path) -> Result<BTreeMap<String, u64>, String> {
         if let Some((label, ir)) = parse_dump(&text) {
             if regions.insert(label.clone(), ir).is_some() {
                 return Err(format!("region {label:?} dumped twice"));
+            }
+            if let Some(p) = profiles.as_deref_mut() {
+                p.insert(label, parse_profile(&text));
             }
         }
     }
@@ -219,4 +295,24 @@ pub fn run_parallel<T: Send>(parallel: usize, jobs: Vec<Box<dyn FnOnce() -> T + 
         }
     });
     results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().map(|r| r.expect("every job ran")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Self costs are the function's own lines; a line after `calls=` is
+    /// the call's inclusive cost, added to the caller's inclusive cost and
+    /// not to its self cost; the callee's calls are counted; a direct
+    /// recursive call is not added to the caller twice.
+    #[test]
+    fn a_dump_is_split_into_self_and_inclusive_costs() {
+        let dump = "events: Ir\nsummary: 160\n\nfn=outer\n3 10\ncfn=inner\ncalls=4 0 \n5 100\n+1 5\n\n\
+                    fn=inner\n0 100\n\nfn=rec\n1 45\ncfn=rec\ncalls=2 0\n1 30\n";
+        let p = parse_profile(dump);
+        assert_eq!(p.funcs["outer"], FnCost { self_ir: 15, inclusive: 115, calls: 0 });
+        assert_eq!(p.funcs["inner"], FnCost { self_ir: 100, inclusive: 100, calls: 4 });
+        assert_eq!(p.funcs["rec"], FnCost { self_ir: 45, inclusive: 45, calls: 2 });
+        assert_eq!(p.funcs.values().map(|f| f.self_ir).sum::<u64>(), 160);
+    }
 }

@@ -12,13 +12,17 @@
 //! 3. [`scaling`] — cost per page as address spaces grow, and [`memory`].
 //!
 //! And [`smp`] (issue 12): hypercalls and IPIs per remote TLB flush on the
-//! 2-vCPU models, beside Linux (`--smp` renders only that section).
+//! 2-vCPU models, beside Linux (`--smp` renders only that section); and
+//! [`baseline`] (issue 15): `kernel_glue::Mm` against hand-written page-table
+//! code in one Callgrind run, framework ÷ hand-written per operation and
+//! where the instructions go (`--baseline` renders only that section).
 //!
 //! [`report`] runs them all and writes `docs/PERFORMANCE.md` and
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
 #![warn(missing_docs)]
 
 pub use pvops_integration::builtin;
+pub mod baseline;
 pub mod cg;
 pub mod economy;
 pub mod linux;
@@ -37,6 +41,7 @@ static ALLOC: memory::CountingAlloc = memory::CountingAlloc;
 pub fn child_main(args: &[String]) -> Result<(), String> {
     match args {
         [kind, mem] if kind == "overhead" => overhead::child(mem),
+        [kind] if kind == "baseline" => baseline::child(),
         [kind, backend, pages] if kind == "scaling" => {
             scaling::child(backend, pages.parse().map_err(|e| format!("pages {pages:?}: {e}"))?)
         }
@@ -51,11 +56,17 @@ struct Cli {
     out: Option<std::path::PathBuf>,
     /// Only the SMP section (`--smp`), spliced into the existing document.
     smp_only: bool,
+    /// Only the framework-vs-hand-written section (`--baseline`), likewise.
+    baseline_only: bool,
 }
 
 fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
-    let mut cli =
-        Cli { opts: report::Options::default(), out: write_by_default.then(report::docs_dir), smp_only: false };
+    let mut cli = Cli {
+        opts: report::Options::default(),
+        out: write_by_default.then(report::docs_dir),
+        smp_only: false,
+        baseline_only: false,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -66,11 +77,12 @@ fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
             "--out" => cli.out = Some(value(a)?.into()),
             "--no-write" => cli.out = None,
             "--smp" => cli.smp_only = true,
+            "--baseline" => cli.baseline_only = true,
             // What `cargo bench` passes to a harness-less bench; filters are not supported.
             "--bench" => {}
             "-h" | "--help" => {
                 return Err(
-                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--smp] [--out DIR | --no-write]"
+                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--smp | --baseline] [--out DIR | --no-write]"
                         .into(),
                 )
             }
@@ -102,6 +114,15 @@ pub fn main(write_by_default: bool) -> i32 {
     };
     if cli.smp_only {
         return match smp_only(cli.out.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pvops-bench: {e}");
+                1
+            }
+        };
+    }
+    if cli.baseline_only {
+        return match baseline_only(cli.out.as_deref()) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("pvops-bench: {e}");
@@ -141,6 +162,23 @@ fn smp_only(dir: Option<&std::path::Path>) -> Result<(), String> {
         let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         std::fs::write(&path, smp::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("pvops-bench: rewrote the SMP section of {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--baseline`: runs only the framework-vs-hand-written child under
+/// Callgrind and rewrites its section in `dir/PERFORMANCE.md`.
+fn baseline_only(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let vg = cg::ensure_valgrind().ok_or("--baseline needs valgrind")?;
+    let work = std::env::temp_dir().join(format!("pvops-bench-{}", std::process::id()));
+    let section = baseline::markdown(&baseline::measure(&vg, &work)?);
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{section}");
+    if let Some(dir) = dir {
+        let path = dir.join("PERFORMANCE.md");
+        let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, baseline::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("pvops-bench: rewrote the framework-vs-hand-written section of {}", path.display());
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::baseline::{self, Baseline};
 use crate::economy::{self, Row};
 use crate::memory::{self, Memory};
 use crate::overhead::{self, Overhead};
@@ -54,6 +55,8 @@ pub struct Results {
     pub scaling: Vec<Run>,
     /// SMP: remote flushes on the 2-vCPU models.
     pub smp: Vec<SmpRow>,
+    /// Framework vs hand-written (`None` without Valgrind).
+    pub baseline: Option<Baseline>,
     /// Wall-clock seconds of the whole run (for planning, not a result).
     pub seconds: f64,
 }
@@ -73,6 +76,7 @@ type Job<'a> = Box<dyn FnOnce() -> Result<Outcome, String> + Send + 'a>;
 enum Outcome {
     Overhead(Overhead),
     Scaling(Run),
+    Baseline(Baseline),
 }
 
 /// Runs everything: the in-process counts first, then the Callgrind children
@@ -112,6 +116,10 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
             ));
         }
     }
+    if let Some(vg) = vg.clone() {
+        let work = work.clone();
+        jobs.push((1_000, Box::new(move || baseline::measure(&vg, &work).map(Outcome::Baseline))));
+    }
     jobs.sort_by_key(|j| std::cmp::Reverse(j.0));
     let outcomes = cg::run_parallel(opts.jobs, jobs.into_iter().map(|(_, j)| j).collect());
     let _ = std::fs::remove_dir_all(&work);
@@ -126,12 +134,14 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
         memory,
         scaling: Vec::new(),
         smp,
+        baseline: None,
         seconds: 0.0,
     };
     for o in outcomes {
         match o? {
             Outcome::Overhead(o) => results.overhead.push(o),
             Outcome::Scaling(r) => results.scaling.push(r),
+            Outcome::Baseline(b) => results.baseline = Some(b),
         }
     }
     results.overhead.sort_by_key(|o| o.cells.first().map(|c| overhead::MEMS.iter().position(|m| *m == c.mem)));
@@ -346,8 +356,28 @@ pub fn markdown(r: &Results) -> String {
     let mem_met = if v.extra_frames.is_empty() { None } else { Some(v.extra_frames.iter().all(|&x| x == 1)) };
     let _ = writeln!(
         w,
-        "| 3. Xen memory: one frame (user pgd) per address space + batch buffers | {extra} | {} |\n",
+        "| 3. Xen memory: one frame (user pgd) per address space + batch buffers | {extra} | {} |",
         yes(mem_met)
+    );
+    let (base_text, base_met) = match &r.baseline {
+        None => ("—".to_string(), None),
+        Some(b) => {
+            let m = baseline::misses(b);
+            let worst = |imp: &str| {
+                baseline::OPS
+                    .iter()
+                    .filter(|op| baseline::target(op).is_some())
+                    .filter_map(|op| b.ratio(imp, op).map(|x| format!("{op} {x:.2}×")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            (format!("`Mm<Builtin>`: {}; `Mm<dyn>`: {}", worst("static"), worst("dyn")), Some(m.is_empty()))
+        }
+    };
+    let _ = writeln!(
+        w,
+        "| 4. framework ÷ hand-written (Callgrind, bare-metal memory path): ≤ 1.25× map, unmap, switch; ≤ 1.1× fork per page | {base_text} | {} |\n",
+        yes(base_met)
     );
 
     // Target 1.
@@ -712,6 +742,9 @@ pub fn markdown(r: &Results) -> String {
         }
     );
 
+    if let Some(b) = &r.baseline {
+        let _ = write!(w, "{}", baseline::markdown(b));
+    }
     let _ = write!(w, "{}", smp::markdown(&r.smp));
 
     // How.
@@ -721,6 +754,7 @@ pub fn markdown(r: &Results) -> String {
         "```sh\n\
          cargo xtask bench                                          # this report (docs/PERFORMANCE.md, docs/scaling.svg)\n\
          cargo xtask bench --smp                                    # only the SMP section, rewritten in place (no Valgrind)\n\
+         cargo xtask bench --baseline                               # only the framework-vs-hand-written section, in place\n\
          cargo run --release -p pvops-bench --bin pvops-bench-report  # the same, directly\n\
          cargo bench -p pvops-bench                                 # the same tables on stdout, nothing written\n\
          cargo test -p pvops-bench                                  # the counting harness's exact check\n\
