@@ -351,6 +351,7 @@ fn cmd_fuzz(args: &[String]) -> Result<(), String> {
 /// fmt + clippy of the kernel, which lives outside the host workspace.
 fn kernel_lints() -> Result<(), String> {
     let dir = boot::kernel_dir();
+    let user_prog = boot::build_user_prog()?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(&dir).args(["fmt", "--check"]);
     run(c)?;
@@ -358,6 +359,7 @@ fn kernel_lints() -> Result<(), String> {
     for f in features {
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         c.current_dir(&dir)
+            .env(boot::USER_PROG_ENV, &user_prog)
             .args(["clippy", "--release", "--target", boot::KERNEL_TARGET, "--target-dir"])
             .arg(boot::kernel_target_dir())
             .env_remove("RUSTFLAGS")
