@@ -90,7 +90,7 @@ impl<'m> FrameAllocator<'m> {
     /// add usable memory with [`FrameAllocator::add_free_range`].
     ///
     /// ```
-    /// # struct Mem; impl pvops::PhysMem for Mem { fn read_entry(&self, _: pvops::Pfn, _: usize) -> u64 { 0 } fn write_entry(&self, _: pvops::Pfn, _: usize, _: u64) {} }
+    /// # struct Mem; impl pvops::PhysMem for Mem { fn read_entry(&self, _: pvops::Pfn, _: usize) -> u64 { 0 } fn write_entry(&self, _: pvops::Pfn, _: usize, _: u64) {} fn compare_exchange_entry(&self, _: pvops::Pfn, _: usize, _: u64, _: u64) -> Result<u64, u64> { Err(0) } }
     /// use kernel_glue::FrameAllocator;
     /// use pvops::{MmServices, Pfn};
     /// let frames = FrameAllocator::new(&Mem, 64);
