@@ -333,10 +333,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// to `f(bits)`, keeping every accessed/dirty bit the hardware sets
     /// before or during the change (Linux's `ptep_modify_prot_start` /
     /// `commit`). Queued in the caller's lazy-MMU section.
+    ///
+    /// Natively the entry is withdrawn between the two (an access meanwhile
+    /// faults, and [`Mm::handle_fault`] waits for the space's lock, which
+    /// the caller holds, then finds the new entry: a spurious fault).
     pub(crate) fn modify_leaf(&self, l1: Pfn, index: usize, f: impl FnOnce(u64) -> u64) -> Result<(), PvError> {
-        let old = self.ops.read_entry(Level::L1, l1, index)?;
+        let old = self.ops.protect_start(self.frames, l1, index)?;
         let new = Pte::new(old.pfn(), f(old.flags()));
-        self.ops.set_entry(self.frames, Level::L1, l1, index, new)
+        self.ops.protect_commit(self.frames, l1, index, old, new)
     }
 
     /// A copy-on-write fork: the child gets `parent`'s pages without a

@@ -540,3 +540,113 @@ fn pin_all_pins_every_unpinned_space_and_unpin_all_undoes_exactly_that() {
     assert_eq!(n.mm.unpin_all(), Ok(1));
     exit(&n, s);
 }
+
+// ---- accessed/dirty bits and counts ----
+
+/// The raw leaf entry for `va` under `pgd`, read from the machine's memory
+/// (under Xen by mfn): what the hardware sees, A/D bits included.
+fn raw_leaf(b: &SmpBooted, pgd: Pfn, va: u64) -> u64 {
+    let v = VirtAddr::try_new(va).unwrap();
+    let mut table = match b.xen {
+        Some(m) => m.mfn_of(pgd).unwrap().0,
+        None => pgd.0,
+    };
+    for level in pvops::Level::TOP_DOWN {
+        let e = b.machine.read(table, v.index(level)).unwrap();
+        if level == pvops::Level::L1 {
+            return e;
+        }
+        table = (e & pvops::pte::flags::ADDR_MASK) >> 12;
+    }
+    unreachable!()
+}
+
+/// The dirty and accessed bits the hardware set survive mprotect and the
+/// write-protection of a COW fork: the leaf is changed, not rebuilt.
+#[test]
+fn accessed_and_dirty_bits_survive_protect_and_fork() {
+    use pvops::pte::flags::{ACCESSED, DIRTY, WRITABLE};
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 2, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        user_write(b, VA).unwrap();
+        b.user_read(VA + PAGE).unwrap();
+        assert_eq!(raw_leaf(b, s.pgd(), VA) & (ACCESSED | DIRTY), ACCESSED | DIRTY, "{}: the model sets A/D", b.name);
+        b.mm.protect_range(&s, VA, 2, PageFlags::RODATA).unwrap();
+        let e = raw_leaf(b, s.pgd(), VA);
+        assert_eq!((e & WRITABLE, e & (ACCESSED | DIRTY)), (0, ACCESSED | DIRTY), "{}: {e:#x}", b.name);
+        assert_eq!(raw_leaf(b, s.pgd(), VA + PAGE) & (ACCESSED | DIRTY), ACCESSED, "{}", b.name);
+        b.mm.protect_range(&s, VA, 2, PageFlags::DATA).unwrap();
+        user_write(b, VA + PAGE).unwrap();
+        let c = b.mm.fork_cow(&s).unwrap();
+        for va in [VA, VA + PAGE] {
+            let e = raw_leaf(b, s.pgd(), va);
+            assert_eq!((e & WRITABLE, e & DIRTY), (0, DIRTY), "{}: parent {va:#x} {e:#x}", b.name);
+        }
+        finish(b, vec![s, c], free0);
+    });
+}
+
+/// Hypercalls on the Xen model (its own counter) for `protect_range` of N
+/// pages while vCPU 1 also holds the space, for `fork_cow` of an N-page
+/// process, and for COW faults; printed for `docs/PERFORMANCE.md` and held
+/// to the targets: ⌈N/32⌉ batches (Linux's lazy batches; 32 `mmu_update`
+/// records fill one) plus at most one for the remote flush (it rides in the
+/// last batch when that has room), one per COW fault.
+#[test]
+fn hypercall_counts() {
+    let b = boot("xen64");
+    let m = b.xen.unwrap();
+    let free0 = b.frames.free_frames();
+    for n in [1u64, 32, 64, 512] {
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, n, PageFlags::DATA).unwrap();
+        on_vcpu(1, || b.mm.activate(&s)).unwrap();
+        b.mm.activate(&s).unwrap();
+        m.reset_counters();
+        assert_eq!(b.mm.protect_range(&s, VA, n, PageFlags::RODATA), Ok(n));
+        let c = m.counters();
+        println!(
+            "protect_range N={n}: {} hypercalls, {} mmu_updates, {} flushes (INVLPG_MULTI {} TLB_FLUSH_MULTI {})",
+            c.hypercalls,
+            c.mmu_updates,
+            c.invlpg_multis + c.tlb_flush_multis,
+            c.invlpg_multis,
+            c.tlb_flush_multis
+        );
+        assert!(c.hypercalls <= n.div_ceil(32) + 1, "N={n}: {c:?}");
+        assert_eq!(c.invlpg_multis + c.tlb_flush_multis, 1, "N={n}: one flush of both vCPUs");
+        m.reset_counters();
+        let child = b.mm.fork_cow(&s).unwrap();
+        println!("fork_cow of {n} read-only pages: {} hypercalls", m.counters().hypercalls);
+        assert_eq!(m.counters().hypercalls, 0, "nothing in the parent changes");
+        exit(&b, child);
+        b.mm.protect_range(&s, VA, n, PageFlags::DATA).unwrap();
+        m.reset_counters();
+        let f = b.frames.free_frames();
+        let child = b.mm.fork_cow(&s).unwrap();
+        let c = m.counters();
+        println!(
+            "fork_cow of {n} writable pages: {} hypercalls, {} mmu_updates, {} flushes, {} frames (the child's tables)",
+            c.hypercalls,
+            c.mmu_updates,
+            c.invlpg_multis + c.tlb_flush_multis,
+            f - b.frames.free_frames()
+        );
+        assert!(c.hypercalls <= n.div_ceil(32) + 1, "fork_cow N={n}: {c:?}");
+        m.reset_counters();
+        assert_eq!(b.mm.handle_fault(&s, VA, true), Ok(FaultFix::CopiedOnWrite));
+        let c = m.counters();
+        println!("COW fault (copy) with 2 vCPUs holding the space: {} hypercalls", c.hypercalls);
+        assert_eq!(c.hypercalls, 1);
+        for cpu in [1, 0] {
+            on_vcpu(cpu, || b.mm.activate_init()).unwrap();
+        }
+        exit(&b, child);
+        exit(&b, s);
+    }
+    b.check_quiescent().unwrap();
+    assert_eq!(b.frames.free_frames(), free0);
+}
