@@ -350,6 +350,8 @@ fn fork_cow_copies_only_what_is_written() {
         }
         let copy = on_vcpu(1, || user_write(b, VA + PAGE)).expect("writable after the copy");
         assert_ne!(copy, frames[1]);
+        // Reads too: no TLB keeps the old frame (the copy's flush).
+        assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(copy), "{}", b.name);
         assert_eq!(word(b, copy, 0), 101, "{}: contents copied", b.name);
         assert_eq!(b.user_read(VA + PAGE), Some(frames[1]), "{}: the parent keeps its frame", b.name);
         assert_eq!(user_write(b, VA + PAGE), None);
