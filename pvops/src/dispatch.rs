@@ -41,6 +41,9 @@
 //! #     fn lazy_mmu_enter(&self) {}
 //! #     fn lazy_mmu_leave(&self) -> Result<(), PvError> { Ok(()) }
 //! #     fn lazy_mmu_flush(&self) -> Result<(), PvError> { Ok(()) }
+//! #     fn protect_start(&self, _: &dyn MmServices, _: Pfn, _: usize) -> Result<Pte, PvError> { Ok(Pte::EMPTY) }
+//! #     fn protect_commit(&self, _: &dyn MmServices, _: Pfn, _: usize, _: Pte, _: Pte) -> Result<(), PvError> { Ok(()) }
+//! #     fn clear_accessed_dirty(&self, _: &dyn MmServices, _: Pfn, _: usize, _: u64) -> Result<Pte, PvError> { Ok(Pte::EMPTY) }
 //! #     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> { Ok(pte.0) }
 //! #     fn entry_value(&self, raw: u64) -> Pte { Pte(raw) }
 //! #     fn cpus(&self) -> &dyn pvops::Cpus { &pvops::SingleCpu }
@@ -250,6 +253,15 @@ macro_rules! static_dispatch {
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn lazy_mmu_flush(&self) -> ::core::result::Result<(), $crate::PvError>);
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn protect_start(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize)
+                    -> ::core::result::Result<$crate::Pte, $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn protect_commit(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, old: $crate::Pte, new: $crate::Pte)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn clear_accessed_dirty(&self, mm: &dyn $crate::MmServices, table: $crate::Pfn, index: usize, bits: u64)
+                    -> ::core::result::Result<$crate::Pte, $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn make_entry(&self, pte: $crate::Pte) -> ::core::result::Result<u64, $crate::PvError>);
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn entry_value(&self, raw: u64) -> $crate::Pte);
@@ -387,6 +399,16 @@ mod tests {
         fn lazy_mmu_flush(&self) -> Result<(), PvError> {
             Ok(())
         }
+        fn protect_start(&self, _: &dyn MmServices, _: Pfn, index: usize) -> Result<Pte, PvError> {
+            Ok(Pte(self.last.load(Ordering::Relaxed) ^ index as u64))
+        }
+        fn protect_commit(&self, _: &dyn MmServices, _: Pfn, index: usize, old: Pte, new: Pte) -> Result<(), PvError> {
+            self.last.store(old.0 ^ new.0 ^ index as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        fn clear_accessed_dirty(&self, _: &dyn MmServices, _: Pfn, index: usize, bits: u64) -> Result<Pte, PvError> {
+            Ok(Pte(self.last.fetch_and(!bits, Ordering::Relaxed) ^ index as u64))
+        }
         fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {
             Ok(pte.0)
         }
@@ -455,6 +477,10 @@ mod tests {
             ops.write_cr3(&Mm, Pfn(9)).unwrap();
             assert_eq!(ops.read_cr3(), Pfn(9));
             assert_eq!(ops.stats().hypercalls, 7, "overridden provided methods are forwarded");
+            ops.protect_commit(&Mm, Pfn(3), 1, Pte(0x60), Pte(0x7)).unwrap();
+            assert_eq!(ops.protect_start(&Mm, Pfn(3), 2), Ok(Pte(0x67 ^ 1 ^ 2)), "protect_* forwarded");
+            assert_eq!(ops.clear_accessed_dirty(&Mm, Pfn(3), 0, 0x20), Ok(Pte(0x67 ^ 1)));
+            assert_eq!(ops.protect_start(&Mm, Pfn(3), 0), Ok(Pte(0x47 ^ 1)), "clear_accessed_dirty forwarded");
             assert_eq!(ops.make_entry(Pte(4)), Ok(4));
             assert_eq!(alloc::format!("{ops:?}"), alloc::format!("Ops({name})"));
         }

@@ -207,6 +207,53 @@ pub trait PvMmuOps: Sync {
     /// updates (outside any section: of every update not reported yet).
     fn lazy_mmu_flush(&self) -> Result<(), PvError>;
 
+    /// Begins a protection change of the live L1 (leaf) entry `index` of
+    /// table `table` (Linux's `ptep_modify_prot_start`) and returns the entry
+    /// as it is now, with every accessed/dirty bit the hardware has set so far.
+    /// The caller MUST follow it with [`PvMmuOps::protect_commit`] of the same
+    /// slot, holding whatever lock keeps other writers off the slot, and
+    /// flush the TLBs that may hold it after the commit.
+    ///
+    /// A backend MAY withdraw the entry until the commit (natively an atomic
+    /// exchange with 0, so the hardware can set no bit that the commit would
+    /// then overwrite; an access in between faults and is retried by its
+    /// handler) or leave it live (xen64: a read; the commit keeps what the
+    /// hardware sets in between). MUST reject `index >= 512`
+    /// ([`PvError::BadIndex`]) and a non-present entry ([`PvError::WrongState`]),
+    /// changing nothing. `table` MUST be an L1 table: backends cannot always
+    /// tell an L1 from a higher level by its contents.
+    fn protect_start(&self, mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError>;
+
+    /// Ends the protection change [`PvMmuOps::protect_start`] began (Linux's
+    /// `ptep_modify_prot_commit`): the slot becomes `new` with the
+    /// accessed/dirty bits of `old` (what `protect_start` returned) and every
+    /// accessed/dirty bit the hardware set on the entry since — none MUST be
+    /// lost. Natively a store of `new | (old & (A|D))` into the withdrawn slot;
+    /// on xen64 an `mmu_update` with `MMU_PT_UPDATE_PRESERVE_AD`, queued in a
+    /// lazy-MMU section like any other update. Flushes nothing.
+    ///
+    /// `new` MUST be present and name the same frame as `old` (a protection
+    /// change, not a remap), else [`PvError::WrongState`] and nothing changes;
+    /// `index >= 512`: [`PvError::BadIndex`]. A backend that withdrew the entry
+    /// MUST refuse ([`PvError::WrongState`], nothing changed) a commit with no
+    /// start before it (the slot is not the empty entry its start left).
+    fn protect_commit(&self, mm: &dyn MmServices, table: Pfn, index: usize, old: Pte, new: Pte) -> Result<(), PvError>;
+
+    /// Clears the accessed/dirty bits `bits` (a subset of
+    /// `ACCESSED | DIRTY`) of the present L1 entry `index` of `table` and
+    /// returns the entry as it was just before (Linux's
+    /// `ptep_test_and_clear_young` / `ptep_clear_flush_dirty` without the
+    /// flush). MUST be atomic with respect to the hardware setting A/D: no
+    /// bit outside `bits` may be lost, and a bit in `bits` the hardware sets
+    /// after the clear stays set. Takes effect at once, also inside a
+    /// lazy-MMU section (a queued update of the same slot is issued first).
+    /// The caller flushes the TLB if it needs the hardware to set a cleared
+    /// bit again (a cached translation may still carry it).
+    ///
+    /// MUST reject `index >= 512` ([`PvError::BadIndex`]), `bits` outside A/D
+    /// and a non-present entry ([`PvError::WrongState`]), changing nothing.
+    fn clear_accessed_dirty(&self, mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError>;
+
     /// Encodes a pfn-based entry as the hardware will see it (identity natively).
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError>;
 

@@ -39,6 +39,19 @@ pub trait PhysMem: Sync {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64;
     /// Writes the 64-bit word `index` of frame `pfn`.
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64);
+    /// Atomically replaces word `index` of frame `pfn` with `new` if it
+    /// still holds `current` (a locked `cmpxchg`): `Ok(current)` when it
+    /// did, else `Err(actual)` and nothing was written. MUST be atomic with
+    /// respect to other CPUs and to the hardware setting accessed/dirty bits
+    /// in the word; it is how backends change a live entry without losing
+    /// those bits. Required, with no read-then-write default, so that a
+    /// wrapper (a counting layer, say) cannot silently lose the atomicity.
+    ///
+    /// On Xen PV a live L1 table is read-only to the guest: the `cmpxchg`
+    /// faults and Xen emulates it atomically, validating `new` as
+    /// `mmu_update` would (`ptwr_emulated_cmpxchg`,
+    /// xen/arch/x86/pv/ro-page-fault.c). Only L1 tables are emulated.
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64>;
     /// Zeroes a whole frame.
     fn zero_frame(&self, pfn: Pfn) {
         for i in 0..crate::ENTRIES_PER_TABLE {

@@ -71,6 +71,15 @@ impl PvMmuOps for Rec {
     fn read_entry(&self, _: Level, _: Pfn, _: usize) -> Result<Pte, PvError> {
         Ok(Pte::EMPTY)
     }
+    fn protect_start(&self, _: &dyn MmServices, _: Pfn, _: usize) -> Result<Pte, PvError> {
+        Ok(Pte::EMPTY)
+    }
+    fn protect_commit(&self, _: &dyn MmServices, _: Pfn, _: usize, _: Pte, _: Pte) -> Result<(), PvError> {
+        Ok(())
+    }
+    fn clear_accessed_dirty(&self, _: &dyn MmServices, _: Pfn, _: usize, _: u64) -> Result<Pte, PvError> {
+        Ok(Pte::EMPTY)
+    }
     fn write_cr3(&self, _: &dyn MmServices, _: Pfn) -> Result<(), PvError> {
         Ok(())
     }

@@ -4,6 +4,7 @@ use core::ops::Range;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use pvops::pte::flags;
 use pvops::{
     Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, MAX_CPUS,
     PAGE_SHIFT,
@@ -56,6 +57,25 @@ impl NativeBackend {
             None => Ok(()),
         }
     }
+}
+
+/// The bits the hardware sets on its own.
+const AD: u64 = flags::ACCESSED | flags::DIRTY;
+
+/// `new` keeps `old`'s frame and is present: a protection change, not a remap.
+fn check_protection_change(old: Pte, new: Pte) -> Result<(), PvError> {
+    if !new.is_present() || !old.is_present() || new.pfn() != old.pfn() {
+        return Err(PvError::WrongState { what: "protect_commit: not a protection change of a present entry" });
+    }
+    Ok(())
+}
+
+/// Only A and D may be cleared.
+fn check_ad_bits(bits: u64) -> Result<(), PvError> {
+    if bits & !AD != 0 {
+        return Err(PvError::WrongState { what: "clear_accessed_dirty: bits other than accessed/dirty" });
+    }
+    Ok(())
 }
 
 fn check_index(index: usize) -> Result<(), PvError> {
@@ -161,6 +181,63 @@ impl PvMmuOps for NativeBackend {
 
     fn lazy_mmu_flush(&self) -> Result<(), PvError> {
         Ok(())
+    }
+
+    /// `ptep_get_and_clear`: an atomic exchange with 0 (Linux's native
+    /// `ptep_modify_prot_start`, arch/x86/include/asm/pgtable.h). Once the
+    /// slot is empty no CPU can set A/D in it: a walk that would set one
+    /// finds it not present and faults.
+    fn protect_start(&self, _mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
+        check_index(index)?;
+        let mut cur = self.mem.read_entry(table, index);
+        loop {
+            if cur & flags::PRESENT == 0 {
+                return Err(PvError::WrongState { what: "protect_start of a non-present entry" });
+            }
+            match self.mem.compare_exchange_entry(table, index, cur, 0) {
+                Ok(_) => return Ok(Pte(cur)),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// A store of `new` with `old`'s A/D bits into the slot `protect_start`
+    /// emptied (as a `cmpxchg` from 0, so a commit with no start is refused).
+    fn protect_commit(
+        &self,
+        _mm: &dyn MmServices,
+        table: Pfn,
+        index: usize,
+        old: Pte,
+        new: Pte,
+    ) -> Result<(), PvError> {
+        check_index(index)?;
+        check_protection_change(old, new)?;
+        let value = new.0 | (old.0 & AD);
+        self.mem
+            .compare_exchange_entry(table, index, 0, value)
+            .map(|_| ())
+            .map_err(|_| PvError::WrongState { what: "protect_commit of a slot protect_start did not empty" })
+    }
+
+    /// A `cmpxchg` loop clearing `bits` (Linux uses `lock btr`; the same
+    /// atomicity against the hardware's locked A/D updates).
+    fn clear_accessed_dirty(&self, _mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError> {
+        check_index(index)?;
+        check_ad_bits(bits)?;
+        let mut cur = self.mem.read_entry(table, index);
+        loop {
+            if cur & flags::PRESENT == 0 {
+                return Err(PvError::WrongState { what: "clear_accessed_dirty of a non-present entry" });
+            }
+            if cur & bits == 0 {
+                return Ok(Pte(cur));
+            }
+            match self.mem.compare_exchange_entry(table, index, cur, cur & !bits) {
+                Ok(_) => return Ok(Pte(cur)),
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {

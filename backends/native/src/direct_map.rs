@@ -46,4 +46,20 @@ impl PhysMem for DirectMap {
             unsafe { p.write_volatile(value) }
         }
     }
+
+    /// A locked `cmpxchg` on the word. On Xen PV a live L1 is read-only here;
+    /// the fault is emulated by Xen (see the trait).
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        let Some(p) = self.slot(pfn, index) else { return Err(0) };
+        // SAFETY: 3. in range, mapped per `new`'s contract, 8-byte aligned
+        // (frame base + 8 * index); the hardware updates entries only with
+        // locked operations, so an atomic view of the word is sound.
+        let atomic = unsafe { core::sync::atomic::AtomicU64::from_ptr(p) };
+        atomic.compare_exchange(
+            current,
+            new,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        )
+    }
 }

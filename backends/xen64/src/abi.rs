@@ -69,6 +69,10 @@ pub mod uvmf {
 
 /// `mmu_update` command in bits 1:0 of `ptr`: checked page-table write.
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+/// `mmu_update` command: a checked write that keeps the accessed/dirty bits
+/// the entry has when Xen exchanges it (ORed into the new value, in a
+/// `cmpxchg` loop: `update_intpte`, xen/arch/x86/pv/mm.h).
+pub const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
 
 /// `DOMID_SELF`.
 pub const DOMID_SELF: u64 = 0x7ff0;

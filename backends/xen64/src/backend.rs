@@ -12,7 +12,7 @@ use crate::abi::{XEN_L4_END, XEN_L4_FIRST};
 use crate::multicall::{Batch, FlushCounts, Record, RecordId, Report};
 use crate::register::XenPlatform;
 use crate::user_pgd::UserSlot;
-use crate::{boot, mmu_update, p2m, pin, root, tlb, user_pgd};
+use crate::{boot, mmu_update, p2m, pin, protect, root, tlb, user_pgd};
 
 /// One vCPU's backend state (Linux keeps the same in per-CPU variables:
 /// `mc_buffer`, `xen_lazy_mode`, `xen_cr3`/`xen_current_cr3`). Only its own
@@ -419,6 +419,18 @@ impl PvMmuOps for XenBackend {
             let mark = cx.st.lazy.last().copied().unwrap_or(RecordId::FIRST);
             cx.st.batch.issue_from(cx.platform.transport, mark).into_result()
         })
+    }
+
+    fn protect_start(&self, _mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
+        self.with_events(|cx| protect::protect_start(cx, table, index))
+    }
+
+    fn protect_commit(&self, mm: &dyn MmServices, table: Pfn, index: usize, old: Pte, new: Pte) -> Result<(), PvError> {
+        self.with(|cx| protect::protect_commit(cx, mm, table, index, old, new))
+    }
+
+    fn clear_accessed_dirty(&self, mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError> {
+        self.with_events(|cx| protect::clear_accessed_dirty(cx, mm, table, index, bits))
     }
 
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {

@@ -50,6 +50,7 @@ mod mmuext;
 mod multicall;
 mod p2m;
 mod pin;
+mod protect;
 mod register;
 mod root;
 mod tlb;

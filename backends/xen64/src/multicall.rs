@@ -276,9 +276,10 @@ impl Batch {
     }
 
     /// The value the last queued `mmu_update` writes at machine address
-    /// `ptr`, if one is queued: what a read must see before the batch is issued.
+    /// `ptr` (whatever its command bits), if one is queued: what a read must
+    /// see before the batch is issued.
     pub(crate) fn queued_value(&self, ptr: u64) -> Option<u64> {
-        self.mmu.iter().rev().find(|u| u.ptr == ptr).map(|u| u.val)
+        self.mmu.iter().rev().find(|u| u.ptr & !7 == ptr & !7).map(|u| u.val)
     }
 
     fn merges(&self, record: &Record) -> bool {
@@ -603,6 +604,9 @@ mod tests {
             pfn.0 * 1000 + index as u64
         }
         fn write_entry(&self, _pfn: Pfn, _index: usize, _value: u64) {}
+        fn compare_exchange_entry(&self, pfn: Pfn, index: usize, _: u64, _: u64) -> Result<u64, u64> {
+            Err(self.read_entry(pfn, index))
+        }
     }
     static FAKE_MEM: FakeMem = FakeMem;
 

@@ -34,6 +34,11 @@ pub enum Event {
     LazyEnter,
     /// `lazy_mmu_leave()`.
     LazyLeave,
+    /// `protect_commit(table, index, _, new)` (after its `protect_start`):
+    /// the L1 slot's protection changed to `new`.
+    Protect(Pfn, usize, Pte),
+    /// `clear_accessed_dirty(table, index, bits)`.
+    ClearAd(Pfn, usize, u64),
 }
 
 fn level_digit(l: Level) -> u8 {
@@ -56,6 +61,8 @@ impl fmt::Display for Event {
             Event::FlushOne(va) => write!(f, "flush_one {:#x}", va.as_u64()),
             Event::LazyEnter => write!(f, "lazy_enter"),
             Event::LazyLeave => write!(f, "lazy_leave"),
+            Event::Protect(t, i, e) => write!(f, "protect {:#x} {} {:#x}", t.0, i, e.0),
+            Event::ClearAd(t, i, b) => write!(f, "clear_ad {:#x} {} {:#x}", t.0, i, b),
         }
     }
 }
@@ -121,6 +128,16 @@ impl FromStr for Event {
             }
             "lazy_enter" => Event::LazyEnter,
             "lazy_leave" => Event::LazyLeave,
+            "protect" => {
+                let t = pfn(num(w.next()))?;
+                let i = num(w.next())? as usize;
+                Event::Protect(t, i, Pte(num(w.next())?))
+            }
+            "clear_ad" => {
+                let t = pfn(num(w.next()))?;
+                let i = num(w.next())? as usize;
+                Event::ClearAd(t, i, num(w.next())?)
+            }
             _ => return Err(ParseError { what: "unknown operation" }),
         };
         if w.next().is_some() {

@@ -42,6 +42,14 @@ pub fn apply(ops: &dyn PvMmuOps, mm: &dyn MmServices, e: &Event) -> Result<(), P
             Ok(())
         }
         Event::LazyLeave => ops.lazy_mmu_leave(),
+        Event::Protect(t, i, new) => {
+            let old = ops.protect_start(mm, t, i)?;
+            ops.protect_commit(mm, t, i, old, new).inspect_err(|_| {
+                // Not left withdrawn: the old entry goes back.
+                let _ = ops.protect_commit(mm, t, i, old, old);
+            })
+        }
+        Event::ClearAd(t, i, bits) => ops.clear_accessed_dirty(mm, t, i, bits).map(|_| ()),
     }
 }
 

@@ -98,6 +98,11 @@ impl PhysMem for CountingMem {
         self.inner.write_entry(pfn, index, value);
     }
 
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        self.stores.fetch_add(1, Ordering::Relaxed);
+        self.inner.compare_exchange_entry(pfn, index, current, new)
+    }
+
     fn zero_frame(&self, pfn: Pfn) {
         self.stores.fetch_add(ENTRIES_PER_TABLE as u64, Ordering::Relaxed);
         self.inner.zero_frame(pfn);

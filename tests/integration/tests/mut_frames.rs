@@ -26,6 +26,15 @@ impl PhysMem for Mem {
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
         self.words.lock().unwrap().entry(pfn.0).or_insert_with(|| vec![0; 512])[index] = value;
     }
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        let mut words = self.words.lock().unwrap();
+        let w = words.entry(pfn.0).or_insert_with(|| vec![0; 512]);
+        if w[index] != current {
+            return Err(w[index]);
+        }
+        w[index] = new;
+        Ok(current)
+    }
     fn zero_frame(&self, pfn: Pfn) {
         self.words.lock().unwrap().remove(&pfn.0);
     }

@@ -136,6 +136,15 @@ impl PvMmuOps for Refusing {
     fn lazy_mmu_flush(&self) -> Result<(), PvError> {
         self.inner.lazy_mmu_flush()
     }
+    fn protect_start(&self, mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
+        self.inner.protect_start(mm, table, index)
+    }
+    fn protect_commit(&self, mm: &dyn MmServices, table: Pfn, index: usize, old: Pte, new: Pte) -> Result<(), PvError> {
+        self.inner.protect_commit(mm, table, index, old, new)
+    }
+    fn clear_accessed_dirty(&self, mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError> {
+        self.inner.clear_accessed_dirty(mm, table, index, bits)
+    }
     fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {
         self.inner.make_entry(pte)
     }

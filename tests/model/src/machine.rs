@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use pvops::{Pfn, PhysMem, VirtAddr, ENTRIES_PER_TABLE};
+use pvops::pte::flags;
+use pvops::{Level, Pfn, PhysMem, VirtAddr, ENTRIES_PER_TABLE};
 use pvops_native::NativeCpu;
 
 use crate::cpus::ModelCpus;
@@ -30,6 +31,9 @@ struct State {
     full_flushes: u64,
     cr3_writes: u64,
     tlb: Tlb,
+    /// "The hardware" sets these A/D bits in (frame, index) right after the
+    /// guest's next read of that word ([`Machine::touch_after_guest_read`]).
+    touch: Option<(u64, usize, u64)>,
 }
 
 /// The frames as the TLB reads them: absent frames read as zeros.
@@ -92,6 +96,7 @@ impl Machine {
             full_flushes: 0,
             cr3_writes: 0,
             tlb: Tlb::new(vcpus),
+            touch: None,
         };
         Machine { nr_frames, state: Mutex::new(state), cpus }
     }
@@ -143,8 +148,29 @@ impl Machine {
         }
         let mut s = self.state();
         let old = s.frames.get(&frame).map_or(0, |f| f[index]);
+        self.store_locked(&mut s, frame, index, old, value);
+        true
+    }
+
+    /// Atomically (one lock with every access and A/D update): word `index`
+    /// of `frame` becomes `new` if it holds `current` — a locked `cmpxchg`.
+    /// `Err(actual)` otherwise, and `Err(0)` out of range.
+    pub fn compare_exchange(&self, frame: u64, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        if frame >= self.nr_frames || index >= ENTRIES_PER_TABLE {
+            return Err(0);
+        }
+        let mut s = self.state();
+        let old = s.frames.get(&frame).map_or(0, |f| f[index]);
+        if old != current {
+            return Err(old);
+        }
+        self.store_locked(&mut s, frame, index, old, new);
+        Ok(old)
+    }
+
+    fn store_locked(&self, s: &mut State, frame: u64, index: usize, old: u64, value: u64) {
         if old == value {
-            return true;
+            return;
         }
         {
             let (read, tlb) = s.parts(self.nr_frames);
@@ -152,7 +178,62 @@ impl Machine {
         }
         let f = s.frames.entry(frame).or_insert_with(|| Box::new([0; ENTRIES_PER_TABLE]));
         f[index] = value;
-        true
+    }
+
+    /// Arms a one-shot stand-in for the hardware racing the guest: right
+    /// after the guest's next read of word `index` of `frame` (through
+    /// [`PhysMem::read_entry`], or the Xen model's), `bits` (accessed/dirty)
+    /// are set in it, as another CPU's access would set them between a
+    /// backend's read of an entry and its update. A backend that updates
+    /// the entry with a plain store after that read loses them.
+    pub fn touch_after_guest_read(&self, frame: u64, index: usize, bits: u64) {
+        self.state().touch = Some((frame, index, bits & (flags::ACCESSED | flags::DIRTY)));
+    }
+
+    /// True while a [`Machine::touch_after_guest_read`] has not fired.
+    pub fn touch_pending(&self) -> bool {
+        self.state().touch.is_some()
+    }
+
+    /// The guest read word `index` of `frame`: fires an armed touch.
+    pub(crate) fn guest_read_done(&self, frame: u64, index: usize) {
+        let mut s = self.state();
+        if let Some((f, i, bits)) = s.touch {
+            if (f, i) == (frame, index) {
+                s.touch = None;
+                if let Some(words) = s.frames.get_mut(&frame) {
+                    if words[index] & flags::PRESENT != 0 {
+                        words[index] |= bits;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the MMU does to the entries of a successful walk (SDM vol. 3A
+    /// §4.8): ACCESSED on the entry at every level it used, DIRTY on the
+    /// leaf of a write, by locked updates of memory. Only when the live
+    /// tables gave the answer (a stale cached translation walks nothing).
+    /// A/D never change what an entry grants, so the TLB model is not told.
+    fn set_accessed_dirty(&self, s: &mut State, root: u64, va: VirtAddr, access: Access, frame: u64) {
+        let mut path = [(0u64, 0usize); 4];
+        let mut table = root;
+        for (n, level) in Level::TOP_DOWN.into_iter().enumerate() {
+            let index = va.index(level);
+            let Some(e) = s.frames.get(&table).map(|f| f[index]) else { return };
+            path[n] = (table, index);
+            table = (e & flags::ADDR_MASK) >> 12;
+        }
+        if table != frame {
+            return;
+        }
+        for (n, &(t, i)) in path.iter().enumerate() {
+            let leaf = n == 3;
+            let bits = flags::ACCESSED | if leaf && access.write { flags::DIRTY } else { 0 };
+            if let Some(words) = s.frames.get_mut(&t) {
+                words[i] |= bits;
+            }
+        }
     }
 
     /// Zeroes a frame (every present entry of a loaded table goes stale).
@@ -211,10 +292,23 @@ impl Machine {
     /// answer (the worst case), and a write through it is recorded as a
     /// [`TlbHazard::StaleWrite`]. `global_only`: only global stale leaves can
     /// be in the TLB.
+    ///
+    /// A successful access through the live tables sets ACCESSED on every
+    /// entry of its walk and DIRTY on the leaf of a write, as hardware does.
     pub fn tlb_access(&self, root: u64, va: VirtAddr, access: Access, global_only: bool) -> Result<u64, Fault> {
         let mut s = self.state();
-        let (read, tlb) = s.parts(self.nr_frames);
-        tlb.access(root, va, access, global_only, &read)
+        let r = {
+            let (read, tlb) = s.parts(self.nr_frames);
+            tlb.access(root, va, access, global_only, &read)
+        };
+        if let Ok(frame) = r {
+            let live =
+                walk(root, va, access, |f, i| (f < self.nr_frames).then(|| s.frames.get(&f).map_or(0, |w| w[i])));
+            if live == Ok(frame) {
+                self.set_accessed_dirty(&mut s, root, va, access, frame);
+            }
+        }
+        r
     }
 
     /// The roots whose translations may be cached (the loaded ones). Changing
@@ -330,12 +424,19 @@ impl Machine {
 impl PhysMem for Machine {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
         self.cpus.yield_point(Point::Load);
-        self.read(pfn.0, index).unwrap_or(0)
+        let v = self.read(pfn.0, index).unwrap_or(0);
+        self.guest_read_done(pfn.0, index);
+        v
     }
 
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
         self.cpus.yield_point(Point::Store);
         self.write(pfn.0, index, value);
+    }
+
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        self.cpus.yield_point(Point::Store);
+        self.compare_exchange(pfn.0, index, current, new)
     }
 
     fn zero_frame(&self, pfn: Pfn) {

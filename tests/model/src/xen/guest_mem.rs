@@ -18,6 +18,15 @@ use crate::sched::Point;
 use crate::tlb::{TlbHazard, TlbViolation};
 
 impl XenModel {
+    /// [`crate::Machine::touch_after_guest_read`] of guest frame `pfn`: the
+    /// hardware sets `bits` in its word `index` right after the guest next
+    /// reads it.
+    pub fn touch_after_guest_read(&self, pfn: Pfn, index: usize, bits: u64) {
+        if let Some(mfn) = self.mfn_of(pfn) {
+            self.mem.touch_after_guest_read(mfn.0, index, bits);
+        }
+    }
+
     /// The frame a store to `pfn` reaches, or `None` (recorded) if it faults.
     fn store(&self, pfn: Pfn, index: Option<usize>, value: u64) -> Option<u64> {
         let mut st = self.lock();
@@ -52,7 +61,38 @@ impl XenModel {
 impl PhysMem for XenModel {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
         self.cpus().yield_point(Point::Load);
-        self.load(pfn, index).map_or(0, |mfn| self.read_machine(Mfn(mfn), index))
+        self.load(pfn, index).map_or(0, |mfn| {
+            let v = self.read_machine(Mfn(mfn), index);
+            self.mem.guest_read_done(mfn, index);
+            v
+        })
+    }
+
+    /// Through a writable slot a plain locked `cmpxchg`. Through a read-only
+    /// or empty one it faults like any store ([`Violation`]): the booted
+    /// domain does not enable `VMASST_TYPE_writable_pagetables`, without
+    /// which Xen emulates no store to a table.
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        self.cpus().yield_point(Point::Store);
+        let mut st = self.lock();
+        let me = st.me();
+        if let Some(stale) = st.direct.stale_writable(me, pfn.0) {
+            // As `store`: the worst case, through the stale translation.
+            let va = st.direct_map_base + pfn.0 * pvops::PAGE_SIZE;
+            st.direct.hazards.push(TlbViolation { hazard: TlbHazard::StaleWrite, frame: stale, va, stale: true });
+            drop(st);
+            return self.mem.compare_exchange(stale, index, current, new);
+        }
+        match st.direct.slot(pfn.0) {
+            Some(slot) if slot.writable => {
+                drop(st);
+                self.mem.compare_exchange(slot.mfn, index, current, new)
+            }
+            slot => {
+                st.violations.push(Violation { pfn, index: Some(index), value: new, write: true });
+                Err(slot.map_or(0, |s| self.mem.read(s.mfn, index).unwrap_or(0)))
+            }
+        }
     }
 
     fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {

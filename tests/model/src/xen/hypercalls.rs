@@ -110,9 +110,24 @@ impl Hv<'_> {
         if req.val & flags::PRESENT != 0 {
             self.get_entry_ref(mfn, level, req.val)?;
         }
-        let old = self.read(mfn, index);
-        let ad = if preserve_ad && req.val & flags::PRESENT != 0 { old & (flags::ACCESSED | flags::DIRTY) } else { 0 };
-        self.mem.write(mfn, index, adjust_entry(level, req.val) | ad);
+        let new = adjust_entry(level, req.val);
+        let old = if preserve_ad {
+            // Xen's `update_intpte` (xen/arch/x86/pv/mm.h): a cmpxchg loop
+            // that ORs in the A/D bits of the entry as it is at the exchange,
+            // so a bit the hardware sets while Xen works is not lost (present
+            // or not: Xen does not look).
+            let mut old = self.read(mfn, index);
+            loop {
+                match self.mem.compare_exchange(mfn, index, old, new | (old & (flags::ACCESSED | flags::DIRTY))) {
+                    Ok(_) => break old,
+                    Err(actual) => old = actual,
+                }
+            }
+        } else {
+            let old = self.read(mfn, index);
+            self.mem.write(mfn, index, new);
+            old
+        };
         self.put_entry_ref(mfn, level, old);
         Ok(())
     }
