@@ -14,6 +14,8 @@ fn main() {
     match std::env::var("PVOPS_USER_PROG") {
         Ok(p) if std::path::Path::new(&p).is_file() => println!("cargo:rerun-if-changed={p}"),
         Ok(p) => panic!("PVOPS_USER_PROG={p} is not a file: build the kernel with `cargo xtask run`"),
-        Err(_) => panic!("PVOPS_USER_PROG is not set: build the kernel with `cargo xtask run` (it builds examples/user-prog first)"),
+        Err(_) => panic!(
+            "PVOPS_USER_PROG is not set: build the kernel with `cargo xtask run` (it builds examples/user-prog first)"
+        ),
     }
 }

@@ -33,6 +33,9 @@ pub const STACK_TOP: u64 = 0x7000_0000_0000;
 /// Pages reserved for the stack, demand-zero (touched ones only cost a frame).
 pub const STACK_PAGES: u64 = 16;
 
+/// Pages per `Mm::map_range` call while loading a segment.
+const MAP_CHUNK: u64 = 512;
+
 /// Why a program was not loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadError {
@@ -62,6 +65,12 @@ pub struct Loaded {
 /// Loads `bytes` into a new address space (see the module doc).
 pub fn load(vm: &Vm, bytes: &[u8]) -> Result<Loaded, LoadError> {
     let image = user_elf::parse(bytes).map_err(LoadError::Elf)?;
+    // More pages than free frames cannot load (a huge .bss, say): refused up
+    // front, as Linux's overcommit check refuses the mapping, rather than
+    // after taking every free frame.
+    if image.pages() > vm.frames.free_frames() {
+        return Err(LoadError::Mm(PvError::OutOfMemory));
+    }
     let space = vm.mm.create().map_err(LoadError::Mm)?;
     match populate(vm, &space, &image) {
         Ok(()) => Ok(Loaded { space, entry: image.entry(), stack_top: STACK_TOP }),
@@ -75,7 +84,14 @@ pub fn load(vm: &Vm, bytes: &[u8]) -> Result<Loaded, LoadError> {
 fn populate(vm: &Vm, space: &AddressSpace, image: &Image<'_>) -> Result<(), PvError> {
     for seg in image.segments() {
         let perm = PageFlags { writable: seg.writable, executable: seg.executable };
-        vm.mm.map_range(space, seg.first_page(), seg.pages(), perm)?;
+        // One L1 table's worth per map_range: its bookkeeping grows with
+        // the range, and the kernel heap is small.
+        let mut page = seg.first_page();
+        while page < seg.end_page() {
+            let n = MAP_CHUNK.min((seg.end_page() - page) / PAGE_SIZE);
+            vm.mm.map_range(space, page, n, perm)?;
+            page += n * PAGE_SIZE;
+        }
         copy_to_frames(vm, space, seg.vaddr, seg.data)?;
     }
     vm.mm.reserve_zero(space, STACK_TOP - STACK_PAGES * PAGE_SIZE, STACK_PAGES, PageFlags::DATA)
@@ -140,16 +156,23 @@ pub struct Refusals {
     pub tried: u32,
 }
 
-/// Every bad image of `user_elf::craft` and a truncated [`USER_PROG`] must
-/// be refused with its error, and the real program loaded with one frame
+/// Every bad image of `user_elf::craft`, a truncated [`USER_PROG`] and an
+/// image with more `.bss` than memory must be refused with its error, and the real program loaded with one frame
 /// allocation failing (the first ones each, then every 8th) must fail with
 /// `OutOfMemory`; after each, the allocator's free count (which the loader
 /// never touches directly) must be what it was before: nothing left behind.
 pub fn check_refusals(vm: &Vm) -> Refusals {
     let mut r = Refusals::default();
-    let mut judge = |name: &str, got: Result<Loaded, LoadError>, want: &dyn Fn(&LoadError) -> bool, before: u64| {
+    // `before`: free frames and allocations made before the load; `up_front`:
+    // the refusal must come before any frame is allocated.
+    let mut judge = |name: &str,
+                     got: Result<Loaded, LoadError>,
+                     want: &dyn Fn(&LoadError) -> bool,
+                     before: (u64, u64),
+                     up_front: bool| {
         r.tried += 1;
-        let left = before as i64 - vm.frames.free_frames() as i64;
+        let left = before.0 as i64 - vm.frames.free_frames() as i64;
+        let allocated = vm.frames.allocations() - before.1;
         let verdict = match got {
             Ok(l) => {
                 discard(vm, l.space);
@@ -160,6 +183,7 @@ pub fn check_refusals(vm: &Vm) -> Refusals {
                 Err("wrong error")
             }
             Err(_) if left != 0 => Err("frames left behind"),
+            Err(_) if up_front && allocated != 0 => Err("frames allocated before the refusal"),
             Err(_) => Ok(()),
         };
         match verdict {
@@ -167,17 +191,22 @@ pub fn check_refusals(vm: &Vm) -> Refusals {
             Err(why) => kprintln!("elf refusal {name}: FAILED: {why} ({left} frames left)"),
         }
     };
+    let now = || (vm.frames.free_frames(), vm.frames.allocations());
     for case in user_elf::craft::bad_cases() {
-        let before = vm.frames.free_frames();
-        judge(case.name, load(vm, &case.bytes), &|e| *e == LoadError::Elf(case.expect), before);
+        let before = now();
+        judge(case.name, load(vm, &case.bytes), &|e| *e == LoadError::Elf(case.expect), before, true);
     }
-    let before = vm.frames.free_frames();
-    let truncated = |e: &LoadError| matches!(e, LoadError::Elf(ElfError::Truncated { .. }));
-    judge("user-prog-truncated", load(vm, &USER_PROG[..USER_PROG.len() / 2]), &truncated, before);
+    // Well-formed, but its .bss (64 GiB) is more than the machine has.
+    let huge = user_elf::craft::huge_bss();
+    let before = now();
     let oom = |e: &LoadError| *e == LoadError::Mm(PvError::OutOfMemory);
+    judge("bss-larger-than-memory", load(vm, &huge), &oom, before, true);
+    let before = now();
+    let truncated = |e: &LoadError| matches!(e, LoadError::Elf(ElfError::Truncated { .. }));
+    judge("user-prog-truncated", load(vm, &USER_PROG[..USER_PROG.len() / 2]), &truncated, before, true);
     let mut k = 0;
     loop {
-        let before = vm.frames.free_frames();
+        let before = now();
         vm.frames.fail_allocation_after(Some(k));
         let got = load(vm, USER_PROG);
         let armed = vm.frames.injection_armed();
@@ -193,7 +222,7 @@ pub fn check_refusals(vm: &Vm) -> Refusals {
             }
             break;
         }
-        judge("user-prog-out-of-memory", got, &oom, before);
+        judge("user-prog-out-of-memory", got, &oom, before, false);
         k += if k < 8 { 1 } else { 8 };
     }
     kprintln!("elf loader: {}/{} bad images and failed loads refused with nothing left behind", r.ok, r.tried);

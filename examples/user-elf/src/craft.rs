@@ -73,8 +73,10 @@ pub const CODE_VA: u64 = 0x40_0000;
 /// Where its data (one page of bytes, then two of `.bss`) goes.
 pub const DATA_VA: u64 = 0x40_2000;
 
-const RW: u32 = abi::PF_R | abi::PF_W;
-const RX: u32 = abi::PF_R | abi::PF_X;
+/// Read-write data.
+pub const RW: u32 = abi::PF_R | abi::PF_W;
+/// Read-only code.
+pub const RX: u32 = abi::PF_R | abi::PF_X;
 
 /// A good image: code at [`CODE_VA`], 3 pages of data at [`DATA_VA`].
 pub fn good() -> Vec<u8> {
@@ -83,6 +85,18 @@ pub fn good() -> Vec<u8> {
         &[
             Seg { vaddr: CODE_VA, flags: RX, data: CODE, memsz: CODE.len() as u64 },
             Seg { vaddr: DATA_VA, flags: RW, data: &[0x5a; 4096], memsz: 3 * PAGE_SIZE },
+        ],
+    )
+}
+
+/// A well-formed image whose `.bss` is 64 GiB: it parses, and a loader
+/// must refuse it for want of memory, not take every frame trying.
+pub fn huge_bss() -> Vec<u8> {
+    build(
+        CODE_VA,
+        &[
+            Seg { vaddr: CODE_VA, flags: RX, data: CODE, memsz: CODE.len() as u64 },
+            Seg { vaddr: DATA_VA, flags: RW, data: &[], memsz: 1 << 36 },
         ],
     )
 }

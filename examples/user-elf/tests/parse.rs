@@ -1,7 +1,7 @@
 //! The loader's checks on hand-built images: the good one parses to the
 //! expected plan; each bad one is refused with exactly its error.
 
-use user_elf::craft::{bad_cases, good, CODE, CODE_VA, DATA_VA};
+use user_elf::craft::{bad_cases, good, huge_bss, CODE, CODE_VA, DATA_VA};
 use user_elf::{parse, ElfError};
 
 #[test]
@@ -43,4 +43,11 @@ fn errors_say_what_is_wrong() {
     assert_eq!(text(ElfError::BadEntry { entry: 0x10 }), "ELF entry point 0x10 is in no executable segment");
     assert!(text(ElfError::Truncated { needed: 9, len: 8 }).contains("needs 9 bytes, has 8"));
     assert!(text(ElfError::OutsideUserSpace { vaddr: 1 << 47, end: (1 << 47) + 8 }).contains("outside user space"));
+}
+
+#[test]
+fn a_huge_bss_parses_and_says_how_many_pages_it_needs() {
+    let bytes = huge_bss();
+    let image = parse(&bytes).expect("well-formed");
+    assert_eq!(image.pages(), 1 + (1 << 36) / 4096);
 }
