@@ -204,6 +204,13 @@ fn print_prog_checks(results: &[(boot::BootOutcome, Option<KernelResult>)]) {
         }
         println!("  {}", what(&c.name));
     }
+    // What the program's operations cost, counted at each kernel's transport
+    // (`what=count x/hypercalls hc`; natively there are none).
+    for (o, _) in results {
+        if let Some(l) = o.serial.lines().find(|l| l.starts_with("PROGCOST ")) {
+            println!("{:<8} {}", o.platform.name(), l.trim());
+        }
+    }
 }
 
 fn print_results(results: &[(boot::BootOutcome, Option<KernelResult>)], calibration: Option<&str>) {

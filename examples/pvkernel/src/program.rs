@@ -24,11 +24,12 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use kernel_glue::{AddressSpace, FaultKill, PageFlags};
-use pvops::{PvError, PAGE_SIZE, USER_LIMIT};
+use kernel_glue::{AddressSpace, FaultFix, FaultKill, PageFlags};
+use pvops::{PvError, PvMmuOps, PAGE_SIZE, USER_LIMIT};
 
 use crate::elf_load::{self, LoadError};
 use crate::kprintln;
+use crate::seams::SeamCounts;
 use crate::user::{UserExit, UserFault, UserTask};
 use crate::vm::Vm;
 
@@ -164,6 +165,9 @@ pub struct Programs {
     pub reports: Vec<Report>,
     /// Page faults resolved (zero-fill, copy, reuse, spurious).
     pub faults_fixed: u64,
+    /// Per kind of operation: how many, and the hypercalls they made
+    /// (counted at the kernel's transport, not by the backend).
+    pub costs: Vec<(&'static str, u64, u64)>,
 }
 
 /// Same fault (rip and address) resolved this many times in a row: the fix
@@ -183,7 +187,7 @@ impl Programs {
             reaped: false,
             mmap_next: MMAP_BASE,
         };
-        Ok(Programs { vm, procs: alloc::vec![first], reports: Vec::new(), faults_fixed: 0 })
+        Ok(Programs { vm, procs: alloc::vec![first], reports: Vec::new(), faults_fixed: 0, costs: Vec::new() })
     }
 
     /// How pid ended, if it has.
@@ -238,12 +242,32 @@ impl Programs {
             return Err(KillReason::NoExecute);
         }
         let space = self.procs[pid - 1].space.as_ref().ok_or(KillReason::Unresolved)?;
+        let before = SeamCounts::now();
         match self.vm.mm.handle_fault(space, f.addr, f.error_code & WRITE != 0) {
-            Ok(_) => {
+            Ok(fix) => {
                 self.faults_fixed += 1;
+                let what = match fix {
+                    FaultFix::CopiedOnWrite => "cow-copy",
+                    FaultFix::ReusedSoleOwner => "cow-reuse",
+                    FaultFix::ZeroFilled => "zero-fill",
+                    _ => "spurious",
+                };
+                self.tally(what, &before);
                 Ok(())
             }
             Err(k) => Err(k.into()),
+        }
+    }
+
+    /// Counts one `what` and the hypercalls it made since `before`.
+    fn tally(&mut self, what: &'static str, before: &SeamCounts) {
+        let hc = SeamCounts::now().since(before).hypercalls();
+        match self.costs.iter_mut().find(|c| c.0 == what) {
+            Some(c) => {
+                c.1 += 1;
+                c.2 += hc;
+            }
+            None => self.costs.push((what, 1, hc)),
         }
     }
 
@@ -316,7 +340,10 @@ impl Programs {
     }
 
     fn fork(&mut self, pid: usize) -> Result<u64, PvError> {
-        let child_space = match self.vm.mm.fork_cow(self.space(pid)?) {
+        let before = SeamCounts::now();
+        let forked = self.vm.mm.fork_cow(self.space(pid)?);
+        self.tally("fork", &before);
+        let child_space = match forked {
             Ok(s) => s,
             Err(PvError::OutOfMemory) => return Ok(ENOMEM),
             Err(e) => return Err(e),
@@ -459,7 +486,10 @@ impl Programs {
     fn munmap(&mut self, pid: usize, addr: u64, len: u64) -> u64 {
         let Some(pages) = user_pages(addr, len) else { return EINVAL };
         let Ok(space) = self.space(pid) else { return EINVAL };
-        match self.vm.mm.unmap_range(space, addr, pages) {
+        let before = SeamCounts::now();
+        let done = self.vm.mm.unmap_range(space, addr, pages);
+        self.tally("munmap", &before);
+        match done {
             Ok(_) => 0,
             Err(e) => {
                 kprintln!("pid {pid}: munmap({addr:#x}, {pages} pages): {e}");
@@ -477,7 +507,10 @@ impl Programs {
         let Some(pages) = user_pages(addr, len) else { return ENOMEM };
         let perm = PageFlags { writable: prot & PROT_WRITE != 0, executable: prot & PROT_EXEC != 0 };
         let Ok(space) = self.space(pid) else { return EINVAL };
-        match self.vm.mm.protect_range(space, addr, pages, perm) {
+        let before = SeamCounts::now();
+        let done = self.vm.mm.protect_range(space, addr, pages, perm);
+        self.tally("mprotect", &before);
+        match done {
             Ok(_) => 0,
             Err(PvError::NotMapped { .. } | PvError::NotUserAddress { .. }) => ENOMEM,
             Err(e) => {
@@ -567,6 +600,11 @@ pub fn run(vm: &Vm) -> Summary {
         kprintln!("user program: pid 1 ended {:?}", progs.state(1));
     }
     let faults = progs.faults_fixed;
+    let mut costs = String::new();
+    for (what, n, hc) in &progs.costs {
+        costs += &alloc::format!(" {what}={n}x/{hc}hc");
+    }
+    kprintln!("PROGCOST {}{costs}", vm.ops.name());
     let torn = progs.teardown();
     s.clean_exit = ran.is_ok() && exited && torn.is_ok();
     kprintln!(
