@@ -184,6 +184,7 @@ fn print_prog_checks(results: &[(boot::BootOutcome, Option<KernelResult>)]) {
         "getpid" => "pid of the first process",
         "sparse_mmap" => "frames a 256 MiB mmap cost after 4 touches",
         "fork_cow" => "pages copied on write (3 written)",
+        "cow_oom" => "child's wait status (SIGSEGV | reason 3 << 8)",
         "mprotect_kill" => "child's wait status (SIGSEGV | reason 2 << 8)",
         "munmap_kill" => "child's wait status (SIGSEGV | reason 1 << 8)",
         "fork_exit_100" => "frames leaked by 100 fork/exit",

@@ -308,7 +308,7 @@ mod tests {
     use super::*;
 
     /// What the ELF user program adds to every good RESULT line.
-    const PROG: &str = "programs=7/7 cow_copies=107 elf_refused=29/29";
+    const PROG: &str = "programs=8/8 cow_copies=108 elf_refused=30/30";
 
     #[test]
     fn result_lines_parse_and_check() {

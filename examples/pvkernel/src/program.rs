@@ -6,6 +6,7 @@
 //!   syscall  write(1) getpid(39) fork(57) wait4(61) exit(60, 231)
 //!            mmap(9, anonymous)  munmap(11)  mprotect(10)
 //!            pvops_stat(500) pvops_report(501) pvops_fault_addr(502)
+//!            pvops_fail_alloc(503, a test hook: fault injection)
 //!   #PF from user mode ─► Mm::handle_fault(space, cr2, write)
 //!            Ok(fix)   ─► resume at the faulting instruction
 //!            Err(kill) ─► the process dies; its parent's wait4 sees
@@ -50,11 +51,14 @@ pub mod nr {
     pub const PVOPS_REPORT: u64 = 501;
     /// pvkernel's own: `pvops_fault_addr(pid)`: where child `pid`'s fatal fault was.
     pub const PVOPS_FAULT_ADDR: u64 = 502;
+    /// pvkernel's own test hook: `pvops_fail_alloc(k)`, the k-th frame
+    /// allocation from now fails; disarmed when the calling process ends.
+    pub const PVOPS_FAIL_ALLOC: u64 = 503;
 }
 
 /// The checks `examples/user-prog` must report, every one passing.
 pub const EXPECTED: &[&str] =
-    &["getpid", "sparse_mmap", "fork_cow", "mprotect_kill", "munmap_kill", "fork_exit_100", "bad_calls"];
+    &["getpid", "sparse_mmap", "fork_cow", "cow_oom", "mprotect_kill", "munmap_kill", "fork_exit_100", "bad_calls"];
 
 const EBADF: u64 = (-9i64) as u64;
 const ECHILD: u64 = (-10i64) as u64;
@@ -147,6 +151,8 @@ struct Proc {
     state: State,
     reaped: bool,
     mmap_next: u64,
+    /// It armed an allocation failure (`pvops_fail_alloc`).
+    injected: bool,
 }
 
 /// One check the program reported.
@@ -186,6 +192,7 @@ impl Programs {
             state: State::Runnable,
             reaped: false,
             mmap_next: MMAP_BASE,
+            injected: false,
         };
         Ok(Programs { vm, procs: alloc::vec![first], reports: Vec::new(), faults_fixed: 0, costs: Vec::new() })
     }
@@ -284,6 +291,9 @@ impl Programs {
     /// `pid` ends with `state`: its space is torn down now (from init_mm).
     fn end(&mut self, pid: usize, state: State) -> Result<(), PvError> {
         self.procs[pid - 1].state = state;
+        if core::mem::take(&mut self.procs[pid - 1].injected) {
+            self.vm.frames.fail_allocation_after(None);
+        }
         if let Some(space) = self.procs[pid - 1].space.take() {
             let mm = self.vm.mm;
             if mm.active_pgd() == space.pgd() {
@@ -330,6 +340,11 @@ impl Programs {
                 },
                 _ => ECHILD,
             },
+            nr::PVOPS_FAIL_ALLOC => {
+                self.vm.frames.fail_allocation_after(Some(a[0]));
+                self.procs[pid - 1].injected = true;
+                0
+            }
             _ => ENOSYS,
         };
         Ok(Some(ret))
@@ -360,6 +375,7 @@ impl Programs {
             state: State::Runnable,
             reaped: false,
             mmap_next,
+            injected: false,
         });
         Ok(self.procs.len() as u64)
     }

@@ -22,6 +22,7 @@ pub const CHECKS: &[Check] = &[
     ("getpid", getpid),
     ("sparse_mmap", sparse_mmap),
     ("fork_cow", fork_cow),
+    ("cow_oom", cow_oom),
     ("mprotect_kill", mprotect_kill),
     ("munmap_kill", munmap_kill),
     ("fork_exit_100", fork_exit_100),
@@ -155,6 +156,35 @@ fn fork_cow() -> (bool, i64) {
         && fork_cost < FORK_PAGES as i64 / 2
         && (3..=5).contains(&copies);
     (ok, copies)
+}
+
+/// A child whose next frame allocation fails writes a page it shares with
+/// its parent: the copy cannot be made, so it dies of the page fault there
+/// (reason: out of memory); the parent's page is unchanged and no frame is
+/// left behind once the child is reaped.
+fn cow_oom() -> (bool, i64) {
+    const VALUE: u64 = 0x00c0_ffee;
+    poke(page(5), VALUE);
+    let before = frames();
+    let child = sys::fork();
+    if child == 0 {
+        if sys::fail_alloc(0) != 0 {
+            sys::exit(2);
+        }
+        poke(page(5), 0x0bad);
+        sys::exit(3);
+    }
+    let (reaped, status) = sys::wait(child);
+    let at = sys::fault_addr(child);
+    let left = frames() - before;
+    let parent_ok = peek(page(5)) == VALUE;
+    crate::say!("  cow_oom: child status {status:#x}, fault at {at:#x} (page {:#x}); {left} frames left; parent's page intact: {parent_ok}", page(5));
+    let ok = reaped == child
+        && killed(status) == Some((sys::SIGSEGV, sys::KILL_OUT_OF_MEMORY))
+        && at as u64 == page(5)
+        && left == 0
+        && parent_ok;
+    (ok, status as i64)
 }
 
 /// A child makes a page read-only, reads it, writes it: it dies of a page

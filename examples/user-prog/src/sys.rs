@@ -19,6 +19,9 @@ pub const PVOPS_STAT: u64 = 500;
 pub const PVOPS_REPORT: u64 = 501;
 /// `pvops_fault_addr(pid) -> addr`: the address whose fault killed child `pid`.
 pub const PVOPS_FAULT_ADDR: u64 = 502;
+/// `pvops_fail_alloc(k)`: test hook, the k-th frame allocation from now
+/// fails (0 = the next); disarmed when the calling process ends.
+pub const PVOPS_FAIL_ALLOC: u64 = 503;
 
 /// Frames the kernel's allocator has handed out (all processes, tables included).
 pub const STAT_FRAMES_IN_USE: u64 = 0;
@@ -40,6 +43,7 @@ pub const SIGSEGV: u32 = 11;
 /// child's wait status (Linux leaves them zero for a signal death).
 pub const KILL_NOT_MAPPED: u32 = 1;
 pub const KILL_WRITE_TO_READ_ONLY: u32 = 2;
+pub const KILL_OUT_OF_MEMORY: u32 = 3;
 
 /// A raw system call.
 ///
@@ -136,4 +140,9 @@ pub fn report(name: &str, ok: bool, figure: i64) {
 pub fn fault_addr(pid: i64) -> i64 {
     // SAFETY: no memory involved.
     unsafe { syscall(PVOPS_FAULT_ADDR, [pid as u64, 0, 0, 0, 0, 0]) }
+}
+
+pub fn fail_alloc(k: u64) -> i64 {
+    // SAFETY: no memory involved.
+    unsafe { syscall(PVOPS_FAIL_ALLOC, [k, 0, 0, 0, 0, 0]) }
 }
