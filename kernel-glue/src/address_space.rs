@@ -923,6 +923,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// reachable); calling `exit` on it again finishes the job. A table whose
     /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
+        // Under the space's lock: `pin_all`/`unpin_all` reach it through the
+        // live list and must never pin or unpin it mid-teardown.
+        let state = space.state().clone();
+        let _locked = lock(self.cpus(), &state.lock);
         if self.is_loaded(space.pgd()) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
         }
