@@ -480,7 +480,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// those (an activation in between makes the pin its own). On an error
     /// the others are still pinned and the first error is returned.
     pub fn pin_all(&self) -> Result<u64, PvError> {
-        let spaces = self.live.lock().clone();
+        let spaces = self.live().clone();
         let mut pinned = 0;
         let mut first = Ok(());
         for s in spaces {
@@ -502,7 +502,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Unpins every space [`Mm::pin_all`] pinned and nothing activated
     /// since (Linux's `xen_mm_unpin_all`, after restore). Returns how many.
     pub fn unpin_all(&self) -> Result<u64, PvError> {
-        let spaces = self.live.lock().clone();
+        let spaces = self.live().clone();
         let mut unpinned = 0;
         let mut first = Ok(());
         for s in spaces {
@@ -525,11 +525,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// so (`exit` takes that lock before it takes a space off the list):
     /// a snapshot of the list may name a space that exited since.
     fn is_live(&self, s: &Arc<SpaceState>) -> bool {
-        self.live.lock().iter().any(|l| Arc::ptr_eq(l, s))
+        self.live().iter().any(|l| Arc::ptr_eq(l, s))
     }
 
     /// The number of live address spaces (Linux's `pgd_list` length).
     pub fn live_spaces(&self) -> usize {
-        self.live.lock().len()
+        self.live().len()
     }
 }
