@@ -125,7 +125,7 @@ fn cow_body(id: usize, c: &Cow) -> Result<(), String> {
 fn cow_check(c: Cow) -> Result<(), String> {
     c.b.check()?;
     let mut frames = [Pfn(0); 2];
-    for id in 0..2 {
+    for (id, slot) in frames.iter_mut().enumerate() {
         let f = on_vcpu(id, || c.b.user_read(VA)).ok_or("unmapped")?;
         if f.0 != c.mine[id].load(Ordering::SeqCst) {
             return Err(format!("vCPU {id} reads {f:?}, wrote {:#x}", c.mine[id].load(Ordering::SeqCst)));
@@ -134,7 +134,7 @@ fn cow_check(c: Cow) -> Result<(), String> {
         if w != 100 + id as u64 {
             return Err(format!("vCPU {id} reads {w} from its page"));
         }
-        frames[id] = f;
+        *slot = f;
     }
     if frames[0] == frames[1] {
         return Err(format!("both spaces write {:?}", frames[0]));
