@@ -312,6 +312,18 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
     }
 
+    /// The live list, locked. Spins with [`Cpus::relax`] like the space
+    /// locks: its holder may be waiting for this CPU (a cross-call), and a
+    /// host model runs another vCPU there.
+    pub(crate) fn live(&self) -> spin::MutexGuard<'_, Vec<Arc<SpaceState>>> {
+        loop {
+            if let Some(g) = self.live.try_lock() {
+                return g;
+            }
+            self.cpus().relax();
+        }
+    }
+
     pub(crate) fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
         lock(self.cpus(), &space.state().lock)
     }
@@ -355,7 +367,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// (`set_entry`'s contract). Under the live list's lock, so a space
     /// being created either copied the slot or is written here.
     fn sync_kernel_slot(&self, slot: usize, e: Pte) -> Result<(), PvError> {
-        let live = self.live.lock();
+        let live = self.live();
         self.issued_now(|| {
             let mut first = Ok(());
             for s in live.iter() {
@@ -392,7 +404,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         // Copied and listed in one critical section of the live list: a
         // kernel slot `map_kernel` adds meanwhile is either copied here or
         // propagated to this pgd (Linux's `pgd_ctor` under `pgd_lock`).
-        let mut live = self.live.lock();
+        let mut live = self.live();
         let reserved = self.ops.reserved_l4_slots();
         for slot in USER_PGD_SLOTS..ENTRIES_PER_TABLE {
             if reserved.contains(&slot) {
@@ -923,6 +935,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// reachable); calling `exit` on it again finishes the job. A table whose
     /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
+        // Under the space's lock: `pin_all`/`unpin_all` reach it through the
+        // live list and must never pin or unpin it mid-teardown.
+        let state = space.state().clone();
+        let _locked = lock(self.cpus(), &state.lock);
         if self.is_loaded(space.pgd()) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
         }
@@ -948,12 +964,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
         // Off the live list before the pgd goes: kernel-half sync must never
         // write into a freed frame.
-        self.live.lock().retain(|s| !Arc::ptr_eq(s, space.state()));
+        self.live().retain(|s| !Arc::ptr_eq(s, space.state()));
         let result = self.ops.pgd_free(self.frames, root).and_then(|()| self.frames.free_frame(root));
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.live.lock().push(space.state().clone());
+                self.live().push(space.state().clone());
                 Err((e, space))
             }
         }

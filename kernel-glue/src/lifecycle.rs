@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -16,7 +17,7 @@ use pvops::pte::flags;
 use pvops::{Flush, Level, Pfn, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE};
 
 use crate::address_space::{
-    lock, next_l1, user_range, user_va, AddressSpace, Mm, PageFlags, Region, SOFT_COW, SOFT_SHARED,
+    lock, next_l1, user_range, user_va, AddressSpace, Mm, PageFlags, Region, SpaceState, SOFT_COW, SOFT_SHARED,
 };
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, TABLE_FLAGS};
 use pvops::MmServices;
@@ -479,12 +480,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// those (an activation in between makes the pin its own). On an error
     /// the others are still pinned and the first error is returned.
     pub fn pin_all(&self) -> Result<u64, PvError> {
-        let spaces = self.live.lock().clone();
+        let spaces = self.live().clone();
         let mut pinned = 0;
         let mut first = Ok(());
         for s in spaces {
             let _locked = lock(self.cpus(), &s.lock);
-            if s.pinned.load(Ordering::Acquire) || s.save_pinned.load(Ordering::Acquire) {
+            if s.pinned.load(Ordering::Acquire) || s.save_pinned.load(Ordering::Acquire) || !self.is_live(&s) {
                 continue;
             }
             match self.ops.activate_mm(self.frames, s.pgd) {
@@ -501,12 +502,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Unpins every space [`Mm::pin_all`] pinned and nothing activated
     /// since (Linux's `xen_mm_unpin_all`, after restore). Returns how many.
     pub fn unpin_all(&self) -> Result<u64, PvError> {
-        let spaces = self.live.lock().clone();
+        let spaces = self.live().clone();
         let mut unpinned = 0;
         let mut first = Ok(());
         for s in spaces {
             let _locked = lock(self.cpus(), &s.lock);
-            if !s.save_pinned.load(Ordering::Acquire) {
+            if !s.save_pinned.load(Ordering::Acquire) || !self.is_live(&s) {
                 continue;
             }
             match self.ops.exit_mm(self.frames, s.pgd) {
@@ -520,8 +521,15 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         first.map(|()| unpinned)
     }
 
+    /// True while `s` is on the live list. With `s`'s lock held, it stays
+    /// so (`exit` takes that lock before it takes a space off the list):
+    /// a snapshot of the list may name a space that exited since.
+    fn is_live(&self, s: &Arc<SpaceState>) -> bool {
+        self.live().iter().any(|l| Arc::ptr_eq(l, s))
+    }
+
     /// The number of live address spaces (Linux's `pgd_list` length).
     pub fn live_spaces(&self) -> usize {
-        self.live.lock().len()
+        self.live().len()
     }
 }

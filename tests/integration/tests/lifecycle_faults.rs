@@ -87,7 +87,7 @@ fn sweep(desc: &pvops::BackendDesc, inject: Inject) -> Result<u64, String> {
     let host = platform_for(desc).ok_or("no platform")?;
     let booted = boot_backend(desc, &host).map_err(|e| e.to_string())?;
     let mm = booted.mm;
-    let mut points = 0;
+    // Every k before the workload runs through is one injection point.
     for k in 0..10_000u64 {
         let free_before = booted.frames.free_frames();
         match inject {
@@ -109,14 +109,13 @@ fn sweep(desc: &pvops::BackendDesc, inject: Inject) -> Result<u64, String> {
         check_clean(&host, &booted, free_before, &format!("{} k={k} ({r:?})", desc.name))?;
         if still_armed {
             return match r {
-                Ok(()) => Ok(points),
+                Ok(()) => Ok(k),
                 Err(e) => Err(format!("k={k}: failed ({e}) without the injection firing")),
             };
         }
         if matches!(inject, Inject::Allocation) && r.is_ok() {
             return Err(format!("k={k}: an allocation failed and the workload still succeeded"));
         }
-        points += 1;
     }
     Err("never completed".into())
 }
