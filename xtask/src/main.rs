@@ -187,6 +187,7 @@ fn print_prog_checks(results: &[(boot::BootOutcome, Option<KernelResult>)]) {
         "cow_oom" => "child's wait status (SIGSEGV | reason 3 << 8)",
         "mprotect_kill" => "child's wait status (SIGSEGV | reason 2 << 8)",
         "munmap_kill" => "child's wait status (SIGSEGV | reason 1 << 8)",
+        "exec_nx" => "child's wait status (SIGSEGV | reason 6 << 8)",
         "fork_exit_100" => "frames leaked by 100 fork/exit",
         "bad_calls" => "bad calls refused with Linux's errno",
         _ => "",

@@ -308,14 +308,14 @@ mod tests {
     use super::*;
 
     /// What the ELF user program adds to every good RESULT line.
-    const PROG: &str = "programs=8/8 cow_copies=108 elf_refused=30/30";
+    const PROG: &str = "programs=9/9 cow_copies=108 elf_refused=30/30";
 
     #[test]
     fn result_lines_parse_and_check() {
         let log = format!("noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 smp=4/4 {PROG}\n");
         let r = KernelResult::parse(&log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
-        assert_eq!((r.programs, r.cow_copies, r.elf_refused), (Some((8, 8)), Some(108), Some((30, 30))));
+        assert_eq!((r.programs, r.cow_copies, r.elf_refused), (Some((9, 9)), Some(108), Some((30, 30))));
         assert_eq!(r.attacks, Some((21, 21)));
         assert!(r.check(Platform::Xen, 2).is_ok());
         assert!(r.check(Platform::Native, 2).is_err());
@@ -340,12 +340,12 @@ mod tests {
         assert!(KernelResult::parse(&good).unwrap().check(Platform::Native, 1).is_ok());
         // The ELF program: a failed check, a refusal that left something, no copy, or no field: each fails.
         for (prog, what) in [
-            ("programs=7/8 cow_copies=108 elf_refused=30/30", "programs"),
+            ("programs=8/9 cow_copies=108 elf_refused=30/30", "programs"),
             ("programs=0/0 cow_copies=108 elf_refused=30/30", "programs"),
             ("cow_copies=108 elf_refused=30/30", "programs"),
-            ("programs=8/8 cow_copies=108 elf_refused=29/30", "elf_refused"),
-            ("programs=8/8 cow_copies=0 elf_refused=30/30", "cow_copies"),
-            ("programs=8/8 elf_refused=30/30", "cow_copies"),
+            ("programs=9/9 cow_copies=108 elf_refused=29/30", "elf_refused"),
+            ("programs=9/9 cow_copies=0 elf_refused=30/30", "cow_copies"),
+            ("programs=9/9 elf_refused=30/30", "cow_copies"),
         ] {
             let line = good.replace(PROG, prog);
             let err = KernelResult::parse(&line).unwrap().check(Platform::Native, 1).unwrap_err();

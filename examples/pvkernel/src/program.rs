@@ -57,8 +57,17 @@ pub mod nr {
 }
 
 /// The checks `examples/user-prog` must report, every one passing.
-pub const EXPECTED: &[&str] =
-    &["getpid", "sparse_mmap", "fork_cow", "cow_oom", "mprotect_kill", "munmap_kill", "fork_exit_100", "bad_calls"];
+pub const EXPECTED: &[&str] = &[
+    "getpid",
+    "sparse_mmap",
+    "fork_cow",
+    "cow_oom",
+    "mprotect_kill",
+    "munmap_kill",
+    "exec_nx",
+    "fork_exit_100",
+    "bad_calls",
+];
 
 const EBADF: u64 = (-9i64) as u64;
 const ECHILD: u64 = (-10i64) as u64;

@@ -25,6 +25,7 @@ pub const CHECKS: &[Check] = &[
     ("cow_oom", cow_oom),
     ("mprotect_kill", mprotect_kill),
     ("munmap_kill", munmap_kill),
+    ("exec_nx", exec_nx),
     ("fork_exit_100", fork_exit_100),
     ("bad_calls", bad_calls),
 ];
@@ -257,6 +258,37 @@ fn munmap_kill() -> (bool, i64) {
         && killed(status) == Some((sys::SIGSEGV, sys::KILL_NOT_MAPPED))
         && at as u64 == base
         && parent_ok
+        && unmapped == 0;
+    (ok, status as i64)
+}
+
+/// A child calls code it wrote into an anonymous read-write page: the
+/// fetch faults (the page is no-execute), and the child dies of it at that
+/// address (reason: fetch from a no-execute page), not in a fault loop.
+fn exec_nx() -> (bool, i64) {
+    const RET: u64 = 0xc3;
+    let page = sys::mmap(0, PAGE, RW, false);
+    if page < 0 {
+        return (false, page);
+    }
+    let page = page as u64;
+    poke(page, RET);
+    let child = sys::fork();
+    if child == 0 {
+        // SAFETY: a function pointer to a `ret` instruction; the call is
+        // meant to fault before it runs (the page is mapped no-execute).
+        let f = unsafe { core::mem::transmute::<usize, extern "C" fn()>(page as usize) };
+        f();
+        sys::exit(2);
+    }
+    let (reaped, status) = sys::wait(child);
+    let at = sys::fault_addr(child);
+    // SAFETY: nothing refers into the page any more.
+    let unmapped = unsafe { sys::munmap(page, PAGE) };
+    crate::say!("  exec_nx: child status {status:#x}, fault at {at:#x} (page {page:#x})");
+    let ok = reaped == child
+        && killed(status) == Some((sys::SIGSEGV, sys::KILL_NO_EXECUTE))
+        && at as u64 == page
         && unmapped == 0;
     (ok, status as i64)
 }

@@ -44,6 +44,7 @@ pub const SIGSEGV: u32 = 11;
 pub const KILL_NOT_MAPPED: u32 = 1;
 pub const KILL_WRITE_TO_READ_ONLY: u32 = 2;
 pub const KILL_OUT_OF_MEMORY: u32 = 3;
+pub const KILL_NO_EXECUTE: u32 = 6;
 
 /// A raw system call.
 ///
