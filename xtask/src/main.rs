@@ -92,8 +92,10 @@ const BROKEN: &[(&str, &[Platform])] = &[
     // into the interrupted vCPU's open batch. (Natively there is no batch.)
     ("no-event-masking", &[Platform::Xen]),
     // fork shares frames writable: the ELF program's fork_cow check sees the
-    // child's writes in the parent (and no copy); programs=6/7.
-    ("no-cow", &[Platform::Native, Platform::Xen, Platform::Pvh]),
+    // child's writes in the parent, cow_oom's child is not killed, no page is
+    // copied: programs=7/9 cow_copies=0 (measured on all three; pvh runs the
+    // native paths, so it is left out to save CI time).
+    ("no-cow", &[Platform::Native, Platform::Xen]),
 ];
 
 /// Every kernel feature, for the kernel's clippy run.
