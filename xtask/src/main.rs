@@ -191,7 +191,7 @@ fn print_prog_checks(results: &[(boot::BootOutcome, Option<KernelResult>)]) {
         "munmap_kill" => "child's wait status (SIGSEGV | reason 1 << 8)",
         "exec_nx" => "child's wait status (SIGSEGV | reason 6 << 8)",
         "fork_exit_100" => "frames leaked by 100 fork/exit",
-        "bad_calls" => "bad calls refused with Linux's errno",
+        "bad_calls" => "bad calls refused with Linux's errno (of 9)",
         _ => "",
     };
     for c in first {

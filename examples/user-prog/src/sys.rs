@@ -36,6 +36,7 @@ pub const MAP_ANONYMOUS: u64 = 0x20;
 
 pub const EINVAL: i64 = 22;
 pub const ENOMEM: i64 = 12;
+pub const EEXIST: i64 = 17;
 /// `SIGSEGV`: what a process killed by a page fault dies of.
 pub const SIGSEGV: u32 = 11;
 
