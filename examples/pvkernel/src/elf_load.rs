@@ -1,26 +1,18 @@
-//! Loading a user program from its ELF image into a new address space.
-//!
-//! ```text
-//! user_elf::parse(bytes)?            every check (truncation, overlap, user half, entry)
-//!                                    before anything is allocated
-//! mm.create()                        the space
-//! per PT_LOAD segment: mm.map_range(first_page.., pages, R/W/X of the segment)
-//!                      copy its file bytes in (the rest stays zero: .bss)
-//! mm.reserve_zero(stack)             demand-zero stack below STACK_TOP
-//! any error after create: mm.exit(space) — no partial space, no frame left
-//! ```
+//! The user program's ELF image and its loading into a new address space
+//! (`user_elf::load`: every check of the image, and an up-front memory
+//! check, before anything is allocated; `map_range` per segment, the file
+//! bytes copied in, a demand-zero stack; any error after `create` tears the
+//! space down).
 //!
 //! The image of [`USER_PROG`] is `examples/user-prog`, built by `cargo
 //! xtask` (static, non-PIE, at 0x400000) and embedded here. [`check_refusals`]
-//! runs the loader on bad images at boot and checks, by the allocator's free
-//! count, that each refusal left nothing behind.
+//! runs the loader on bad images at boot and checks, by the allocator's
+//! counts, that each refusal left nothing behind.
 
-use alloc::vec::Vec;
-use core::fmt;
-
-use kernel_glue::{AddressSpace, PageFlags};
-use pvops::{Pfn, PhysMem, PvError, PAGE_SIZE};
-use user_elf::{ElfError, Image};
+use pvops::PvError;
+use user_elf::load::Layout;
+pub use user_elf::load::{LoadError, Loaded};
+use user_elf::ElfError;
 
 use crate::kprintln;
 use crate::vm::Vm;
@@ -33,118 +25,14 @@ pub const STACK_TOP: u64 = 0x7000_0000_0000;
 /// Pages reserved for the stack, demand-zero (touched ones only cost a frame).
 pub const STACK_PAGES: u64 = 16;
 
-/// Pages per `Mm::map_range` call while loading a segment.
-const MAP_CHUNK: u64 = 512;
-
-/// Why a program was not loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoadError {
-    /// The image was refused before anything was allocated.
-    Elf(ElfError),
-    /// Building the space failed; it was torn down.
-    Mm(PvError),
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadError::Elf(e) => write!(f, "{e}"),
-            LoadError::Mm(e) => write!(f, "loading: {e}"),
-        }
-    }
-}
-
-/// A loaded program: its space and where its task starts.
-#[derive(Debug)]
-pub struct Loaded {
-    pub space: AddressSpace,
-    pub entry: u64,
-    pub stack_top: u64,
-}
-
-/// Loads `bytes` into a new address space (see the module doc).
+/// Loads `bytes` into a new address space with the stack at [`STACK_TOP`].
 pub fn load(vm: &Vm, bytes: &[u8]) -> Result<Loaded, LoadError> {
-    let image = user_elf::parse(bytes).map_err(LoadError::Elf)?;
-    // More pages than free frames cannot load (a huge .bss, say): refused up
-    // front, as Linux's overcommit check refuses the mapping, rather than
-    // after taking every free frame.
-    if image.pages() > vm.frames.free_frames() {
-        return Err(LoadError::Mm(PvError::OutOfMemory));
-    }
-    let space = vm.mm.create().map_err(LoadError::Mm)?;
-    match populate(vm, &space, &image) {
-        Ok(()) => Ok(Loaded { space, entry: image.entry(), stack_top: STACK_TOP }),
-        Err(e) => {
-            discard(vm, space);
-            Err(LoadError::Mm(e))
-        }
-    }
+    user_elf::load::load(vm.mm, vm.mem, bytes, Layout { stack_top: STACK_TOP, stack_pages: STACK_PAGES })
 }
 
-fn populate(vm: &Vm, space: &AddressSpace, image: &Image<'_>) -> Result<(), PvError> {
-    for seg in image.segments() {
-        let perm = PageFlags { writable: seg.writable, executable: seg.executable };
-        // One L1 table's worth per map_range: its bookkeeping grows with
-        // the range, and the kernel heap is small.
-        let mut page = seg.first_page();
-        while page < seg.end_page() {
-            let n = MAP_CHUNK.min((seg.end_page() - page) / PAGE_SIZE);
-            vm.mm.map_range(space, page, n, perm)?;
-            page += n * PAGE_SIZE;
-        }
-        copy_to_frames(vm, space, seg.vaddr, seg.data)?;
-    }
-    vm.mm.reserve_zero(space, STACK_TOP - STACK_PAGES * PAGE_SIZE, STACK_PAGES, PageFlags::DATA)
-}
-
-/// Tears down a space that will not run (retried once, as `Mm::exit` allows).
-pub fn discard(vm: &Vm, space: AddressSpace) {
-    if let Err((first, space)) = vm.mm.exit(space) {
-        if let Err((again, space)) = vm.mm.exit(space) {
-            kprintln!("elf_load: teardown of {:?} refused ({first}, {again}); its frames are lost", space.pgd());
-        }
-    }
-}
-
-/// Copies `data` to user address `va` of `space` through the frames mapped
-/// there (the kernel's direct map), whatever their user permissions: for
-/// loading, before the process runs.
-pub fn copy_to_frames(vm: &Vm, space: &AddressSpace, va: u64, data: &[u8]) -> Result<(), PvError> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let at = va + done as u64;
-        let (frame, _) = vm
-            .mm
-            .translate(space, at & !(PAGE_SIZE - 1))?
-            .ok_or(PvError::NotMapped { addr: pvops::VirtAddr::try_new(at)? })?;
-        let off = (at % PAGE_SIZE) as usize;
-        let n = (PAGE_SIZE as usize - off).min(data.len() - done);
-        write_frame(vm.mem, frame, off, &data[done..done + n]);
-        done += n;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` at byte `off` of `frame` (`off + len <= 4096`), word by
-/// word through the `PhysMem` seam (a partial word is read, merged, written).
-pub fn write_frame(mem: &dyn PhysMem, frame: Pfn, off: usize, bytes: &[u8]) {
-    let mut i = 0;
-    while i < bytes.len() {
-        let pos = off + i;
-        let (word, shift) = (pos / 8, pos % 8);
-        let n = (8 - shift).min(bytes.len() - i);
-        let mut w = mem.read_entry(frame, word).to_le_bytes();
-        w[shift..shift + n].copy_from_slice(&bytes[i..i + n]);
-        mem.write_entry(frame, word, u64::from_le_bytes(w));
-        i += n;
-    }
-}
-
-/// Reads `len` bytes at byte `off` of `frame` (`off + len <= 4096`).
-pub fn read_frame(mem: &dyn PhysMem, frame: Pfn, off: usize, out: &mut Vec<u8>, len: usize) {
-    for pos in off..off + len {
-        out.push(mem.read_entry(frame, pos / 8).to_le_bytes()[pos % 8]);
-    }
+/// Tears down a space that will not run.
+pub fn discard(vm: &Vm, space: kernel_glue::AddressSpace) {
+    user_elf::load::discard(vm.mm, space);
 }
 
 /// What [`check_refusals`] saw.

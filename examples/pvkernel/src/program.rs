@@ -440,7 +440,7 @@ impl Programs {
             };
             let off = (at % PAGE_SIZE) as usize;
             let n = (PAGE_SIZE as usize - off).min(bytes.len() - done);
-            elf_load::write_frame(self.vm.mem, frame, off, &bytes[done..done + n]);
+            user_elf::load::write_frame(self.vm.mem, frame, off, &bytes[done..done + n]);
             done += n;
         }
         Ok(())
@@ -455,7 +455,7 @@ impl Programs {
             let (frame, _) = self.vm.mm.translate(space, at & !(PAGE_SIZE - 1)).ok()??;
             let off = (at % PAGE_SIZE) as usize;
             let n = (PAGE_SIZE as usize - off).min(len - out.len());
-            elf_load::read_frame(self.vm.mem, frame, off, &mut out, n);
+            user_elf::load::read_frame(self.vm.mem, frame, off, n, &mut out);
         }
         Some(out)
     }

@@ -1,6 +1,8 @@
 //! User program images: a static, non-PIE x86-64 ELF executable, parsed by
 //! the [`elf`] crate and checked against the user half *before* anything is
-//! allocated for it, so a bad file is refused with nothing to undo.
+//! allocated for it, so a bad file is refused with nothing to undo; then
+//! loaded into a new kernel-glue address space ([`load::load`]), torn down
+//! whole if anything fails.
 //!
 //! ```text
 //! let image = user_elf::parse(bytes)?;      // every check below, no allocation
@@ -24,6 +26,7 @@
 extern crate alloc;
 
 pub mod craft;
+pub mod load;
 
 use core::fmt;
 
