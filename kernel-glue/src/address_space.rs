@@ -14,6 +14,9 @@ use pvops::{
 
 extern crate alloc;
 
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
 use crate::frames::FrameAllocator;
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, KERNEL_TABLE_FLAGS, TABLE_FLAGS};
 
@@ -34,7 +37,7 @@ impl PageFlags {
     /// Read-only data.
     pub const RODATA: PageFlags = PageFlags { writable: false, executable: false };
 
-    fn user_bits(self) -> u64 {
+    pub(crate) fn user_bits(self) -> u64 {
         let mut f = flags::PRESENT | flags::USER;
         if self.writable {
             f |= flags::WRITABLE;
@@ -46,18 +49,28 @@ impl PageFlags {
     }
 
     /// The permissions a present user leaf grants (the inverse of `user_bits`).
-    fn of_leaf(e: Pte) -> PageFlags {
-        PageFlags { writable: e.is_writable(), executable: e.0 & flags::NO_EXECUTE == 0 }
+    /// A copy-on-write leaf grants write: only sharing write-protects it.
+    pub(crate) fn of_leaf(e: Pte) -> PageFlags {
+        PageFlags { writable: e.is_writable() || e.0 & SOFT_COW != 0, executable: e.0 & flags::NO_EXECUTE == 0 }
     }
 }
 
 /// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
-struct Queued {
-    frame: Pfn,
-    l1: Pfn,
-    index: usize,
-    made: NewTables,
+pub(crate) struct Queued {
+    pub(crate) frame: Pfn,
+    pub(crate) l1: Pfn,
+    pub(crate) index: usize,
+    pub(crate) made: NewTables,
 }
+
+/// Software bit (x86 AVL bit 9, free for the OS natively and left to the
+/// guest by Xen: `L1_DISALLOW_MASK` in xen/arch/x86/mm.c excludes bits 9–11):
+/// the leaf grants write but is write-protected because its frame is shared
+/// by a copy-on-write fork; a write fault copies or reuses it.
+pub(crate) const SOFT_COW: u64 = 1 << 9;
+/// Software bit (AVL bit 10): a shared page ([`Mm::map_frame`]); a fork
+/// shares it as it is, never copy-on-write.
+pub(crate) const SOFT_SHARED: u64 = 1 << 10;
 
 /// One user address space (Linux's `mm_struct`). Dropping it does nothing:
 /// it must be given back with [`Mm::exit`], which is where errors can be seen.
@@ -70,18 +83,38 @@ struct Queued {
 /// CPU never walks a table with updates still queued on this one (Linux
 /// likewise leaves lazy-MMU mode before `pte_unmap_unlock`).
 pub struct AddressSpace {
-    pgd: Pfn,
-    pinned: AtomicBool,
+    shared: Arc<SpaceState>,
+}
+
+/// What an [`AddressSpace`] is, shared with [`Mm`]'s list of live spaces
+/// (Linux's `pgd_list`), which kernel-half sync and `pin_all` walk.
+pub(crate) struct SpaceState {
+    pub(crate) pgd: Pfn,
+    pub(crate) pinned: AtomicBool,
+    /// Pinned by [`Mm::pin_all`] rather than by a first activation (Linux's
+    /// `PG_savepinned`): [`Mm::unpin_all`] unpins exactly these.
+    pub(crate) save_pinned: AtomicBool,
     /// CPUs that may hold its translations (Linux's `mm_cpumask`): set before
     /// a CPU loads it, cleared only when it exits.
-    cpus: AtomicU64,
-    lock: AtomicBool,
+    pub(crate) cpus: AtomicU64,
+    pub(crate) lock: AtomicBool,
+    /// Demand-zero regions: reserved, backed on first touch. Changed only
+    /// under `lock`.
+    pub(crate) regions: spin::Mutex<Vec<Region>>,
+}
+
+/// A demand-zero region: pages `start..end` (addresses) with `perm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) perm: PageFlags,
 }
 
 impl core::fmt::Debug for AddressSpace {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AddressSpace")
-            .field("pgd", &self.pgd)
+            .field("pgd", &self.pgd())
             .field("pinned", &self.is_pinned())
             .field("cpus", &self.cpumask())
             .finish()
@@ -90,33 +123,46 @@ impl core::fmt::Debug for AddressSpace {
 
 impl PartialEq for AddressSpace {
     fn eq(&self, other: &Self) -> bool {
-        self.pgd == other.pgd
+        self.pgd() == other.pgd()
     }
 }
 impl Eq for AddressSpace {}
 
 impl AddressSpace {
     fn new(pgd: Pfn, pinned: bool) -> Self {
-        AddressSpace { pgd, pinned: AtomicBool::new(pinned), cpus: AtomicU64::new(0), lock: AtomicBool::new(false) }
+        AddressSpace {
+            shared: Arc::new(SpaceState {
+                pgd,
+                pinned: AtomicBool::new(pinned),
+                save_pinned: AtomicBool::new(false),
+                cpus: AtomicU64::new(0),
+                lock: AtomicBool::new(false),
+                regions: spin::Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &Arc<SpaceState> {
+        &self.shared
     }
 
     /// The frame of its top-level table (the kernel pgd on Xen).
     pub fn pgd(&self) -> Pfn {
-        self.pgd
+        self.shared.pgd
     }
     /// True once it has been activated (pinned on Xen).
     pub fn is_pinned(&self) -> bool {
-        self.pinned.load(Ordering::Acquire)
+        self.shared.pinned.load(Ordering::Acquire)
     }
     /// The CPUs that may hold its translations in their TLBs (every CPU
     /// that activated it since it was created): the targets of a shootdown.
     pub fn cpumask(&self) -> CpuMask {
-        CpuMask(self.cpus.load(Ordering::Acquire))
+        CpuMask(self.shared.cpus.load(Ordering::Acquire))
     }
 }
 
 /// Holds an address space's lock; released on drop.
-struct Locked<'s>(&'s AtomicBool);
+pub(crate) struct Locked<'s>(&'s AtomicBool);
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
@@ -128,7 +174,7 @@ impl Drop for Locked<'_> {
 /// vCPU there). The holder may be waiting for this CPU to answer an IPI (a
 /// native shootdown): `Mm` methods are called with interrupts (events)
 /// enabled, so this CPU answers while it spins.
-fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
+pub(crate) fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
     while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         cpus.relax();
     }
@@ -144,11 +190,18 @@ fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
 /// `Sync`: every method may be called from any CPU at once; per-space work is
 /// serialised by the space's lock, `init_mm`'s kernel half by its own.
 pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
-    ops: &'a O,
-    mem: &'a dyn PhysMem,
-    frames: &'a FrameAllocator<'a>,
-    init_pgd: Pfn,
-    init_lock: AtomicBool,
+    pub(crate) ops: &'a O,
+    pub(crate) mem: &'a dyn PhysMem,
+    pub(crate) frames: &'a FrameAllocator<'a>,
+    pub(crate) init_pgd: Pfn,
+    pub(crate) init_lock: AtomicBool,
+    /// Every live address space (Linux's `pgd_list`, under its `pgd_lock`):
+    /// a space is added with its kernel half copied in the same critical
+    /// section, so a kernel slot added later reaches it. Never held while
+    /// taking a space's lock (walkers take a snapshot).
+    pub(crate) live: spin::Mutex<Vec<Arc<SpaceState>>>,
+    /// Pages copied by copy-on-write faults so far.
+    pub(crate) cow_copies: AtomicU64,
     /// The space each CPU runs (pfn of its pgd; `NONE`: init_mm, or only
     /// lazily held since [`Mm::enter_lazy`]). A space some other CPU runs
     /// cannot exit; one it only holds lazily is dropped there first.
@@ -164,7 +217,24 @@ impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     }
 }
 
-fn user_va(addr: u64) -> Result<VirtAddr, PvError> {
+/// The start of `pages` pages from `addr` and the end address: page
+/// aligned, canonical, wholly below `USER_LIMIT`, no overflow.
+pub(crate) fn user_range(addr: u64, pages: u64) -> Result<(VirtAddr, u64), PvError> {
+    let start = user_va(addr)?;
+    let end = pages
+        .checked_mul(pvops::PAGE_SIZE)
+        .and_then(|len| addr.checked_add(len))
+        .filter(|&end| end <= USER_LIMIT)
+        .ok_or(PvError::NotUserAddress { addr: start })?;
+    Ok((start, end))
+}
+
+/// The first address of the next L1 table's range after `va`.
+pub(crate) fn next_l1(va: u64) -> u64 {
+    (va | 0x1f_ffff) + 1
+}
+
+pub(crate) fn user_va(addr: u64) -> Result<VirtAddr, PvError> {
     let va = VirtAddr::try_new(addr)?;
     if !va.is_page_aligned() {
         return Err(PvError::Unaligned { addr });
@@ -191,6 +261,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             frames,
             init_pgd: boot_pgd,
             init_lock: AtomicBool::new(false),
+            live: spin::Mutex::new(Vec::new()),
+            cow_copies: AtomicU64::new(0),
             running: [const { AtomicU64::new(NONE) }; pvops::MAX_CPUS],
         })
     }
@@ -229,19 +301,31 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// The CPUs whose TLBs may hold `space`'s translations now: this one if
     /// it has `space` loaded, and every other online CPU that activated it.
-    fn holders(&self, space: &AddressSpace) -> CpuMask {
+    pub(crate) fn holders(&self, space: &AddressSpace) -> CpuMask {
         let cpus = self.cpus();
         let me = cpus.this_cpu();
         let others = space.cpumask().and(cpus.online()).without(me);
-        if self.is_loaded(space.pgd) {
+        if self.is_loaded(space.pgd()) {
             others.with(me)
         } else {
             others
         }
     }
 
-    fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
-        lock(self.cpus(), &space.lock)
+    /// The live list, locked. Spins with [`Cpus::relax`] like the space
+    /// locks: its holder may be waiting for this CPU (a cross-call), and a
+    /// host model runs another vCPU there.
+    pub(crate) fn live(&self) -> spin::MutexGuard<'_, Vec<Arc<SpaceState>>> {
+        loop {
+            if let Some(g) = self.live.try_lock() {
+                return g;
+            }
+            self.cpus().relax();
+        }
+    }
+
+    pub(crate) fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
+        lock(self.cpus(), &space.state().lock)
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -258,6 +342,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             return Err(PvError::ReservedSlot { index: va.index(Level::L4) });
         }
         let _locked = lock(self.cpus(), &self.init_lock);
+        let slot = va.index(Level::L4);
+        let had_slot = self.ops.read_entry(Level::L4, self.init_pgd, slot)?.is_present();
         self.issued_now(|| {
             // The kernel half is in every space: a table undone there may be cached anywhere.
             let all = self.cpus().online();
@@ -267,6 +353,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             let f = flags::PRESENT | if writable { flags::WRITABLE } else { 0 };
             self.ops.set_entry(self.frames, Level::L1, l1, va.index(Level::L1), Pte::new(frame, f))
+        })?;
+        if had_slot {
+            return Ok(());
+        }
+        let e = self.ops.read_entry(Level::L4, self.init_pgd, slot)?;
+        self.sync_kernel_slot(slot, e)
+    }
+
+    /// A kernel L4 slot new in `init_mm` goes into every live pgd (Linux's
+    /// `sync_global_pgds` over `pgd_list`): kernel pgds only — on xen64 a
+    /// slot at or above `USER_PGD_SLOTS` never reaches a user pgd
+    /// (`set_entry`'s contract). Under the live list's lock, so a space
+    /// being created either copied the slot or is written here.
+    fn sync_kernel_slot(&self, slot: usize, e: Pte) -> Result<(), PvError> {
+        let live = self.live();
+        self.issued_now(|| {
+            let mut first = Ok(());
+            for s in live.iter() {
+                if let Err(err) = self.ops.set_entry(self.frames, Level::L4, s.pgd, slot, e) {
+                    log::error!("kernel slot {slot} not synced into {:?}: {err}", s.pgd);
+                    first = first.and(Err(err));
+                }
+            }
+            first
         })
     }
 
@@ -274,7 +384,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// before returning, even inside a caller's section (whose earlier updates
     /// go out with it): for work that must have taken effect when it returns.
     /// The result covers only what `f` queued.
-    fn issued_now<T>(&self, f: impl FnOnce() -> Result<T, PvError>) -> Result<T, PvError> {
+    pub(crate) fn issued_now<T>(&self, f: impl FnOnce() -> Result<T, PvError>) -> Result<T, PvError> {
         self.ops.lazy_mmu_enter();
         let r = f();
         let flushed = self.ops.lazy_mmu_flush();
@@ -291,6 +401,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             return Err(PvError::WrongState { what: "create before frame metadata exists (early boot)" });
         }
         let pgd = self.frames.alloc_zeroed_frame()?;
+        // Copied and listed in one critical section of the live list: a
+        // kernel slot `map_kernel` adds meanwhile is either copied here or
+        // propagated to this pgd (Linux's `pgd_ctor` under `pgd_lock`).
+        let mut live = self.live();
         let reserved = self.ops.reserved_l4_slots();
         for slot in USER_PGD_SLOTS..ENTRIES_PER_TABLE {
             if reserved.contains(&slot) {
@@ -309,7 +423,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             let _ = self.frames.free_frame(pgd);
             return Err(err);
         }
-        Ok(AddressSpace::new(pgd, false))
+        let space = AddressSpace::new(pgd, false);
+        live.push(space.state().clone());
+        Ok(space)
     }
 
     /// Maps a new zeroed page at `addr` with `perm`; returns its frame.
@@ -330,9 +446,36 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// be in effect before the space's lock is released, or another CPU
     /// would walk tables whose updates are still queued here.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+        self.map_issued(space, addr, perm.user_bits(), None)
+    }
+
+    /// Maps the existing frame `frame` at `addr` with `perm`: a shared page
+    /// (Linux's `MAP_SHARED`). The mapping takes a reference on the frame
+    /// ([`FrameAllocator::get_frame`]; a free frame is refused), which
+    /// `unmap`/`exit` drop: the frame is freed when its last holder lets
+    /// go. A copy-on-write fork shares it as it is (writes stay visible to
+    /// both). Otherwise as [`Mm::map`]: on error nothing changed, the
+    /// reference too.
+    pub fn map_frame(&self, space: &AddressSpace, addr: u64, frame: Pfn, perm: PageFlags) -> Result<(), PvError> {
+        self.map_issued(space, addr, perm.user_bits() | SOFT_SHARED, Some(frame)).map(|_| ())
+    }
+
+    /// [`Mm::map`]/[`Mm::map_frame`]: a leaf with `bits` for a new frame or `frame`.
+    fn map_issued(&self, space: &AddressSpace, addr: u64, bits: u64, frame: Option<Pfn>) -> Result<Pfn, PvError> {
         let _locked = self.lock(space);
+        self.map_locked(space, addr, bits, frame)
+    }
+
+    /// [`Mm::map_issued`] with the space's lock held.
+    pub(crate) fn map_locked(
+        &self,
+        space: &AddressSpace,
+        addr: u64,
+        bits: u64,
+        frame: Option<Pfn>,
+    ) -> Result<Pfn, PvError> {
         self.ops.lazy_mmu_enter();
-        let queued = self.map_queued(space, addr, perm);
+        let queued = self.map_queued(space, addr, bits, frame);
         let flushed = self.ops.lazy_mmu_flush();
         let left = self.ops.lazy_mmu_leave();
         match (queued, flushed.and(left)) {
@@ -371,36 +514,50 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
         }
-        undo(self.ops, self.frames, space.pgd, &m.made, holders);
+        undo(self.ops, self.frames, space.pgd(), &m.made, holders);
         if !holders.is_empty() && cleared.is_err() {
             log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
         }
-        let _ = self.frames.free_frame(m.frame);
+        let _ = self.frames.put_frame(m.frame);
     }
 
-    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork).
-    fn map_queued(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Queued, PvError> {
+    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork):
+    /// a leaf with `bits` for a new zeroed frame, or for `shared` (which
+    /// gains a reference). On error the frame's reference is dropped again.
+    pub(crate) fn map_queued(
+        &self,
+        space: &AddressSpace,
+        addr: u64,
+        bits: u64,
+        shared: Option<Pfn>,
+    ) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
-        if let Some(l1) = find_l1(self.ops, space.pgd, va)? {
+        if let Some(l1) = find_l1(self.ops, space.pgd(), va)? {
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
-        let frame = self.frames.alloc_zeroed_frame()?;
+        let frame = match shared {
+            Some(f) => {
+                self.frames.get_frame(f)?;
+                f
+            }
+            None => self.frames.alloc_zeroed_frame()?,
+        };
         let holders = self.holders(space);
-        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd, va, TABLE_FLAGS, holders) {
+        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, holders) {
             Ok(built) => built,
             Err(e) => {
-                let _ = self.frames.free_frame(frame);
+                let _ = self.frames.put_frame(frame);
                 return Err(e);
             }
         };
         let index = va.index(Level::L1);
-        if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, perm.user_bits())) {
+        if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, bits)) {
             // Tables built for this page alone go again.
-            undo(self.ops, self.frames, space.pgd, &made, holders);
-            let _ = self.frames.free_frame(frame);
+            undo(self.ops, self.frames, space.pgd(), &made, holders);
+            let _ = self.frames.put_frame(frame);
             return Err(e);
         }
         Ok(Queued { frame, l1, index, made })
@@ -420,7 +577,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
         let va = user_va(addr)?;
         let _locked = self.lock(space);
-        let l1 = find_l1(self.ops, space.pgd, va)?.ok_or(PvError::NotMapped { addr: va })?;
+        let l1 = find_l1(self.ops, space.pgd(), va)?.ok_or(PvError::NotMapped { addr: va })?;
         let index = va.index(Level::L1);
         let e = self.ops.read_entry(Level::L1, l1, index)?;
         if !e.is_present() {
@@ -446,11 +603,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
             }
         }
-        self.frames.free_frame(e.pfn())
+        self.frames.put_frame(e.pfn()).map(|_| ())
     }
 
     /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones
-    /// are skipped, as `munmap` does) and frees their frames; returns how
+    /// are skipped, as `munmap` does), forgets the demand-zero reservations
+    /// there, and frees their frames (drops their references); returns how
     /// many were unmapped.
     ///
     /// The clears are one lazy-MMU batch and the TLB flush is one for the
@@ -458,34 +616,43 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// `flush_tlb_mm_range` after `zap_pte_range`): on Xen ⌈N/32⌉-ish
     /// multicalls whose last entry is one `INVLPG_MULTI` (one page) or
     /// `TLB_FLUSH_MULTI` (more), not one flush per page; natively one IPI
-    /// per other CPU. Frames are freed only after the flush. On error, the
-    /// pages whose entries were not cleared stay mapped; a cleared page's
-    /// frame is freed only once a flush succeeded (else kept, logged).
+    /// per other CPU.
+    ///
+    /// Page tables the range leaves empty are unlinked in the same batch
+    /// (an L1, then an L2 or L3 that became empty; never the pgd) and, like
+    /// the data frames, gathered and freed only after that flush (Linux's
+    /// `mmu_gather`: `pte_free_tlb`, then `tlb_flush_mmu` before
+    /// `tlb_remove_table` frees): a paging-structure cache on another CPU
+    /// may still hold a table until then. On error, the pages whose entries
+    /// were not cleared stay mapped; a cleared page's frame, or an unlinked
+    /// table, is freed only once a flush succeeded (else kept, logged).
     pub fn unmap_range(&self, space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, PvError> {
-        let start = user_va(addr)?;
-        let end = pages
-            .checked_mul(pvops::PAGE_SIZE)
-            .and_then(|len| addr.checked_add(len))
-            .filter(|&end| end <= USER_LIMIT)
-            .ok_or(PvError::NotUserAddress { addr: start })?;
+        let (start, end) = user_range(addr, pages)?;
         let _locked = self.lock(space);
-        let mut cleared = alloc::vec::Vec::new();
+        crate::lifecycle::regions_remove(&mut space.state().regions.lock(), addr, end);
+        let mut cleared = Vec::new();
+        let mut tables = Vec::new();
         let holders = self.holders(space);
         let done = self.issued_now(|| {
             let mut va = addr;
             while va < end {
+                let chunk = next_l1(va).min(end);
                 let v = VirtAddr::try_new(va)?;
-                if let Some(l1) = find_l1(self.ops, space.pgd, v)? {
-                    let index = v.index(Level::L1);
-                    let e = self.ops.read_entry(Level::L1, l1, index)?;
-                    if e.is_present() {
-                        self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
-                        cleared.push((l1, index, e.pfn()));
+                if let Some(l1) = find_l1(self.ops, space.pgd(), v)? {
+                    for page in (va..chunk).step_by(pvops::PAGE_SIZE as usize) {
+                        let index = VirtAddr::try_new(page)?.index(Level::L1);
+                        let e = self.ops.read_entry(Level::L1, l1, index)?;
+                        if e.is_present() {
+                            self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
+                            cleared.push((l1, index, e.pfn()));
+                        }
                     }
+                    self.prune_tables(space.pgd(), v, &mut tables)?;
                 }
-                va += pvops::PAGE_SIZE;
+                va = chunk;
             }
-            if !holders.is_empty() && !cleared.is_empty() {
+            let changed = !cleared.is_empty() || !tables.is_empty();
+            if changed && !holders.is_empty() {
                 self.ops.flush_tlb_multi(holders, Flush::Range { start, pages })?;
             }
             Ok(())
@@ -507,12 +674,73 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             unmapped += 1;
             if flushed {
-                self.frames.free_frame(frame)?;
+                self.frames.put_frame(frame)?;
             } else {
                 log::error!("unmap_range: no flush after unmapping {frame:?}; frame kept");
             }
         }
+        self.free_gathered_tables(space.pgd(), &tables, flushed);
         done.map(|()| unmapped)
+    }
+
+    /// Unlinks the L1 table covering `va` if it is empty now, then its L2
+    /// and L3 if that left them empty (never the pgd); records each in
+    /// `tables` as (parent level, parent, slot, table) for
+    /// [`Mm::free_gathered_tables`] after the flush.
+    fn prune_tables(&self, root: Pfn, va: VirtAddr, tables: &mut Vec<(Level, Pfn, usize, Pfn)>) -> Result<(), PvError> {
+        let mut path = [(Level::L4, root, 0usize, Pfn(0)); 3];
+        let mut table = root;
+        for (n, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
+            let slot = va.index(level);
+            let e = self.ops.read_entry(level, table, slot)?;
+            if !e.is_present() {
+                return Ok(());
+            }
+            path[n] = (level, table, slot, e.pfn());
+            table = e.pfn();
+        }
+        for &(level, parent, slot, child) in path.iter().rev() {
+            let child_level = level.lower().unwrap_or(Level::L1);
+            if !self.table_is_empty(child_level, child)? {
+                break;
+            }
+            self.ops.set_entry(self.frames, level, parent, slot, Pte::EMPTY)?;
+            tables.push((level, parent, slot, child));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn table_is_empty(&self, level: Level, table: Pfn) -> Result<bool, PvError> {
+        for i in 0..ENTRIES_PER_TABLE {
+            if self.ops.read_entry(level, table, i)?.is_present() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Releases and frees tables [`Mm::prune_tables`] unlinked, once
+    /// `flushed`: only those whose unlink took effect and that are still
+    /// empty (a failed batch may have left either undone), lowest first.
+    fn free_gathered_tables(&self, root: Pfn, tables: &[(Level, Pfn, usize, Pfn)], flushed: bool) {
+        for &(level, parent, slot, table) in tables {
+            let child_level = level.lower().unwrap_or(Level::L1);
+            let linked = self.ops.read_entry(level, parent, slot).map_or(true, |e| e.is_present());
+            if linked || !self.table_is_empty(child_level, table).unwrap_or(false) {
+                continue;
+            }
+            if !flushed {
+                log::error!("unmap_range: no flush after unlinking table {table:?}; frame kept");
+                continue;
+            }
+            if let Err(e) = self.ops.release_pt(self.frames, root, child_level, table) {
+                log::error!("unmap_range: release of table {table:?} refused ({e}); frame kept");
+                continue;
+            }
+            if let Err(e) = self.frames.free_frame(table) {
+                log::error!("unmap_range: table {table:?} not freed ({e})");
+            }
+        }
     }
 
     /// The frame and user permissions mapped at `addr`, if any.
@@ -524,7 +752,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// [`Mm::translate`] with the space's lock already held.
     fn translate_locked(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
         let va = user_va(addr)?;
-        let Some(l1) = find_l1(self.ops, space.pgd, va)? else {
+        let Some(l1) = find_l1(self.ops, space.pgd(), va)? else {
             return Ok(None);
         };
         let e = self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?;
@@ -571,8 +799,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if !space.is_pinned() {
             let _locked = self.lock(space);
             if !space.is_pinned() {
-                self.ops.activate_mm(self.frames, space.pgd)?;
-                space.pinned.store(true, Ordering::Release);
+                // Pinned by `pin_all` already: the pin becomes the activation's.
+                if !space.state().save_pinned.swap(false, Ordering::AcqRel) {
+                    self.ops.activate_mm(self.frames, space.pgd())?;
+                }
+                space.state().pinned.store(true, Ordering::Release);
             }
         }
         let me = self.cpus().this_cpu();
@@ -581,10 +812,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         // issued before this CPU loads the root and walks the tables.
         {
             let _locked = self.lock(space);
-            space.cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+            space.state().cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
         }
-        self.set_running(me, space.pgd.0);
-        self.ops.write_cr3(self.frames, space.pgd)
+        self.set_running(me, space.pgd().0);
+        self.ops.write_cr3(self.frames, space.pgd())
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
@@ -627,7 +858,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                     if let Err((again, child)) = self.exit(child) {
                         log::error!(
                             "fork: teardown of {:?} refused ({first}, {again}); its frames are lost",
-                            child.pgd
+                            child.pgd()
                         );
                     }
                 }
@@ -638,12 +869,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     fn copy_user_half(&self, parent: &AddressSpace, child: &AddressSpace) -> Result<(), PvError> {
         let mut result = Ok(());
-        self.for_each_user_page(parent.pgd, &mut |va, pte| {
+        self.for_each_user_page(parent.pgd(), &mut |va, _, _, pte| {
             if result.is_err() {
                 return;
             }
             result = (|| {
-                let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte))?.frame;
+                let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), None)?.frame;
                 for i in 0..ENTRIES_PER_TABLE {
                     let w = self.mem.read_entry(pte.pfn(), i);
                     if w != 0 {
@@ -657,7 +888,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Calls `f` for every present user page below `root`, in address order.
-    fn for_each_user_page(&self, root: Pfn, f: &mut dyn FnMut(VirtAddr, Pte)) -> Result<(), PvError> {
+    /// `f` gets the page's address, its L1 table, the slot there and the entry.
+    pub(crate) fn for_each_user_page(
+        &self,
+        root: Pfn,
+        f: &mut dyn FnMut(VirtAddr, Pfn, usize, Pte),
+    ) -> Result<(), PvError> {
         for i4 in 0..USER_PGD_SLOTS {
             let e4 = self.ops.read_entry(Level::L4, root, i4)?;
             if !e4.is_present() {
@@ -676,7 +912,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                     for i1 in 0..ENTRIES_PER_TABLE {
                         let e1 = self.ops.read_entry(Level::L1, e2.pfn(), i1)?;
                         if e1.is_present() {
-                            f(VirtAddr::from_indices(i4, i3, i2, i1), e1);
+                            f(VirtAddr::from_indices(i4, i3, i2, i1), e2.pfn(), i1, e1);
                         }
                     }
                 }
@@ -699,30 +935,43 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// reachable); calling `exit` on it again finishes the job. A table whose
     /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
-        if self.is_loaded(space.pgd) {
+        // Under the space's lock: `pin_all`/`unpin_all` reach it through the
+        // live list and must never pin or unpin it mid-teardown.
+        let state = space.state().clone();
+        let _locked = lock(self.cpus(), &state.lock);
+        if self.is_loaded(space.pgd()) {
             return Err((PvError::WrongState { what: "exit of the active address space" }, space));
         }
         let me = self.cpus().this_cpu();
-        let running = (0..pvops::MAX_CPUS).find(|&c| c != me && self.running[c].load(Ordering::Acquire) == space.pgd.0);
+        let running =
+            (0..pvops::MAX_CPUS).find(|&c| c != me && self.running[c].load(Ordering::Acquire) == space.pgd().0);
         if let Some(cpu) = running {
-            return Err((PvError::RootInUse { pgd: space.pgd, cpu }, space));
+            return Err((PvError::RootInUse { pgd: space.pgd(), cpu }, space));
         }
         if let Err(e) = self.drop_root_elsewhere(&space) {
             return Err((e, space));
         }
-        if space.is_pinned() {
-            if let Err(e) = self.ops.exit_mm(self.frames, space.pgd) {
+        if space.is_pinned() || space.state().save_pinned.load(Ordering::Acquire) {
+            if let Err(e) = self.ops.exit_mm(self.frames, space.pgd()) {
                 return Err((e, space));
             }
+            space.state().pinned.store(false, Ordering::Release);
+            space.state().save_pinned.store(false, Ordering::Release);
         }
-        let root = space.pgd;
-        let result = self.free_user_half(root).and_then(|()| {
-            self.ops.pgd_free(self.frames, root)?;
-            self.frames.free_frame(root)
-        });
+        let root = space.pgd();
+        if let Err(e) = self.free_user_half(root) {
+            return Err((e, space));
+        }
+        // Off the live list before the pgd goes: kernel-half sync must never
+        // write into a freed frame.
+        self.live().retain(|s| !Arc::ptr_eq(s, space.state()));
+        let result = self.ops.pgd_free(self.frames, root).and_then(|()| self.frames.free_frame(root));
         match result {
             Ok(()) => Ok(()),
-            Err(e) => Err((e, AddressSpace::new(root, false))),
+            Err(e) => {
+                self.live().push(space.state().clone());
+                Err((e, space))
+            }
         }
     }
 
@@ -733,7 +982,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if others.is_empty() {
             return Ok(());
         }
-        let (pgd, init) = (space.pgd, self.init_pgd);
+        let (pgd, init) = (space.pgd(), self.init_pgd);
         cpus.call_on(others, &|| {
             if self.ops.read_cr3() == pgd {
                 self.ops.write_cr3(self.frames, init)
@@ -743,8 +992,22 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         })
     }
 
+    /// Tears the user half down, then frees what it held (Linux's
+    /// `mmu_gather` in `exit_mmap`): every frame after the whole teardown
+    /// was issued. No flush is needed: no CPU has the space loaded any more
+    /// (`exit` made them switch away, and a cr3 write flushes every
+    /// non-global translation and paging-structure cache; user leaves are
+    /// never global). What was unlinked before an error is freed too.
     fn free_user_half(&self, root: Pfn) -> Result<(), PvError> {
-        self.issued_now(|| self.free_below(root, Level::L4, root, 0..USER_PGD_SLOTS))
+        let mut gather = Vec::new();
+        let r = self.issued_now(|| self.free_below(root, Level::L4, root, 0..USER_PGD_SLOTS, &mut gather));
+        for (frame, leaf) in gather {
+            let freed = if leaf { self.frames.put_frame(frame).map(|_| ()) } else { self.frames.free_frame(frame) };
+            if let Err(e) = freed {
+                log::error!("exit: {frame:?} not freed ({e})");
+            }
+        }
+        r
     }
 
     /// Frees everything slots `slots` of the `level` table `table` lead to,
@@ -753,7 +1016,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// away; emptied before unlinked, so if anything below fails the rest is
     /// still linked and a second `exit` finds it. Only a table whose release
     /// is refused is lost (unlinked, kept: never freed while still a table).
-    fn free_below(&self, root: Pfn, level: Level, table: Pfn, slots: Range<usize>) -> Result<(), PvError> {
+    fn free_below(
+        &self,
+        root: Pfn,
+        level: Level,
+        table: Pfn,
+        slots: Range<usize>,
+        gather: &mut Vec<(Pfn, bool)>,
+    ) -> Result<(), PvError> {
         for i in slots {
             let e = self.ops.read_entry(level, table, i)?;
             if !e.is_present() {
@@ -761,13 +1031,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             let lower = level.lower();
             if let Some(lower) = lower {
-                self.free_below(root, lower, e.pfn(), 0..ENTRIES_PER_TABLE)?;
+                self.free_below(root, lower, e.pfn(), 0..ENTRIES_PER_TABLE, gather)?;
             }
             self.ops.set_entry(self.frames, level, table, i, Pte::EMPTY)?;
             if let Some(lower) = lower {
                 self.ops.release_pt(self.frames, root, lower, e.pfn())?;
             }
-            self.frames.free_frame(e.pfn())?;
+            // A leaf drops its reference (a shared frame lives on).
+            gather.push((e.pfn(), lower.is_none()));
         }
         Ok(())
     }

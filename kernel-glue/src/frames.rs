@@ -4,12 +4,18 @@
 //! backend may use, the pinned flag) is created by [`FrameAllocator::init_metadata`];
 //! before that the allocator still works — that is the early-boot path, and
 //! [`MmServices::has_metadata`] tells backends which path they are on.
+//!
+//! Each frame also has a reference count (Linux's `page->_refcount`): an
+//! allocation holds one reference, every user mapping of a shared frame
+//! ([`crate::Mm::map_frame`], a copy-on-write fork) takes one more, and the
+//! frame goes back to the allocator when the last is dropped
+//! ([`FrameAllocator::put_frame`]).
 
 extern crate alloc;
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use pvops::{MmServices, Pfn, PhysMem, PvError};
 
@@ -52,6 +58,8 @@ struct Inner {
 struct Meta {
     private: AtomicU64,
     pinned: AtomicBool,
+    /// References: 1 from allocation to the first put, +1 per extra mapping.
+    refs: AtomicU32,
 }
 
 impl Meta {
@@ -61,6 +69,7 @@ impl Meta {
     fn reset(&self) {
         self.private.store(0, Ordering::Release);
         self.pinned.store(false, Ordering::Release);
+        self.refs.store(0, Ordering::Release);
     }
 }
 
@@ -171,6 +180,58 @@ impl<'m> FrameAllocator<'m> {
         m.get(pfn.0 as usize).ok_or(PvError::BadFrame { pfn })
     }
 
+    /// The frame's reference count (0: free, or no metadata yet).
+    pub fn refcount(&self, pfn: Pfn) -> u32 {
+        self.meta.get().and_then(|m| m.get(pfn.0 as usize)).map_or(0, |m| m.refs.load(Ordering::Acquire))
+    }
+
+    /// Takes one more reference on an allocated frame (Linux's `get_page`);
+    /// returns the new count. Refused for a frame nobody holds (free, or
+    /// allocated before metadata existed): a reference cannot revive it.
+    pub fn get_frame(&self, pfn: Pfn) -> Result<u32, PvError> {
+        let m = self.meta_of(pfn)?;
+        let mut n = m.refs.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return Err(PvError::WrongState { what: "reference to a frame nobody holds" });
+            }
+            let more = n.checked_add(1).ok_or(PvError::WrongState { what: "frame reference count overflow" })?;
+            match m.refs.compare_exchange_weak(n, more, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(more),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Drops one reference (Linux's `put_page`); the last one frees the
+    /// frame. Returns true when it was freed. Without metadata (early boot)
+    /// every frame has one owner: it is freed at once.
+    pub fn put_frame(&self, pfn: Pfn) -> Result<bool, PvError> {
+        let Some(m) = self.meta.get() else {
+            return self.free_frame(pfn).map(|()| true);
+        };
+        let m = m.get(pfn.0 as usize).ok_or(PvError::BadFrame { pfn })?;
+        let mut n = m.refs.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return Err(PvError::WrongState { what: "dropping a reference nobody holds" });
+            }
+            match m.refs.compare_exchange_weak(n, n - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        if n > 1 {
+            return Ok(false);
+        }
+        // Ours was the last: nobody else can take one now (`get_frame` refuses 0).
+        if let Err(e) = self.free_frame(pfn) {
+            m.refs.store(1, Ordering::Release);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// True when `pfn` is free in the allocator.
     pub fn is_free(&self, pfn: Pfn) -> bool {
         self.inner.lock().is_free(self.nr_frames, pfn)
@@ -207,6 +268,7 @@ impl MmServices for FrameAllocator<'_> {
             inner.allocations += 1;
             if let Some(m) = self.meta.get().and_then(|m| m.get(pfn.0 as usize)) {
                 m.reset();
+                m.refs.store(1, Ordering::Release);
             }
             pfn
         };
@@ -224,6 +286,9 @@ impl MmServices for FrameAllocator<'_> {
             if let Some(m) = self.meta.get().and_then(|m| m.get(pfn.0 as usize)) {
                 if m.pinned.load(Ordering::Acquire) {
                     return Err(PvError::WrongState { what: "freeing a pinned frame" });
+                }
+                if m.refs.load(Ordering::Acquire) > 1 {
+                    return Err(PvError::WrongState { what: "freeing a frame others still reference" });
                 }
                 m.reset();
             }

@@ -37,10 +37,12 @@
 
 mod address_space;
 mod frames;
+mod lifecycle;
 mod walk;
 
 pub use address_space::{AddressSpace, Mm, PageFlags};
 pub use frames::{FrameAllocator, FrameInfo};
+pub use lifecycle::{FaultFix, FaultKill};
 
 // SMP: one `Mm`, its address spaces and the allocator are shared by every CPU.
 const _: fn() = || {

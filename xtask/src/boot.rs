@@ -229,8 +229,38 @@ pub fn kernel_target_dir() -> PathBuf {
     workspace_root().join("target").join("pvkernel")
 }
 
-/// Builds `examples/pvkernel` (release, `x86_64-unknown-none`) with the given
-/// cargo features and returns the path of a copy of the ELF named after the
+/// Environment variable naming the user program's ELF for the kernel build
+/// (`include_bytes!` in `examples/pvkernel/src/elf_load.rs`).
+pub const USER_PROG_ENV: &str = "PVOPS_USER_PROG";
+
+/// Builds `examples/user-prog` (release, `x86_64-unknown-none`, linked at
+/// its user load address by its `link.ld`) and returns the ELF's path.
+///
+/// `relocation-model=static`: a static non-PIE executable, so the kernel's
+/// loader has no relocations to apply (it refuses `ET_DYN`). Its own
+/// target directory keeps these flags from rebuilding anything else.
+pub fn build_user_prog() -> Result<PathBuf, String> {
+    let target_dir = workspace_root().join("target").join("user-prog");
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root())
+        .args(["build", "--release", "-p", "user-prog", "--target", KERNEL_TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C relocation-model=static");
+    run_quiet(&mut c)?;
+    let elf = target_dir.join(KERNEL_TARGET).join("release").join("user-prog");
+    if elf.is_file() {
+        Ok(elf)
+    } else {
+        Err(format!("user-prog build succeeded but {} is missing", elf.display()))
+    }
+}
+
+/// Builds `examples/user-prog`, then `examples/pvkernel` (release,
+/// `x86_64-unknown-none`) with the user program embedded and the given
+/// cargo features, and returns the path of a copy of the ELF named after the
 /// features (`pvkernel` or `pvkernel-<features>`), so variants do not
 /// overwrite each other.
 ///
@@ -238,9 +268,11 @@ pub fn kernel_target_dir() -> PathBuf {
 /// (relocation-model=static, code-model=kernel) applies; environment
 /// overrides of rustflags are removed for the same reason.
 pub fn build_kernel(features: &[&str]) -> Result<PathBuf, String> {
+    let user_prog = build_user_prog()?;
     let target_dir = kernel_target_dir();
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(kernel_dir())
+        .env(USER_PROG_ENV, &user_prog)
         .args(["build", "--release", "--target", KERNEL_TARGET, "--target-dir"])
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")

@@ -5,6 +5,8 @@
 //! RESULT native backend=native conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=4/4
 //! RESULT pvh backend=xen-pvh conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=12/12
 //! RESULT xen backend=xen64 conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H cpus=2 smp=4/4
+//! (each RESULT line ends with ` programs=P/T cow_copies=C elf_refused=R/T`: the ELF user program)
+//! PROGCHECK 1 fork_cow ok figure=4
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
 //! Host report (`host-report`, `workload::render_counts`): a `[xen64] step`
@@ -49,6 +51,47 @@ pub struct KernelResult {
     pub cpus: Option<usize>,
     /// `smp=` (passed, run): the concurrent cases, run when 2+ CPUs are online.
     pub smp: Option<(u64, u64)>,
+    /// `programs=` (passed, expected): the ELF user program's checks.
+    pub programs: Option<(u64, u64)>,
+    /// `cow_copies=`: pages the kernel copied on write while the program ran.
+    pub cow_copies: Option<u64>,
+    /// `elf_refused=` (refused cleanly, tried): bad ELF images and failed loads.
+    pub elf_refused: Option<(u64, u64)>,
+}
+
+/// One `PROGCHECK <pid> <name> <ok|FAILED> figure=<n>` line: a check the
+/// ELF user program reported from user space, with its figure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgCheck {
+    pub name: String,
+    pub ok: bool,
+    pub figure: i64,
+}
+
+/// Every `PROGCHECK` line of a serial log, in order.
+pub fn parse_prog_checks(serial: &str) -> Vec<ProgCheck> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.trim().strip_prefix("PROGCHECK ")?.split_whitespace();
+            let (_pid, name, verdict) = (w.next()?, w.next()?, w.next()?);
+            let figure = w.next()?.strip_prefix("figure=")?.parse().ok()?;
+            Some(ProgCheck { name: name.to_string(), ok: verdict == "ok", figure })
+        })
+        .collect()
+}
+
+/// The program's checks against its `programs=P/T`: every one reported,
+/// passed, and as many as the kernel expected.
+pub fn check_prog_checks(checks: &[ProgCheck], programs: Option<(u64, u64)>) -> Result<(), String> {
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    if !failed.is_empty() {
+        return Err(format!("program checks failed: {}", failed.join(", ")));
+    }
+    match programs {
+        Some((_, total)) if checks.len() as u64 == total && total > 0 => Ok(()),
+        _ => Err(format!("{} program checks reported, RESULT says {programs:?}", checks.len())),
+    }
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -79,6 +122,9 @@ impl KernelResult {
             hypercalls: field(&line, "hypercalls").and_then(|v| v.parse().ok()),
             cpus: field(&line, "cpus").and_then(|v| v.parse().ok()),
             smp: field(&line, "smp").and_then(parse_ratio),
+            programs: field(&line, "programs").and_then(parse_ratio),
+            cow_copies: field(&line, "cow_copies").and_then(|v| v.parse().ok()),
+            elf_refused: field(&line, "elf_refused").and_then(parse_ratio),
             line,
         })
     }
@@ -120,6 +166,18 @@ impl KernelResult {
             Some((passed, run)) if passed == run && run > 0 => {}
             Some((passed, run)) => bad.push(format!("smp {passed}/{run} concurrent cases passed")),
             None => bad.push("no smp=passed/run".into()),
+        }
+        match self.programs {
+            Some((passed, total)) if passed == total && total > 0 => {}
+            p => bad.push(format!("programs {p:?} (every ELF program check must pass)")),
+        }
+        match self.elf_refused {
+            Some((ok, tried)) if ok == tried && tried > 0 => {}
+            r => bad.push(format!("elf_refused {r:?} (every bad image refused, nothing left behind)")),
+        }
+        // The fork check writes 3 shared pages: a run without a copy did not copy on write.
+        if self.cow_copies.is_none_or(|c| c < 3) {
+            bad.push(format!("cow_copies {:?}", self.cow_copies));
         }
         if platform == Platform::Xen {
             if self.pins_left != Some(0) {
@@ -249,36 +307,54 @@ pub fn compare_with_expected(got: &[Step], expected: &[Step]) -> (String, usize)
 mod tests {
     use super::*;
 
+    /// What the ELF user program adds to every good RESULT line.
+    const PROG: &str = "programs=9/9 cow_copies=108 elf_refused=30/30";
+
     #[test]
     fn result_lines_parse_and_check() {
-        let log = "noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 smp=4/4\n";
-        let r = KernelResult::parse(log).unwrap();
+        let log = format!("noise\nRESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 smp=4/4 {PROG}\n");
+        let r = KernelResult::parse(&log).unwrap();
         assert_eq!(r.hypercalls, Some(41));
+        assert_eq!((r.programs, r.cow_copies, r.elf_refused), (Some((9, 9)), Some(108), Some((30, 30))));
         assert_eq!(r.attacks, Some((21, 21)));
         assert!(r.check(Platform::Xen, 2).is_ok());
         assert!(r.check(Platform::Native, 2).is_err());
         // A CPU that did not come up, or a concurrent case that failed, fails.
         assert!(r.check(Platform::Xen, 3).unwrap_err().contains("cpus"));
         for smp in ["smp=3/4", "smp=0/0", ""] {
-            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 {smp}");
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=41 cpus=2 {smp} {PROG}");
             assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen, 2).unwrap_err().contains("smp"), "{line}");
         }
         // A table Xen still holds typed (or no measurement at all) fails.
         for typed in ["typed_left=1", ""] {
-            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41 cpus=2 smp=4/4");
+            let line = format!("RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 pins_left=0 {typed} hypercalls=41 cpus=2 smp=4/4 {PROG}");
             assert!(KernelResult::parse(&line).unwrap().check(Platform::Xen, 2).unwrap_err().contains("typed_left"));
         }
         let bad =
             KernelResult::parse("RESULT native backend=native conformance=31/32 user_isolation=FAILED frames_leaked=1")
                 .unwrap();
         assert!(bad.check(Platform::Native, 1).is_err());
-        let good =
-            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=1";
-        assert!(KernelResult::parse(good).unwrap().check(Platform::Native, 1).is_ok());
+        let good = format!(
+            "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=1 {PROG}"
+        );
+        assert!(KernelResult::parse(&good).unwrap().check(Platform::Native, 1).is_ok());
+        // The ELF program: a failed check, a refusal that left something, no copy, or no field: each fails.
+        for (prog, what) in [
+            ("programs=8/9 cow_copies=108 elf_refused=30/30", "programs"),
+            ("programs=0/0 cow_copies=108 elf_refused=30/30", "programs"),
+            ("cow_copies=108 elf_refused=30/30", "programs"),
+            ("programs=9/9 cow_copies=108 elf_refused=29/30", "elf_refused"),
+            ("programs=9/9 cow_copies=0 elf_refused=30/30", "cow_copies"),
+            ("programs=9/9 elf_refused=30/30", "cow_copies"),
+        ] {
+            let line = good.replace(PROG, prog);
+            let err = KernelResult::parse(&line).unwrap().check(Platform::Native, 1).unwrap_err();
+            assert!(err.contains(what), "{line}: {err}");
+        }
         // A stale translation, or no TLB verdict at all, fails.
         for tlb in ["tlb=STALE", ""] {
             let line = format!(
-                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0 cpus=1"
+                "RESULT native backend=native conformance=32/32 user_isolation=ok attacks=21/21 {tlb} frames_leaked=0 cpus=1 {PROG}"
             );
             assert!(KernelResult::parse(&line).unwrap().check(Platform::Native, 1).unwrap_err().contains("tlb"));
         }
@@ -296,7 +372,7 @@ mod tests {
     #[test]
     fn a_pvh_result_is_judged_as_pvh() {
         let line = format!(
-            "RESULT pvh backend={} conformance=39/39 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=2 smp=12/12",
+            "RESULT pvh backend={} conformance=39/39 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=2 smp=12/12 {PROG}",
             Platform::Pvh.backend()
         );
         let r = KernelResult::parse(&line).unwrap();
@@ -305,6 +381,25 @@ mod tests {
         assert!(r.check(Platform::Native, 2).unwrap_err().contains("platform"));
         let native = line.replacen("RESULT pvh", "RESULT native", 1);
         assert!(KernelResult::parse(&native).unwrap().check(Platform::Pvh, 2).unwrap_err().contains("platform"));
+    }
+
+    #[test]
+    fn program_checks_parse_and_every_one_must_pass() {
+        let serial =
+            "PROGCHECK 1 getpid ok figure=1\nuser-prog: noise\nPROGCHECK 1 fork_cow ok figure=4\nPROGCHECK 1 bad x\n";
+        let c = parse_prog_checks(serial);
+        assert_eq!(
+            c,
+            [
+                ProgCheck { name: "getpid".into(), ok: true, figure: 1 },
+                ProgCheck { name: "fork_cow".into(), ok: true, figure: 4 }
+            ]
+        );
+        assert!(check_prog_checks(&c, Some((2, 2))).is_ok());
+        assert!(check_prog_checks(&c, Some((2, 3))).unwrap_err().contains("2 program checks reported"));
+        assert!(check_prog_checks(&[], Some((0, 0))).is_err());
+        let failed = parse_prog_checks("PROGCHECK 1 fork_cow FAILED figure=0\nPROGCHECK 1 getpid ok figure=1\n");
+        assert!(check_prog_checks(&failed, Some((1, 2))).unwrap_err().contains("fork_cow"));
     }
 
     #[test]

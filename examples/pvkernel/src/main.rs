@@ -5,8 +5,8 @@
 //! which bring up console, traps, memory, the direct map and `syscall`, build
 //! the platform handles and hand them to the pvops registry ([`vm::boot`]),
 //! then run [`workload::run`]: the conformance suite, the hypercall demo, the
-//! user processes and the isolation attacks ([`attacks`]), all on the
-//! libraries.
+//! user processes, the ELF user program ([`program`]) and the isolation
+//! attacks ([`attacks`]), all on the libraries.
 
 #![no_std]
 #![no_main]
@@ -19,6 +19,7 @@ pub mod backends;
 pub mod calibrate;
 pub mod console;
 pub mod directmap;
+pub mod elf_load;
 pub mod entry;
 pub mod exit;
 pub mod heap;
@@ -27,6 +28,7 @@ pub mod oracle;
 pub mod platform;
 pub mod probe_map;
 pub mod process;
+pub mod program;
 pub mod pvh;
 pub mod sabotage;
 pub mod seams;

@@ -24,6 +24,10 @@
 //!   stay down; the kernel carries on with one CPU and says so (`cpus=1`).
 //! * `no-hvm-flush` (Xen PVH): the xen-pvh backend's `HVMOP_flush_tlbs`
 //!   returns success without calling Xen, so remote flushes never happen.
+//! * `no-cow`: after each `fork` of the ELF program ([`crate::program`]),
+//!   every no-execute user page of parent and child is made writable again
+//!   behind kernel-glue's back: the two share their frames writable, so a
+//!   child's write reaches its parent (the program's `fork_cow` check).
 //!
 //! With no feature on, nothing here is compiled in but the pass-through
 //! helpers, and the seams are the real ones.
@@ -393,4 +397,56 @@ pub fn kernel_ops(ops: &'static crate::backends::KernelOps) -> &'static crate::b
     }
     #[cfg(not(feature = "no-lazy-batching"))]
     ops
+}
+
+/// `no-cow` (see the module docs): every present no-execute user leaf of
+/// `parent` and `child` is made writable in place, through the backend (on
+/// Xen a pinned table is only writable by hypercall). A stale read-only TLB
+/// entry only faults once more, and kernel-glue resolves that fault as
+/// spurious, so no flush is needed for the damage to show.
+#[cfg(feature = "no-cow")]
+pub fn undo_cow(
+    vm: &crate::vm::Vm,
+    parent: &kernel_glue::AddressSpace,
+    child: &kernel_glue::AddressSpace,
+) -> Result<(), pvops::PvError> {
+    use pvops::pte::flags;
+    use pvops::{Level, Pte, PvMmuOps, ENTRIES_PER_TABLE, USER_PGD_SLOTS};
+    let ops = vm.ops;
+    ops.lazy_mmu_enter();
+    let mut made = 0u64;
+    let mut walk = || -> Result<(), pvops::PvError> {
+        for root in [parent.pgd(), child.pgd()] {
+            for i4 in 0..USER_PGD_SLOTS {
+                let e4 = ops.read_entry(Level::L4, root, i4)?;
+                if !e4.is_present() {
+                    continue;
+                }
+                for i3 in 0..ENTRIES_PER_TABLE {
+                    let e3 = ops.read_entry(Level::L3, e4.pfn(), i3)?;
+                    if !e3.is_present() {
+                        continue;
+                    }
+                    for i2 in 0..ENTRIES_PER_TABLE {
+                        let e2 = ops.read_entry(Level::L2, e3.pfn(), i2)?;
+                        if !e2.is_present() {
+                            continue;
+                        }
+                        for i1 in 0..ENTRIES_PER_TABLE {
+                            let e1 = ops.read_entry(Level::L1, e2.pfn(), i1)?;
+                            if e1.is_present() && !e1.is_writable() && e1.0 & flags::NO_EXECUTE != 0 {
+                                ops.set_entry(vm.frames, Level::L1, e2.pfn(), i1, Pte(e1.0 | flags::WRITABLE))?;
+                                made += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let walked = walk();
+    let left = ops.lazy_mmu_leave();
+    log::warn!("no-cow: {made} copy-on-write entries made writable again");
+    walked.and(left)
 }

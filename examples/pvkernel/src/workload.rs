@@ -7,11 +7,14 @@
 //! 3. the user workload ([`crate::process`]): fork, copy independence, the
 //!    kernel-address probes, teardown;
 //! 4. the isolation attack suite ([`crate::attacks`]): one process per
-//!    attack, each must die of the expected fault and be reaped;
+//!    attack, each must die of the expected fault and be reaped; then the
+//!    ELF user program ([`crate::program`]): the loader's refusals, then
+//!    its checks of demand-zero mmap, copy-on-write fork, mprotect, munmap
+//!    and fork/exit leaks (`programs=P/T cow_copies=C elf_refused=R/T`);
 //! 5. with 2+ CPUs online, the concurrent cases ([`crate::smp_cases`]);
 //! 6. leak and pin checks over 3 and 4, the `RESULT` line (with `cpus=N`,
-//!    and `smp=P/T` for the concurrent cases), then exit pass only if
-//!    everything held.
+//!    `smp=P/T` for the concurrent cases and the ELF program's figures),
+//!    then exit pass only if everything held.
 
 use alloc::format;
 
@@ -266,6 +269,13 @@ pub fn run(v: Vm) -> ! {
     let attack_hc = v.ops.stats().since(attack_stats).hypercalls;
     let attack_traps = SeamCounts::now().since(&attack_seams).hypercalls();
 
+    // 4, continued. The ELF user program (inside the frames_leaked window).
+    let program = crate::program::run(&v);
+    let prog_fields = format!(
+        " programs={}/{} cow_copies={} elf_refused={}/{}",
+        program.passed, program.total, program.cow_copies, program.elf_refused.0, program.elf_refused.1
+    );
+
     #[cfg(feature = "leak-frame")]
     {
         let leaked = pvops::MmServices::alloc_zeroed_frame(v.frames);
@@ -296,12 +306,12 @@ pub fn run(v: Vm) -> ! {
         let (pins_left, typed_left) = crate::xen::typed::leftovers(&v, &pins_before);
         typed_ok = pins_left == 0 && typed_left == 0;
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}{cpus_field}",
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked} pins_left={pins_left} typed_left={typed_left} hypercalls={}{cpus_field}{prog_fields}",
             user.hypercalls()
         );
     } else {
         kprintln!(
-            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}"
+            "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}{prog_fields}"
         );
     }
     let expected = match platform::get() {
@@ -319,13 +329,16 @@ pub fn run(v: Vm) -> ! {
         && demo_leak == 0
         && counts_agree
         && smp_ok
+        && program.ok()
         && backend == expected;
     if !pass {
         kprintln!(
             "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; backend {backend}, expected {expected}; \
              backend hypercall counts agree with the transport: {counts_agree}; all attacks blocked: {}; \
-             no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word}; concurrent cases: {smp_ok})",
-            attacks.all_blocked()
+             no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word}; concurrent cases: {smp_ok}; \
+             ELF program: {})",
+            attacks.all_blocked(),
+            if program.ok() { "ok" } else { "FAILED" }
         );
         exit::exit(ExitCode::Fail);
     }

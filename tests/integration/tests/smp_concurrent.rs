@@ -75,6 +75,9 @@ fn unmap_setup(name: &str, seed: u64, racing: bool) -> Unmap {
     let b = boot(name, seed);
     let space = b.mm.create().expect("create");
     let frame = b.mm.map(&space, VA, PageFlags::DATA).expect("map");
+    // Keeps the tables: the unmap frees only the page, so its cost is the
+    // clear and the shootdown (freed tables: `lifecycle.rs`).
+    b.mm.map(&space, VA + 0x1000, PageFlags::DATA).expect("map");
     let switch_in_run = racing;
     let cpus: &[usize] = if switch_in_run { &[0] } else { &[1, 0] };
     for &cpu in cpus {

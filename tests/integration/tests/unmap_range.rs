@@ -6,6 +6,8 @@ use pvops_integration::xen_host::boot_xen64;
 use pvops_native as _;
 
 const VA: u64 = 0x40_0000;
+/// A page in the same L1 table as the ranges, outside them.
+const KEEP: u64 = VA + 0x10_0000;
 
 #[test]
 fn forty_pages_are_two_hypercalls_with_one_flush() {
@@ -15,6 +17,8 @@ fn forty_pages_are_two_hypercalls_with_one_flush() {
     for i in 0..40 {
         mm.map(&s, VA + i * 0x1000, PageFlags::DATA).unwrap();
     }
+    // Outside the range, in the same L1: the tables stay (see `lifecycle` for freed tables).
+    mm.map(&s, KEEP, PageFlags::DATA).unwrap();
     mm.activate(&s).unwrap();
     let free = b.frames.free_frames();
     model.reset_counters();
@@ -75,6 +79,7 @@ fn a_range_whose_flush_never_ran_is_flushed_again_before_its_frames_are_freed() 
     for i in 0..3 {
         mm.map(&s, VA + i * 0x1000, PageFlags::DATA).unwrap();
     }
+    mm.map(&s, KEEP, PageFlags::DATA).unwrap();
     mm.activate(&s).unwrap();
     for i in 0..3 {
         assert!(host.oracle.user_access(VA + i * 0x1000, true).is_some(), "the TLB caches page {i}");

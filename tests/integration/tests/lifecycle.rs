@@ -1,0 +1,654 @@
+//! Issue 14's address-space lifecycle through kernel-glue, on both backends
+//! over 2-vCPU models: shared frames, ranges, tables freed after the flush
+//! (mmu_gather), demand-zero faults, copy-on-write fork and its faults,
+//! mprotect, kernel-half sync (pgd_list), pin_all/unpin_all.
+//!
+//! Verdicts come from the models: what user or kernel mode on a vCPU
+//! reaches through its TLB, what a frame holds, the model's TLB hazards
+//! (a frame freed or reused while some vCPU's TLB or paging-structure cache
+//! may reach it), Xen's pins and hypercall counters — and the allocator's
+//! free count for leaks. Never from kernel-glue's own records.
+
+use kernel_glue::{AddressSpace, FaultFix, FaultKill, PageFlags};
+use pvops::{MmServices, Pfn, PvError, VirtAddr};
+use pvops_integration::platform::{boot_smp, SmpBooted};
+use pvops_model::{on_vcpu, Access};
+use pvops_native as _;
+use pvops_xen64 as _;
+
+const BACKENDS: [&str; 2] = ["native", "xen64"];
+const VA: u64 = 0x40_0000;
+const PAGE: u64 = 0x1000;
+
+fn boot(name: &str) -> SmpBooted {
+    boot_smp(name, 2, 2048, 0x5eed).unwrap_or_else(|e| panic!("{name} boots: {e}"))
+}
+
+/// Runs `f` on a freshly booted 2-vCPU model of each backend.
+fn each(f: impl Fn(&SmpBooted)) {
+    for name in BACKENDS {
+        f(&boot(name));
+    }
+}
+
+/// What a user-mode write of `va` on the calling vCPU reaches (the model).
+fn user_write(b: &SmpBooted, va: u64) -> Option<Pfn> {
+    match b.xen {
+        Some(m) => m.probe(va, true, true).ok(),
+        None => b.machine.access(VirtAddr::try_new(va).ok()?, Access::USER_WRITE).ok().map(Pfn),
+    }
+}
+
+/// Word `i` of frame `pfn` as the machine holds it.
+fn word(b: &SmpBooted, pfn: Pfn, i: usize) -> u64 {
+    match b.xen {
+        Some(m) => m.read_guest(pfn, i),
+        None => b.machine.read(pfn.0, i).unwrap_or(0),
+    }
+}
+
+/// Frames a new address space's roots take (xen64: the kernel and the user pgd).
+fn root_frames(b: &SmpBooted) -> u64 {
+    if b.xen.is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn hypercalls(b: &SmpBooted) -> u64 {
+    b.xen.map_or(0, |m| m.counters().hypercalls)
+}
+
+fn check(b: &SmpBooted, what: &str) {
+    if let Err(e) = b.check() {
+        panic!("{}: {what}: {e}", b.name);
+    }
+}
+
+fn exit(b: &SmpBooted, s: AddressSpace) {
+    b.mm.exit(s).map_err(|(e, _)| e).unwrap_or_else(|e| panic!("{}: exit: {e}", b.name));
+}
+
+/// Both vCPUs back on init_mm, every space gone: no hazard, no pin, no leak.
+fn finish(b: &SmpBooted, spaces: Vec<AddressSpace>, free_at_start: u64) {
+    for cpu in [1, 0] {
+        on_vcpu(cpu, || b.mm.activate_init()).unwrap();
+    }
+    for s in spaces {
+        exit(b, s);
+    }
+    if let Err(e) = b.check_quiescent() {
+        panic!("{}: at the end: {e}", b.name);
+    }
+    assert_eq!(b.frames.free_frames(), free_at_start, "{}: frames leaked", b.name);
+}
+
+// ---- 1. shared frames and reference counts ----
+
+/// A frame mapped into two spaces (`map_frame`) survives the unmap from
+/// one while the other, loaded on vCPU 1, still maps it: freeing it there
+/// would be a hazard the model records. It is freed with its last mapping.
+#[test]
+fn a_shared_frame_lives_until_its_last_mapping_goes() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let (a, c) = (b.mm.create().unwrap(), b.mm.create().unwrap());
+        let f = b.frames.alloc_zeroed_frame().unwrap();
+        b.mm.map_frame(&a, VA, f, PageFlags::DATA).unwrap();
+        b.mm.map_frame(&c, VA + PAGE, f, PageFlags::RODATA).unwrap();
+        assert_eq!(b.frames.put_frame(f), Ok(false), "{}: the mappings hold it", b.name);
+        on_vcpu(1, || b.mm.activate(&c)).unwrap();
+        b.mm.activate(&a).unwrap();
+        assert_eq!(user_write(b, VA), Some(f), "{}", b.name);
+        assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(f), "{}", b.name);
+        assert_eq!(on_vcpu(1, || user_write(b, VA + PAGE)), None, "{}: read-only there", b.name);
+        b.mm.poke(&a, VA + 8, 0xfeed).unwrap();
+        assert_eq!(word(b, f, 1), 0xfeed);
+        let free = b.frames.free_frames();
+        b.mm.unmap(&a, VA).unwrap();
+        check(b, "after the first unmap");
+        assert_eq!(b.frames.free_frames(), free, "{}: still mapped in the other space", b.name);
+        assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(f), "{}", b.name);
+        on_vcpu(1, || b.mm.activate_init()).unwrap();
+        assert_eq!(b.mm.unmap_range(&c, VA + PAGE, 1), Ok(1));
+        assert!(b.frames.is_free(f), "{}: freed with its last mapping", b.name);
+        finish(b, vec![a, c], free0);
+    });
+}
+
+/// A free frame cannot be mapped as shared (a reference cannot revive it).
+#[test]
+fn map_frame_of_a_free_frame_is_refused() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        let f = b.frames.alloc_zeroed_frame().unwrap();
+        b.frames.free_frame(f).unwrap();
+        assert!(b.mm.map_frame(&s, VA, f, PageFlags::DATA).is_err(), "{}", b.name);
+        assert_eq!(b.mm.translate(&s, VA).unwrap(), None);
+        assert!(b.frames.is_free(f));
+        finish(b, vec![s], free0);
+    });
+}
+
+// ---- 2. map_range ----
+
+/// All or nothing: one page already mapped in the range refuses the whole
+/// range and writes nothing; a clean range maps every page.
+#[test]
+fn map_range_is_all_or_nothing() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map(&s, VA + 5 * PAGE, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        let free = b.frames.free_frames();
+        let r = b.mm.map_range(&s, VA, 10, PageFlags::DATA);
+        assert!(matches!(r, Err(PvError::AlreadyMapped { .. })), "{}: {r:?}", b.name);
+        assert_eq!(b.frames.free_frames(), free, "{}: nothing taken", b.name);
+        assert_eq!(user_write(b, VA), None, "{}: nothing written", b.name);
+        assert!(b.mm.map_range(&s, pvops::USER_LIMIT - PAGE, 2, PageFlags::DATA).is_err());
+        assert!(b.mm.map_range(&s, VA + 1, 1, PageFlags::DATA).is_err());
+        // Across an L1 boundary (two tables).
+        let start = 0x60_0000 - 3 * PAGE;
+        b.mm.map_range(&s, start, 6, PageFlags::DATA).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..6 {
+            let f = user_write(b, start + i * PAGE).unwrap_or_else(|| panic!("{}: page {i} not mapped", b.name));
+            assert!(seen.insert(f), "{}: page {i} shares a frame", b.name);
+        }
+        check(b, "after map_range");
+        finish(b, vec![s], free0);
+    });
+}
+
+/// An allocation failing at any point of a range into a live space takes
+/// everything back: no page reachable, no frame leaked, no hazard.
+#[test]
+fn map_range_allocation_failure_at_every_point_takes_everything_back() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map(&s, 0x7000_0000, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        let start = 0x60_0000 - 3 * PAGE;
+        for k in 0.. {
+            let free = b.frames.free_frames();
+            b.frames.fail_allocation_after(Some(k));
+            let r = b.mm.map_range(&s, start, 6, PageFlags::DATA);
+            let armed = b.frames.injection_armed();
+            b.frames.fail_allocation_after(None);
+            if armed {
+                r.unwrap();
+                assert!(k >= 6, "{}: only {k} allocations", b.name);
+                break;
+            }
+            assert_eq!(r, Err(PvError::OutOfMemory), "{} k={k}", b.name);
+            assert_eq!(b.frames.free_frames(), free, "{} k={k}: leaked", b.name);
+            for i in 0..6 {
+                assert_eq!(b.user_read(start + i * PAGE), None, "{} k={k}: page {i} left", b.name);
+            }
+            check(b, &format!("k={k}"));
+        }
+        finish(b, vec![s], free0);
+    });
+}
+
+// ---- 3. mmu_gather ----
+
+/// vCPU 1 runs the space and its TLB and paging-structure caches hold the
+/// tables under VA; vCPU 0 unmaps the whole range, which empties the L1,
+/// L2 and L3 tables. They are freed — but only after the flush reached
+/// vCPU 1: freeing one earlier is a hazard the model records.
+#[test]
+fn tables_an_unmap_empties_are_freed_only_after_the_flush() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 3, PageFlags::DATA).unwrap();
+        on_vcpu(1, || b.mm.activate(&s)).unwrap();
+        b.mm.activate(&s).unwrap();
+        for i in 0..3 {
+            assert!(on_vcpu(1, || b.user_read(VA + i * PAGE)).is_some());
+        }
+        let free = b.frames.free_frames();
+        assert_eq!(b.mm.unmap_range(&s, VA, 3), Ok(3));
+        check(b, "after the unmap");
+        assert_eq!(b.frames.free_frames(), free + 3 + 3, "{}: 3 pages and their L1, L2, L3", b.name);
+        for i in 0..3 {
+            assert_eq!(on_vcpu(1, || b.user_read(VA + i * PAGE)), None, "{}", b.name);
+        }
+        // The space still works: new tables are built.
+        b.mm.map(&s, VA, PageFlags::DATA).unwrap();
+        assert!(on_vcpu(1, || user_write(b, VA)).is_some());
+        finish(b, vec![s], free0);
+    });
+}
+
+/// A table still holding a page outside the range is not freed.
+#[test]
+fn a_table_still_in_use_is_kept() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 4, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        let free = b.frames.free_frames();
+        assert_eq!(b.mm.unmap_range(&s, VA, 3), Ok(3));
+        assert_eq!(b.frames.free_frames(), free + 3, "{}", b.name);
+        assert!(user_write(b, VA + 3 * PAGE).is_some(), "{}: the fourth page is still mapped", b.name);
+        check(b, "after the unmap");
+        finish(b, vec![s], free0);
+    });
+}
+
+// ---- 4. demand-zero ----
+
+/// A large reservation costs nothing until touched; a touch (the user
+/// access faults in the model, the fault is handled) backs exactly that
+/// page with a zeroed frame; faults outside, writes to a read-only
+/// reservation and touches after munmap are illegal.
+#[test]
+fn demand_zero_pages_are_backed_on_first_touch_only() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.activate(&s).unwrap();
+        let big = 0x1000_0000;
+        b.mm.reserve_zero(&s, big, 4096, PageFlags::DATA).unwrap();
+        b.mm.reserve_zero(&s, VA, 4, PageFlags::RODATA).unwrap();
+        assert_eq!(b.frames.free_frames(), free0 - root_frames(b), "{}: only the roots", b.name);
+        assert!(matches!(
+            b.mm.reserve_zero(&s, big + 4095 * PAGE, 2, PageFlags::DATA),
+            Err(PvError::AlreadyMapped { .. })
+        ));
+        let free = b.frames.free_frames();
+        for (i, page) in [0u64, 1000, 4095].into_iter().enumerate() {
+            let va = big + page * PAGE;
+            assert_eq!(user_write(b, va), None, "{}: not backed before the touch", b.name);
+            assert_eq!(b.mm.handle_fault(&s, va + 0x123, true), Ok(FaultFix::ZeroFilled), "{}", b.name);
+            let f = user_write(b, va).unwrap_or_else(|| panic!("{}: backed after the fault", b.name));
+            assert!((0..512).all(|w| word(b, f, w) == 0), "{}: zero-filled", b.name);
+            assert_eq!(b.mm.handle_fault(&s, va, true), Ok(FaultFix::Spurious));
+            let _ = i;
+        }
+        // Three pages and their tables (one L3, L2; L1s for pages 0, 1000 and 4095: 3).
+        assert_eq!(free - b.frames.free_frames(), 3 + 1 + 1 + 3, "{}", b.name);
+        assert_eq!(b.mm.handle_fault(&s, 0x3000_0000, false), Err(FaultKill::NotMapped));
+        assert_eq!(b.mm.handle_fault(&s, 0xffff_8000_0000_0000, false), Err(FaultKill::NotMapped));
+        assert_eq!(b.mm.handle_fault(&s, VA, true), Err(FaultKill::WriteToReadOnly));
+        assert_eq!(b.mm.handle_fault(&s, VA, false), Ok(FaultFix::ZeroFilled));
+        assert_eq!(user_write(b, VA), None, "{}: read-only", b.name);
+        assert!(b.user_read(VA).is_some());
+        // munmap the whole big region: the backed pages go, the reservation too.
+        assert_eq!(b.mm.unmap_range(&s, big, 4096), Ok(3));
+        assert_eq!(b.mm.handle_fault(&s, big + 5 * PAGE, true), Err(FaultKill::NotMapped));
+        check(b, "after the touches");
+        finish(b, vec![s], free0);
+    });
+}
+
+/// No frame for a demand-zero page: killed with the reason, nothing leaked.
+#[test]
+fn demand_zero_without_memory_kills_and_leaks_nothing() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.reserve_zero(&s, VA, 8, PageFlags::DATA).unwrap();
+        for k in 0..4 {
+            let free = b.frames.free_frames();
+            b.frames.fail_allocation_after(Some(k));
+            let r = b.mm.handle_fault(&s, VA, true);
+            let armed = b.frames.injection_armed();
+            b.frames.fail_allocation_after(None);
+            if armed {
+                assert_eq!(r, Ok(FaultFix::ZeroFilled));
+                break;
+            }
+            assert_eq!(r, Err(FaultKill::OutOfMemory), "{} k={k}", b.name);
+            assert_eq!(b.frames.free_frames(), free, "{} k={k}", b.name);
+        }
+        finish(b, vec![s], free0);
+    });
+}
+
+// ---- 5. copy-on-write fork ----
+
+/// A parent with written pages forks: no page is copied; both see the
+/// same frames read-only. The child's write copies (the contents come
+/// along); then the parent is the frame's last holder and its write reuses
+/// it. `cow_copies` counts the one copy.
+#[test]
+fn fork_cow_copies_only_what_is_written() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let p = b.mm.create().unwrap();
+        b.mm.map_range(&p, VA, 4, PageFlags::DATA).unwrap();
+        for i in 0..4 {
+            b.mm.poke(&p, VA + i * PAGE, 100 + i).unwrap();
+        }
+        b.mm.activate(&p).unwrap();
+        let frames: Vec<Pfn> = (0..4).map(|i| user_write(b, VA + i * PAGE).unwrap()).collect();
+        let free = b.frames.free_frames();
+        let c = b.mm.fork_cow(&p).unwrap();
+        // The child's roots, L3, L2, L1: no data page.
+        assert_eq!(free - b.frames.free_frames(), root_frames(b) + 3, "{}: no page copied at fork", b.name);
+        for i in 0..4 {
+            assert_eq!(user_write(b, VA + i * PAGE), None, "{}: parent page {i} write-protected", b.name);
+            assert_eq!(b.user_read(VA + i * PAGE), Some(frames[i as usize]));
+        }
+        check(b, "after fork_cow");
+        on_vcpu(1, || b.mm.activate(&c)).unwrap();
+        assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(frames[1]), "{}: shared", b.name);
+        assert_eq!(on_vcpu(1, || user_write(b, VA + PAGE)), None);
+        // The child writes page 1: a copy.
+        let before = hypercalls(b);
+        assert_eq!(on_vcpu(1, || b.mm.handle_fault(&c, VA + PAGE, true)), Ok(FaultFix::CopiedOnWrite));
+        if b.xen.is_some() {
+            assert_eq!(hypercalls(b) - before, 1, "one hypercall per COW copy");
+        }
+        let copy = on_vcpu(1, || user_write(b, VA + PAGE)).expect("writable after the copy");
+        assert_ne!(copy, frames[1]);
+        // Reads too: no TLB keeps the old frame (the copy's flush).
+        assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(copy), "{}", b.name);
+        assert_eq!(word(b, copy, 0), 101, "{}: contents copied", b.name);
+        assert_eq!(b.user_read(VA + PAGE), Some(frames[1]), "{}: the parent keeps its frame", b.name);
+        assert_eq!(user_write(b, VA + PAGE), None);
+        // The parent is now page 1's last holder: reused, no copy.
+        let before = hypercalls(b);
+        assert_eq!(b.mm.handle_fault(&p, VA + PAGE, true), Ok(FaultFix::ReusedSoleOwner));
+        if b.xen.is_some() {
+            assert_eq!(hypercalls(b) - before, 1, "one hypercall per COW reuse");
+        }
+        assert_eq!(user_write(b, VA + PAGE), Some(frames[1]));
+        assert_eq!(b.mm.cow_copies(), 1);
+        // A read fault on a COW page is spurious; the other pages stay shared.
+        assert_eq!(b.mm.handle_fault(&p, VA, false), Ok(FaultFix::Spurious));
+        assert_eq!(on_vcpu(1, || b.user_read(VA)), Some(frames[0]));
+        check(b, "after the COW faults");
+        finish(b, vec![p, c], free0);
+    });
+}
+
+/// A page the parent maps read-only stays read-only in both: a write
+/// kills; a shared (`map_frame`) page stays shared and writable in both.
+#[test]
+fn fork_cow_keeps_read_only_and_shared_pages_as_they_are() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let p = b.mm.create().unwrap();
+        b.mm.map(&p, VA, PageFlags::RODATA).unwrap();
+        let f = b.frames.alloc_zeroed_frame().unwrap();
+        b.mm.map_frame(&p, VA + PAGE, f, PageFlags::DATA).unwrap();
+        b.frames.put_frame(f).unwrap();
+        let c = b.mm.fork_cow(&p).unwrap();
+        assert_eq!(b.mm.handle_fault(&c, VA, true), Err(FaultKill::WriteToReadOnly));
+        b.mm.activate(&c).unwrap();
+        assert_eq!(user_write(b, VA + PAGE), Some(f), "{}: shared and writable in the child", b.name);
+        b.mm.activate(&p).unwrap();
+        assert_eq!(user_write(b, VA + PAGE), Some(f), "{}: and in the parent", b.name);
+        finish(b, vec![p, c], free0);
+    });
+}
+
+/// No frame for the copy: the process is killed with `OutOfMemory`, the
+/// page is still shared, nothing leaked.
+#[test]
+fn a_cow_fault_without_memory_kills_and_leaks_nothing() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let p = b.mm.create().unwrap();
+        let f = b.mm.map(&p, VA, PageFlags::DATA).unwrap();
+        let c = b.mm.fork_cow(&p).unwrap();
+        b.mm.activate(&c).unwrap();
+        let free = b.frames.free_frames();
+        b.frames.fail_allocation_after(Some(0));
+        assert_eq!(b.mm.handle_fault(&c, VA, true), Err(FaultKill::OutOfMemory));
+        b.frames.fail_allocation_after(None);
+        assert_eq!(b.frames.free_frames(), free);
+        assert_eq!(b.user_read(VA), Some(f));
+        assert_eq!(user_write(b, VA), None);
+        finish(b, vec![p, c], free0);
+    });
+}
+
+// ---- 6. mprotect ----
+
+/// Read-only on a range another vCPU is using: once `protect_range`
+/// returns, a write through either vCPU's TLB fails (the flush reached
+/// vCPU 1), reads still work; read-write again restores writes. Errors
+/// (a hole, unaligned, past USER_LIMIT) change nothing.
+#[test]
+fn protect_range_reaches_every_holder_and_checks_before_writing() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 8, PageFlags::DATA).unwrap();
+        on_vcpu(1, || b.mm.activate(&s)).unwrap();
+        b.mm.activate(&s).unwrap();
+        for i in 0..8 {
+            assert!(on_vcpu(1, || user_write(b, VA + i * PAGE)).is_some());
+        }
+        // Errors first: nothing changes.
+        b.mm.unmap(&s, VA + 7 * PAGE).unwrap();
+        assert!(matches!(b.mm.protect_range(&s, VA, 8, PageFlags::RODATA), Err(PvError::NotMapped { .. })));
+        assert!(b.mm.protect_range(&s, VA + 1, 1, PageFlags::RODATA).is_err());
+        assert!(b.mm.protect_range(&s, pvops::USER_LIMIT - PAGE, 2, PageFlags::RODATA).is_err());
+        for i in 0..7 {
+            assert!(on_vcpu(1, || user_write(b, VA + i * PAGE)).is_some(), "{}: page {i} unchanged", b.name);
+        }
+        assert_eq!(b.mm.protect_range(&s, VA, 7, PageFlags::RODATA), Ok(7));
+        for i in 0..7 {
+            for cpu in [0, 1] {
+                assert_eq!(on_vcpu(cpu, || user_write(b, VA + i * PAGE)), None, "{} cpu {cpu} page {i}", b.name);
+                assert!(on_vcpu(cpu, || b.user_read(VA + i * PAGE)).is_some());
+            }
+            assert_eq!(b.mm.handle_fault(&s, VA + i * PAGE, true), Err(FaultKill::WriteToReadOnly));
+        }
+        b.mm.protect(&s, VA, PageFlags::DATA).unwrap();
+        assert!(on_vcpu(1, || user_write(b, VA)).is_some());
+        check(b, "after mprotect");
+        finish(b, vec![s], free0);
+    });
+}
+
+/// mprotect(read-write) of a page shared by a COW fork keeps it
+/// write-protected: the next write copies, never two writable mappings.
+#[test]
+fn protect_writable_on_a_cow_page_keeps_it_copy_on_write() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let p = b.mm.create().unwrap();
+        let f = b.mm.map(&p, VA, PageFlags::DATA).unwrap();
+        let c = b.mm.fork_cow(&p).unwrap();
+        b.mm.protect(&c, VA, PageFlags::RODATA).unwrap();
+        b.mm.protect(&c, VA, PageFlags::DATA).unwrap();
+        b.mm.activate(&c).unwrap();
+        assert_eq!(user_write(b, VA), None, "{}: still shared", b.name);
+        assert_eq!(b.mm.handle_fault(&c, VA, true), Ok(FaultFix::CopiedOnWrite));
+        assert_ne!(user_write(b, VA), Some(f));
+        finish(b, vec![p, c], free0);
+    });
+}
+
+/// mprotect of an untouched demand-zero page: the fault then honours it.
+#[test]
+fn protect_applies_to_reserved_pages_too() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.reserve_zero(&s, VA, 4, PageFlags::DATA).unwrap();
+        assert_eq!(b.mm.protect_range(&s, VA, 2, PageFlags::RODATA), Ok(0));
+        assert_eq!(b.mm.handle_fault(&s, VA, true), Err(FaultKill::WriteToReadOnly));
+        assert_eq!(b.mm.handle_fault(&s, VA + 2 * PAGE, true), Ok(FaultFix::ZeroFilled));
+        finish(b, vec![s], free0);
+    });
+}
+
+// ---- 7. kernel-half sync ----
+
+/// A kernel slot added to init_mm after spaces exist reaches every live
+/// pgd (kernel mode on a vCPU running it reads the page) and never user
+/// mode (on xen64 never the user pgd: the model's mirror check).
+#[test]
+fn a_new_kernel_slot_reaches_every_live_pgd_and_no_user() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let (s, t) = (b.mm.create().unwrap(), b.mm.create().unwrap());
+        b.mm.map(&s, VA, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        on_vcpu(1, || b.mm.activate(&t)).unwrap();
+        let kva = 0xffff_9600_0000_0000; // L4 slot 300: new
+        let page = b.frames.alloc_zeroed_frame().unwrap();
+        b.mm.map_kernel(kva, page, true).unwrap();
+        assert_eq!(b.kernel_read(kva), Some(page), "{}: the loaded space has it", b.name);
+        assert_eq!(on_vcpu(1, || b.kernel_read(kva)), Some(page), "{}: so does vCPU 1's", b.name);
+        assert_eq!(b.user_read(kva), None, "{}: never user", b.name);
+        let u = b.mm.create().unwrap();
+        on_vcpu(1, || b.mm.activate(&u)).unwrap();
+        assert_eq!(on_vcpu(1, || b.kernel_read(kva)), Some(page), "{}: a new space copies it", b.name);
+        check(b, "after the kernel sync");
+        finish(b, vec![s, t, u], free0 - 1 - 3);
+    });
+}
+
+// ---- 8. pin_all / unpin_all ----
+
+/// Every unpinned space is pinned (Xen's refusals say so), and back;
+/// a space activated in between keeps its pin.
+#[test]
+fn pin_all_pins_every_unpinned_space_and_unpin_all_undoes_exactly_that() {
+    let b = boot("xen64");
+    let m = b.xen.unwrap();
+    let free0 = b.frames.free_frames();
+    let (s, t, u) = (b.mm.create().unwrap(), b.mm.create().unwrap(), b.mm.create().unwrap());
+    b.mm.map(&t, VA, PageFlags::DATA).unwrap();
+    b.mm.activate(&s).unwrap();
+    assert!(m.is_pinned(s.pgd()) && !m.is_pinned(t.pgd()) && !m.is_pinned(u.pgd()));
+    assert_eq!(b.mm.pin_all(), Ok(2));
+    assert!(m.is_pinned(t.pgd()) && m.is_pinned(u.pgd()), "Xen has them pinned");
+    check(&b, "after pin_all");
+    b.mm.activate(&u).unwrap();
+    b.mm.activate(&s).unwrap();
+    assert_eq!(b.mm.unpin_all(), Ok(1));
+    assert!(m.is_pinned(s.pgd()) && !m.is_pinned(t.pgd()) && m.is_pinned(u.pgd()));
+    assert_eq!(b.mm.pin_all(), Ok(1));
+    finish(&b, vec![s, t, u], free0);
+    // Natively pinning is a no-op that still succeeds.
+    let n = boot("native");
+    let s = n.mm.create().unwrap();
+    assert_eq!(n.mm.pin_all(), Ok(1));
+    assert_eq!(n.mm.unpin_all(), Ok(1));
+    exit(&n, s);
+}
+
+// ---- accessed/dirty bits and counts ----
+
+/// The raw leaf entry for `va` under `pgd`, read from the machine's memory
+/// (under Xen by mfn): what the hardware sees, A/D bits included.
+fn raw_leaf(b: &SmpBooted, pgd: Pfn, va: u64) -> u64 {
+    let v = VirtAddr::try_new(va).unwrap();
+    let mut table = match b.xen {
+        Some(m) => m.mfn_of(pgd).unwrap().0,
+        None => pgd.0,
+    };
+    for level in pvops::Level::TOP_DOWN {
+        let e = b.machine.read(table, v.index(level)).unwrap();
+        if level == pvops::Level::L1 {
+            return e;
+        }
+        table = (e & pvops::pte::flags::ADDR_MASK) >> 12;
+    }
+    unreachable!()
+}
+
+/// The dirty and accessed bits the hardware set survive mprotect and the
+/// write-protection of a COW fork: the leaf is changed, not rebuilt.
+#[test]
+fn accessed_and_dirty_bits_survive_protect_and_fork() {
+    use pvops::pte::flags::{ACCESSED, DIRTY, WRITABLE};
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 2, PageFlags::DATA).unwrap();
+        b.mm.activate(&s).unwrap();
+        user_write(b, VA).unwrap();
+        b.user_read(VA + PAGE).unwrap();
+        assert_eq!(raw_leaf(b, s.pgd(), VA) & (ACCESSED | DIRTY), ACCESSED | DIRTY, "{}: the model sets A/D", b.name);
+        b.mm.protect_range(&s, VA, 2, PageFlags::RODATA).unwrap();
+        let e = raw_leaf(b, s.pgd(), VA);
+        assert_eq!((e & WRITABLE, e & (ACCESSED | DIRTY)), (0, ACCESSED | DIRTY), "{}: {e:#x}", b.name);
+        assert_eq!(raw_leaf(b, s.pgd(), VA + PAGE) & (ACCESSED | DIRTY), ACCESSED, "{}", b.name);
+        b.mm.protect_range(&s, VA, 2, PageFlags::DATA).unwrap();
+        user_write(b, VA + PAGE).unwrap();
+        let c = b.mm.fork_cow(&s).unwrap();
+        for va in [VA, VA + PAGE] {
+            let e = raw_leaf(b, s.pgd(), va);
+            assert_eq!((e & WRITABLE, e & DIRTY), (0, DIRTY), "{}: parent {va:#x} {e:#x}", b.name);
+        }
+        finish(b, vec![s, c], free0);
+    });
+}
+
+/// Hypercalls on the Xen model (its own counter) for `protect_range` of N
+/// pages while vCPU 1 also holds the space, for `fork_cow` of an N-page
+/// process, and for COW faults; printed for `docs/PERFORMANCE.md` and held
+/// to the targets: ⌈N/32⌉ batches (Linux's lazy batches; 32 `mmu_update`
+/// records fill one) plus at most one for the remote flush (it rides in the
+/// last batch when that has room), one per COW fault.
+#[test]
+fn hypercall_counts() {
+    let b = boot("xen64");
+    let m = b.xen.unwrap();
+    let free0 = b.frames.free_frames();
+    for n in [1u64, 32, 64, 512] {
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, n, PageFlags::DATA).unwrap();
+        on_vcpu(1, || b.mm.activate(&s)).unwrap();
+        b.mm.activate(&s).unwrap();
+        m.reset_counters();
+        assert_eq!(b.mm.protect_range(&s, VA, n, PageFlags::RODATA), Ok(n));
+        let c = m.counters();
+        println!(
+            "protect_range N={n}: {} hypercalls, {} mmu_updates, {} flushes (INVLPG_MULTI {} TLB_FLUSH_MULTI {})",
+            c.hypercalls,
+            c.mmu_updates,
+            c.invlpg_multis + c.tlb_flush_multis,
+            c.invlpg_multis,
+            c.tlb_flush_multis
+        );
+        assert!(c.hypercalls <= n.div_ceil(32) + 1, "N={n}: {c:?}");
+        assert_eq!(c.invlpg_multis + c.tlb_flush_multis, 1, "N={n}: one flush of both vCPUs");
+        m.reset_counters();
+        let child = b.mm.fork_cow(&s).unwrap();
+        println!("fork_cow of {n} read-only pages: {} hypercalls", m.counters().hypercalls);
+        assert_eq!(m.counters().hypercalls, 0, "nothing in the parent changes");
+        exit(&b, child);
+        b.mm.protect_range(&s, VA, n, PageFlags::DATA).unwrap();
+        m.reset_counters();
+        let f = b.frames.free_frames();
+        let child = b.mm.fork_cow(&s).unwrap();
+        let c = m.counters();
+        println!(
+            "fork_cow of {n} writable pages: {} hypercalls, {} mmu_updates, {} flushes, {} frames (the child's tables)",
+            c.hypercalls,
+            c.mmu_updates,
+            c.invlpg_multis + c.tlb_flush_multis,
+            f - b.frames.free_frames()
+        );
+        assert!(c.hypercalls <= n.div_ceil(32) + 1, "fork_cow N={n}: {c:?}");
+        m.reset_counters();
+        assert_eq!(b.mm.handle_fault(&s, VA, true), Ok(FaultFix::CopiedOnWrite));
+        let c = m.counters();
+        println!("COW fault (copy) with 2 vCPUs holding the space: {} hypercalls", c.hypercalls);
+        assert_eq!(c.hypercalls, 1);
+        for cpu in [1, 0] {
+            on_vcpu(cpu, || b.mm.activate_init()).unwrap();
+        }
+        exit(&b, child);
+        exit(&b, s);
+    }
+    b.check_quiescent().unwrap();
+    assert_eq!(b.frames.free_frames(), free0);
+}
