@@ -661,3 +661,29 @@ fn hypercall_counts() {
     b.check_quiescent().unwrap();
     assert_eq!(b.frames.free_frames(), free0);
 }
+
+/// `exit` drops references, it does not free shared frames: the parent of
+/// a COW fork exits while the child runs on vCPU 1 and still reads every
+/// page (a frame freed under it is a hazard the model records); the child
+/// is then every frame's last holder, so its writes reuse, never copy.
+#[test]
+fn exit_of_a_cow_parent_leaves_the_childs_pages() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let p = b.mm.create().unwrap();
+        b.mm.map_range(&p, VA, 4, PageFlags::DATA).unwrap();
+        let c = b.mm.fork_cow(&p).unwrap();
+        on_vcpu(1, || b.mm.activate(&c)).unwrap();
+        let frames: Vec<Pfn> = (0..4).map(|i| on_vcpu(1, || b.user_read(VA + i * PAGE)).unwrap()).collect();
+        exit(b, p);
+        check(b, "after the parent's exit");
+        for (i, &f) in frames.iter().enumerate() {
+            let va = VA + i as u64 * PAGE;
+            assert_eq!(on_vcpu(1, || b.user_read(va)), Some(f), "{}: page {i}", b.name);
+            assert_eq!(on_vcpu(1, || b.mm.handle_fault(&c, va, true)), Ok(FaultFix::ReusedSoleOwner));
+            assert_eq!(on_vcpu(1, || user_write(b, va)), Some(f));
+        }
+        assert_eq!(b.mm.cow_copies(), 0);
+        finish(b, vec![c], free0);
+    });
+}
