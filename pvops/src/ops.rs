@@ -250,6 +250,15 @@ pub trait PvMmuOps: Sync {
     /// The caller flushes the TLB if it needs the hardware to set a cleared
     /// bit again (a cached translation may still carry it).
     ///
+    /// A backend MAY withdraw the entry for the duration of the call
+    /// (xen64: Xen has no atomic clear, see its `protect` module; natively
+    /// a `cmpxchg` loop on the live entry): like the window between
+    /// [`PvMmuOps::protect_start`] and [`PvMmuOps::protect_commit`], a fault
+    /// taken there must be resolved under the page-table lock the caller
+    /// holds, by looking at the entry again. On error the entry is as it
+    /// was; only if the hypervisor refuses to put a withdrawn entry back
+    /// does it stay withdrawn (the error is returned and logged).
+    ///
     /// MUST reject `index >= 512` ([`PvError::BadIndex`]), `bits` outside A/D
     /// and a non-present entry ([`PvError::WrongState`]), changing nothing.
     fn clear_accessed_dirty(&self, mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError>;

@@ -47,10 +47,11 @@ pub trait PhysMem: Sync {
     /// those bits. Required, with no read-then-write default, so that a
     /// wrapper (a counting layer, say) cannot silently lose the atomicity.
     ///
-    /// On Xen PV a live L1 table is read-only to the guest: the `cmpxchg`
-    /// faults and Xen emulates it atomically, validating `new` as
-    /// `mmu_update` would (`ptwr_emulated_cmpxchg`,
-    /// xen/arch/x86/pv/ro-page-fault.c). Only L1 tables are emulated.
+    /// On Xen PV, as with [`PhysMem::write_entry`], only for tables that are
+    /// not live: a live table is read-only to the guest, and Xen emulates a
+    /// store to it (`ptwr_emulated_cmpxchg`, xen/arch/x86/pv/ro-page-fault.c)
+    /// only for L1 tables and only with `VMASST_TYPE_writable_pagetables`
+    /// enabled, which the example kernel does not do.
     fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64>;
     /// Zeroes a whole frame.
     fn zero_frame(&self, pfn: Pfn) {

@@ -2,9 +2,9 @@
 //!
 //! Kernel (serial log):
 //! ```text
-//! RESULT native backend=native conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=4/4
-//! RESULT pvh backend=xen-pvh conformance=34/34 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=12/12
-//! RESULT xen backend=xen64 conformance=32/32 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H cpus=2 smp=4/4
+//! RESULT native backend=native conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=4/4
+//! RESULT pvh backend=xen-pvh conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 cpus=2 smp=12/12
+//! RESULT xen backend=xen64 conformance=39/39 user_isolation=ok attacks=B/T tlb=ok frames_leaked=0 pins_left=0 typed_left=0 hypercalls=H cpus=2 smp=4/4
 //! HCSTEP xen64 3 hypercalls=2 multicall_entries=6 mmu_updates=0 mmuext_ops=4 update_va_mappings=5 direct_writes=0 | activate A (first use: pin)
 //! ```
 //! Host report (`host-report`, `workload::render_counts`): a `[xen64] step`
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn a_pvh_result_is_judged_as_pvh() {
         let line = format!(
-            "RESULT pvh backend={} conformance=34/34 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=2 smp=12/12",
+            "RESULT pvh backend={} conformance=39/39 user_isolation=ok attacks=21/21 tlb=ok frames_leaked=0 cpus=2 smp=12/12",
             Platform::Pvh.backend()
         );
         let r = KernelResult::parse(&line).unwrap();

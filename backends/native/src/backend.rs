@@ -202,7 +202,11 @@ impl PvMmuOps for NativeBackend {
     }
 
     /// A store of `new` with `old`'s A/D bits into the slot `protect_start`
-    /// emptied (as a `cmpxchg` from 0, so a commit with no start is refused).
+    /// emptied, as a `cmpxchg` from what the slot holds: an empty entry,
+    /// or one holding only A/D bits — a CPU without CET that writes
+    /// through a translation it cached before the exchange ORs D into the
+    /// withdrawn entry (SDM vol. 3A §4.8), and that bit is kept too.
+    /// Anything else means no `protect_start` emptied the slot: refused.
     fn protect_commit(
         &self,
         _mm: &dyn MmServices,
@@ -214,10 +218,16 @@ impl PvMmuOps for NativeBackend {
         check_index(index)?;
         check_protection_change(old, new)?;
         let value = new.0 | (old.0 & AD);
-        self.mem
-            .compare_exchange_entry(table, index, 0, value)
-            .map(|_| ())
-            .map_err(|_| PvError::WrongState { what: "protect_commit of a slot protect_start did not empty" })
+        let mut cur = self.mem.read_entry(table, index);
+        loop {
+            if cur & !AD != 0 {
+                return Err(PvError::WrongState { what: "protect_commit of a slot protect_start did not empty" });
+            }
+            match self.mem.compare_exchange_entry(table, index, cur, value | cur) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// A `cmpxchg` loop clearing `bits` (Linux uses `lock btr`; the same

@@ -47,8 +47,8 @@ impl PhysMem for DirectMap {
         }
     }
 
-    /// A locked `cmpxchg` on the word. On Xen PV a live L1 is read-only here;
-    /// the fault is emulated by Xen (see the trait).
+    /// A locked `cmpxchg` on the word (on Xen PV: never on a live table, see
+    /// the trait).
     fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
         let Some(p) = self.slot(pfn, index) else { return Err(0) };
         // SAFETY: 3. in range, mapped per `new`'s contract, 8-byte aligned

@@ -79,3 +79,59 @@ fn debug_names_the_value() {
     assert_eq!(format!("{:?}", NativeBackend::new(mem, &NoCpu)), "NativeBackend");
     assert_eq!(format!("{:?}", NativePlatform { mem, cpu: &NoCpu, cpus: &pvops::SingleCpu }), "NativePlatform");
 }
+
+#[test]
+fn direct_map_compare_exchange_writes_only_on_a_match_and_only_in_range() {
+    let (buf, map) = direct_map();
+    buf[512 + 9] = 0x67;
+    assert_eq!(map.compare_exchange_entry(Pfn(1), 9, 0x66, 0), Err(0x67));
+    assert_eq!(buf[512 + 9], 0x67, "no match, no write");
+    assert_eq!(map.compare_exchange_entry(Pfn(1), 9, 0x67, 0x5), Ok(0x67));
+    assert_eq!(buf[512 + 9], 0x5);
+    assert_eq!(map.compare_exchange_entry(Pfn(FRAMES), 0, 0, 1), Err(0));
+    assert_eq!(map.compare_exchange_entry(Pfn(0), 512, 0, 1), Err(0));
+    assert_eq!(buf.iter().filter(|w| **w != 0).count(), 1, "nothing else written");
+}
+
+#[test]
+fn protect_and_clear_over_the_direct_map() {
+    use pvops::pte::flags::{ACCESSED, DIRTY, PRESENT, USER, WRITABLE};
+    let (buf, map) = direct_map();
+    let mem: &'static DirectMap = Box::leak(Box::new(map));
+    let ops = NativeBackend::new(mem, &NoCpu);
+    let mm = NoMm;
+    buf[2 * 512 + 3] = 0x42000 | PRESENT | USER | WRITABLE | ACCESSED | DIRTY;
+    let old = ops.protect_start(&mm, Pfn(2), 3).unwrap();
+    assert_eq!(buf[2 * 512 + 3], 0, "withdrawn");
+    ops.protect_commit(&mm, Pfn(2), 3, old, Pte(0x42000 | PRESENT | USER)).unwrap();
+    assert_eq!(buf[2 * 512 + 3], 0x42000 | PRESENT | USER | ACCESSED | DIRTY);
+    let was = ops.clear_accessed_dirty(&mm, Pfn(2), 3, DIRTY).unwrap();
+    assert_eq!(was.0, 0x42000 | PRESENT | USER | ACCESSED | DIRTY);
+    assert_eq!(buf[2 * 512 + 3], 0x42000 | PRESENT | USER | ACCESSED);
+}
+
+/// The native backend never uses the frame metadata.
+struct NoMm;
+impl pvops::MmServices for NoMm {
+    fn has_metadata(&self) -> bool {
+        true
+    }
+    fn alloc_zeroed_frame(&self) -> Result<Pfn, pvops::PvError> {
+        Err(pvops::PvError::OutOfMemory)
+    }
+    fn free_frame(&self, _: Pfn) -> Result<(), pvops::PvError> {
+        Ok(())
+    }
+    fn private(&self, _: Pfn) -> Result<u64, pvops::PvError> {
+        Ok(0)
+    }
+    fn set_private(&self, _: Pfn, _: u64) -> Result<(), pvops::PvError> {
+        Ok(())
+    }
+    fn is_pinned(&self, _: Pfn) -> Result<bool, pvops::PvError> {
+        Ok(false)
+    }
+    fn set_pinned(&self, _: Pfn, _: bool) -> Result<(), pvops::PvError> {
+        Ok(())
+    }
+}

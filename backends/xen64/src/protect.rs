@@ -26,7 +26,8 @@
 //!    entry as it was, minus `bits`.
 //!
 //! Cost: 2 hypercalls (2 traps) per clear that clears something; a clear of
-//! bits that are not set costs none. Between the two updates an access to
+//! bits that are not set costs none. If Xen refuses the second update, the
+//! entry is put back as it was (a third call) and the error returned. Between the two updates an access to
 //! the page faults, as natively between `protect_start` and
 //! `protect_commit`: the fault handler must take the page-table lock the
 //! caller holds and look again.
@@ -139,9 +140,13 @@ pub(crate) fn clear_accessed_dirty(
     cx.raw(withdraw)?;
     let captured = mem.read_entry(table, index) & AD;
     let old = (cur & !AD) | captured;
-    let restore = entry_update(cx.mfn(table)?, index, old & !bits);
-    if let Err(e) = cx.raw(restore) {
-        log::error!("xen64: clear_accessed_dirty could not put back {table:?}[{index}] = {old:#x}: {e}");
+    let table_mfn = cx.mfn(table)?;
+    if let Err(e) = cx.raw(entry_update(table_mfn, index, old & !bits)) {
+        // Put the entry back as it was (nothing cleared, nothing lost);
+        // only if Xen refuses that too does it stay withdrawn.
+        if let Err(e2) = cx.raw(entry_update(table_mfn, index, old)) {
+            log::error!("xen64: clear_accessed_dirty left {table:?}[{index}] withdrawn (was {old:#x}): {e}, then {e2}");
+        }
         return Err(e);
     }
     Ok(p2m::decode(cx.platform.p2m, old))

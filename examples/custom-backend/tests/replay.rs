@@ -30,9 +30,21 @@ fn replaying_a_trace_rebuilds_identical_page_tables() {
     mm.activate(&a).expect("activate");
     let b = mm.fork(&a).expect("fork");
     mm.unmap(&a, 0x40_0000).expect("unmap");
+    // A protection change and an A/D clear of a's second page (L1 slot 1).
+    let page = pvops::VirtAddr::new_const(0x40_1000 + (1 << 39));
+    let mut l1 = a.pgd();
+    for level in [pvops::Level::L4, pvops::Level::L3, pvops::Level::L2] {
+        l1 = trace.read_entry(level, l1, page.index(level)).expect("walk").pfn();
+    }
+    assert_eq!(page.index(pvops::Level::L1), 1);
+    let old = trace.protect_start(frames, l1, 1).expect("protect_start");
+    let ro = pvops::Pte::new(old.pfn(), old.flags() & !pvops::pte::flags::WRITABLE);
+    trace.protect_commit(frames, l1, 1, old, ro).expect("protect_commit");
+    trace.clear_accessed_dirty(frames, l1, 1, pvops::pte::flags::ACCESSED).expect("clear");
     let text = trace.trace_text();
     assert!(text.lines().count() > 20, "trace too short:\n{text}");
     assert!(text.contains("cr3 "), "switch not recorded");
+    assert!(text.contains("protect ") && text.contains("clear_ad "), "protection change not recorded:\n{text}");
 
     // Replay onto a fresh machine (data frames are not part of the trace: compare tables).
     let copy = machine();
@@ -89,6 +101,8 @@ fn every_event_round_trips_through_text() {
         Event::FlushOne(VirtAddr::new_const(0xffff_8880_0000_1000)),
         Event::LazyEnter,
         Event::LazyLeave,
+        Event::Protect(Pfn(5), 17, Pte(0x8000_0000_0004_2005)),
+        Event::ClearAd(Pfn(5), 17, 0x60),
     ];
     for e in events {
         assert_eq!(e.to_string().parse::<Event>(), Ok(e), "{e}");

@@ -340,10 +340,23 @@ mod no_lazy {
         fn protect_start(&self, mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
             self.0.protect_start(mm, table, index)
         }
-        fn protect_commit(&self, mm: &dyn MmServices, table: Pfn, index: usize, old: Pte, new: Pte) -> Result<(), PvError> {
+        fn protect_commit(
+            &self,
+            mm: &dyn MmServices,
+            table: Pfn,
+            index: usize,
+            old: Pte,
+            new: Pte,
+        ) -> Result<(), PvError> {
             self.0.protect_commit(mm, table, index, old, new)
         }
-        fn clear_accessed_dirty(&self, mm: &dyn MmServices, table: Pfn, index: usize, bits: u64) -> Result<Pte, PvError> {
+        fn clear_accessed_dirty(
+            &self,
+            mm: &dyn MmServices,
+            table: Pfn,
+            index: usize,
+            bits: u64,
+        ) -> Result<Pte, PvError> {
             self.0.clear_accessed_dirty(mm, table, index, bits)
         }
         fn make_entry(&self, pte: Pte) -> Result<u64, PvError> {

@@ -582,6 +582,189 @@ fn lazy_sections_nest_and_the_outer_leave_issues_everything<O: PvMmuOps + ?Sized
     })
 }
 
+/// The accessed and dirty bits.
+const AD: u64 = flags::ACCESSED | flags::DIRTY;
+
+/// The L1 table and slot of `va` in `s`, and its entry now.
+fn leaf<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, s: &AddressSpace, va: u64) -> Result<(pvops::Pfn, usize, Pte), String> {
+    let l1 = l1_of(mm.ops(), s.pgd(), va)?;
+    let index = ok(pvops::VirtAddr::try_new(va), "va")?.index(Level::L1);
+    let e = ok(mm.ops().read_entry(Level::L1, l1, index), "read_entry")?;
+    Ok((l1, index, e))
+}
+
+/// `old` with the permissions of `perm` and no A/D bits: what a caller
+/// builds as the new entry (the backend must bring the A/D bits back).
+fn with_perm(old: Pte, writable: bool) -> Pte {
+    let mut bits = (old.flags() & !(AD | flags::WRITABLE)) | flags::PRESENT | flags::USER;
+    if writable {
+        bits |= flags::WRITABLE;
+    }
+    Pte::new(old.pfn(), bits)
+}
+
+/// One protection change of the leaf at `va` to `writable` (start, `between`,
+/// commit, local flush); a commit that fails is followed by a commit of the
+/// old entry, so no case leaves the slot withdrawn. Returns `between`'s value.
+fn change_protection<O: PvMmuOps + ?Sized, T>(
+    mm: &Mm<'_, O>,
+    s: &AddressSpace,
+    va: u64,
+    writable: bool,
+    between: impl FnOnce(Pte) -> T,
+) -> Result<(Pte, T), String> {
+    let (l1, index, _) = leaf(mm, s, va)?;
+    let ops = mm.ops();
+    let old = ok(ops.protect_start(mm.frames(), l1, index), "protect_start")?;
+    let t = between(old);
+    if let Err(e) = ops.protect_commit(mm.frames(), l1, index, old, with_perm(old, writable)) {
+        let _ = ops.protect_commit(mm.frames(), l1, index, old, old);
+        let _ = ops.flush_tlb_all();
+        return Err(format!("protect_commit: {e}"));
+    }
+    ok(ops.flush_tlb_all(), "flush")?;
+    Ok((old, t))
+}
+
+/// `PvMmuOps::protect_commit`: the A/D bits the hardware set before the
+/// change (a user write) survive it, though the new entry the caller
+/// passes has none; after the flush user mode may read but not write.
+fn protect_keeps_accessed_dirty_set_before_the_change_and_refuses_writes_after_it<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, true) == Some(f), "user write before the change failed");
+        let (old, ()) = change_protection(mm, s, VA, false, |_| ())?;
+        ensure!(old.0 & AD == AD, "protect_start returned {old:?}: the user write's A/D bits are missing");
+        let (_, _, now) = leaf(mm, s, VA)?;
+        ensure!(now.0 & AD == AD, "A/D lost by the change: {old:?} became {now:?}");
+        ensure!(now.is_present() && now.pfn() == f && !now.is_writable(), "entry after the change: {now:?}");
+        ensure!(env.machine.user_access(VA, true).is_none(), "user mode wrote after the change to read-only");
+        ensure!(env.machine.user_access(VA, false) == Some(f), "user mode cannot read after the change");
+        Ok(())
+    })
+}
+
+/// What the hardware sets *between* start and commit survives too. If the
+/// backend left the entry live (xen64), a user write in between lands and
+/// its dirty bit is in the committed entry (`MMU_PT_UPDATE_PRESERVE_AD`). If
+/// it withdrew the entry (natively), the write is not made: it could only
+/// fault, or go through a translation cached before the start, which is
+/// outside what the backend controls (the model flags it).
+fn protect_keeps_dirty_set_between_start_and_commit<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, false) == Some(f), "user read before the change failed");
+        let (old, wrote) = change_protection(mm, s, VA, false, |_| {
+            let live = leaf(mm, s, VA).map(|(_, _, e)| e.is_present());
+            live.map(|live| live.then(|| env.machine.user_access(VA, true)))
+        })?;
+        let wrote = wrote?;
+        ensure!(old.0 & flags::DIRTY == 0, "dirty before any write: {old:?}");
+        let (_, _, now) = leaf(mm, s, VA)?;
+        if let Some(reached) = wrote {
+            ensure!(reached == Some(f), "the entry was live, yet the write in between reached {reached:?}, not {f:?}");
+            ensure!(now.0 & AD == AD, "the write between start and commit set D, the commit lost it: {now:?}");
+        }
+        ensure!(env.machine.user_access(VA, true).is_none(), "user mode wrote after the change to read-only");
+        ensure!(env.machine.user_access(VA, false) == Some(f), "user mode cannot read after the change");
+        Ok(())
+    })
+}
+
+/// A change to writable: user writes are refused before it and allowed
+/// after it (and its flush); done inside a lazy-MMU section, it is in
+/// effect once the section is left.
+fn protect_to_writable_in_a_lazy_section_allows_writes_after_the_leave<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::RODATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, true).is_none(), "user mode wrote a read-only page");
+        let ops = mm.ops();
+        ops.lazy_mmu_enter();
+        let changed = change_protection(mm, s, VA, true, |_| ());
+        let left = ok(ops.lazy_mmu_leave(), "lazy leave");
+        changed?;
+        left?;
+        ok(ops.flush_tlb_all(), "flush")?;
+        ensure!(env.machine.user_access(VA, true) == Some(f), "user mode cannot write after the change to writable");
+        let (_, _, now) = leaf(mm, s, VA)?;
+        ensure!(now.is_writable() && now.pfn() == f, "entry after the change: {now:?}");
+        Ok(())
+    })
+}
+
+/// `PvMmuOps::clear_accessed_dirty` returns the entry as it was (with the
+/// bits a user write set) and clears exactly the bits asked for.
+fn clear_accessed_dirty_returns_the_old_bits_and_clears_only_those<O: PvMmuOps + ?Sized>(
+    env: &Env<'_, O>,
+) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        ok(mm.activate(s), "activate")?;
+        ensure!(env.machine.user_access(VA, true) == Some(f), "user write failed");
+        let (l1, index, before) = leaf(mm, s, VA)?;
+        ensure!(before.0 & AD == AD, "the user write set no A/D bits: {before:?}");
+        let ops = mm.ops();
+        let was = ok(ops.clear_accessed_dirty(mm.frames(), l1, index, flags::DIRTY), "clear D")?;
+        ensure!(was == before, "clear D returned {was:?}, the entry was {before:?}");
+        let (_, _, now) = leaf(mm, s, VA)?;
+        ensure!(now.0 == before.0 & !flags::DIRTY, "after clearing D: {now:?} (was {before:?})");
+        let was = ok(ops.clear_accessed_dirty(mm.frames(), l1, index, flags::ACCESSED), "clear A")?;
+        ensure!(was == now, "clear A returned {was:?}, the entry was {now:?}");
+        let (_, _, now) = leaf(mm, s, VA)?;
+        ensure!(now.0 == before.0 & !AD, "after clearing A: {now:?} (was {before:?})");
+        let was = ok(ops.clear_accessed_dirty(mm.frames(), l1, index, AD), "clear of clear bits")?;
+        ensure!(was == now, "clearing bits that are clear returned {was:?}, the entry was {now:?}");
+        ok(ops.flush_tlb_all(), "flush")?;
+        ensure!(env.machine.user_access(VA, true) == Some(f), "the page is not writable after the clears");
+        Ok(())
+    })
+}
+
+/// Bad slots, non-present entries, bits other than A/D and a commit that
+/// remaps: each a clear error, and the entry (and what user mode reaches)
+/// unchanged.
+fn protect_and_clear_reject_bad_index_and_non_present_entries<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
+    with_space(env, |mm, s| {
+        let f = ok(mm.map(s, VA, PageFlags::DATA), "map")?;
+        let g = ok(mm.map(s, VA + 0x2000, PageFlags::DATA), "map second")?;
+        ok(mm.activate(s), "activate")?;
+        let (l1, index, before) = leaf(mm, s, VA)?;
+        let (_, hole, _) = leaf(mm, s, VA + 0x1000)?;
+        let ops = mm.ops();
+        let mm_ = mm.frames();
+        let bad = |e: &PvError| matches!(e, PvError::BadIndex { index: 512 });
+        let state = |e: &PvError| matches!(e, PvError::WrongState { .. });
+        expect_err(ops.protect_start(mm_, l1, 512), bad, "protect_start index 512")?;
+        expect_err(ops.protect_commit(mm_, l1, 512, before, before), bad, "protect_commit index 512")?;
+        expect_err(ops.clear_accessed_dirty(mm_, l1, 512, AD), bad, "clear_accessed_dirty index 512")?;
+        expect_err(ops.protect_start(mm_, l1, hole), state, "protect_start of a hole")?;
+        expect_err(ops.clear_accessed_dirty(mm_, l1, hole, AD), state, "clear_accessed_dirty of a hole")?;
+        expect_err(ops.clear_accessed_dirty(mm_, l1, index, flags::WRITABLE), state, "clearing W")?;
+        expect_err(
+            ops.protect_commit(mm_, l1, hole, Pte::EMPTY, with_perm(before, false)),
+            state,
+            "protect_commit from a non-present entry",
+        )?;
+        let remap = Pte::new(g, before.flags());
+        expect_err(ops.protect_commit(mm_, l1, index, before, remap), state, "protect_commit to another frame")?;
+        ok(ops.flush_tlb_all(), "flush")?;
+        let (_, _, now) = leaf(mm, s, VA)?;
+        ensure!(now == before, "a refused call changed the entry: {before:?} became {now:?}");
+        let (_, _, h) = leaf(mm, s, VA + 0x1000)?;
+        ensure!(h == Pte::EMPTY, "a refused call filled the hole: {h:?}");
+        ensure!(env.machine.user_access(VA, true) == Some(f), "the page is no longer writable");
+        ensure!(env.machine.user_access(VA + 0x1000, false).is_none(), "the hole is reachable");
+        Ok(())
+    })
+}
+
 macro_rules! cases {
     ($($f:ident),* $(,)?) => {
         /// Every case, in the order they run, for `Mm<dyn PvMmuOps>`.
@@ -630,4 +813,9 @@ cases!(
     reserved_slots_are_never_used,
     activate_twice_is_harmless,
     lazy_sections_nest_and_the_outer_leave_issues_everything,
+    protect_keeps_accessed_dirty_set_before_the_change_and_refuses_writes_after_it,
+    protect_keeps_dirty_set_between_start_and_commit,
+    protect_to_writable_in_a_lazy_section_allows_writes_after_the_leave,
+    clear_accessed_dirty_returns_the_old_bits_and_clears_only_those,
+    protect_and_clear_reject_bad_index_and_non_present_entries,
 );

@@ -185,7 +185,9 @@ impl Machine {
     /// [`PhysMem::read_entry`], or the Xen model's), `bits` (accessed/dirty)
     /// are set in it, as another CPU's access would set them between a
     /// backend's read of an entry and its update. A backend that updates
-    /// the entry with a plain store after that read loses them.
+    /// the entry with a plain store after that read loses them. The bits are
+    /// set even in a non-present entry, as a CPU without CET may do through
+    /// a cached translation after the entry was withdrawn.
     pub fn touch_after_guest_read(&self, frame: u64, index: usize, bits: u64) {
         self.state().touch = Some((frame, index, bits & (flags::ACCESSED | flags::DIRTY)));
     }
@@ -201,11 +203,11 @@ impl Machine {
         if let Some((f, i, bits)) = s.touch {
             if (f, i) == (frame, index) {
                 s.touch = None;
-                if let Some(words) = s.frames.get_mut(&frame) {
-                    if words[index] & flags::PRESENT != 0 {
-                        words[index] |= bits;
-                    }
-                }
+                // Present or not: a CPU writing through a cached clean
+                // translation ORs D into whatever the entry holds by then
+                // (without CET it does not re-check it, SDM vol. 3A §4.8).
+                let words = s.frames.entry(frame).or_insert_with(|| Box::new([0; ENTRIES_PER_TABLE]));
+                words[index] |= bits;
             }
         }
     }
