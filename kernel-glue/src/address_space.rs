@@ -329,7 +329,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
-    /// Call before creating address spaces: new pgds copy the kernel half's slots.
+    /// New pgds copy the kernel half's slots; a slot this call adds to
+    /// `init_mm` after address spaces exist is also written into every live
+    /// pgd (kernel pgds only, never a user pgd: Linux's `pgd_list` sync).
     pub fn map_kernel(&self, addr: u64, frame: Pfn, writable: bool) -> Result<(), PvError> {
         let va = VirtAddr::try_new(addr)?;
         if !va.is_page_aligned() {
@@ -563,7 +565,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         Ok(Queued { frame, l1, index, made })
     }
 
-    /// Unmaps the page at `addr` and frees its frame.
+    /// Unmaps the page at `addr` and drops its frame's reference (freeing
+    /// it unless a shared or copy-on-write mapping elsewhere still holds it).
+    /// A demand-zero reservation of the page stays (munmap is
+    /// [`Mm::unmap_range`]).
     ///
     /// In order: the entry is cleared, then its TLB entry flushed on every
     /// CPU that may hold it (this one if `space` is loaded here, and every
@@ -618,8 +623,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// `TLB_FLUSH_MULTI` (more), not one flush per page; natively one IPI
     /// per other CPU.
     ///
-    /// Page tables the range leaves empty are unlinked in the same batch
-    /// (an L1, then an L2 or L3 that became empty; never the pgd) and, like
+    /// Page tables whose whole span the range covers are unlinked in the
+    /// same batch (an L1, then an L2 or L3; never the pgd) and, like
     /// the data frames, gathered and freed only after that flush (Linux's
     /// `mmu_gather`: `pte_free_tlb`, then `tlb_flush_mmu` before
     /// `tlb_remove_table` frees): a paging-structure cache on another CPU
@@ -647,7 +652,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                             cleared.push((l1, index, e.pfn()));
                         }
                     }
-                    self.prune_tables(space.pgd(), v, &mut tables)?;
+                    self.prune_tables(space.pgd(), v, addr..end, &mut tables)?;
                 }
                 va = chunk;
             }
@@ -683,11 +688,20 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         done.map(|()| unmapped)
     }
 
-    /// Unlinks the L1 table covering `va` if it is empty now, then its L2
-    /// and L3 if that left them empty (never the pgd); records each in
-    /// `tables` as (parent level, parent, slot, table) for
+    /// Unlinks the L1 table covering `va` if `range` covers all it maps
+    /// (2 MiB) and it is empty, then its L2 (1 GiB) and L3 (512 GiB) on the
+    /// same terms (never the pgd): Linux's `free_pgtables` frees the tables
+    /// an unmapped region spans and nothing shared with what lies outside,
+    /// so an unmap inside a table's span keeps it for its neighbours.
+    /// Records each in `tables` as (parent level, parent, slot, table) for
     /// [`Mm::free_gathered_tables`] after the flush.
-    fn prune_tables(&self, root: Pfn, va: VirtAddr, tables: &mut Vec<(Level, Pfn, usize, Pfn)>) -> Result<(), PvError> {
+    fn prune_tables(
+        &self,
+        root: Pfn,
+        va: VirtAddr,
+        range: Range<u64>,
+        tables: &mut Vec<(Level, Pfn, usize, Pfn)>,
+    ) -> Result<(), PvError> {
         let mut path = [(Level::L4, root, 0usize, Pfn(0)); 3];
         let mut table = root;
         for (n, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
@@ -701,7 +715,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
         for &(level, parent, slot, child) in path.iter().rev() {
             let child_level = level.lower().unwrap_or(Level::L1);
-            if !self.table_is_empty(child_level, child)? {
+            // The span the child table maps: what its parent's slot covers.
+            let span = 1u64 << (12 + 9 * (level as u32 - 1));
+            let first = va.as_u64() & !(span - 1);
+            let covered = range.start <= first && first.checked_add(span).is_some_and(|e| e <= range.end);
+            if !covered || !self.table_is_empty(child_level, child)? {
                 break;
             }
             self.ops.set_entry(self.frames, level, parent, slot, Pte::EMPTY)?;
@@ -921,7 +939,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         Ok(())
     }
 
-    /// Tears `space` down: unpin (Xen), free every page and table, free the pgd.
+    /// Tears `space` down: unpin (Xen), free every table, drop every page's
+    /// reference (a frame shared with another space lives on), free the pgd.
     /// Refused, with `space` given back unchanged, while it is the one loaded
     /// on this CPU, or while another CPU runs it ([`PvError::RootInUse`]).
     /// Any other CPU that only holds it lazily ([`Mm::enter_lazy`]) is first

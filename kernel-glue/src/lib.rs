@@ -4,8 +4,16 @@
 //! spaces ([`Mm`], [`AddressSpace`]). It calls only the `pvops` interface, so
 //! it is the same code whichever backend the registry picked.
 //!
+//! The address-space lifecycle (issue 14): shared frames with reference
+//! counts ([`Mm::map_frame`]), ranges ([`Mm::map_range`], [`Mm::unmap_range`]
+//! freeing emptied tables after the flush), `mprotect` ([`Mm::protect_range`]
+//! through the backend's protection start/commit), demand-zero regions
+//! ([`Mm::reserve_zero`]), copy-on-write fork ([`Mm::fork_cow`]) and the
+//! page-fault entry point ([`Mm::handle_fault`]), kernel-half sync over the
+//! live spaces, [`Mm::pin_all`]/[`Mm::unpin_all`].
+//!
 //! ```
-//! use kernel_glue::{FrameAllocator, Mm, PageFlags};
+//! use kernel_glue::{FaultFix, FrameAllocator, Mm, PageFlags};
 //! use pvops::{Pfn, PvMmuOps};
 //! use pvops_model::Machine;
 //! use pvops_native::NativeBackend;
@@ -24,9 +32,14 @@
 //! assert_eq!(mm.translate(&space, 0x40_0000)?, Some((page, PageFlags::DATA)));
 //! mm.activate(&space)?; // first use: pinned on Xen; cr3 switch
 //! let child = mm.fork(&space)?;
+//! // Copy-on-write: the child shares the page until one of them writes it.
+//! let cow = mm.fork_cow(&space)?;
+//! assert_eq!(mm.handle_fault(&cow, 0x40_0000, true), Ok(FaultFix::CopiedOnWrite));
+//! assert_eq!(mm.handle_fault(&space, 0x40_0000, true), Ok(FaultFix::ReusedSoleOwner));
 //! mm.activate_init()?;
 //! mm.exit(space).map_err(|(e, _)| e)?;
 //! mm.exit(child).map_err(|(e, _)| e)?;
+//! mm.exit(cow).map_err(|(e, _)| e)?;
 //! assert_eq!(frames.free_frames(), 254, "every frame came back");
 //! # Ok::<(), pvops::PvError>(())
 //! ```

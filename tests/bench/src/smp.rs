@@ -24,8 +24,11 @@ pub const BACKENDS: [&str; 2] = ["native", "xen64"];
 pub const RANGE_PAGES: [u64; 5] = [1, 8, 32, 64, 512];
 /// Frames per model: 512 pages and their tables, with room to spare.
 const FRAMES: u64 = 2048;
-/// First page of every range (4 MiB: one L1 covers 512 pages from here).
-const VA: u64 = 0x40_0000;
+/// First page of every range: one page past 4 MiB, so that no range
+/// covers a whole L1 table's 2 MiB span and `unmap_range` frees no table
+/// (these rows measure the clears and the flush; freed tables:
+/// tests/integration/tests/lifecycle.rs).
+const VA: u64 = 0x40_1000;
 /// Pages the native backend's flush handler still `invlpg`s one by one
 /// (`pvops/src/ops.rs`, the default `flush_tlb_multi`); above, a full flush.
 pub const NATIVE_INVLPG_CEILING: u64 = 32;
@@ -383,7 +386,7 @@ pub fn markdown(rows: &[SmpRow]) -> String {
         w,
         "What flushing other CPUs' TLBs costs (issue 12), counted on the 2-vCPU host models \
          (`tests/bench/src/smp.rs`; `cargo xtask bench --smp` regenerates this section alone). \
-         An address space with N pages mapped from 4 MiB is loaded on vCPU 1, which then reads \
+         An address space with N pages mapped from 4 MiB + 4 KiB (no range covers a whole L1 table, so no table is freed) is loaded on vCPU 1, which then reads \
          every page (its TLB holds them), and on vCPU 0, which runs the operation; the baseline \
          has it loaded on vCPU 0 only. Every count comes from the models, never from the \
          backend's `stats()`: the Xen model's counters (traps into the modelled Xen; records by \
