@@ -516,14 +516,41 @@ fn read_lossy(path: &Path) -> String {
 /// is an `Ok` outcome whose [`BootOutcome::passed`] is false (its serial log
 /// is printed to stderr).
 pub fn boot(platform: Platform, kernel: &Path, timeout: Duration, cpus: usize) -> Result<BootOutcome, String> {
-    boot_with(platform, kernel, timeout, false, cpus)
+    retry_known_stall(|| boot_with(platform, kernel, timeout, false, cpus))
+}
+
+/// The last line of the kernel's log when Xen itself stalls in AP start-up.
+const XEN_INIT_STALL_AT: &str = "smp: MADT lists";
+
+/// Boots once more, saying so, when the first boot stalled where Xen under
+/// TCG is known to lose a wakeup: right after the kernel sent INIT to an AP
+/// through the emulated local APIC. Measured on this machine under heavy
+/// host load: QEMU's monitor then shows both physical CPUs halted in Xen's
+/// idle loop (the sending vCPU stays paused until Xen's INIT-SIPI tasklet
+/// runs, `vlapic_init_sipi_action`, xen/arch/x86/hvm/vlapic.c, and it never
+/// does); 3 of 20 PVH boots, and 2 of 10 with the kernel from before this check
+/// existed, so not a kernel regression. Any other failure is final.
+fn retry_known_stall(boot: impl Fn() -> Result<BootOutcome, String>) -> Result<BootOutcome, String> {
+    let first = boot()?;
+    let last = first.serial.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    if first.timed_out && first.platform == Platform::Pvh && last.contains(XEN_INIT_STALL_AT) {
+        eprintln!(
+            "xtask: RETRY: the {} boot stalled in Xen during AP start-up (last line {last:?}); booting once more",
+            first.platform
+        );
+        return boot();
+    }
+    Ok(first)
 }
 
 /// Like [`boot`], for kernels that are expected to fail: the serial log is
 /// not echoed, and it is kept as `serial-<platform>-<kernel file name>.log`.
 pub fn boot_quiet(platform: Platform, kernel: &Path, timeout: Duration, cpus: usize) -> Result<BootOutcome, String> {
-    boot_with(platform, kernel, timeout, true, cpus)
+    retry_known_stall(|| boot_with(platform, kernel, timeout, true, cpus))
 }
+
+/// How long a boot may print nothing before it counts as timed out.
+const SILENT_LIMIT: Duration = Duration::from_secs(30);
 
 fn boot_with(
     platform: Platform,
@@ -567,6 +594,8 @@ fn boot_with(
 
     let mut timed_out = false;
     let mut last_scan = Instant::now();
+    // A boot that prints nothing for this long is stuck (boots take seconds).
+    let (mut seen, mut grew) = (0usize, Instant::now());
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st.code(),
@@ -586,6 +615,14 @@ fn boot_with(
         if last_scan.elapsed() >= Duration::from_millis(250) {
             last_scan = Instant::now();
             let log = read_lossy(&serial_tmp);
+            if log.len() != seen {
+                (seen, grew) = (log.len(), Instant::now());
+            } else if grew.elapsed() >= SILENT_LIMIT {
+                timed_out = true;
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
             if HANG_MARKERS.iter().any(|m| log.contains(m)) {
                 // Give the console a moment, then stop the halted machine.
                 std::thread::sleep(Duration::from_millis(200));
@@ -647,5 +684,45 @@ mod tests {
         assert!(line(Platform::Pvh).contains("-kernel xen -initrd k"));
         assert!(!line(Platform::Xen).contains("dom0=pvh"));
         assert!(!qemu_args(Platform::Native, k, None, s, 2).join(" ").contains("xen"));
+    }
+
+    fn outcome(platform: Platform, timed_out: bool, serial: &str) -> BootOutcome {
+        BootOutcome {
+            platform,
+            cpus: 2,
+            status: if timed_out { None } else { Some(35) },
+            serial: serial.into(),
+            elapsed: Duration::from_secs(1),
+            timed_out,
+            qemu_output: String::new(),
+            serial_path: PathBuf::new(),
+            command: String::new(),
+        }
+    }
+
+    /// Boots `first`, then (if asked again) `second`; returns the verdict and how many boots ran.
+    fn retried(first: BootOutcome, second: BootOutcome) -> (Option<i32>, usize) {
+        let calls = std::cell::Cell::new(0);
+        let outs = std::cell::RefCell::new(vec![second, first]);
+        let out = retry_known_stall(|| {
+            calls.set(calls.get() + 1);
+            outs.borrow_mut().pop().ok_or_else(|| "booted a third time".to_string())
+        })
+        .unwrap();
+        (out.status, calls.get())
+    }
+
+    #[test]
+    fn only_the_known_xen_stall_in_ap_start_up_is_booted_again() {
+        let stall = "[INFO ] smp: MADT lists 2 enabled CPUs (APIC ids [0, 2])\n";
+        let good = || outcome(Platform::Pvh, false, "RESULT pvh");
+        assert_eq!(retried(outcome(Platform::Pvh, true, stall), good()), (Some(35), 2));
+        // A stall anywhere else, a failure that is not a stall, or another
+        // platform: the first verdict stands.
+        assert_eq!(retried(outcome(Platform::Pvh, true, "smp: 2 of 2 CPUs online\n"), good()).1, 1);
+        assert_eq!(retried(outcome(Platform::Pvh, false, stall), good()).1, 1);
+        assert_eq!(retried(outcome(Platform::Native, true, stall), good()).1, 1);
+        // The retry's own verdict is final: a second stall is not retried again.
+        assert_eq!(retried(outcome(Platform::Pvh, true, stall), outcome(Platform::Pvh, true, stall)), (None, 2));
     }
 }
