@@ -115,8 +115,17 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let (_, end) = user_range(addr, pages)?;
         let _locked = self.lock(space);
         self.check_unmapped(space, addr, end)?;
+        // Every page needs a frame: refuse what cannot fit before anything
+        // is written, and reserve the bookkeeping up front, fallibly, so a
+        // huge range is an error rather than a failed allocation (a panic).
+        if pages > self.frames.free_frames() {
+            return Err(PvError::OutOfMemory);
+        }
         let mut leaves = Vec::new();
         let mut made = Vec::new();
+        let tables = pages.div_ceil(ENTRIES_PER_TABLE as u64) + 1;
+        leaves.try_reserve_exact(pages as usize).map_err(|_| PvError::OutOfMemory)?;
+        made.try_reserve_exact(tables as usize).map_err(|_| PvError::OutOfMemory)?;
         self.ops.lazy_mmu_enter();
         let built = self.map_range_queued(space, addr, end, perm.user_bits(), &mut leaves, &mut made);
         let flushed = self.ops.lazy_mmu_flush();

@@ -132,6 +132,30 @@ fn map_frame_of_a_free_frame_is_refused() {
     });
 }
 
+/// A range larger than memory (the ELF program's 256 MiB `mmap` once
+/// panicked the kernel by growing map_range's bookkeeping): refused with
+/// `OutOfMemory` before anything is written or allocated.
+#[test]
+fn map_range_larger_than_memory_is_refused_up_front() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        let allocs = b.frames.allocations();
+        let before = hypercalls(b);
+        let pages = 1 << 30; // 4 TiB: far more frames than the model has
+        assert_eq!(b.mm.map_range(&s, VA, pages, PageFlags::DATA), Err(PvError::OutOfMemory), "{}", b.name);
+        assert_eq!(b.frames.allocations(), allocs, "{}: nothing allocated", b.name);
+        assert_eq!(hypercalls(b), before, "{}: nothing written", b.name);
+        // Just one page more than is free: refused the same way, not
+        // discovered frame by frame.
+        let pages = b.frames.free_frames() + 1;
+        assert_eq!(b.mm.map_range(&s, VA, pages, PageFlags::DATA), Err(PvError::OutOfMemory), "{}", b.name);
+        assert_eq!(b.frames.allocations(), allocs, "{}: nothing allocated", b.name);
+        assert_eq!(b.mm.translate(&s, VA).unwrap(), None);
+        finish(b, vec![s], free0);
+    });
+}
+
 // ---- 2. map_range ----
 
 /// All or nothing: one page already mapped in the range refuses the whole
