@@ -6,6 +6,7 @@
 pub mod builtin;
 pub mod conformance;
 pub mod differential;
+pub mod inject;
 pub mod native_host;
 pub mod platform;
 pub mod workload;
