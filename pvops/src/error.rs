@@ -19,7 +19,10 @@ pub enum PvError {
         /// The offending value.
         addr: u64,
     },
-    /// A user mapping was requested at or above the user limit.
+    /// A user mapping was requested at a canonical address at or above
+    /// [`crate::USER_LIMIT`] (the kernel half), or a range would cross it.
+    /// `USER_LIMIT` itself and everything up to the kernel half are
+    /// non-canonical: those are [`PvError::NonCanonical`].
     NotUserAddress {
         /// The offending address.
         addr: VirtAddr,

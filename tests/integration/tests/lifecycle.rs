@@ -156,6 +156,25 @@ fn map_range_larger_than_memory_is_refused_up_front() {
     });
 }
 
+/// Addresses outside user space, as `PvError` documents them: the kernel
+/// half is `NotUserAddress`, `USER_LIMIT` itself (non-canonical) is
+/// `NonCanonical`, and a range crossing the limit is `NotUserAddress`.
+#[test]
+fn addresses_outside_user_space_get_the_documented_errors() {
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        let kernel_half = 0xffff_8000_0000_0000;
+        let limit = pvops::USER_LIMIT;
+        assert!(matches!(b.mm.map_range(&s, kernel_half, 1, PageFlags::DATA), Err(PvError::NotUserAddress { .. })));
+        assert!(matches!(b.mm.map_range(&s, limit, 1, PageFlags::DATA), Err(PvError::NonCanonical { .. })));
+        let last = limit - PAGE;
+        assert!(matches!(b.mm.map_range(&s, last, 2, PageFlags::DATA), Err(PvError::NotUserAddress { .. })));
+        assert!(matches!(b.mm.reserve_zero(&s, kernel_half, 1, PageFlags::DATA), Err(PvError::NotUserAddress { .. })));
+        finish(b, vec![s], free0);
+    });
+}
+
 // ---- 2. map_range ----
 
 /// All or nothing: one page already mapped in the range refuses the whole
