@@ -386,6 +386,27 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The library crates a kernel author depends on, in publishing order.
+const PUBLISHED: [&str; 5] = ["pvops", "pvops-native", "pvops-xen64", "pvops-xen-pvh", "kernel-glue"];
+
+/// `cargo package` of every library crate: the manifests are publishable
+/// (versions on path dependencies, metadata, no missing files). `verify`
+/// also builds each packaged crate on its own against the others' packages
+/// (slower: `cargo xtask publish-check`; `test` runs the quick form).
+fn publish_check(verify: bool) -> Result<(), String> {
+    let mut c = cargo();
+    c.arg("package");
+    for p in PUBLISHED {
+        c.args(["-p", p]);
+    }
+    // A clean clone is clean; a working tree may not be.
+    c.arg("--allow-dirty");
+    if !verify {
+        c.arg("--no-verify");
+    }
+    run(c)
+}
+
 /// The loom model of the backend-selection cell (its own target dir: other cfg).
 fn loom_model() -> Result<(), String> {
     let mut c = cargo();
@@ -464,6 +485,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     c.args(["doc", "--no-deps", "--workspace"]).env("RUSTDOCFLAGS", "-D warnings");
     run(c)?;
     loom_model()?;
+    publish_check(false)?;
     newbackend::check()?;
     fuzz::fuzz(FUZZ_SMOKE_SECONDS)?;
     kernel_lints()?;
@@ -543,8 +565,9 @@ fn main() -> ExitCode {
         Some("mutants") => mutants::mutants(&args[1..]),
         // The new-backend check alone (`test` runs it too).
         Some("new-backend") => newbackend::check(),
+        Some("publish-check") => publish_check(true),
         _ => {
-            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] [--cpus N] | test [--platform native|xen|pvh] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS] | new-backend>".into())
+            Err("usage: cargo xtask <run [--backend NAME] [--features F,..] [--cpus N] | test [--platform native|xen|pvh] | calibrate [--save] | fuzz [--seconds N] | bench [--quick] | mutants [ARGS] | new-backend | publish-check>".into())
         }
     };
     match result {
