@@ -12,6 +12,18 @@
 //! page-fault entry point ([`Mm::handle_fault`]), kernel-half sync over the
 //! live spaces, [`Mm::pin_all`]/[`Mm::unpin_all`].
 //!
+//! **Batching goes through the range operations.** Every `Mm` operation
+//! issues what it queued before it releases the space's lock (another CPU
+//! must never walk a table with updates still queued here: Linux likewise
+//! leaves lazy-MMU mode before `pte_unmap_unlock`), so a caller's own lazy
+//! section around several calls cannot merge their batches, and need not:
+//! [`Mm::map_range`], [`Mm::unmap_range`] and [`Mm::protect_range`] walk each
+//! table once and queue the whole range in one lazy section, so N pages into
+//! a live Xen space cost ⌈N/32⌉ hypercalls, as N raw `set_pte`s in one lazy
+//! section do (pinned by `map_range_into_a_pinned_space_costs_a_batch_per_32_pages`).
+//! A caller's own `lazy_mmu_enter`/`leave` around them nests safely (the
+//! backends count the depth).
+//!
 //! ```
 //! use kernel_glue::{FaultFix, FrameAllocator, Mm, PageFlags};
 //! use pvops::{Pfn, PvMmuOps};
