@@ -185,6 +185,12 @@ pub fn run_op(b: &SmpBooted, op: Op, both: bool) -> Result<LcCost, String> {
                 spaces.push(c);
             }
             let p = &spaces[0];
+            // Every holder caches the write-protected entry of the old frame.
+            for &cpu in holders(both) {
+                if vcpu::on_vcpu(cpu, || b.user_read(VA)) != Some(old) {
+                    return Err(format!("vCPU {cpu} does not read the shared frame before the fault"));
+                }
+            }
             let (fix, mut cost) = counted(b, || b.mm.handle_fault(p, VA, true).map_err(|k| format!("fault: {k}")))?;
             let want = if op == Op::CowCopy { FaultFix::CopiedOnWrite } else { FaultFix::ReusedSoleOwner };
             if fix != want {
@@ -193,6 +199,9 @@ pub fn run_op(b: &SmpBooted, op: Op, both: bool) -> Result<LcCost, String> {
             let now = b.table_walk(p.pgd(), VA).ok_or("parent page gone")?;
             cost.copies = u64::from(now != old);
             for &cpu in holders(both) {
+                if vcpu::on_vcpu(cpu, || b.user_read(VA)) != Some(now) {
+                    return Err(format!("vCPU {cpu} still reads another frame than {now:?} after the fault"));
+                }
                 if vcpu::on_vcpu(cpu, || user_write(b, VA)) != Some(now) {
                     return Err(format!("vCPU {cpu} does not write the page's frame {now:?} after the fault"));
                 }
