@@ -422,9 +422,9 @@ pub fn markdown(rows: &[LcRow]) -> String {
     let _ = writeln!(
         w,
         "| operation | space loaded on | **hypercalls** | target | `mmu_update` records | `mmuext_op` records | \
-         MULTI flushes | local flushes | vCPUs Xen flushed remotely | frames | pages copied | \
+         `update_va_mapping` | MULTI flushes | local flushes | vCPUs Xen flushed remotely | frames | pages copied | \
          Linux: hypercalls | Linux: trapped PTE writes |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows.iter().filter(|r| r.backend == "xen64") {
         let (c, m) = (&r.cost, &r.cost.model);
@@ -432,13 +432,14 @@ pub fn markdown(rows: &[LcRow]) -> String {
         let target = xen_target(r.op).map_or("—".to_string(), |t| format!("≤ {t}"));
         let _ = writeln!(
             w,
-            "| {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.op.label(),
             where_loaded(r.both),
             m.hypercalls,
             target,
             m.mmu_updates,
             m.mmuext_ops,
+            m.update_va_mappings,
             m.multi_flushes,
             m.local_flushes,
             m.remote_flushes,
@@ -578,6 +579,9 @@ pub fn markdown(rows: &[LcRow]) -> String {
          some TLBs while the old remains in others); ours has that window between the switch and \
          the flush — inside the one multicall on Xen, until the IPI's handler ran natively — \
          while the faulting CPU itself does not return to user mode before the flush. \
+         A demand-zero touch is one hypercall whatever tables it needs (a multicall: each new \
+         table's read-only remap, an `update_va_mapping` that Xen follows with a flush of every \
+         vCPU — the remote-flush column —, its link (a new L3 into both pgds) and the leaf) against Linux's 1 + 2·tables. \
          With the space on vCPU 0 alone our flush is one `_LOCAL` record in the batch where Linux \
          issues one `INVLPG_LOCAL` hypercall per page up to {LINUX_CEILING} pages. Natively the \
          counts match Linux's except where our `invlpg` ceiling (32) and Linux's \
@@ -625,6 +629,9 @@ mod tests {
     const XEN_FORK: [u64; 4] = [1, 2, 3, 17];
     /// Frames a demand-zero touch takes on each backend: the page and its new tables.
     const ZERO_FRAMES: [u64; 3] = [1, 2, 4];
+    /// xen64 `mmu_update` records of a demand-zero touch: the leaf, a link
+    /// per new table, and a new L3 linked into the user pgd as well.
+    const ZERO_MMU_UPDATES: [u64; 3] = [1, 2, 5];
 
     /// The figures the lifecycle section writes down, counted by the models.
     #[test]
@@ -666,7 +673,13 @@ mod tests {
                 assert_eq!(x.frames, 2 + 3, "xen64 fork_cow {n}: frames {x:?}");
                 assert!(want <= xen_target(Op::Fork(n)).unwrap());
             }
-            for (t, frames) in ZERO_TABLES.into_iter().zip(ZERO_FRAMES) {
+            for ((t, frames), records) in ZERO_TABLES.into_iter().zip(ZERO_FRAMES).zip(ZERO_MMU_UPDATES) {
+                let x = row(&rows, "xen64", Op::ZeroTouch(t), both);
+                assert_eq!(
+                    (x.model.hypercalls, x.model.update_va_mappings, x.model.mmu_updates),
+                    (1, t, records),
+                    "xen64 zero touch {t}: one multicall, a remap and a link per new table, the leaf: {x:?}"
+                );
                 for backend in BACKENDS {
                     let c = row(&rows, backend, Op::ZeroTouch(t), both);
                     assert_eq!((c.frames, c.model.ipis), (frames, 0), "{backend} zero touch {t} both={both}: {c:?}");
