@@ -15,7 +15,10 @@
 //! 2-vCPU models, beside Linux (`--smp` renders only that section); and
 //! [`baseline`] (issue 15): `kernel_glue::Mm` against hand-written page-table
 //! code in one Callgrind run, framework ÷ hand-written per operation and
-//! where the instructions go (`--baseline` renders only that section).
+//! where the instructions go (`--baseline` renders only that section); and
+//! [`lifecycle`] (issue 14): hypercalls and IPIs per COW fault, `mprotect`,
+//! COW fork and demand-zero touch on the 2-vCPU models, beside Linux
+//! (`--lifecycle` renders only that section).
 //!
 //! [`report`] runs them all and writes `docs/PERFORMANCE.md` and
 //! `docs/scaling.svg`; [`cg`] is the Callgrind harness.
@@ -25,6 +28,7 @@ pub use pvops_integration::builtin;
 pub mod baseline;
 pub mod cg;
 pub mod economy;
+pub mod lifecycle;
 pub mod linux;
 pub mod memory;
 pub mod overhead;
@@ -58,6 +62,8 @@ struct Cli {
     smp_only: bool,
     /// Only the framework-vs-hand-written section (`--baseline`), likewise.
     baseline_only: bool,
+    /// Only the lifecycle section (`--lifecycle`), likewise.
+    lifecycle_only: bool,
 }
 
 fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
@@ -66,6 +72,7 @@ fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
         out: write_by_default.then(report::docs_dir),
         smp_only: false,
         baseline_only: false,
+        lifecycle_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -78,11 +85,12 @@ fn parse(args: &[String], write_by_default: bool) -> Result<Cli, String> {
             "--no-write" => cli.out = None,
             "--smp" => cli.smp_only = true,
             "--baseline" => cli.baseline_only = true,
+            "--lifecycle" => cli.lifecycle_only = true,
             // What `cargo bench` passes to a harness-less bench; filters are not supported.
             "--bench" => {}
             "-h" | "--help" => {
                 return Err(
-                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--smp | --baseline] [--out DIR | --no-write]"
+                    "usage: pvops-bench-report [--quick | --max-pages N] [--jobs N] [--smp | --baseline | --lifecycle] [--out DIR | --no-write]"
                         .into(),
                 )
             }
@@ -114,6 +122,15 @@ pub fn main(write_by_default: bool) -> i32 {
     };
     if cli.smp_only {
         return match smp_only(cli.out.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pvops-bench: {e}");
+                1
+            }
+        };
+    }
+    if cli.lifecycle_only {
+        return match lifecycle_only(cli.out.as_deref()) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("pvops-bench: {e}");
@@ -162,6 +179,20 @@ fn smp_only(dir: Option<&std::path::Path>) -> Result<(), String> {
         let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         std::fs::write(&path, smp::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("pvops-bench: rewrote the SMP section of {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--lifecycle`: measures only the lifecycle section and rewrites it in
+/// `dir/PERFORMANCE.md` (between its markers), leaving the rest as it was.
+fn lifecycle_only(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let section = lifecycle::markdown(&lifecycle::measure()?);
+    println!("{section}");
+    if let Some(dir) = dir {
+        let path = dir.join("PERFORMANCE.md");
+        let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, lifecycle::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("pvops-bench: rewrote the lifecycle section of {}", path.display());
     }
     Ok(())
 }

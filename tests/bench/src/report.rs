@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::baseline::{self, Baseline};
 use crate::economy::{self, Row};
+use crate::lifecycle::{self, LcRow};
 use crate::memory::{self, Memory};
 use crate::overhead::{self, Overhead};
 use crate::scaling::{self, Run, PHASES};
@@ -55,6 +56,8 @@ pub struct Results {
     pub scaling: Vec<Run>,
     /// SMP: remote flushes on the 2-vCPU models.
     pub smp: Vec<SmpRow>,
+    /// Issue 14: lifecycle operations on the 2-vCPU models.
+    pub lifecycle: Vec<LcRow>,
     /// Framework vs hand-written (`None` without Valgrind).
     pub baseline: Option<Baseline>,
     /// Wall-clock seconds of the whole run (for planning, not a result).
@@ -86,6 +89,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
     let economy = economy::measure()?;
     let memory = memory::measure()?;
     let smp = smp::measure()?;
+    let lifecycle = lifecycle::measure()?;
     let vg = cg::ensure_valgrind();
     let valgrind = vg.as_ref().map(|p| command_line(&p.to_string_lossy(), &["--version"]));
     let work = std::env::temp_dir().join(format!("pvops-bench-{}", std::process::id()));
@@ -134,6 +138,7 @@ pub fn run_all(opts: &Options) -> Result<Results, String> {
         memory,
         scaling: Vec::new(),
         smp,
+        lifecycle,
         baseline: None,
         seconds: 0.0,
     };
@@ -746,6 +751,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = write!(w, "{}", baseline::markdown(b));
     }
     let _ = write!(w, "{}", smp::markdown(&r.smp));
+    let _ = write!(w, "{}", lifecycle::markdown(&r.lifecycle));
 
     // How.
     let _ = writeln!(w, "## Reproduce\n");
@@ -755,6 +761,7 @@ pub fn markdown(r: &Results) -> String {
          cargo xtask bench                                          # this report (docs/PERFORMANCE.md, docs/scaling.svg)\n\
          cargo xtask bench --smp                                    # only the SMP section, rewritten in place (no Valgrind)\n\
          cargo xtask bench --baseline                               # only the framework-vs-hand-written section, in place\n\
+         cargo xtask bench --lifecycle                              # only the lifecycle section, in place (no Valgrind)\n\
          cargo run --release -p pvops-bench --bin pvops-bench-report  # the same, directly\n\
          cargo bench -p pvops-bench                                 # the same tables on stdout, nothing written\n\
          cargo test -p pvops-bench                                  # the counting harness's exact check\n\

@@ -123,13 +123,13 @@ pub struct SmpRow {
 
 /// Every counter of the models now.
 #[derive(Clone, Copy, Debug, Default)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     xen: pvops_model::xen::XenCounters,
     cpus: pvops_model::CpuCounters,
     tlb: (u64, u64, u64),
 }
 
-fn snapshot(b: &SmpBooted) -> Snapshot {
+pub(crate) fn snapshot(b: &SmpBooted) -> Snapshot {
     Snapshot {
         xen: b.xen.map(|m| m.counters()).unwrap_or_default(),
         cpus: b.machine.cpus().counters(),
@@ -137,7 +137,7 @@ fn snapshot(b: &SmpBooted) -> Snapshot {
     }
 }
 
-fn delta(a: Snapshot, z: Snapshot) -> SmpCost {
+pub(crate) fn delta(a: Snapshot, z: Snapshot) -> SmpCost {
     let (x0, x1) = (a.xen, z.xen);
     SmpCost {
         hypercalls: x1.hypercalls - x0.hypercalls,
