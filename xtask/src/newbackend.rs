@@ -87,19 +87,20 @@ pub fn check() -> Result<(), String> {
 }
 
 const PVH_DIR: &str = "backends/xen-pvh";
-const PVH_LINES: [&str; 2] = ["    \"backends/xen-pvh\",\n", "pvops-xen-pvh = { path = \"backends/xen-pvh\" }\n"];
+/// The workspace lines that name it: its member entry and its dependency entry.
+fn is_pvh_line(line: &str) -> bool {
+    line.trim() == "\"backends/xen-pvh\"," || line.starts_with("pvops-xen-pvh = ")
+}
 
 /// `xen-pvh` out of the scratch workspace (the rest builds), then back in
 /// unchanged (its tests pass).
 fn xen_pvh_is_one_crate(ws: &Path, cargo: impl Fn() -> Command) -> Result<(), String> {
     let manifest = ws.join("Cargo.toml");
     let full = fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let mut without = full.clone();
-    for line in PVH_LINES {
-        if !without.contains(line) {
-            return Err(format!("new-backend check: the workspace manifest has no line {line:?}"));
-        }
-        without = without.replacen(line, "", 1);
+    let without: String = full.split_inclusive('\n').filter(|l| !is_pvh_line(l)).collect();
+    let removed = full.split_inclusive('\n').filter(|l| is_pvh_line(l)).count();
+    if removed != 2 {
+        return Err(format!("new-backend check: expected 2 workspace lines naming {PVH_DIR}, found {removed}"));
     }
     let (dir, parked) = (ws.join(PVH_DIR), ws.join("xen-pvh.parked"));
     fs::rename(&dir, &parked).map_err(|e| format!("{}: {e}", dir.display()))?;
