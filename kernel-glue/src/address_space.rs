@@ -893,12 +893,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             result = (|| {
                 let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), None)?.frame;
-                for i in 0..ENTRIES_PER_TABLE {
-                    let w = self.mem.read_entry(pte.pfn(), i);
-                    if w != 0 {
-                        self.mem.write_entry(frame, i, w);
-                    }
-                }
+                // One whole-frame copy (the child's frame is fresh and not a
+                // table, so writable through the direct map on Xen too).
+                self.mem.copy_frame(pte.pfn(), frame);
                 Ok(())
             })();
         })?;

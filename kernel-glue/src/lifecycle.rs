@@ -295,12 +295,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             return Ok(FaultFix::ReusedSoleOwner);
         }
         let new = self.frames.alloc_zeroed_frame().map_err(kill)?;
-        for i in 0..ENTRIES_PER_TABLE {
-            let w = self.mem.read_entry(old, i);
-            if w != 0 {
-                self.mem.write_entry(new, i, w);
-            }
-        }
+        // One whole-frame copy into the fresh (never a table) frame.
+        self.mem.copy_frame(old, new);
         let bits = (e.flags() | flags::WRITABLE) & !(SOFT_COW | flags::ACCESSED | flags::DIRTY);
         let holders = self.holders(space);
         let done = self.issued_now(|| {

@@ -27,6 +27,11 @@ impl DirectMap {
         }
         Some((self.base + pfn.0 * PAGE_SIZE + index as u64 * 8) as *mut u64)
     }
+
+    /// The whole frame `pfn`, as its first word.
+    fn frame(&self, pfn: Pfn) -> Option<*mut u64> {
+        self.slot(pfn, 0)
+    }
 }
 
 impl PhysMem for DirectMap {
@@ -61,5 +66,35 @@ impl PhysMem for DirectMap {
             core::sync::atomic::Ordering::SeqCst,
             core::sync::atomic::Ordering::SeqCst,
         )
+    }
+
+    /// One `memset` of the frame (`rep stosb` or vector stores), not 512
+    /// calls. A frame out of range is left alone, as `write_entry` does.
+    fn zero_frame(&self, pfn: Pfn) {
+        if let Some(p) = self.frame(pfn) {
+            // SAFETY: 4. the whole frame is in range and mapped per `new`'s
+            // contract, and 8-byte aligned; the caller owns it (the trait's
+            // contract: a frame no live table maps, so neither the hardware
+            // nor another CPU writes it meanwhile).
+            unsafe { core::ptr::write_bytes(p, 0, ENTRIES_PER_TABLE) }
+        }
+    }
+
+    /// One `memcpy` of the frame (Linux's `copy_page`), not 1024 calls. As
+    /// word by word: a source out of range reads as zeros, a destination
+    /// out of range is left alone.
+    fn copy_frame(&self, from: Pfn, to: Pfn) {
+        let Some(dst) = self.frame(to) else { return };
+        match self.frame(from) {
+            Some(src) if src != dst => {
+                // SAFETY: 5. both frames are in range and mapped per `new`'s
+                // contract, 8-byte aligned, and distinct frames of one linear
+                // map, so they do not overlap; `to` is the caller's own (the
+                // trait's contract) and nothing else writes it meanwhile.
+                unsafe { core::ptr::copy_nonoverlapping(src, dst, ENTRIES_PER_TABLE) }
+            }
+            Some(_) => {}
+            None => self.zero_frame(to),
+        }
     }
 }
