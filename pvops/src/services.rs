@@ -73,10 +73,12 @@ pub trait PhysMem: Sync {
     /// The default copies word by word through [`PhysMem::read_entry`] and
     /// [`PhysMem::write_entry`]; an implementation that can reach whole
     /// frames should copy in one go (Linux's `copy_page`): fork and
-    /// copy-on-write copy every page they duplicate through it. `to` must be
-    /// a frame the caller owns and no live table maps (a fresh frame): on Xen
-    /// PV a pinned table is read-only through the direct map. `from` is only
-    /// read; it may be any frame, a page-table too.
+    /// copy-on-write copy every page they duplicate through it, into a frame
+    /// just allocated and not zeroed first. `to` must be a frame the caller
+    /// owns and nothing maps (a frame being handed out; host models check
+    /// that no TLB still reaches it, as for [`PhysMem::zero_frame`]): on Xen
+    /// PV a pinned table is read-only through the direct map, so `to` is
+    /// never one. `from` is only read; it may be any frame, a table too.
     fn copy_frame(&self, from: Pfn, to: Pfn) {
         for i in 0..crate::ENTRIES_PER_TABLE {
             self.write_entry(to, i, self.read_entry(from, i));

@@ -1,6 +1,6 @@
 //! Whole-frame operations at the `PhysMem` seam: fork and the copy-on-write
-//! fault copy each page with one `copy_frame` (no word-by-word traffic into
-//! the new frame), on both backends, and the copies hold what the test wrote
+//! fault copy each page with one `copy_frame` into a fresh frame not zeroed
+//! first (no word-by-word traffic into it), on both backends, and the copies hold what the test wrote
 //! (read back through the models' own user-mode page walks); the counting
 //! seam the kernel's figures come from forwards the bulk operations whole.
 
@@ -22,6 +22,8 @@ struct Recording {
     copies: Mutex<Vec<(Pfn, Pfn)>>,
     /// Word stores per frame (`write_entry`).
     word_stores: Mutex<HashMap<u64, u64>>,
+    /// Every frame `zero_frame` was given.
+    zeroed: Mutex<Vec<Pfn>>,
 }
 
 impl PhysMem for Recording {
@@ -36,6 +38,7 @@ impl PhysMem for Recording {
         self.inner.compare_exchange_entry(pfn, index, current, new)
     }
     fn zero_frame(&self, pfn: Pfn) {
+        self.zeroed.lock().unwrap().push(pfn);
         self.inner.zero_frame(pfn)
     }
     fn copy_frame(&self, from: Pfn, to: Pfn) {
@@ -70,6 +73,7 @@ fn fork_and_the_cow_fault_copy_each_page_whole_on_both_backends() {
             inner: host.mem,
             copies: Mutex::new(Vec::new()),
             word_stores: Mutex::new(HashMap::new()),
+            zeroed: Mutex::new(Vec::new()),
         }));
         host.mem = rec;
         let booted = boot_backend(desc, &host).expect("boot");
@@ -84,6 +88,7 @@ fn fork_and_the_cow_fault_copy_each_page_whole_on_both_backends() {
         }
         rec.copies.lock().unwrap().clear();
         rec.word_stores.lock().unwrap().clear();
+        rec.zeroed.lock().unwrap().clear();
 
         let b = mm.fork(&a).expect("fork");
         let forked = std::mem::take(&mut *rec.copies.lock().unwrap());
@@ -94,6 +99,7 @@ fn fork_and_the_cow_fault_copy_each_page_whole_on_both_backends() {
             assert!(!frames.contains(&to), "{name}: into a new frame");
             let stores = rec.word_stores.lock().unwrap().get(&to.0).copied();
             assert_eq!(stores, None, "{name}: word stores into the copy of page {p}");
+            assert!(!rec.zeroed.lock().unwrap().contains(&to), "{name}: page {p}'s copy zeroed first");
         }
         // The child's pages, read by user mode through the child's tables.
         mm.activate(&b).expect("activate child");
@@ -109,12 +115,14 @@ fn fork_and_the_cow_fault_copy_each_page_whole_on_both_backends() {
         let c = mm.fork_cow(&b).expect("fork_cow");
         mm.activate(&c).expect("activate cow child");
         rec.word_stores.lock().unwrap().clear();
+        rec.zeroed.lock().unwrap().clear();
         assert_eq!(mm.handle_fault(&c, VA + 0x1000, true), Ok(FaultFix::CopiedOnWrite), "{name}");
         let copies = std::mem::take(&mut *rec.copies.lock().unwrap());
         assert_eq!(copies.len(), 1, "{name}: {copies:?}");
         let (from, to) = copies[0];
         assert_eq!(from, forked[1].1, "{name}: from the shared frame");
         assert_eq!(rec.word_stores.lock().unwrap().get(&to.0), None, "{name}: word stores into the COW copy");
+        assert!(!rec.zeroed.lock().unwrap().contains(&to), "{name}: the COW copy zeroed first");
         let got = host.oracle.user_access(VA + 0x1000, true).expect("writable after the fault");
         assert_eq!(got, to, "{name}: the faulting space maps the copy");
         for slot in [0, 1, 255, 511] {

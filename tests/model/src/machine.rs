@@ -480,6 +480,9 @@ impl PhysMem for Machine {
     /// [`Machine::copy`]: one locked copy, not 512 locked loads and stores.
     fn copy_frame(&self, from: Pfn, to: Pfn) {
         self.cpus.yield_point(Point::Store);
+        // As with zeroing: only a frame being handed out is copied into
+        // (fork, copy-on-write): this is reuse.
+        self.tlb_check_frame(to.0, TlbHazard::Reused, false);
         self.copy(from.0, to.0);
     }
 

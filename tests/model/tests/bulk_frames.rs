@@ -182,3 +182,17 @@ fn xen_bulk_equals_word_by_word() {
     }
     assert!(bulk.violations().is_empty() && words.violations().is_empty());
 }
+
+#[test]
+fn machine_copy_into_a_frame_the_loaded_tables_reach_is_a_reuse_hazard() {
+    use pvops_model::TlbHazard;
+    let m = Machine::new(8);
+    // Root 2 maps table 3 (user, writable); frame 4 is reached by nothing.
+    m.set_cr3(Pfn(2).addr());
+    m.write(2, 0, Pfn(3).addr() | flags::PRESENT | flags::WRITABLE | flags::USER);
+    PhysMem::copy_frame(&m, Pfn(5), Pfn(4));
+    assert_eq!(m.tlb_violations(), vec![], "a frame nothing reaches is fine");
+    PhysMem::copy_frame(&m, Pfn(5), Pfn(3));
+    let v = m.tlb_violations();
+    assert!(v.len() == 1 && v[0].hazard == TlbHazard::Reused && v[0].frame == 3, "{v:?}");
+}

@@ -120,6 +120,10 @@ impl PhysMem for XenModel {
     /// be the destination. A source slot that faults reads as zeros.
     fn copy_frame(&self, from: Pfn, to: Pfn) {
         self.cpus().yield_point(Point::Store);
+        // As with zeroing: only allocators copy into a frame: this is reuse.
+        if let Some(mfn) = self.mfn_of(to) {
+            self.mem.tlb_check_frame(mfn.0, TlbHazard::Reused, false);
+        }
         let src = self.load(from, None);
         let Some(dst) = self.store(to, None, 0) else { return };
         match src {
