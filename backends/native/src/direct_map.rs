@@ -6,7 +6,11 @@ use pvops::{Pfn, PhysMem, ENTRIES_PER_TABLE, PAGE_SIZE};
 ///
 /// Used by the bare-metal kernel on both platforms: natively every frame is
 /// writable there; on Xen a live table's alias is read-only and the xen64
-/// backend never stores through it.
+/// backend never stores through it. The whole-frame stores
+/// ([`PhysMem::zero_frame`], [`PhysMem::copy_frame`]) only target frames
+/// being handed out by the frame allocator — data pages and tables not yet
+/// pinned (Xen pins a table only after its contents are written) — so they
+/// hold on Xen PV too; a pinned table is at most their source.
 #[derive(Debug, Clone, Copy)]
 pub struct DirectMap {
     base: u64,
