@@ -55,6 +55,24 @@ impl PageFlags {
     }
 }
 
+/// The frame `Mm::map_queued` maps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backing {
+    /// A new zeroed frame.
+    Zeroed,
+    /// This frame, which gains a reference.
+    Shared(Pfn),
+    /// A new frame holding a copy of this one (fork), not zeroed first.
+    CopyOf(Pfn),
+}
+
+impl From<Option<Pfn>> for Backing {
+    /// `None`: a new zeroed frame; `Some(f)`: `f`, shared.
+    fn from(frame: Option<Pfn>) -> Self {
+        frame.map_or(Backing::Zeroed, Backing::Shared)
+    }
+}
+
 /// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
 pub(crate) struct Queued {
     pub(crate) frame: Pfn,
@@ -477,7 +495,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         frame: Option<Pfn>,
     ) -> Result<Pfn, PvError> {
         self.ops.lazy_mmu_enter();
-        let queued = self.map_queued(space, addr, bits, frame);
+        let queued = self.map_queued(space, addr, bits, frame.into());
         let flushed = self.ops.lazy_mmu_flush();
         let left = self.ops.lazy_mmu_leave();
         match (queued, flushed.and(left)) {
@@ -525,14 +543,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork):
-    /// a leaf with `bits` for a new zeroed frame, or for `shared` (which
-    /// gains a reference). On error the frame's reference is dropped again.
+    /// a leaf with `bits` for the frame `backing` says (a shared one gains a
+    /// reference). On error the frame's reference is dropped again.
     pub(crate) fn map_queued(
         &self,
         space: &AddressSpace,
         addr: u64,
         bits: u64,
-        shared: Option<Pfn>,
+        backing: Backing,
     ) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
         if let Some(l1) = find_l1(self.ops, space.pgd(), va)? {
@@ -540,12 +558,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
-        let frame = match shared {
-            Some(f) => {
+        let frame = match backing {
+            Backing::Shared(f) => {
                 self.frames.get_frame(f)?;
                 f
             }
-            None => self.frames.alloc_zeroed_frame()?,
+            Backing::Zeroed => self.frames.alloc_zeroed_frame()?,
+            Backing::CopyOf(f) => self.frames.alloc_copy_of(f)?,
         };
         let holders = self.holders(space);
         let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, holders) {
@@ -892,13 +911,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 return;
             }
             result = (|| {
-                let frame = self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), None)?.frame;
-                for i in 0..ENTRIES_PER_TABLE {
-                    let w = self.mem.read_entry(pte.pfn(), i);
-                    if w != 0 {
-                        self.mem.write_entry(frame, i, w);
-                    }
-                }
+                // One whole-frame copy into a fresh frame, not zeroed first
+                // (never a table, so writable through the direct map on Xen).
+                self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), Backing::CopyOf(pte.pfn()))?;
                 Ok(())
             })();
         })?;

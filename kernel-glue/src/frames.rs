@@ -232,18 +232,23 @@ impl<'m> FrameAllocator<'m> {
         Ok(true)
     }
 
-    /// True when `pfn` is free in the allocator.
-    pub fn is_free(&self, pfn: Pfn) -> bool {
-        self.inner.lock().is_free(self.nr_frames, pfn)
+    /// A frame holding a copy of frame `from`, not zeroed first: fork and
+    /// copy-on-write overwrite every word of it anyway (Linux allocates the
+    /// page `wp_page_copy`, mm/memory.c, copies into without `__GFP_ZERO`).
+    /// One allocation, counted and failure-injected like
+    /// [`MmServices::alloc_zeroed_frame`]; the copy is one
+    /// [`PhysMem::copy_frame`] into the fresh frame.
+    pub fn alloc_copy_of(&self, from: Pfn) -> Result<Pfn, PvError> {
+        let pfn = self.take_frame()?;
+        // Outside the lock: the frame is this caller's alone now.
+        self.mem.copy_frame(from, pfn);
+        Ok(pfn)
     }
-}
 
-impl MmServices for FrameAllocator<'_> {
-    fn has_metadata(&self) -> bool {
-        self.meta.get().is_some()
-    }
-
-    fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError> {
+    /// Takes a free frame off the bitmap (its contents as they are).
+    /// Inlined: it is most of every allocation, on the map and fork paths.
+    #[inline(always)]
+    fn take_frame(&self) -> Result<Pfn, PvError> {
         let pfn = {
             let mut inner = self.inner.lock();
             if let Some(k) = inner.fail_at {
@@ -272,6 +277,22 @@ impl MmServices for FrameAllocator<'_> {
             }
             pfn
         };
+        Ok(pfn)
+    }
+
+    /// True when `pfn` is free in the allocator.
+    pub fn is_free(&self, pfn: Pfn) -> bool {
+        self.inner.lock().is_free(self.nr_frames, pfn)
+    }
+}
+
+impl MmServices for FrameAllocator<'_> {
+    fn has_metadata(&self) -> bool {
+        self.meta.get().is_some()
+    }
+
+    fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError> {
+        let pfn = self.take_frame()?;
         // Outside the lock: the frame is this caller's alone now.
         self.mem.zero_frame(pfn);
         Ok(pfn)

@@ -17,7 +17,7 @@ use pvops::pte::flags;
 use pvops::{Flush, Level, Pfn, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE};
 
 use crate::address_space::{
-    lock, next_l1, user_range, user_va, AddressSpace, Mm, PageFlags, Region, SpaceState, SOFT_COW, SOFT_SHARED,
+    lock, next_l1, user_range, user_va, AddressSpace, Backing, Mm, PageFlags, Region, SpaceState, SOFT_COW, SOFT_SHARED,
 };
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, TABLE_FLAGS};
 use pvops::MmServices;
@@ -294,13 +294,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             self.issued_now(|| self.modify_leaf(l1, index, |cur| (cur | flags::WRITABLE) & !SOFT_COW)).map_err(kill)?;
             return Ok(FaultFix::ReusedSoleOwner);
         }
-        let new = self.frames.alloc_zeroed_frame().map_err(kill)?;
-        for i in 0..ENTRIES_PER_TABLE {
-            let w = self.mem.read_entry(old, i);
-            if w != 0 {
-                self.mem.write_entry(new, i, w);
-            }
-        }
+        // One whole-frame copy into a fresh frame (never a table), not
+        // zeroed first.
+        let new = self.frames.alloc_copy_of(old).map_err(kill)?;
         let bits = (e.flags() | flags::WRITABLE) & !(SOFT_COW | flags::ACCESSED | flags::DIRTY);
         let holders = self.holders(space);
         let done = self.issued_now(|| {
@@ -382,7 +378,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 if cow {
                     bits = (bits & !flags::WRITABLE) | SOFT_COW;
                 }
-                self.map_queued(&child, va.as_u64(), bits, Some(pte.pfn()))?;
+                self.map_queued(&child, va.as_u64(), bits, Backing::Shared(pte.pfn()))?;
                 if cow && pte.is_writable() {
                     self.modify_leaf(l1, index, |cur| (cur & !flags::WRITABLE) | SOFT_COW)?;
                     protected = true;

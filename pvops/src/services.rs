@@ -53,10 +53,35 @@ pub trait PhysMem: Sync {
     /// only for L1 tables and only with `VMASST_TYPE_writable_pagetables`
     /// enabled, which the example kernel does not do.
     fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64>;
-    /// Zeroes a whole frame.
+    /// Zeroes every word of frame `pfn`, and no other memory.
+    ///
+    /// The default stores word by word through [`PhysMem::write_entry`], so
+    /// an implementation that only has word access keeps working; one that
+    /// can reach the whole frame (a direct map, a host model) should do it in
+    /// one go — it is most of what allocating a frame costs. Only for frames
+    /// the caller owns and no live table maps (a frame being handed out): on
+    /// Xen PV a pinned table is read-only through the direct map and a store
+    /// to it faults, as for [`PhysMem::write_entry`].
     fn zero_frame(&self, pfn: Pfn) {
         for i in 0..crate::ENTRIES_PER_TABLE {
             self.write_entry(pfn, i, 0);
+        }
+    }
+    /// Copies every word of frame `from` into frame `to` (`to` ends equal to
+    /// `from`, no other memory changes); `from == to` leaves it as it is.
+    ///
+    /// The default copies word by word through [`PhysMem::read_entry`] and
+    /// [`PhysMem::write_entry`]; an implementation that can reach whole
+    /// frames should copy in one go (Linux's `copy_page`): fork and
+    /// copy-on-write copy every page they duplicate through it, into a frame
+    /// just allocated and not zeroed first. `to` must be a frame the caller
+    /// owns and nothing maps (a frame being handed out; host models check
+    /// that no TLB still reaches it, as for [`PhysMem::zero_frame`]): on Xen
+    /// PV a pinned table is read-only through the direct map, so `to` is
+    /// never one. `from` is only read; it may be any frame, a table too.
+    fn copy_frame(&self, from: Pfn, to: Pfn) {
+        for i in 0..crate::ENTRIES_PER_TABLE {
+            self.write_entry(to, i, self.read_entry(from, i));
         }
     }
     /// The allocator got `pfn` back. Nothing to do on real hardware; host

@@ -135,3 +135,81 @@ impl pvops::MmServices for NoMm {
         Ok(())
     }
 }
+
+/// Fills the stand-in memory with words that differ in every frame and slot.
+fn fill_distinct(buf: &mut [u64]) {
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = 0x1000_0000_0000_0000 | (i as u64 * 0x9e37_79b9) | 1;
+    }
+}
+
+#[test]
+fn direct_map_zero_frame_zeroes_exactly_the_frame() {
+    let (buf, map) = direct_map();
+    fill_distinct(buf);
+    let before = buf.to_vec();
+    map.zero_frame(Pfn(1));
+    assert!(buf[512..1024].iter().all(|w| *w == 0), "frame 1 not all zero");
+    assert_eq!(buf[..512], before[..512], "frame 0 (below) touched");
+    assert_eq!(buf[1024..], before[1024..], "frame 2 (above) touched");
+    // Out of range: nothing, as `write_entry`.
+    let before = buf.to_vec();
+    map.zero_frame(Pfn(FRAMES));
+    assert_eq!(buf[..], before[..]);
+}
+
+#[test]
+fn direct_map_copy_frame_copies_exactly_the_frame() {
+    let (buf, map) = direct_map();
+    fill_distinct(buf);
+    let before = buf.to_vec();
+    map.copy_frame(Pfn(0), Pfn(2));
+    assert_eq!(buf[1024..], before[..512], "frame 2 is not frame 0's copy");
+    assert_eq!(buf[..1024], before[..1024], "the source or frame 1 changed");
+    let before = buf.to_vec();
+    map.copy_frame(Pfn(2), Pfn(1));
+    assert_eq!(buf[512..1024], before[1024..], "frame 1 is not frame 2's copy");
+    assert_eq!(buf[..512], before[..512], "frame 0 (below) touched");
+    assert_eq!(buf[1024..], before[1024..], "the source changed");
+    // Onto itself: unchanged.
+    let before = buf.to_vec();
+    map.copy_frame(Pfn(1), Pfn(1));
+    assert_eq!(buf[..], before[..]);
+}
+
+/// `DirectMap` with only the required word methods: the trait's defaults.
+struct WordByWord(DirectMap);
+impl PhysMem for WordByWord {
+    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+        self.0.read_entry(pfn, index)
+    }
+    fn write_entry(&self, pfn: Pfn, index: usize, value: u64) {
+        self.0.write_entry(pfn, index, value)
+    }
+    fn compare_exchange_entry(&self, pfn: Pfn, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        self.0.compare_exchange_entry(pfn, index, current, new)
+    }
+}
+
+#[test]
+fn direct_map_bulk_operations_equal_the_word_by_word_defaults() {
+    let (bulk_buf, bulk) = direct_map();
+    let (word_buf, word) = direct_map();
+    let word = WordByWord(word);
+    fill_distinct(bulk_buf);
+    fill_distinct(word_buf);
+    // In range, onto itself, and with either frame out of range (a source
+    // out of range reads as zeros, a destination out of range is dropped).
+    let copies = [(0, 2), (2, 1), (1, 1), (FRAMES, 0), (0, FRAMES), (FRAMES + 7, FRAMES)];
+    for (step, (from, to)) in copies.into_iter().enumerate() {
+        bulk.copy_frame(Pfn(from), Pfn(to));
+        word.copy_frame(Pfn(from), Pfn(to));
+        assert_eq!(bulk_buf[..], word_buf[..], "copy {from} -> {to} (step {step})");
+        let z = Pfn((from + to) % (FRAMES + 1));
+        bulk.zero_frame(z);
+        word.zero_frame(z);
+        assert_eq!(bulk_buf[..], word_buf[..], "zero {z:?} (step {step})");
+        bulk_buf[step * 300 % bulk_buf.len()] = step as u64 + 5;
+        word_buf[step * 300 % word_buf.len()] = step as u64 + 5;
+    }
+}

@@ -64,7 +64,8 @@ pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Ste
 /// A `PhysMem` that counts the stores passing through it: put between a
 /// backend and its memory, it measures the backend's direct stores at the seam
 /// (the kernel's `HCSTEP` lines and the host report), not by the backend's own
-/// statistics. A whole-frame zeroing counts as one store per word.
+/// statistics. A whole-frame zeroing or copy counts as one store per word
+/// (what the word-by-word defaults would count), and is forwarded whole.
 pub struct CountingMem {
     inner: &'static dyn PhysMem,
     stores: AtomicU64,
@@ -106,6 +107,11 @@ impl PhysMem for CountingMem {
     fn zero_frame(&self, pfn: Pfn) {
         self.stores.fetch_add(ENTRIES_PER_TABLE as u64, Ordering::Relaxed);
         self.inner.zero_frame(pfn);
+    }
+
+    fn copy_frame(&self, from: Pfn, to: Pfn) {
+        self.stores.fetch_add(ENTRIES_PER_TABLE as u64, Ordering::Relaxed);
+        self.inner.copy_frame(from, to);
     }
 
     fn frame_freed(&self, pfn: Pfn) {

@@ -238,8 +238,37 @@ impl Machine {
         }
     }
 
-    /// Zeroes a frame (every present entry of a loaded table goes stale).
-    fn clear_frame(&self, frame: u64) {
+    /// Copies frame `from` into frame `to` under one lock (one `memcpy`),
+    /// with the TLB told of every word that changes, as 512 stores would:
+    /// `false` (nothing written) if `to` is out of range; a source out of
+    /// range reads as zeros. An armed [`Machine::touch_after_guest_read`] on
+    /// the source fires after the copy: the copy holds the word as read.
+    pub fn copy(&self, from: u64, to: u64) -> bool {
+        let mut s = self.state();
+        let in_range = to < self.nr_frames;
+        if in_range {
+            let src = match s.frames.get(&from) {
+                Some(f) if from < self.nr_frames => **f,
+                _ => [0; ENTRIES_PER_TABLE],
+            };
+            let dst = s.frames.get(&to).map_or([0; ENTRIES_PER_TABLE], |f| **f);
+            for index in 0..ENTRIES_PER_TABLE {
+                self.store_locked(&mut s, to, index, dst[index], src[index]);
+            }
+        }
+        if let Some((f, i, bits)) = s.touch {
+            if f == from && from < self.nr_frames {
+                s.touch = None;
+                let words = s.frames.entry(from).or_insert_with(|| Box::new([0; ENTRIES_PER_TABLE]));
+                words[i] |= bits;
+            }
+        }
+        in_range
+    }
+
+    /// Zeroes a frame under one lock (every present entry of a loaded table
+    /// goes stale).
+    pub(crate) fn clear_frame(&self, frame: u64) {
         let mut s = self.state();
         let Some(words) = s.frames.get(&frame).map(|f| f.to_vec()) else { return };
         {
@@ -446,6 +475,15 @@ impl PhysMem for Machine {
         // Only the allocator zeroes frames: this is reuse.
         self.tlb_check_frame(pfn.0, TlbHazard::Reused, false);
         self.clear_frame(pfn.0);
+    }
+
+    /// [`Machine::copy`]: one locked copy, not 512 locked loads and stores.
+    fn copy_frame(&self, from: Pfn, to: Pfn) {
+        self.cpus.yield_point(Point::Store);
+        // As with zeroing: only a frame being handed out is copied into
+        // (fork, copy-on-write): this is reuse.
+        self.tlb_check_frame(to.0, TlbHazard::Reused, false);
+        self.copy(from.0, to.0);
     }
 
     fn frame_freed(&self, pfn: Pfn) {

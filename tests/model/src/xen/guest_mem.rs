@@ -47,11 +47,11 @@ impl XenModel {
     }
 
     /// The frame a read of `pfn` reaches, or `None` (recorded) if it faults.
-    fn load(&self, pfn: Pfn, index: usize) -> Option<u64> {
+    fn load(&self, pfn: Pfn, index: Option<usize>) -> Option<u64> {
         let mut st = self.lock();
         let slot = st.direct.slot(pfn.0);
         if slot.is_none() {
-            st.violations.push(Violation { pfn, index: Some(index), value: 0, write: false });
+            st.violations.push(Violation { pfn, index, value: 0, write: false });
         }
         slot.map(|s| s.mfn)
     }
@@ -61,7 +61,7 @@ impl XenModel {
 impl PhysMem for XenModel {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
         self.cpus().yield_point(Point::Load);
-        self.load(pfn, index).map_or(0, |mfn| {
+        self.load(pfn, Some(index)).map_or(0, |mfn| {
             let v = self.read_machine(Mfn(mfn), index);
             self.mem.guest_read_done(mfn, index);
             v
@@ -109,9 +109,28 @@ impl PhysMem for XenModel {
             self.mem.tlb_check_frame(mfn.0, TlbHazard::Reused, false);
         }
         if let Some(mfn) = self.store(pfn, None, 0) {
-            for index in 0..pvops::ENTRIES_PER_TABLE {
-                self.mem.write(mfn, index, 0);
+            self.mem.clear_frame(mfn);
+        }
+    }
+
+    /// One whole-frame load of `from` and store to `to` through their
+    /// direct-map slots, each checked once (a faulting slot is one
+    /// [`Violation`]), then one locked copy in the machine. `to` must be
+    /// writable: a pinned table is not, so only a data or fresh frame can
+    /// be the destination. A source slot that faults reads as zeros.
+    fn copy_frame(&self, from: Pfn, to: Pfn) {
+        self.cpus().yield_point(Point::Store);
+        // As with zeroing: only allocators copy into a frame: this is reuse.
+        if let Some(mfn) = self.mfn_of(to) {
+            self.mem.tlb_check_frame(mfn.0, TlbHazard::Reused, false);
+        }
+        let src = self.load(from, None);
+        let Some(dst) = self.store(to, None, 0) else { return };
+        match src {
+            Some(src) => {
+                self.mem.copy(src, dst);
             }
+            None => self.mem.clear_frame(dst),
         }
     }
 

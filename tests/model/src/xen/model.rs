@@ -69,7 +69,7 @@ pub struct XenCounters {
 pub struct Violation {
     /// The pfn whose direct-map address was accessed.
     pub pfn: Pfn,
-    /// The word index (`None` for a whole-frame zeroing).
+    /// The word index (`None` for a whole-frame zeroing or copy).
     pub index: Option<usize>,
     /// The value that was not written (0 for a read).
     pub value: u64,
