@@ -58,7 +58,7 @@ pub mod transport;
 mod user_pgd;
 
 pub use backend::XenBackend;
-pub use multicall::{FlushCounts, MAX_ARG_BYTES, MAX_CALLBACKS, MAX_ENTRIES};
+pub use multicall::{batch_bytes, FlushCounts, MAX_ARG_BYTES, MAX_CALLBACKS, MAX_ENTRIES};
 pub use register::{XenPlatform, PRIORITY};
 pub use transport::{HypercallTransport, Outcome, P2m};
 pub use user_pgd::{attached_user_pgd, UserSlot};
