@@ -987,6 +987,49 @@ mod tests {
         assert_eq!(b.published_cr3(), Pfn(7));
     }
 
+    fn busy(index: usize) -> PvError {
+        PvError::Hypercall { op: "mmu_update", index, code: -16 }
+    }
+
+    #[test]
+    fn a_full_failure_table_merges_older_operations_failures_and_keeps_the_running_ones_exact() {
+        let mut f = Failures::with_capacity(4);
+        f.begin(0);
+        for i in 0..3u64 {
+            f.add(i * 10, i * 10 + 1, true, busy(i as usize));
+        }
+        // A new operation from record 100: its own failures must stay exact.
+        f.begin(100);
+        f.add(100, 101, true, busy(100));
+        f.add(102, 103, true, busy(102));
+        f.add(104, 105, true, busy(104));
+        assert_eq!(f.list.len(), 4, "the table never grows");
+        assert!(f.lost.is_none(), "older failures were merged to make room");
+        for id in [100, 102, 104] {
+            assert!(!f.completed(id), "record {id} failed");
+        }
+        for id in [101, 103] {
+            assert!(f.completed(id), "record {id} took effect");
+        }
+        // The operation claims its own; the older owner still hears its first error.
+        assert_eq!(f.claim_from(100).error(), Some(busy(100)));
+        assert_eq!(f.claim_from(0).error(), Some(busy(0)));
+        assert_eq!(f.claim_from(0).error(), None, "claimed once");
+    }
+
+    #[test]
+    fn past_capacity_with_nothing_older_to_merge_a_failure_is_still_reported() {
+        let mut f = Failures::with_capacity(2);
+        f.begin(0);
+        f.add(0, 1, true, busy(0));
+        f.add(2, 3, true, busy(2));
+        f.add(4, 5, true, busy(4));
+        assert_eq!(f.list.len(), 2);
+        assert!(!f.completed(0) && !f.completed(2), "the first ones stay exact");
+        assert_eq!(f.claim_from(3).error(), Some(busy(4)), "the lost one is still an error for its owner");
+        assert_eq!(f.claim_from(0).error(), Some(busy(0)));
+    }
+
     #[test]
     fn an_empty_batch_issues_nothing() {
         let t = Recorder::default();
