@@ -320,3 +320,30 @@ fn a_pin_failing_in_any_of_its_batches_undoes_exactly_what_ran() {
     mm.exit(s).map_err(|(e, _)| e).unwrap();
     model.check_quiescent().unwrap();
 }
+
+/// A pin marks each page as it queues its remap (that is how a table
+/// linked twice is remapped once, with no list of pages), so it needs every
+/// table below an unpinned pgd unmarked, and an unpin every table below a
+/// pinned pgd marked: anything else is refused before a record is queued.
+#[test]
+fn a_tree_whose_table_metadata_disagrees_with_its_root_is_refused_before_any_hypercall() {
+    let h = host(pvops_xen64::MAX_ENTRIES, 1024);
+    let (ops, frames) = (h.ops, h.frames);
+    let s = space_with_l1s(&h, 2);
+    let l1 = pvops_conformance::l1_of(ops, s.pgd(), VA).unwrap();
+    frames.set_pinned(l1, true).unwrap();
+    h.model.reset_counters();
+    let e = ops.activate_mm(frames, s.pgd()).unwrap_err();
+    assert!(matches!(e, pvops::PvError::WrongState { .. }), "{e}");
+    assert_eq!(h.model.counters().hypercalls, 0);
+    assert!(!frames.is_pinned(s.pgd()).unwrap());
+
+    frames.set_pinned(l1, false).unwrap();
+    ops.activate_mm(frames, s.pgd()).unwrap();
+    frames.set_pinned(l1, false).unwrap();
+    h.model.reset_counters();
+    let e = ops.exit_mm(frames, s.pgd()).unwrap_err();
+    assert!(matches!(e, pvops::PvError::WrongState { .. }), "{e}");
+    assert_eq!(h.model.counters().hypercalls, 0);
+    assert_eq!(h.model.pinned_count(), 3, "boot root, pgd and user pgd still pinned");
+}
