@@ -59,11 +59,6 @@ impl Cx<'_> {
         self.st.batch.push(self.platform.transport, record)
     }
 
-    /// Queues a record past the batch's fixed capacity (see `Batch::push_unbounded`).
-    pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
-        self.st.batch.push_unbounded(record)
-    }
-
     /// Issues the batch and returns what happened to this operation's records.
     pub(crate) fn issue(&mut self) -> Report {
         self.st.batch.issue_from(self.platform.transport, self.mark)
@@ -142,12 +137,18 @@ pub struct XenBackend {
     platform: XenPlatform,
     /// Boxed: only the vCPUs that call get a batch's buffers.
     vcpus: Vec<spin::Mutex<Option<Box<State>>>>,
+    /// Multicall entries per vCPU batch.
+    batch_entries: usize,
     roots: Vec<AtomicU64>,
     /// Each vCPU's counters (`OpStats` then `FlushCounts`), published at the
     /// end of each of its calls.
     counts: Vec<[AtomicU64; COUNTS]>,
     boot_marked: spin::Mutex<bool>,
 }
+
+/// Lazy-section nesting held without growing (deeper nesting still works,
+/// but allocates once).
+const LAZY_DEPTH: usize = 8;
 
 /// Counters published per vCPU: 6 of `OpStats`, 4 of `FlushCounts`.
 const COUNTS: usize = 10;
@@ -172,7 +173,17 @@ impl XenBackend {
     /// A backend over `platform`, whose boot root (already pinned and loaded
     /// by Xen's domain builder) becomes the current cr3 and init_mm's pgd.
     pub fn new(platform: XenPlatform) -> Self {
+        Self::with_batch_entries(platform, crate::multicall::MAX_ENTRIES)
+    }
+
+    /// [`XenBackend::new`] with `entries` multicall entries per vCPU batch
+    /// (at least 2) instead of [`MAX_ENTRIES`](crate::MAX_ENTRIES): a full
+    /// batch is issued before the next entry, so this sets how many
+    /// hypercalls a pin of many table pages takes, against the memory each
+    /// vCPU's buffers hold. For measurements; kernels use the default.
+    pub fn with_batch_entries(platform: XenPlatform, entries: usize) -> Self {
         XenBackend {
+            batch_entries: entries.max(crate::multicall::MIN_ENTRIES),
             platform,
             vcpus: (0..MAX_CPUS).map(|_| spin::Mutex::new(None)).collect(),
             roots: (0..MAX_CPUS).map(|_| AtomicU64::new(platform.boot_root.0)).collect(),
@@ -195,15 +206,18 @@ impl XenBackend {
         };
         let boot_root = self.platform.boot_root;
         let mem = self.platform.mem;
+        let entries = self.batch_entries;
         let st = guard.get_or_insert_with(|| {
+            // The vCPU's buffers, allocated once and never grown.
             Box::new(State {
-                batch: Batch::new(boot_root, mem),
-                lazy: Vec::new(),
+                batch: Batch::new(boot_root, mem, entries),
+                lazy: Vec::with_capacity(LAZY_DEPTH),
                 boot_root,
                 events_were_masked: false,
             })
         });
         let opened = st.lazy.is_empty();
+        st.batch.begin_op();
         let mark = st.batch.mark();
         let mut cx = Cx { platform: &self.platform, st, mark, cpu, roots: &self.roots, boot_marked: &self.boot_marked };
         let r = f(&mut cx);
@@ -288,6 +302,11 @@ impl XenBackend {
     /// Why batches were flushed so far (all vCPUs).
     pub fn flush_counts(&self) -> FlushCounts {
         self.published().1
+    }
+
+    /// Multicall entries per vCPU batch (see [`XenBackend::with_batch_entries`]).
+    pub fn batch_entries(&self) -> usize {
+        self.batch_entries
     }
 
     /// init_mm's pgd (the boot root).

@@ -15,8 +15,6 @@
 //! metadata: the boot tables are marked pinned in it (Linux's
 //! `xen_mark_init_mm_pinned`), so later writes to them still go by hypercall.
 
-use alloc::vec::Vec;
-
 use pvops::{Level, MmServices, Pfn, PvError, ENTRIES_PER_TABLE};
 
 use crate::abi::{XEN_L4_END, XEN_L4_FIRST};
@@ -52,14 +50,15 @@ pub(crate) fn write_cr3(cx: &mut Cx<'_>, pgd: Pfn) -> Result<(), PvError> {
 /// Marks the boot root and every table under it pinned in frame metadata.
 pub(crate) fn mark_boot_tables_pinned(cx: &mut Cx<'_>, mm: &dyn MmServices) -> Result<(), PvError> {
     let root = cx.st.boot_root;
-    let mut tables = Vec::new();
-    for index in (0..ENTRIES_PER_TABLE).filter(|i| !(XEN_L4_FIRST..XEN_L4_END).contains(i)) {
-        pin::collect(cx, Level::L4, root, index, &mut tables)?;
-    }
     mm.set_pinned(root, true)?;
-    for (_, pfn) in &tables {
-        mm.set_pinned(*pfn, true)?;
+    let mut tables = 0u64;
+    for index in (0..ENTRIES_PER_TABLE).filter(|i| !(XEN_L4_FIRST..XEN_L4_END).contains(i)) {
+        pin::walk(cx.platform, Level::L4, root, index, &mut |_, pfn| {
+            mm.set_pinned(pfn, true)?;
+            tables += 1;
+            Ok(true)
+        })?;
     }
-    log::info!("xen64: steady state; boot root {root:?} and {} tables marked pinned", tables.len());
+    log::info!("xen64: steady state; boot root {root:?} and {tables} tables marked pinned");
     Ok(())
 }

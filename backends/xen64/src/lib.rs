@@ -9,14 +9,16 @@
 //!
 //! * **two top levels per address space** — a kernel pgd and a *user pgd*
 //!   that mirrors only the slots below `USER_LIMIT` ([`user_pgd`](crate::UserSlot));
-//! * **pinning** — an address space's tables become live in one batch:
-//!   read-only remaps of every table page, then `PIN_L4_TABLE` of both roots;
-//!   unpinning reverses it; failures are undone record by record;
+//! * **pinning** — an address space's tables become live through the batch:
+//!   read-only remaps of every table page, then `PIN_L4_TABLE` of both roots
+//!   (one multicall while they fit the batch); unpinning reverses it;
+//!   failures are undone record by record;
 //! * **entries by hypercall** — pinned tables change only by `mmu_update`
 //!   (machine addresses, pfn→mfn translated values); unpinned ones by direct
 //!   stores;
-//! * **batching** — records queue in a Linux-style multicall batch and lazy-MMU
-//!   sections (which nest) defer them; every result is checked and reported
+//! * **batching** — records queue in a Linux-style per-vCPU multicall batch of
+//!   fixed capacity, allocated once and never grown (no heap in the MMU
+//!   path), and lazy-MMU sections (which nest) defer them; every result is checked and reported
 //!   to the operation, or lazy section, that queued the record; reads see
 //!   queued writes;
 //! * **early boot** — before frame metadata exists every table is treated as
@@ -58,7 +60,7 @@ pub mod transport;
 mod user_pgd;
 
 pub use backend::XenBackend;
-pub use multicall::{FlushCounts, MAX_ARG_BYTES, MAX_CALLBACKS, MAX_ENTRIES};
+pub use multicall::{batch_bytes, FlushCounts, MAX_ARG_BYTES, MAX_CALLBACKS, MAX_ENTRIES};
 pub use register::{XenPlatform, PRIORITY};
 pub use transport::{HypercallTransport, Outcome, P2m};
 pub use user_pgd::{attached_user_pgd, UserSlot};

@@ -4,9 +4,15 @@
 //! a `munmap` is hundreds of pte updates). Each trap into Xen is expensive,
 //! so records queue in a [`Batch`] and go out as one `multicall`:
 //!
-//! * fixed capacity, like Linux's per-CPU buffer: [`MAX_ENTRIES`] multicall
-//!   entries and [`MAX_ARG_BYTES`] of argument records; a record that does
-//!   not fit flushes the batch first (the reason is counted);
+//! * fixed capacity, like Linux's per-CPU `mc_buffer`: a number of multicall
+//!   entries chosen when the backend is made ([`MAX_ENTRIES`] by default) and
+//!   [`MAX_ARG_BYTES`] of argument records; a record that does not fit
+//!   flushes the batch first (the reason is counted) — always, pins included
+//!   (Linux's `__xen_mc_entry` flushes a full `mc_buffer` the same way);
+//! * no heap after the batch is made: every buffer (records, entries, the
+//!   call list handed to the transport, the per-entry outcomes, callbacks,
+//!   pairs, failures) is allocated once with its final capacity and never
+//!   grows (`tests/integration/tests/no_heap.rs` counts);
 //! * consecutive `mmu_update` (or `mmuext_op`) records extend the previous
 //!   entry's array instead of taking a new entry;
 //! * a batch of exactly one entry is issued as that plain hypercall;
@@ -14,19 +20,23 @@
 //!   really been issued, and only if the record they depend on took effect.
 //!
 //! Unlike Linux, every entry's result is checked: a failure becomes a
-//! [`PvError::Hypercall`] naming the record, and the ids of the records that
-//! did not take effect are kept so callers (pin/unpin) can undo exactly the
-//! ones that did. Xen runs every entry of a multicall whatever an earlier one
-//! returned, and stops an array at its first failing record (`done`). A
-//! multicall that fails itself (`xen/common/multicall.c` `do_multicall`:
-//! -EFAULT copying entry k) has still run entries 0..k, whose results count;
-//! entries the transport leaves at [`Outcome::NOT_RUN`] did not take effect.
+//! [`PvError::Hypercall`] naming the record, and the records that did not
+//! take effect are kept (as id ranges) so callers (pin/unpin) can undo exactly
+//! the ones that did ([`Batch::completed`]). Xen runs every entry of a
+//! multicall whatever an earlier one returned, and stops an array at its
+//! first failing record (`done`). A multicall that fails itself
+//! (`xen/common/multicall.c` `do_multicall`: -EFAULT copying entry k) has
+//! still run entries 0..k, whose results count; entries the transport leaves
+//! at [`Outcome::NOT_RUN`] did not take effect.
 //!
 //! Failures belong to whoever queued the failing record: every operation
 //! claims only the records it queued (ids from its own mark on, see
 //! [`Batch::issue_from`]); a failure of a record queued earlier in a lazy-MMU
 //! section, issued because a later record found the batch full, stays in the
-//! batch until that section's owner flushes or leaves.
+//! batch until that section's owner flushes or leaves. The failure table is
+//! fixed too: past its capacity, failures older than the running operation
+//! are merged (their owners still hear that something failed, perhaps with an
+//! earlier record's error), and only then does the newest lose precision.
 //!
 //! A *pair* (a kernel pgd slot and its user pgd twin, see `mmu_update`) is
 //! all-or-nothing: if the user record fails after the kernel record took
@@ -40,12 +50,42 @@ use pvops::{OpStats, Pfn, PhysMem, PvError};
 use crate::abi::{mmuext, Call, MmuUpdate, MmuextOp, MMUEXT_OP_BYTES, MMU_UPDATE_BYTES};
 use crate::transport::{HypercallTransport, Outcome};
 
-/// Multicall entries per batch (Linux: `MC_BATCH`).
+/// Multicall entries per batch by default (Linux's `MC_BATCH` is 32; see
+/// `docs/PERFORMANCE.md` for the measurement behind this choice).
 pub const MAX_ENTRIES: usize = 32;
 /// Bytes of argument records per batch (Linux: `MC_ARGS`).
 pub const MAX_ARG_BYTES: usize = 512;
 /// Post-issue callbacks per batch.
 pub const MAX_CALLBACKS: usize = 32;
+/// Pairs per batch: each is two `mmu_update` records, so the argument space
+/// holds at most this many ([`Batch::push_two`] flushes first otherwise).
+const MAX_PAIRS: usize = MAX_ARG_BYTES / (2 * MMU_UPDATE_BYTES);
+/// Smallest accepted entry capacity: a pair of base pointers, or of pgd
+/// slots, must fit one batch.
+pub(crate) const MIN_ENTRIES: usize = 2;
+
+/// Bytes of buffers one vCPU's batch holds with `entries` multicall entries
+/// (allocated once, at the vCPU's first call): entries, the call list and
+/// outcomes handed to the transport, argument records, callbacks, pairs and
+/// failures, and the batch itself.
+pub fn batch_bytes(entries: usize) -> usize {
+    use core::mem::size_of;
+    let entries = entries.max(MIN_ENTRIES);
+    size_of::<Batch>()
+        + entries * (size_of::<Entry>() + size_of::<Call<'static>>() + size_of::<Outcome>())
+        + (MAX_ARG_BYTES / MMU_UPDATE_BYTES) * size_of::<MmuUpdate>()
+        + (MAX_ARG_BYTES / MMUEXT_OP_BYTES) * size_of::<MmuextOp>()
+        + MAX_CALLBACKS * size_of::<Callback>()
+        + MAX_PAIRS * size_of::<Pair>()
+        + failure_slots(entries) * size_of::<Failure>()
+}
+
+/// Failures one batch keeps: one flush can fail in every entry and every
+/// pair's repair; room for that, the multicall's own status and two older
+/// failures (merged when the table is full).
+fn failure_slots(entries: usize) -> usize {
+    entries + MAX_PAIRS + 3
+}
 
 /// Names one queued record, across flushes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +94,11 @@ pub(crate) struct RecordId(u64);
 impl RecordId {
     /// The first id ever given: a mark covering every record.
     pub(crate) const FIRST: RecordId = RecordId(0);
+
+    /// The id `n` records after this one.
+    pub(crate) fn plus(self, n: u64) -> RecordId {
+        RecordId(self.0 + n)
+    }
 }
 
 /// One request, before it is placed in a batch entry.
@@ -136,48 +181,136 @@ impl FlushCounts {
     }
 }
 
-/// What issued records did, accumulated until claimed.
-#[derive(Debug, Default)]
+/// What a claim found: the first failure among the claimed records.
+#[derive(Clone, Copy, Debug, Default)]
 #[must_use = "a report may hold a hypercall failure"]
 pub(crate) struct Report {
-    /// Records that did not take effect.
-    undone: Vec<RecordId>,
-    /// One per failed record (and per record skipped because of it), in issue
-    /// order: the error that explains it, owned by whoever queued the record.
-    errors: Vec<(RecordId, PvError)>,
+    error: Option<PvError>,
 }
 
 impl Report {
-    /// True when record `id` (issued since the report began) took effect.
-    pub(crate) fn completed(&self, id: RecordId) -> bool {
-        !self.undone.contains(&id)
-    }
-
     /// The first failure, if any.
     pub(crate) fn error(&self) -> Option<PvError> {
-        self.errors.first().map(|&(_, e)| e)
+        self.error
     }
 
     /// `Err` with the first failure.
     pub(crate) fn into_result(self) -> Result<(), PvError> {
-        match self.error() {
+        match self.error {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+}
 
-    fn fail(&mut self, id: RecordId, error: PvError) {
-        self.undone.push(id);
-        self.errors.push((id, error));
+/// Records `first..end` failed with `error` (`undone`: none of them took
+/// effect; otherwise an error with no record to blame, such as a multicall
+/// status). Records `claimed_from..end` have been reported to their owner.
+#[derive(Clone, Copy, Debug)]
+struct Failure {
+    first: u64,
+    end: u64,
+    undone: bool,
+    error: PvError,
+    claimed_from: u64,
+}
+
+impl Failure {
+    /// True when some records at or after `mark` are not reported yet.
+    fn unclaimed_from(&self, mark: u64) -> bool {
+        self.claimed_from > self.first.max(mark)
+    }
+}
+
+/// The failures of issued records, in issue order, until claimed (and, once
+/// claimed, until the operation that claimed them ends: it may still ask
+/// which of its records took effect). Fixed capacity, see the module doc.
+#[derive(Debug)]
+struct Failures {
+    list: Vec<Failure>,
+    cap: usize,
+    /// Failures that found the table full with nothing older to merge:
+    /// one range, the first error (never counted as undone).
+    lost: Option<Failure>,
+    /// The running operation's mark: failures below it may be merged.
+    op_mark: u64,
+}
+
+impl Failures {
+    fn with_capacity(capacity: usize) -> Self {
+        Failures { list: Vec::with_capacity(capacity), cap: capacity, lost: None, op_mark: 0 }
     }
 
-    /// Moves out everything about records `first` and later.
-    fn split_off_from(&mut self, first: RecordId) -> Report {
-        let (mine, older): (Vec<_>, Vec<_>) = self.undone.iter().partition(|&&id| id >= first);
-        self.undone = older;
-        let (my_errors, older_errors): (Vec<_>, Vec<_>) = self.errors.iter().partition(|(id, _)| *id >= first);
-        self.errors = older_errors;
-        Report { undone: mine, errors: my_errors }
+    fn all(&self) -> impl Iterator<Item = &Failure> {
+        self.list.iter().chain(self.lost.as_ref())
+    }
+
+    fn add(&mut self, first: u64, end: u64, undone: bool, error: PvError) {
+        let new = Failure { first, end, undone, error, claimed_from: end };
+        if let Some(last) = self.list.last_mut() {
+            if last.end == first && last.undone == undone && last.error == error && last.claimed_from == last.end {
+                // One failure reported entry by entry (a stopped multicall).
+                last.end = end;
+                last.claimed_from = end;
+                return;
+            }
+        }
+        if self.list.len() == self.cap {
+            // Merge the two oldest failures of earlier operations (their
+            // owners only learn that something failed, and the first error).
+            let older = self.list.iter().take_while(|f| f.end <= self.op_mark).count();
+            if older >= 2 {
+                let second = self.list.remove(1);
+                let merged = &mut self.list[0];
+                let unclaimed = merged.claimed_from > merged.first || second.claimed_from > second.first;
+                merged.end = merged.end.max(second.end);
+                merged.undone |= second.undone;
+                // Still unclaimed in part: claimable again as a whole.
+                merged.claimed_from = if unclaimed { merged.end } else { merged.first };
+            } else {
+                log::warn!("xen64: failure table full; records {first}..{end} reported without precision");
+                let lost = self.lost.get_or_insert(Failure { undone: false, ..new });
+                lost.first = lost.first.min(first);
+                lost.end = lost.end.max(end);
+                lost.claimed_from = lost.end;
+                return;
+            }
+        }
+        self.list.push(new);
+    }
+
+    fn completed(&self, id: u64) -> bool {
+        !self.all().any(|f| f.undone && (f.first..f.end).contains(&id))
+    }
+
+    /// The error of the failure holding record `id`, if it failed.
+    fn error_of(&self, id: u64) -> Option<PvError> {
+        self.all().find(|f| f.undone && (f.first..f.end).contains(&id)).map(|f| f.error)
+    }
+
+    fn unclaimed_from(&self, mark: u64) -> bool {
+        self.all().any(|f| f.unclaimed_from(mark))
+    }
+
+    /// Claims every unreported failure of records `mark` and later.
+    fn claim_from(&mut self, mark: u64) -> Report {
+        let mut error = None;
+        for f in self.list.iter_mut().chain(self.lost.as_mut()) {
+            if f.unclaimed_from(mark) {
+                error = error.or(Some(f.error));
+                f.claimed_from = f.first.max(mark);
+            }
+        }
+        Report { error }
+    }
+
+    /// A new operation begins at `mark`: failures already reported are dropped.
+    fn begin(&mut self, mark: u64) {
+        self.list.retain(|f| f.claimed_from > f.first);
+        if self.lost.is_some_and(|f| f.claimed_from <= f.first) {
+            self.lost = None;
+        }
+        self.op_mark = mark;
     }
 }
 
@@ -196,18 +329,26 @@ pub(crate) struct Pair {
     pub(crate) index: usize,
 }
 
-/// A multicall batch under construction.
+/// A multicall batch under construction: one per vCPU, every buffer
+/// allocated when it is made.
 pub(crate) struct Batch {
+    /// Multicall entries per batch.
+    capacity: usize,
     mmu: Vec<MmuUpdate>,
     ext: Vec<MmuextOp>,
     entries: Vec<Entry>,
+    /// The call list handed to the transport: empty between flushes, its
+    /// allocation reused by each flush (see [`recycle`]).
+    calls: Vec<Call<'static>>,
+    /// Per-entry outcomes of the last flush.
+    outcomes: Vec<Outcome>,
     arg_bytes: usize,
     callbacks: Vec<Callback>,
     pairs: Vec<Pair>,
     next_id: u64,
     /// Id of the first record still queued (everything below is issued).
     queued_from: u64,
-    report: Report,
+    failures: Failures,
     published_cr3: Pfn,
     /// Table memory, to read a user pgd slot back when its pair is undone.
     mem: &'static dyn PhysMem,
@@ -219,8 +360,9 @@ impl core::fmt::Debug for Batch {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Batch")
             .field("entries", &self.entries.len())
+            .field("capacity", &self.capacity)
             .field("next_id", &self.next_id)
-            .field("report", &self.report)
+            .field("failures", &self.failures)
             .finish_non_exhaustive()
     }
 }
@@ -233,24 +375,45 @@ enum Reason {
     CallbacksFull,
 }
 
+/// Empties `calls` and hands back its allocation typed for another borrow.
+/// `Vec<Call<'a>>` and `Vec<Call<'b>>` differ only in lifetimes (same size
+/// and alignment), so the standard library's in-place `collect` reuses the
+/// buffer and its capacity instead of allocating; the allocation test
+/// (`no_heap.rs`) fails if a toolchain ever stops doing so.
+fn recycle<'b>(mut calls: Vec<Call<'_>>) -> Vec<Call<'b>> {
+    calls.clear();
+    calls.into_iter().map(|_| Call::UpdateVaMapping { va: 0, val: 0, flags: 0 }).collect()
+}
+
 impl Batch {
-    /// An empty batch; `cr3` is the root loaded now.
-    pub(crate) fn new(cr3: Pfn, mem: &'static dyn PhysMem) -> Self {
+    /// An empty batch of `capacity` entries (at least [`MIN_ENTRIES`]);
+    /// `cr3` is the root loaded now. The only allocations the batch makes.
+    pub(crate) fn new(cr3: Pfn, mem: &'static dyn PhysMem, capacity: usize) -> Self {
+        let capacity = capacity.max(MIN_ENTRIES);
         Batch {
+            capacity,
             mmu: Vec::with_capacity(MAX_ARG_BYTES / MMU_UPDATE_BYTES),
             ext: Vec::with_capacity(MAX_ARG_BYTES / MMUEXT_OP_BYTES),
-            entries: Vec::with_capacity(MAX_ENTRIES),
+            entries: Vec::with_capacity(capacity),
+            calls: Vec::with_capacity(capacity),
+            outcomes: Vec::with_capacity(capacity),
             arg_bytes: 0,
             callbacks: Vec::with_capacity(MAX_CALLBACKS),
-            pairs: Vec::new(),
+            pairs: Vec::with_capacity(MAX_PAIRS),
             next_id: 0,
             queued_from: 0,
-            report: Report::default(),
+            failures: Failures::with_capacity(failure_slots(capacity)),
             published_cr3: cr3,
             mem,
             stats: OpStats::default(),
             flushes: FlushCounts::default(),
         }
+    }
+
+    /// An operation begins (its first record will be [`Batch::mark`]):
+    /// failures reported to earlier operations are forgotten.
+    pub(crate) fn begin_op(&mut self) {
+        self.failures.begin(self.next_id);
     }
 
     /// The root whose `NEW_BASEPTR` was last seen to take effect.
@@ -267,6 +430,19 @@ impl Batch {
     /// The id the next queued record gets: an operation's mark.
     pub(crate) fn mark(&self) -> RecordId {
         RecordId(self.next_id)
+    }
+
+    /// True unless record `id` was issued in this operation (or is an
+    /// unclaimed record of an earlier one) and did not take effect. A
+    /// record still queued counts as completed.
+    pub(crate) fn completed(&self, id: RecordId) -> bool {
+        self.failures.completed(id.0)
+    }
+
+    /// True when a record from `mark` on has failed and not been claimed
+    /// yet (a pin stops queuing at its first failing flush).
+    pub(crate) fn failed_since(&self, mark: RecordId) -> bool {
+        self.failures.unclaimed_from(mark.0)
     }
 
     /// True when records of kind `mmu_update` are queued: lets `read_entry`
@@ -291,13 +467,33 @@ impl Batch {
 
     /// Queues a record, flushing first if it does not fit.
     pub(crate) fn push(&mut self, transport: &dyn HypercallTransport, record: Record) -> RecordId {
-        let bytes = record.arg_bytes();
-        if self.arg_bytes + bytes > MAX_ARG_BYTES {
+        self.make_room(transport, &record);
+        self.queue(record)
+    }
+
+    /// Flushes the batch if `record` does not fit in it.
+    pub(crate) fn make_room(&mut self, transport: &dyn HypercallTransport, record: &Record) {
+        if self.arg_bytes + record.arg_bytes() > MAX_ARG_BYTES {
             self.flush(transport, Reason::ArgsFull);
-        } else if !self.merges(&record) && self.entries.len() == MAX_ENTRIES {
+        } else if !self.merges(record) && self.entries.len() == self.capacity {
             self.flush(transport, Reason::EntriesFull);
         }
-        self.push_unbounded(record)
+    }
+
+    /// [`Batch::push`], unless making room issued a record from `mark` on
+    /// that failed: then nothing is queued (a pin stops at its first
+    /// failing batch instead of queuing more work to undo).
+    pub(crate) fn push_unless_failed(
+        &mut self,
+        transport: &dyn HypercallTransport,
+        record: Record,
+        mark: RecordId,
+    ) -> Option<RecordId> {
+        self.make_room(transport, &record);
+        if self.failed_since(mark) {
+            return None;
+        }
+        Some(self.queue(record))
     }
 
     /// Queues two records that must go out in the same flush (a pair, or a
@@ -311,22 +507,21 @@ impl Batch {
         let bytes = a.arg_bytes() + b.arg_bytes();
         if self.arg_bytes + bytes > MAX_ARG_BYTES {
             self.flush(transport, Reason::ArgsFull);
-        } else if self.entries.len() + 2 > MAX_ENTRIES {
+        } else if self.entries.len() + 2 > self.capacity {
             self.flush(transport, Reason::EntriesFull);
         }
-        (self.push_unbounded(a), self.push_unbounded(b))
+        (self.queue(a), self.queue(b))
     }
 
-    /// Registers a pair queued with [`Batch::push_two`].
+    /// Registers a pair queued with [`Batch::push_two`] (which left room:
+    /// a batch's argument space holds at most `MAX_PAIRS` pairs).
     pub(crate) fn add_pair(&mut self, pair: Pair) {
+        debug_assert!(self.pairs.len() < MAX_PAIRS);
         self.pairs.push(pair);
     }
 
-    /// Queues a record without the fixed capacity: for one operation whose
-    /// records must go out in a single multicall however many there are (pin
-    /// and unpin). Xen itself puts no cap on a multicall's length — it preempts
-    /// a long one with a continuation — nor on an `mmu_update`/`mmuext_op` array.
-    pub(crate) fn push_unbounded(&mut self, record: Record) -> RecordId {
+    /// Places a record that fits (the callers checked the capacity).
+    fn queue(&mut self, record: Record) -> RecordId {
         let bytes = record.arg_bytes();
         let id = RecordId(self.next_id);
         self.next_id += 1;
@@ -371,12 +566,12 @@ impl Batch {
     /// What happened to older records stays for their owner.
     pub(crate) fn issue_from(&mut self, transport: &dyn HypercallTransport, first: RecordId) -> Report {
         self.flush(transport, Reason::Explicit);
-        self.report.split_off_from(first)
+        self.failures.claim_from(first.0)
     }
 
     /// Issues nothing; returns what is known about records `first` and later.
     pub(crate) fn take_from(&mut self, first: RecordId) -> Report {
-        self.report.split_off_from(first)
+        self.failures.claim_from(first.0)
     }
 
     /// Issues everything queued, claiming nothing (the failures stay for
@@ -397,7 +592,7 @@ impl Batch {
     fn run_callback(&mut self, callback: Callback) {
         match callback {
             Callback::PublishCr3 { pgd, after } => {
-                if self.report.completed(after) {
+                if self.completed(after) {
                     self.published_cr3 = pgd;
                 }
             }
@@ -414,18 +609,17 @@ impl Batch {
             Reason::ArgsFull => self.flushes.args_full += 1,
             Reason::CallbacksFull => self.flushes.callbacks_full += 1,
         }
-        let calls: Vec<Call<'_>> = self
-            .entries
-            .iter()
-            .map(|e| match *e {
-                Entry::Mmu { start, len, .. } => Call::MmuUpdate(&self.mmu[start..start + len]),
-                Entry::Ext { start, len, .. } => Call::MmuextOp(&self.ext[start..start + len]),
-                Entry::Uvm { va, val, flags, .. } => Call::UpdateVaMapping { va, val, flags },
-            })
-            .collect();
+        let mut calls = recycle(core::mem::take(&mut self.calls));
+        calls.extend(self.entries.iter().map(|e| match *e {
+            Entry::Mmu { start, len, .. } => Call::MmuUpdate(&self.mmu[start..start + len]),
+            Entry::Ext { start, len, .. } => Call::MmuextOp(&self.ext[start..start + len]),
+            Entry::Uvm { va, val, flags, .. } => Call::UpdateVaMapping { va, val, flags },
+        }));
         // The transport overwrites the outcome of every entry Xen ran; the
         // others keep this marker (see `HypercallTransport::multicall`).
-        let mut outcomes = alloc::vec![Outcome::NOT_RUN; calls.len()];
+        let mut outcomes = core::mem::take(&mut self.outcomes);
+        outcomes.clear();
+        outcomes.resize(calls.len(), Outcome::NOT_RUN);
         self.stats.hypercalls += 1;
         let mut multicall_status = 0;
         if let [only] = calls.as_slice() {
@@ -438,7 +632,7 @@ impl Batch {
         self.stats.mmuext_ops += self.ext.len() as u64;
         self.stats.update_va_mappings +=
             calls.iter().filter(|c| matches!(c, Call::UpdateVaMapping { .. })).count() as u64;
-        drop(calls);
+        self.calls = recycle(calls);
 
         let mut batch_index = 0;
         let mut all_ran = true;
@@ -452,9 +646,7 @@ impl Batch {
                     log::warn!("xen64: multicall failed with {code} before record {batch_index} of the batch");
                 }
                 all_ran = false;
-                for k in 0..len {
-                    self.report.fail(RecordId(first.0 + k as u64), error);
-                }
+                self.failures.add(first.0, first.0 + len as u64, true, error);
             } else if !outcome.is_ok() {
                 let done = (outcome.done as usize).min(len.saturating_sub(1));
                 let op = match *entry {
@@ -465,21 +657,18 @@ impl Batch {
                     Entry::Uvm { .. } => "update_va_mapping",
                 };
                 let error = PvError::Hypercall { op, index: batch_index + done, code: outcome.status };
-                for k in done..len {
-                    self.report.fail(RecordId(first.0 + k as u64), error);
-                }
+                self.failures.add(first.0 + done as u64, first.0 + len as u64, true, error);
                 log::warn!("xen64: {op} failed with {} (record {} of the batch)", outcome.status, batch_index + done);
             }
             batch_index += len;
         }
+        self.outcomes = outcomes;
         if multicall_status != 0 && all_ran {
             // A transport that reports a failed multicall but every entry as
             // run breaks its contract; the last record's owner hears of it.
             log::error!("xen64: multicall returned {multicall_status} but ran every entry");
-            let last = RecordId(self.next_id - 1);
-            self.report
-                .errors
-                .push((last, PvError::Hypercall { op: "multicall", index: batch_index, code: multicall_status }));
+            let error = PvError::Hypercall { op: "multicall", index: batch_index, code: multicall_status };
+            self.failures.add(self.next_id - 1, self.next_id, false, error);
         }
         log::trace!("xen64: issued {} entries ({} records)", self.entries.len(), batch_index);
 
@@ -504,25 +693,28 @@ impl Batch {
     /// record's error. If Xen refuses the undo, the slots differ (kernel new,
     /// user old): logged, and the operation's error stands.
     fn repair_pairs(&mut self, transport: &dyn HypercallTransport) {
-        let pairs = core::mem::take(&mut self.pairs);
-        let broken: Vec<Pair> =
-            pairs.into_iter().filter(|p| self.report.completed(p.kernel) && !self.report.completed(p.user)).collect();
-        if broken.is_empty() {
+        let mut repairs = [MmuUpdate::default(); MAX_PAIRS];
+        let mut broken = [None::<Pair>; MAX_PAIRS];
+        let mut n = 0;
+        for p in &self.pairs {
+            if n < MAX_PAIRS && self.completed(p.kernel) && !self.completed(p.user) {
+                repairs[n] = MmuUpdate { ptr: p.kernel_ptr, val: self.mem.read_entry(p.user_pgd, p.index) };
+                broken[n] = Some(*p);
+                n += 1;
+            }
+        }
+        self.pairs.clear();
+        if n == 0 {
             return;
         }
-        let repairs: Vec<MmuUpdate> = broken
-            .iter()
-            .map(|p| MmuUpdate { ptr: p.kernel_ptr, val: self.mem.read_entry(p.user_pgd, p.index) })
-            .collect();
-        let outcome = transport.call(&Call::MmuUpdate(&repairs));
+        let outcome = transport.call(&Call::MmuUpdate(&repairs[..n]));
         self.stats.hypercalls += 1;
-        self.stats.mmu_updates += repairs.len() as u64;
-        let done = if outcome.is_ok() { repairs.len() } else { (outcome.done as usize).min(repairs.len()) };
-        for (k, pair) in broken.iter().enumerate() {
+        self.stats.mmu_updates += n as u64;
+        let done = if outcome.is_ok() { n } else { (outcome.done as usize).min(n) };
+        for (k, pair) in broken[..n].iter().flatten().enumerate() {
             if k < done {
-                let error = self.report.errors.iter().find(|(id, _)| *id == pair.user).map(|&(_, e)| e);
-                if let Some(error) = error {
-                    self.report.fail(pair.kernel, error);
+                if let Some(error) = self.failures.error_of(pair.user.0) {
+                    self.failures.add(pair.kernel.0, pair.kernel.0 + 1, true, error);
                 }
             } else {
                 log::error!(
@@ -611,7 +803,7 @@ mod tests {
     static FAKE_MEM: FakeMem = FakeMem;
 
     fn batch(cr3: u64) -> Batch {
-        Batch::new(Pfn(cr3), &FAKE_MEM)
+        Batch::new(Pfn(cr3), &FAKE_MEM, MAX_ENTRIES)
     }
 
     fn finish(b: &mut Batch, t: &Recorder) -> Result<(), PvError> {
@@ -711,8 +903,8 @@ mod tests {
         let c = b.push(&t, ext());
         let report = b.issue_from(&t, RecordId::FIRST);
         assert_eq!(report.error(), Some(PvError::Hypercall { op: "mmu_update", index: 2, code: -16 }));
-        assert!(report.completed(a) && report.completed(m1) && report.completed(c));
-        assert!(!report.completed(m2) && !report.completed(m3));
+        assert!(b.completed(a) && b.completed(m1) && b.completed(c));
+        assert!(!b.completed(m2) && !b.completed(m3));
     }
 
     #[test]
@@ -725,8 +917,8 @@ mod tests {
         let c = b.push(&t, ext());
         let d = b.push(&t, uvm());
         let report = b.issue_from(&t, RecordId::FIRST);
-        assert!(report.completed(a) && report.completed(m), "entries 0 and 1 ran");
-        assert!(!report.completed(c) && !report.completed(d), "entries 2 and 3 did not");
+        assert!(b.completed(a) && b.completed(m), "entries 0 and 1 ran");
+        assert!(!b.completed(c) && !b.completed(d), "entries 2 and 3 did not");
         assert_eq!(report.error(), Some(PvError::Hypercall { op: "multicall", index: 2, code: -14 }));
     }
 
@@ -757,8 +949,8 @@ mod tests {
         let (k, u) = b.push_two(&t, mmu(1), mmu(2));
         b.add_pair(Pair { kernel: k, user: u, kernel_ptr: 0x5008, user_pgd: Pfn(7), index: 1 });
         let report = b.issue_from(&t, RecordId::FIRST);
-        assert!(!report.completed(u));
-        assert!(!report.completed(k), "the kernel half counts as undone");
+        assert!(!b.completed(u));
+        assert!(!b.completed(k), "the kernel half counts as undone");
         assert!(report.error().is_some());
         let seen = t.mmu_seen.lock().unwrap();
         assert_eq!(seen.len(), 3, "the pair, then one repair");
@@ -793,6 +985,49 @@ mod tests {
         b.add_callback(&t, Callback::PublishCr3 { pgd: Pfn(9), after: id });
         assert!(finish(&mut b, &t).is_err());
         assert_eq!(b.published_cr3(), Pfn(7));
+    }
+
+    fn busy(index: usize) -> PvError {
+        PvError::Hypercall { op: "mmu_update", index, code: -16 }
+    }
+
+    #[test]
+    fn a_full_failure_table_merges_older_operations_failures_and_keeps_the_running_ones_exact() {
+        let mut f = Failures::with_capacity(4);
+        f.begin(0);
+        for i in 0..3u64 {
+            f.add(i * 10, i * 10 + 1, true, busy(i as usize));
+        }
+        // A new operation from record 100: its own failures must stay exact.
+        f.begin(100);
+        f.add(100, 101, true, busy(100));
+        f.add(102, 103, true, busy(102));
+        f.add(104, 105, true, busy(104));
+        assert_eq!(f.list.len(), 4, "the table never grows");
+        assert!(f.lost.is_none(), "older failures were merged to make room");
+        for id in [100, 102, 104] {
+            assert!(!f.completed(id), "record {id} failed");
+        }
+        for id in [101, 103] {
+            assert!(f.completed(id), "record {id} took effect");
+        }
+        // The operation claims its own; the older owner still hears its first error.
+        assert_eq!(f.claim_from(100).error(), Some(busy(100)));
+        assert_eq!(f.claim_from(0).error(), Some(busy(0)));
+        assert_eq!(f.claim_from(0).error(), None, "claimed once");
+    }
+
+    #[test]
+    fn past_capacity_with_nothing_older_to_merge_a_failure_is_still_reported() {
+        let mut f = Failures::with_capacity(2);
+        f.begin(0);
+        f.add(0, 1, true, busy(0));
+        f.add(2, 3, true, busy(2));
+        f.add(4, 5, true, busy(4));
+        assert_eq!(f.list.len(), 2);
+        assert!(!f.completed(0) && !f.completed(2), "the first ones stay exact");
+        assert_eq!(f.claim_from(3).error(), Some(busy(4)), "the lost one is still an error for its owner");
+        assert_eq!(f.claim_from(0).error(), Some(busy(0)));
     }
 
     #[test]

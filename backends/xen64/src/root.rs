@@ -52,7 +52,7 @@ pub(crate) fn write_cr3(cx: &mut Cx<'_>, mm: &dyn MmServices, pgd: Pfn) -> Resul
     let Some(error) = report.error() else {
         return Ok(());
     };
-    if report.completed(kernel_switched) && !report.completed(user_switched) {
+    if cx.st.batch.completed(kernel_switched) && !cx.st.batch.completed(user_switched) {
         let undo = cx.mfn(previous).and_then(|m| cx.raw(mmuext::new_baseptr(m)));
         if let Err(undo_error) = undo {
             log::error!("xen64: switch to {pgd:?} half done ({error}) and cannot be undone ({undo_error})");
