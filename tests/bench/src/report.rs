@@ -335,7 +335,7 @@ pub fn markdown(r: &Results) -> String {
     };
     let _ = writeln!(
         w,
-        "| 2. Xen hypercalls: switch 1, pinned `set_pgd` 1, pin/unpin 1 whatever K, lazy map ⌈N / {}⌉ | {} | {} |",
+        "| 2. Xen hypercalls: switch 1, pinned `set_pgd` 1, pin/unpin ⌈(table pages + 3) / 32⌉ (1 up to 29 table pages), lazy map ⌈N / {}⌉ | {} | {} |",
         economy::batch_ptes(),
         econ_text,
         yes(econ_met)
@@ -589,7 +589,11 @@ pub fn markdown(r: &Results) -> String {
     } else {
         let _ = writeln!(
             w,
-            "**Xen's own per-call limits**, the only ones that may split a pin: `multicall` takes \
+            "**What splits a pin**: the per-vCPU batch, fixed at 32 entries (Linux's `MC_BATCH`; \
+             allocated once, never grown: a full batch is issued before the next entry, so a \
+             pin of K table pages costs ⌈(K + 3) / 32⌉ hypercalls; `tests/integration/tests/no_heap.rs` \
+             has the sweep against larger capacities: 64 entries halve it for ≈ 5 KiB more per \
+             vCPU, and Xen validates every table page anyway). Xen's own per-call limits: `multicall` takes \
              any number of entries (Xen preempts itself with a continuation); `mmu_update` and \
              `mmuext_op` take up to 2³¹ − 1 records per call (bit 31 of the count is \
              `MMU_UPDATE_PREEMPTED`); `update_va_mapping` changes one PTE.\n"
