@@ -1186,16 +1186,7 @@ fn fmt_calls(v: f64) -> String {
 /// `doc` with this section replaced by `section`; without markers, it goes
 /// before the SMP section (or "## Reproduce", or the end).
 pub fn splice(doc: &str, section: &str) -> String {
-    if let (Some(a), Some(z)) = (doc.find(BEGIN), doc.find(END)) {
-        if a < z {
-            let rest = doc[z + END.len()..].trim_start_matches('\n');
-            return format!("{}{}{}", &doc[..a], section, rest);
-        }
-    }
-    match doc.find(crate::smp::BEGIN).or_else(|| doc.find("## Reproduce")) {
-        Some(i) => format!("{}{}{}", &doc[..i], section, &doc[i..]),
-        None => format!("{doc}\n{section}"),
-    }
+    crate::splice_section(doc, BEGIN, END, section, &[crate::smp::BEGIN, "## Reproduce"])
 }
 
 #[cfg(test)]

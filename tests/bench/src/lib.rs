@@ -169,32 +169,50 @@ pub fn main(write_by_default: bool) -> i32 {
     0
 }
 
-/// `--smp`: measures only the SMP section and rewrites it in
-/// `dir/PERFORMANCE.md` (between its markers), leaving the rest as it was.
-fn smp_only(dir: Option<&std::path::Path>) -> Result<(), String> {
-    let section = smp::markdown(&smp::measure()?);
+/// `doc` with the section between `begin` and `end` replaced by `section`;
+/// without those markers, `section` goes before the first of `before` found
+/// in `doc` (or at the end). Every generated section of PERFORMANCE.md uses it.
+pub fn splice_section(doc: &str, begin: &str, end: &str, section: &str, before: &[&str]) -> String {
+    if let (Some(a), Some(z)) = (doc.find(begin), doc.find(end)) {
+        if a < z {
+            let rest = doc[z + end.len()..].trim_start_matches('\n');
+            return format!("{}{}{}", &doc[..a], section, rest);
+        }
+    }
+    match before.iter().find_map(|m| doc.find(m)) {
+        Some(i) => format!("{}{}{}", &doc[..i], section, &doc[i..]),
+        None => format!("{doc}\n{section}"),
+    }
+}
+
+/// Rewrites one generated section (`what`) of `dir/PERFORMANCE.md` with
+/// `splice`, leaving the rest as it was.
+fn rewrite_section(
+    dir: Option<&std::path::Path>,
+    what: &str,
+    section: &str,
+    splice: fn(&str, &str) -> String,
+) -> Result<(), String> {
     println!("{section}");
     if let Some(dir) = dir {
         let path = dir.join("PERFORMANCE.md");
         let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::write(&path, smp::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
-        println!("pvops-bench: rewrote the SMP section of {}", path.display());
+        std::fs::write(&path, splice(&doc, section)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("pvops-bench: rewrote the {what} section of {}", path.display());
     }
     Ok(())
+}
+
+/// `--smp`: measures only the SMP section and rewrites it in
+/// `dir/PERFORMANCE.md` (between its markers), leaving the rest as it was.
+fn smp_only(dir: Option<&std::path::Path>) -> Result<(), String> {
+    rewrite_section(dir, "SMP", &smp::markdown(&smp::measure()?), smp::splice)
 }
 
 /// `--lifecycle`: measures only the lifecycle section and rewrites it in
 /// `dir/PERFORMANCE.md` (between its markers), leaving the rest as it was.
 fn lifecycle_only(dir: Option<&std::path::Path>) -> Result<(), String> {
-    let section = lifecycle::markdown(&lifecycle::measure()?);
-    println!("{section}");
-    if let Some(dir) = dir {
-        let path = dir.join("PERFORMANCE.md");
-        let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::write(&path, lifecycle::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
-        println!("pvops-bench: rewrote the lifecycle section of {}", path.display());
-    }
-    Ok(())
+    rewrite_section(dir, "lifecycle", &lifecycle::markdown(&lifecycle::measure()?), lifecycle::splice)
 }
 
 /// `--baseline`: runs only the framework-vs-hand-written child under
@@ -204,14 +222,7 @@ fn baseline_only(dir: Option<&std::path::Path>) -> Result<(), String> {
     let work = std::env::temp_dir().join(format!("pvops-bench-{}", std::process::id()));
     let section = baseline::markdown(&baseline::measure(&vg, &work)?);
     let _ = std::fs::remove_dir_all(&work);
-    println!("{section}");
-    if let Some(dir) = dir {
-        let path = dir.join("PERFORMANCE.md");
-        let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::write(&path, baseline::splice(&doc, &section)).map_err(|e| format!("{}: {e}", path.display()))?;
-        println!("pvops-bench: rewrote the framework-vs-hand-written section of {}", path.display());
-    }
-    Ok(())
+    rewrite_section(dir, "framework-vs-hand-written", &section, baseline::splice)
 }
 
 #[cfg(test)]

@@ -601,16 +601,7 @@ pub fn markdown(rows: &[LcRow]) -> String {
 /// `doc` with its lifecycle section replaced by `section`; without markers,
 /// the section goes before "## Reproduce" (or at the end).
 pub fn splice(doc: &str, section: &str) -> String {
-    if let (Some(a), Some(z)) = (doc.find(BEGIN), doc.find(END)) {
-        if a < z {
-            let rest = doc[z + END.len()..].trim_start_matches('\n');
-            return format!("{}{}{}", &doc[..a], section, rest);
-        }
-    }
-    match doc.find("## Reproduce") {
-        Some(i) => format!("{}{}{}", &doc[..i], section, &doc[i..]),
-        None => format!("{doc}\n{section}"),
-    }
+    crate::splice_section(doc, BEGIN, END, section, &["## Reproduce"])
 }
 
 #[cfg(test)]
