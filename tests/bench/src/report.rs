@@ -608,9 +608,11 @@ pub fn markdown(r: &Results) -> String {
     if r.memory.counted {
         let _ = writeln!(
             w,
-            "Heap allocations per hypercall while mapping lazily (transient, freed again): {} \
-             (the batch builds its call list and outcome array per flush). A context switch \
-             allocates {} times.\n",
+            "Heap allocations per hypercall while mapping lazily, counted over the whole \
+             process (transient, freed again): {}; a context switch: {}. The count includes \
+             the host model's own bookkeeping; with the model's allocations left out, the \
+             backend's share is 0 after a vCPU's first call (its batch buffers are allocated \
+             once): `tests/integration/tests/no_heap.rs`.\n",
             lazy_allocs.join(", "),
             r.economy.first().map_or(0, |x| x.cost.allocations)
         );
