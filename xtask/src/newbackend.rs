@@ -77,10 +77,7 @@ pub fn check() -> Result<(), String> {
     );
     let cargo = || {
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // The repository's own target directory: the registry crates are
-        // already built there (the copy's own crates live at other paths, so
-        // they get artifacts of their own and clobber nothing).
-        c.current_dir(&ws).env("CARGO_TARGET_DIR", root.join("target"));
+        c.current_dir(&ws).env("CARGO_TARGET_DIR", scratch.join("target"));
         c
     };
     let mut c = cargo();
