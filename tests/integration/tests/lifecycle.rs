@@ -758,3 +758,35 @@ fn map_range_into_a_pinned_space_costs_a_batch_per_32_pages() {
     b.mm.activate_init().unwrap();
     exit(&b, s);
 }
+
+/// One access question for both models (issue 15): `AccessOracle` answers
+/// for a space that is not loaded (`reach_from` its root) and for the
+/// loaded one (`reach`), instruction fetches included.
+#[test]
+fn both_models_answer_the_same_access_questions() {
+    use pvops_model::{AccessOracle, Refused};
+    each(|b| {
+        let free0 = b.frames.free_frames();
+        let s = b.mm.create().unwrap();
+        let data = b.mm.map(&s, VA, PageFlags::DATA).unwrap();
+        let code = b.mm.map(&s, VA + PAGE, PageFlags::CODE).unwrap();
+        let oracle: &dyn AccessOracle = match b.xen {
+            Some(x) => x,
+            None => b.machine,
+        };
+        let va = |a| VirtAddr::try_new(a).unwrap();
+        let exec = pvops_model::Access::USER_EXECUTE;
+        // Not loaded: the tables from its root alone.
+        assert_eq!(oracle.reach_from(s.pgd(), va(VA), Access::USER_WRITE), Ok(data), "{}", b.name);
+        assert!(matches!(oracle.reach_from(s.pgd(), va(VA), exec), Err(Refused::Page(_))), "{}: NX data", b.name);
+        assert_eq!(oracle.reach_from(s.pgd(), va(VA + PAGE), exec), Ok(code), "{}", b.name);
+        assert!(matches!(oracle.reach_from(s.pgd(), va(VA + PAGE), Access::USER_WRITE), Err(Refused::Page(_))));
+        assert!(matches!(oracle.reach_from(s.pgd(), va(VA + 2 * PAGE), Access::USER_READ), Err(Refused::Page(_))));
+        // Loaded: the same answers through the vCPU's TLB.
+        b.mm.activate(&s).unwrap();
+        assert_eq!(oracle.reach(va(VA), Access::USER_WRITE), Ok(data), "{}", b.name);
+        assert_eq!(oracle.reach(va(VA + PAGE), exec), Ok(code), "{}", b.name);
+        assert!(matches!(oracle.reach(va(VA), exec), Err(Refused::Page(_))), "{}", b.name);
+        finish(b, vec![s], free0);
+    });
+}

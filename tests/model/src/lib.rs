@@ -9,6 +9,7 @@
 
 pub mod cpus;
 pub mod machine;
+pub mod oracle;
 pub mod sched;
 pub mod tlb;
 pub mod vcpu;
@@ -17,6 +18,7 @@ pub mod xen;
 
 pub use cpus::{CpuCounters, ModelCpus};
 pub use machine::Machine;
+pub use oracle::{AccessOracle, Refused};
 pub use sched::{explore, Explored, Explorer, Failure, Point, Run, Schedule, SmpState};
 pub use tlb::{Cached, TlbHazard, TlbViolation};
 pub use vcpu::{on_vcpu, AsVcpu};

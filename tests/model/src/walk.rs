@@ -31,6 +31,8 @@ impl Access {
     pub const USER_WRITE: Access = Access { user: true, write: true, execute: false };
     /// A kernel-mode read.
     pub const KERNEL_READ: Access = Access { user: false, write: false, execute: false };
+    /// A user-mode instruction fetch.
+    pub const USER_EXECUTE: Access = Access { user: true, write: false, execute: true };
 }
 
 /// Walks from `root` (a frame number in the memory `read` indexes) and returns the

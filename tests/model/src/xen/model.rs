@@ -540,6 +540,14 @@ impl XenModel {
 
     fn translate(&self, va: u64, user_mode: bool, write: bool, record_crash: bool) -> Result<Pfn, XenFault> {
         let va = VirtAddr::try_new(va).map_err(|_| XenFault::NonCanonical)?;
+        self.translate_access(va, Access { user: user_mode, write, execute: false }, record_crash)
+    }
+
+    /// [`XenModel::probe`] for any [`Access`] (an instruction fetch too):
+    /// `access.user` picks the base pointer (user or kernel); the walk
+    /// itself is ring 3 either way (PV64).
+    pub(crate) fn translate_access(&self, va: VirtAddr, access: Access, record_crash: bool) -> Result<Pfn, XenFault> {
+        let (user_mode, write) = (access.user, access.write);
         let root = {
             let mut st = self.lock();
             let me = st.me();
@@ -561,7 +569,7 @@ impl XenModel {
                 v.kernel_base
             }
         };
-        let access = Access { user: true, write, execute: false };
+        let access = Access { user: true, write, execute: access.execute };
         let mfn = self.mem.tlb_access(root, va, access, user_mode).map_err(XenFault::Page)?;
         self.pfn_of(Mfn(mfn)).ok_or(XenFault::NotGuestFrame(Mfn(mfn)))
     }
