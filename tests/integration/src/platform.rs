@@ -231,7 +231,43 @@ impl SmpBooted {
 
 /// The built-in backend `name` (`native` or `xen64`) booted on a host
 /// platform with `vcpus` vCPUs and `nr_frames` frames (p2m seed `p2m_seed`),
-/// the same steps as [`boot_backend`], run as vCPU 0.
+/// the same steps as [`boot_backend`], run as vCPU 0: the host machine a
+/// kernel-glue user starts from, already consistent (memory, frame
+/// allocator with metadata, backend, `init_mm` on the boot root). Ask the
+/// models, not the code under test, what an access reaches
+/// ([`pvops_model::AccessOracle`]).
+///
+/// Natively:
+/// ```
+/// use kernel_glue::PageFlags;
+/// use pvops_model::{Access, AccessOracle};
+/// # use pvops_native as _; use pvops_xen64 as _;
+/// let b = pvops_integration::platform::boot_smp("native", 1, 1024, 0)?;
+/// let space = b.mm.create()?;
+/// let page = b.mm.map(&space, 0x40_0000, PageFlags::DATA)?;
+/// let va = pvops::VirtAddr::try_new(0x40_0000)?;
+/// assert_eq!(b.machine.reach_from(space.pgd(), va, Access::USER_WRITE), Ok(page));
+/// b.mm.exit(space).map_err(|(e, _)| e)?;
+/// # Ok::<(), pvops::PvError>(())
+/// ```
+/// On the Xen PV model (the same three lines; the model counts hypercalls):
+/// ```
+/// use kernel_glue::PageFlags;
+/// use pvops_model::{Access, AccessOracle};
+/// # use pvops_native as _; use pvops_xen64 as _;
+/// let b = pvops_integration::platform::boot_smp("xen64", 1, 1024, 0)?;
+/// let xen = b.xen.expect("the Xen model");
+/// let space = b.mm.create()?;
+/// b.mm.activate(&space)?; // pinned: changes are hypercalls from now on
+/// let before = xen.counters().hypercalls;
+/// let page = b.mm.map(&space, 0x40_0000, PageFlags::DATA)?;
+/// assert!(xen.counters().hypercalls > before);
+/// let va = pvops::VirtAddr::try_new(0x40_0000)?;
+/// assert_eq!(xen.reach(va, Access::USER_WRITE), Ok(page));
+/// b.mm.activate_init()?;
+/// b.mm.exit(space).map_err(|(e, _)| e)?;
+/// # Ok::<(), pvops::PvError>(())
+/// ```
 pub fn boot_smp(name: &str, vcpus: usize, nr_frames: u64, p2m_seed: u64) -> Result<SmpBooted, PvError> {
     let host = match name {
         "xen64" => crate::xen_host::xen_platform_smp(nr_frames, p2m_seed, vcpus),
