@@ -20,6 +20,7 @@ mod fuzz;
 mod mutants;
 mod newbackend;
 mod report;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -301,6 +302,12 @@ fn hypercall_comparison(
             ),
             Err(e) => errors.push(format!("hypercall table: {e}")),
         }
+        match sweep::check(&out.serial) {
+            Ok(table) => println!(
+                "\n== pin/unpin and lazy-map sweeps, real Xen kernel (its transport) vs xtask's table ==\n{table}"
+            ),
+            Err(e) => errors.push(format!("sweeps: {e}")),
+        }
     }
     if host.contains("[xen64] step") {
         compared = true;
@@ -420,7 +427,15 @@ fn loom_model() -> Result<(), String> {
 fn cmd_bench(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "--release", "-p", "pvops-bench", "--bin", "pvops-bench-report", "--"]).args(args);
-    run(c)
+    run(c)?;
+    // The real-Xen sweep counts from the good kernel's last saved Xen boot
+    // log (not booted again here: a Xen boot under TCG takes minutes).
+    let root = workspace_root();
+    println!(
+        "\n== pin/unpin and lazy-map sweeps: real Xen vs model vs Linux ==\n{}",
+        sweep::bench_table(&root.join("target/boot/serial-xen.log"), &root.join("docs/PERFORMANCE.md"))
+    );
+    Ok(())
 }
 
 fn cmd_fuzz(args: &[String]) -> Result<(), String> {
@@ -519,6 +534,10 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             if let Err(e) = &table {
                 verdict = format!("{verdict}; {}", e.lines().next().unwrap_or_default());
             }
+            let sweeps = if p == Platform::Xen { sweep::check(&out.serial) } else { Ok(String::new()) };
+            if let Err(e) = &sweeps {
+                verdict = format!("{verdict}; {}", e.lines().next().unwrap_or_default());
+            }
             // The RESULT line is judged as for the good kernel (e.g. a CPU
             // that stayed down: the kernel passes, its cpus= does not).
             let result = KernelResult::parse(&out.serial)
@@ -526,7 +545,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             if let (true, Err(e)) = (out.passed(), &result) {
                 verdict = format!("{verdict}; RESULT line: {e}");
             }
-            if out.passed() && table.is_ok() && result.is_ok() {
+            if out.passed() && table.is_ok() && sweeps.is_ok() && result.is_ok() {
                 failures.push(format!(
                     "broken kernel `{feature}` PASSED on {p}: the harness cannot see this failure\n--- serial log ---\n{}",
                     out.serial.trim_end()
