@@ -3,7 +3,7 @@
 //! hypercall transport) against [`EXPECTED`], and, for `cargo xtask bench`,
 //! beside the model's and Linux's figures in `docs/PERFORMANCE.md` §2.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One row: the kernel's kind (`pin`, `unpin`, `lazy-map`) and size word
 /// (`K=…` L1 pages, `N=…` pages) with the hypercalls and multicall entries it
@@ -83,6 +83,20 @@ pub fn check(serial: &str) -> Result<String, String> {
     }
 }
 
+/// Where the `XENSWEEP` lines of the last Xen boot of kernel `name` (the
+/// kernel file's name: `pvkernel`, or `pvkernel-<features>`) are kept.
+pub fn saved_path(name: &str) -> PathBuf {
+    crate::boot::workspace_root().join("target").join("boot").join(format!("xensweep-{name}.log"))
+}
+
+/// Keeps the `XENSWEEP` lines of a Xen boot of `kernel`, for `cargo xtask
+/// bench` (best effort: the bench says when there are none).
+pub fn save(serial: &str, kernel: &Path) {
+    let name = kernel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lines: String = serial.lines().filter(|l| l.contains("XENSWEEP ")).map(|l| format!("{l}\n")).collect();
+    let _ = std::fs::write(saved_path(&name), lines);
+}
+
 /// The model's and Linux's hypercalls for a row, read from
 /// `docs/PERFORMANCE.md` §2 (`| pin, K = 10 L1 pages | 12 | **1** | 15 | 1 |…`).
 fn model_and_linux(perf: &str, kind: &str, size: &str) -> Option<(String, String)> {
@@ -97,11 +111,11 @@ fn model_and_linux(perf: &str, kind: &str, size: &str) -> Option<(String, String
     Some((cols.get(3)?.trim_matches('*').to_string(), cols.get(5)?.to_string()))
 }
 
-/// For `cargo xtask bench`: the last good Xen boot's sweep rows (the saved
-/// serial log of `cargo xtask run`/`test`) beside the model's and Linux's.
+/// For `cargo xtask bench`: the sweep rows saved by the unmodified kernel's
+/// last Xen boot ([`save`]) beside the model's and Linux's.
 pub fn bench_table(serial_log: &Path, perf_md: &Path) -> String {
     let Ok(serial) = std::fs::read_to_string(serial_log) else {
-        return format!("no Xen boot log at {}: run `cargo xtask run` for the real-Xen column", serial_log.display());
+        return format!("no saved sweep at {}: run `cargo xtask run` for the real-Xen column", serial_log.display());
     };
     let perf = std::fs::read_to_string(perf_md).unwrap_or_default();
     let got = parse(&serial);
@@ -112,7 +126,7 @@ pub fn bench_table(serial_log: &Path, perf_md: &Path) -> String {
         );
     }
     let mut t = format!(
-        "real Xen from {} (its last `cargo xtask run`/`test` boot)\n{:<9} {:>7} {:>9} {:>8} {:>7}\n",
+        "real Xen from {} (the unmodified kernel's last Xen boot)\n{:<9} {:>7} {:>9} {:>8} {:>7}\n",
         serial_log.display(),
         "sweep",
         "size",
