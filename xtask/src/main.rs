@@ -74,6 +74,8 @@ const BROKEN: &[(&str, &[Platform])] = &[
     ("no-user-baseptr", &[Platform::Xen]),
     ("zero-user-baseptr", &[Platform::Xen]),
     ("user-pgd-maps-kernel", &[Platform::Xen]),
+    // (Xen) lazy-MMU sections do nothing: the demo's pinned map step and the
+    // sweep's lazy-map rows N = 32..1000 cost one hypercall per page.
     ("no-lazy-batching", &[Platform::Xen]),
     // Only Xen knows the frame is still pinned: the measured pins_left sees it.
     ("leak-pin", &[Platform::Xen]),
