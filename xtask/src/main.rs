@@ -20,6 +20,7 @@ mod fuzz;
 mod mutants;
 mod newbackend;
 mod report;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -73,6 +74,8 @@ const BROKEN: &[(&str, &[Platform])] = &[
     ("no-user-baseptr", &[Platform::Xen]),
     ("zero-user-baseptr", &[Platform::Xen]),
     ("user-pgd-maps-kernel", &[Platform::Xen]),
+    // (Xen) lazy-MMU sections do nothing: the demo's pinned map step and the
+    // sweep's lazy-map rows N = 32..1000 cost one hypercall per page.
     ("no-lazy-batching", &[Platform::Xen]),
     // Only Xen knows the frame is still pinned: the measured pins_left sees it.
     ("leak-pin", &[Platform::Xen]),
@@ -152,6 +155,9 @@ fn boot_all(
     for &p in platforms {
         match boot::boot(p, kernel, p.default_timeout(), cpus) {
             Ok(out) => {
+                if p == Platform::Xen {
+                    sweep::save(&out.serial, kernel);
+                }
                 let parsed = KernelResult::parse(&out.serial);
                 if !out.passed() {
                     errors.push(format!(
@@ -301,6 +307,12 @@ fn hypercall_comparison(
             ),
             Err(e) => errors.push(format!("hypercall table: {e}")),
         }
+        match sweep::check(&out.serial) {
+            Ok(table) => println!(
+                "\n== pin/unpin and lazy-map sweeps, real Xen kernel (its transport) vs xtask's table ==\n{table}"
+            ),
+            Err(e) => errors.push(format!("sweeps: {e}")),
+        }
     }
     if host.contains("[xen64] step") {
         compared = true;
@@ -420,7 +432,15 @@ fn loom_model() -> Result<(), String> {
 fn cmd_bench(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "--release", "-p", "pvops-bench", "--bin", "pvops-bench-report", "--"]).args(args);
-    run(c)
+    run(c)?;
+    // The real-Xen sweep counts saved by the unmodified kernel's last Xen
+    // boot (`cargo xtask run`/`test`; not booted again here).
+    let root = workspace_root();
+    println!(
+        "\n== pin/unpin and lazy-map sweeps: real Xen vs model vs Linux ==\n{}",
+        sweep::bench_table(&sweep::saved_path("pvkernel"), &root.join("docs/PERFORMANCE.md"))
+    );
+    Ok(())
 }
 
 fn cmd_fuzz(args: &[String]) -> Result<(), String> {
@@ -519,6 +539,10 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             if let Err(e) = &table {
                 verdict = format!("{verdict}; {}", e.lines().next().unwrap_or_default());
             }
+            let sweeps = if p == Platform::Xen { sweep::check(&out.serial) } else { Ok(String::new()) };
+            if let Err(e) = &sweeps {
+                verdict = format!("{verdict}; {}", e.lines().next().unwrap_or_default());
+            }
             // The RESULT line is judged as for the good kernel (e.g. a CPU
             // that stayed down: the kernel passes, its cpus= does not).
             let result = KernelResult::parse(&out.serial)
@@ -526,7 +550,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
             if let (true, Err(e)) = (out.passed(), &result) {
                 verdict = format!("{verdict}; RESULT line: {e}");
             }
-            if out.passed() && table.is_ok() && result.is_ok() {
+            if out.passed() && table.is_ok() && sweeps.is_ok() && result.is_ok() {
                 failures.push(format!(
                     "broken kernel `{feature}` PASSED on {p}: the harness cannot see this failure\n--- serial log ---\n{}",
                     out.serial.trim_end()

@@ -43,6 +43,7 @@ pub mod workload;
 pub mod x86;
 pub mod xen;
 pub mod xenpvh;
+pub mod xensweep;
 
 // Linked for their registry entries: the registry picks one at boot.
 use pvops_native as _;

@@ -195,6 +195,14 @@ pub fn run(v: Vm) -> ! {
     let demo_hc = v.ops.stats().since(demo_stats).hypercalls;
     let demo_traps = SeamCounts::now().since(&demo_seams).hypercalls();
     kprintln!("HCTRAPS backend={backend} demo: backend counted {demo_hc}, transport trapped {demo_traps}");
+    // 2b. The pin/unpin and lazy-map sweeps on the real Xen (Xen PV only).
+    let sweep_ok = match crate::xensweep::run(&v) {
+        Ok(ok) => ok,
+        Err(e) => {
+            kprintln!("XENSWEEP failed: {e}");
+            false
+        }
+    };
 
     if oracle.user_root_missing() {
         // Entering user mode with no user root would crash the domain: stop here.
@@ -327,13 +335,14 @@ pub fn run(v: Vm) -> ! {
         && tlb
         && typed_ok
         && demo_leak == 0
+        && sweep_ok
         && counts_agree
         && smp_ok
         && program.ok()
         && backend == expected;
     if !pass {
         kprintln!(
-            "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; backend {backend}, expected {expected}; \
+            "pvkernel: FAILED on {plat} (demo leaked {demo_leak} frames; sweeps ok: {sweep_ok}; backend {backend}, expected {expected}; \
              backend hypercall counts agree with the transport: {counts_agree}; all attacks blocked: {}; \
              no table left typed in Xen: {typed_ok}; kernel TLB test: {tlb_word}; concurrent cases: {smp_ok}; \
              ELF program: {})",
