@@ -75,6 +75,16 @@ pub fn sweep(
     Err("never completed".into())
 }
 
+/// Exits `spaces[index]` inside a workload; if the exit is refused the
+/// space goes back into `spaces`, so [`cleanup`] still gives it back.
+pub fn exit_kept_on_error(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>, index: usize) -> Result<(), PvError> {
+    let s = spaces.remove(index);
+    mm.exit(s).map_err(|(e, s)| {
+        spaces.push(s);
+        e
+    })
+}
+
 /// Cleans up after a (possibly failed) workload; injections are one-shot, so
 /// cleanup runs without them.
 pub fn cleanup(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), String> {

@@ -27,12 +27,7 @@ fn workload(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), PvError> 
     mm.activate(&spaces[1])?;
     mm.activate(&spaces[0])?;
     mm.activate_init()?;
-    let s = spaces.remove(1);
-    if let Err((e, s)) = mm.exit(s) {
-        spaces.push(s);
-        return Err(e);
-    }
-    Ok(())
+    pvops_integration::inject::exit_kept_on_error(mm, spaces, 1)
 }
 
 #[test]

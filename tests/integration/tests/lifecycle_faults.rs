@@ -43,12 +43,7 @@ fn workload(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), PvError> 
     fault(mm.handle_fault(&spaces[0], 0x1000_0000, true))?;
     mm.unmap_range(&spaces[0], VA, 40)?;
     mm.activate_init()?;
-    let s = spaces.remove(1);
-    if let Err((e, s)) = mm.exit(s) {
-        spaces.push(s);
-        return Err(e);
-    }
-    Ok(())
+    pvops_integration::inject::exit_kept_on_error(mm, spaces, 1)
 }
 
 #[test]
