@@ -254,9 +254,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// illegal: [`FaultKill`] says why, the caller kills the process, and
     /// nothing was changed.
     ///
-    /// Costs: a copy is one batch — the new entry and a flush of every CPU
-    /// that may hold the space (on Xen one multicall: `mmu_update` +
-    /// `INVLPG_MULTI`); a reuse is one protection change (one hypercall).
+    /// Costs: a copy with the space on this CPU alone is one batch — entry
+    /// cleared, local flush, new entry (on Xen one multicall: `mmu_update`,
+    /// `INVLPG_LOCAL`, `mmu_update`); with other CPUs holding the space,
+    /// two — the clear with the flush of every holder (`INVLPG_MULTI`),
+    /// then the new entry. A reuse is one protection change (one hypercall).
     pub fn handle_fault(&self, space: &AddressSpace, addr: u64, write: bool) -> Result<FaultFix, FaultKill> {
         let page = addr & !0xfff;
         let va = user_va(page).map_err(|_| FaultKill::NotMapped)?;
@@ -299,24 +301,45 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let new = self.frames.alloc_copy_of(old).map_err(kill)?;
         let bits = (e.flags() | flags::WRITABLE) & !(SOFT_COW | flags::ACCESSED | flags::DIRTY);
         let holders = self.holders(space);
-        let done = self.issued_now(|| {
-            self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(new, bits))?;
-            // Another CPU may still cache the old frame: it must not read it
-            // while this one writes the copy.
+        // Clear and flush, then install (Linux's `wp_page_copy`:
+        // `ptep_clear_flush` before `set_pte_at`): no CPU may write the copy
+        // while another still reads the old frame through a stale entry.
+        // With the space on this CPU alone, one batch (nobody else can see
+        // the page until this fault returns). With other holders, two: Xen
+        // runs every entry of a multicall whatever an earlier one returned,
+        // so an install queued behind a remote flush that failed would
+        // still happen.
+        let alone = holders.without(self.cpus().this_cpu()).is_empty();
+        let clear = || {
+            self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::EMPTY)?;
             if !holders.is_empty() {
                 self.ops.flush_tlb_multi(holders, Flush::Page(va))?;
             }
             Ok(())
-        });
-        let now = self.ops.read_entry(Level::L1, l1, index).unwrap_or(e);
-        if let Err(err) = done {
-            if now.pfn() != new || !now.is_present() {
-                // Not switched: nothing changed.
+        };
+        let install = || self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(new, bits));
+        let installed = if alone {
+            self.issued_now(|| clear().and_then(|()| install()))
+        } else {
+            self.issued_now(clear).and_then(|()| self.issued_now(install))
+        };
+        if let Err(err) = installed {
+            let now = self.ops.read_entry(Level::L1, l1, index).unwrap_or(e);
+            if !(now.is_present() && now.pfn() == new) {
+                // Not installed: the copy goes back, and the old entry too if
+                // the clear took effect (the page stays mapped, copy-on-write;
+                // a stale copy of it reaches the same frame).
                 let _ = self.frames.put_frame(new);
+                if !now.is_present()
+                    && self.issued_now(|| self.ops.set_entry(self.frames, Level::L1, l1, index, e)).is_err()
+                {
+                    log::error!("COW fault at {:#x}: old entry not restored; {old:?} keeps a reference", va.as_u64());
+                }
                 return Err(kill(err));
             }
-            // Switched, but the flush may not have run: flush everything, or
-            // keep the old frame's reference rather than let it be reused.
+            // Installed although a record was reported failed (alone: the
+            // flush may be what failed): flush everything, or keep the old
+            // frame's reference rather than let it be reused.
             if self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All)).is_err() {
                 log::error!("COW fault at {:#x}: no flush; {old:?} keeps a reference", va.as_u64());
                 self.cow_copies.fetch_add(1, Ordering::Relaxed);

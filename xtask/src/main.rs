@@ -17,11 +17,13 @@
 mod boot;
 mod calibrate;
 mod fuzz;
+mod manifest;
 mod mutants;
 mod newbackend;
 mod report;
 mod sweep;
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -398,6 +400,21 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Every workspace member outside `examples/` (those are found by listing).
+const MEMBER_MANIFESTS: [&str; 11] = [
+    "pvops",
+    "backends/native",
+    "backends/xen64",
+    "backends/xen-pvh",
+    "kernel-glue",
+    "tests/model",
+    "tests/conformance",
+    "tests/integration",
+    "tests/bench",
+    "tests/calibration",
+    "xtask",
+];
+
 /// The library crates a kernel author depends on, in publishing order.
 const PUBLISHED: [&str; 5] = ["pvops", "pvops-native", "pvops-xen64", "pvops-xen-pvh", "kernel-glue"];
 
@@ -406,6 +423,20 @@ const PUBLISHED: [&str; 5] = ["pvops", "pvops-native", "pvops-xen64", "pvops-xen
 /// also builds each packaged crate on its own against the others' packages
 /// (slower: `cargo xtask publish-check`; `test` runs the quick form).
 fn publish_check(verify: bool) -> Result<(), String> {
+    let root = workspace_root();
+    let read = |rel: &str| fs::read_to_string(root.join(rel)).map_err(|e| format!("{rel}: {e}"));
+    let workspace = read("Cargo.toml")?;
+    let mut members = Vec::new();
+    for dir in MEMBER_MANIFESTS {
+        members.push((dir.to_string(), read(&format!("{dir}/Cargo.toml"))?));
+    }
+    for dir in fs::read_dir(root.join("examples")).map_err(|e| format!("examples/: {e}"))?.flatten() {
+        let m = dir.path().join("Cargo.toml");
+        if let Ok(text) = fs::read_to_string(&m) {
+            members.push((format!("examples/{}", dir.file_name().to_string_lossy()), text));
+        }
+    }
+    manifest::check(&workspace, &members, &PUBLISHED)?;
     let mut c = cargo();
     c.arg("package");
     for p in PUBLISHED {

@@ -72,7 +72,7 @@ fn smp_run(broken: bool) -> (Vec<String>, u64, u64) {
     let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: KERNEL_VA };
     let mut failed = Vec::new();
     let summary = pvops_conformance::run_smp(&env, &mut |case, result| {
-        let checked = (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}"));
+        let checked = pvops_integration::conformance::check_after_smp_case(&host, &booted, case.name);
         if let Err(e) = result.clone().and(checked) {
             failed.push(format!("{}: {e}", case.name));
         }

@@ -4,10 +4,9 @@
 
 use core::fmt::{self, Write};
 
-use crate::platform;
+use crate::platform::{self, PlatformServices};
 use crate::sync::SpinLock;
 use crate::x86;
-use crate::xen::hypercall;
 
 const COM1: u16 = 0x3f8;
 
@@ -34,7 +33,8 @@ pub fn init_serial() {
     }
 }
 
-fn serial_write(bytes: &[u8]) {
+/// Bytes to COM1 (the native console), `\n` as CRLF.
+pub(crate) fn serial_write(bytes: &[u8]) {
     for &b in bytes {
         if b == b'\n' {
             serial_byte(b'\r');
@@ -58,12 +58,7 @@ fn serial_byte(b: u8) {
 /// Writes raw bytes to the platform console without taking the lock (used
 /// directly by the panic path).
 pub fn write_bytes_unlocked(bytes: &[u8]) {
-    if platform::has_xen() {
-        // Nothing sensible to do if the console hypercall fails.
-        let _ = hypercall::console_write(bytes);
-    } else {
-        serial_write(bytes);
-    }
+    platform::get().console_write(bytes);
 }
 
 /// A line buffer that flushes to the console when full and on drop.

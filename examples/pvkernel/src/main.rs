@@ -57,7 +57,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use entry::KERNEL_VMA;
 use exit::ExitCode;
-use platform::Platform;
+use platform::PlatformServices;
 
 const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
 
@@ -68,11 +68,11 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     // hypercall MSR #GPs natively and COM1 is dead under Xen.
     let xen = xenpvh::find_xen(xenpvh::hw_cpuid);
     if let Some(leaves) = xen {
-        platform::set(Platform::XenPvh);
+        platform::set(platform::XenPvh.into());
         // SAFETY: `leaves` came from this CPU's CPUID with Xen's signature.
         unsafe { xenpvh::init_hypercall_page(leaves) };
     } else {
-        platform::set(Platform::Native);
+        platform::set(platform::Native.into());
         console::init_serial();
     }
     console::init_logger(LOG_LEVEL);
@@ -181,7 +181,7 @@ fn start_native_cpus(pvh: &pvh::PvhInfo) {
 /// Xen PV entry (from `_start`, on our own stack).
 #[no_mangle]
 extern "C" fn xen_rust_entry(si: *const xen::start_info::StartInfo) -> ! {
-    platform::set(Platform::XenPv);
+    platform::set(platform::XenPv.into());
     console::init_logger(LOG_LEVEL);
     // SAFETY: `si` is the start_info pointer Xen passed in %rsi.
     let si = match unsafe { xen::init(si) } {

@@ -27,6 +27,7 @@ use pvops_conformance::{run_all, Env};
 
 use crate::exit::{self, ExitCode};
 use crate::oracle::KernelOracle;
+use crate::platform::PlatformServices;
 use crate::process::{self, Processes, State, CHILD_EXIT, CHILD_VALUE, PARENT_VALUE, USER_DATA_VA};
 use crate::vm::{self, Vm, KERNEL_PROBE_VA};
 use crate::{attacks, kprintln, platform};
@@ -242,7 +243,7 @@ pub fn run(v: Vm) -> ! {
         Some(other) => {
             // The concurrent cases and the SMP conformance cases (step 1b) together.
             let mut s = crate::smp_cases::run_all(&v, other);
-            if crate::platform::get() == crate::platform::Platform::XenPvh {
+            if crate::platform::is_xen_pvh() {
                 match crate::xenpvh::remote_flush_costs(other, 200) {
                     Ok((ipi, hvm)) => kprintln!(
                         "pvh remote flush cost (TSC cycles, 200 rounds): cross-call IPI {ipi}, HVMOP_flush_tlbs {hvm}"
@@ -322,11 +323,7 @@ pub fn run(v: Vm) -> ! {
             "RESULT {plat} backend={backend} conformance={conf} user_isolation={iso} attacks={att} tlb={tlb_word} frames_leaked={frames_leaked}{cpus_field}{prog_fields}"
         );
     }
-    let expected = match platform::get() {
-        platform::Platform::Native => "native",
-        platform::Platform::XenPv => "xen64",
-        platform::Platform::XenPvh => "xen-pvh",
-    };
+    let expected = platform::get().expected_backend();
     let pass = summary.passed == summary.total
         && summary.total > 0
         && isolation

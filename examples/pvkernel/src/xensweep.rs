@@ -112,7 +112,7 @@ fn lazy_map(v: &Vm, n: u64) -> Result<(), PvError> {
 /// Runs both sweeps (Xen PV only) and prints `XENSWEEP` lines; `Ok(false)`
 /// if frames were not all given back.
 pub fn run(v: &Vm) -> Result<bool, PvError> {
-    if platform::get() != platform::Platform::XenPv {
+    if !platform::is_xen() {
         return Ok(true);
     }
     let free = v.frames.free_frames();

@@ -22,7 +22,7 @@ pub mod workload;
 
 pub use cases::{cases, l1_of, CASES};
 pub use env::{Case, CaseResult, Env, Machine, Summary};
-pub use smp::smp_cases;
+pub use smp::{smp_cases, STALE_ON_PURPOSE};
 
 /// Runs every case in order; `report` sees each result as it comes.
 pub fn run_all<O: PvMmuOps + ?Sized>(env: &Env<'_, O>, report: &mut dyn FnMut(&Case<O>, &CaseResult)) -> Summary {

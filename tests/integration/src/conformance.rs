@@ -9,7 +9,20 @@
 
 use std::fmt;
 
-use crate::platform::{boot_backend, platform_for};
+use crate::platform::{boot_backend, platform_for, Booted, HostPlatform};
+
+/// The host platform's invariants after the SMP conformance case `case`.
+/// A case of [`pvops_conformance::STALE_ON_PURPOSE`] must have left the
+/// `Diverged` hazard it causes to test a flush (it is forgiven, once seen);
+/// any other hazard, or a divergence in any other case, is an error.
+pub fn check_after_smp_case(host: &HostPlatform, booted: &Booted, case: &str) -> Result<(), String> {
+    if pvops_conformance::STALE_ON_PURPOSE.contains(&case)
+        && host.machine.forgive_tlb_hazards(pvops_model::TlbHazard::Diverged) == 0
+    {
+        return Err("the model saw no stale translation this case makes on purpose".into());
+    }
+    (host.invariants)(booted.frames, &[]).map_err(|e| format!("model invariant broken: {e}"))
+}
 
 /// Per-case results of one run.
 #[derive(Debug, Clone)]

@@ -430,6 +430,12 @@ impl Machine {
         self.state().tlb.violations().to_vec()
     }
 
+    /// Forgets the recorded TLB hazards of kind `hazard` (for a test that
+    /// causes one on purpose) and says how many there were.
+    pub fn forgive_tlb_hazards(&self, hazard: TlbHazard) -> usize {
+        self.state().tlb.forgive(hazard)
+    }
+
     /// Forgets recorded TLB hazards.
     pub fn clear_tlb_violations(&self) {
         self.state().tlb.clear_violations();

@@ -43,6 +43,12 @@ pub enum TlbHazard {
     BecameTable,
     /// A write went through a stale writable translation.
     StaleWrite,
+    /// A leaf was pointed at another frame while a TLB may still hold the
+    /// old translation: CPUs of one space may see different pages at one
+    /// address (one writes the new frame, another reads the old). The rule
+    /// is clear, flush, then install (Linux's `ptep_clear_flush` in
+    /// `wp_page_copy`, mm/memory.c).
+    Diverged,
 }
 
 /// One recorded hazard. Frames are the memory's own numbers (pfns natively,
@@ -201,6 +207,12 @@ impl Tlb {
         &self.violations
     }
 
+    pub(crate) fn forgive(&mut self, hazard: TlbHazard) -> usize {
+        let before = self.violations.len();
+        self.violations.retain(|v| v.hazard != hazard);
+        before - self.violations.len()
+    }
+
     pub(crate) fn clear_violations(&mut self) {
         self.violations.clear();
     }
@@ -239,18 +251,49 @@ impl Tlb {
         if old == new {
             return;
         }
+        let writer = crate::vcpu::current();
         for vcpu in 0..self.vcpus.len() {
-            self.on_write_of(vcpu, frame, index, old, new, read);
+            self.on_write_of(vcpu, writer, frame, index, old, new, read);
         }
     }
 
-    fn on_write_of(&mut self, vcpu: usize, frame: u64, index: usize, old: u64, new: u64, read: Reader<'_>) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_write_of(
+        &mut self,
+        vcpu: usize,
+        writer: usize,
+        frame: u64,
+        index: usize,
+        old: u64,
+        new: u64,
+        read: Reader<'_>,
+    ) {
         let Some(positions) = self.reach(vcpu, read).tables.get(&frame).cloned() else {
             return;
         };
         let v = &mut self.vcpus[vcpu];
         for pos in &positions {
             let va = canonical(pos.va + ((index as u64) << shift(pos.level)));
+            if pos.level == Level::L1 && new & flags::PRESENT != 0 && vcpu != writer {
+                // The old leaf, or a stale copy of an earlier one, may still
+                // be cached on another vCPU while the tables now give another
+                // frame. (The writer itself is in the kernel until its own
+                // flush; a later use of its stale entry is a `StaleWrite`.)
+                let cached = (old & flags::PRESENT != 0)
+                    .then(|| target(old))
+                    .into_iter()
+                    .chain(v.stale.iter().filter(|c| c.level == Level::L1 && c.va == va).map(|c| c.frame));
+                for frame in cached {
+                    if frame != target(new) {
+                        let seen = TlbViolation { hazard: TlbHazard::Diverged, frame, va, stale: true };
+                        // Once per write, however many vCPUs reach the table.
+                        if self.violations.last() != Some(&seen) {
+                            self.violations.push(seen);
+                        }
+                        break;
+                    }
+                }
+            }
             if lost(old, new) {
                 let mut out = Vec::new();
                 enumerate(pos, va, old, read, &mut out);

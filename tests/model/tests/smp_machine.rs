@@ -104,7 +104,38 @@ fn freeing_a_frame_only_the_other_vcpus_stale_entry_reaches_is_a_hazard() {
     remap_local(&m);
     m.frame_freed(Pfn(DATA));
     let v = m.tlb_violations();
-    assert_eq!(v.iter().map(|v| (v.hazard, v.frame, v.stale)).collect::<Vec<_>>(), [(TlbHazard::Freed, DATA, true)]);
+    // The remap itself already diverged (vCPU 1 may still read DATA while
+    // the tables give OTHER); the free is a hazard of its own.
+    assert_eq!(
+        v.iter().map(|v| (v.hazard, v.frame, v.stale)).collect::<Vec<_>>(),
+        [(TlbHazard::Diverged, DATA, true), (TlbHazard::Freed, DATA, true)]
+    );
+}
+
+#[test]
+fn pointing_a_leaf_at_another_frame_before_the_flush_is_a_hazard() {
+    // Clear, flush every CPU, then install: no divergence.
+    let m = machine();
+    let index = va(VA).index(Level::L1);
+    m.write_entry(Pfn(L1), index, 0);
+    m.invlpg(va(VA));
+    on_vcpu(1, || m.invlpg(va(VA)));
+    m.write_entry(Pfn(L1), index, e(OTHER, URW));
+    assert_eq!(m.tlb_violations(), []);
+    // Clear, flush this CPU only, install: vCPU 1 may still hold DATA.
+    let m = machine();
+    m.write_entry(Pfn(L1), index, 0);
+    m.invlpg(va(VA));
+    m.write_entry(Pfn(L1), index, e(OTHER, URW));
+    let v = m.tlb_violations();
+    assert_eq!(v.iter().map(|v| (v.hazard, v.frame, v.va)).collect::<Vec<_>>(), [(TlbHazard::Diverged, DATA, VA)]);
+    // A vCPU alone with the space may switch the frame and then flush: it
+    // runs no user code in between.
+    let m = machine();
+    on_vcpu(1, || m.set_cr3(OTHER_ROOT << 12));
+    m.write_entry(Pfn(L1), index, e(OTHER, URW));
+    m.invlpg(va(VA));
+    assert_eq!(m.tlb_violations(), []);
 }
 
 #[test]

@@ -316,7 +316,7 @@ pub fn init(rsdp: u64, e820: &[E820Entry]) -> Result<Madt, NativeSmpError> {
     traps::set_native_interrupt_gate(SPURIOUS_VECTOR, smp_spurious_stub as *const () as u64);
     // Measured: in a Xen 4.17 PVH dom0 under QEMU TCG, `rdtscp` raises #GP
     // although CPUID advertises it; the local APIC id read works there.
-    let xen_pvh = crate::platform::get() == crate::platform::Platform::XenPvh;
+    let xen_pvh = crate::platform::is_xen_pvh();
     if has_rdtscp() && !xen_pvh {
         // SAFETY: RDTSCP (hence TSC_AUX) is present (checked).
         unsafe { x86::wrmsr(MSR_TSC_AUX, 0) };

@@ -102,7 +102,7 @@ pub fn read_madt(rsdp: u64) -> Result<Madt, AcpiError> {
         // xen/arch/x86/hvm/dom0_build.c) has a valid length and checksum but
         // garbage in its signature and OEM fields. Xen is the firmware there,
         // so the checksum is what we can still check.
-        Err(e) if crate::platform::get() == crate::platform::Platform::XenPvh => {
+        Err(e) if crate::platform::is_xen_pvh() => {
             let len = u32_at(root + 4)? as u64;
             if len < 36 || !checksum_ok(root, len)? {
                 return Err(e);
