@@ -4,6 +4,7 @@ use std::any::Any;
 
 use kernel_glue::{FrameAllocator, Mm};
 use pvops::{BackendDesc, BootEnv, EntryKind, Pfn, PhysMem, PvError, PvMmuOps};
+use pvops_model::host::Platform;
 
 /// The kernel-half address the suite uses as "a kernel mapping" (direct-map slot 273).
 pub const KERNEL_VA: u64 = 0xffff_8880_0000_0000;
@@ -18,8 +19,13 @@ pub const INIT_MM_KERNEL_SLOTS: [usize; 3] = [273, 402, 511];
 /// A check over the allocator and the live pgds; `Err` says what is broken.
 pub type InvariantCheck = Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>;
 
-/// A modelled machine as the boot path sees it.
+/// A modelled machine as the boot path sees it: a
+/// [`pvops_model::host::Platform`] (the one constructor of host machines)
+/// with what the integration tests check on it.
 pub struct HostPlatform {
+    /// The platform as `pvops_model::host` built it; the fields below up to
+    /// `reserved` are its, copied for the tests that read them.
+    pub base: Platform,
     /// Short name for reports.
     pub label: &'static str,
     /// How the "kernel" was entered.
@@ -65,7 +71,7 @@ pub fn platforms() -> Vec<HostPlatform> {
 }
 
 /// The p2m seed of [`platforms`].
-pub const DEFAULT_P2M_SEED: u64 = 0x5eed;
+pub const DEFAULT_P2M_SEED: u64 = pvops_model::host::DEFAULT_P2M_SEED;
 
 /// [`platforms`], with the Xen model's p2m scrambled from `p2m_seed`.
 pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
@@ -76,20 +82,15 @@ pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
 /// steps as the kernel (early path, adopt the boot root, the kernel half's
 /// three slots — direct map, probe page, kernel image — then frame metadata).
 pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, PvError> {
-    let ops: &'static dyn PvMmuOps = (desc.instantiate)(&host.env())?;
-    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-    frames.add_free_range(Pfn(0), host.nr_frames);
-    for &r in &host.reserved {
-        frames.reserve(r);
-    }
-    let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd)?));
+    let h = host.base.clone().boot_early(desc)?;
+    let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?));
     // Early boot: no frame metadata yet.
     for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {
-        let kpage = pvops::MmServices::alloc_zeroed_frame(frames)?;
+        let kpage = h.frames.alloc_zeroed_frame()?;
         mm.map_kernel(va, kpage, writable)?;
     }
-    frames.init_metadata();
-    Ok(Booted { ops, frames, mm })
+    mm.init_metadata()?;
+    Ok(Booted { ops: h.ops, frames: h.frames, mm })
 }
 
 /// The result of [`boot_backend`].

@@ -36,7 +36,7 @@ fn snapshot(host: &HostPlatform, b: &Booted) -> Snapshot {
         }
     }
     Snapshot {
-        frames: b.frames.free_frames(),
+        frames: b.frames.free_count(),
         memory_hash: h,
         hypercalls: b.ops.stats().hypercalls,
         active: b.mm.active_pgd(),
