@@ -110,7 +110,7 @@ pub fn measure() -> Result<Memory, String> {
     let backend = XenBackend::new(*p);
     m.xen_heap = live_bytes() - h0;
     {
-        let frames = host.base.frames();
+        let frames = host.base().frames();
         let mm = Mm::adopt_boot(&backend, frames, host.boot_pgd).map_err(|e| e.to_string())?;
         let kpage = frames.alloc_zeroed_frame().map_err(|e| e.to_string())?;
         mm.map_kernel(KERNEL_VA, kpage, true).map_err(|e| e.to_string())?;

@@ -53,8 +53,7 @@ pub fn native_platform_smp(nr_frames: u64, vcpus: usize) -> HostPlatform {
         oracle: Box::leak(Box::new(NativeOracle(machine))),
         nr_frames,
         boot_pgd: base.boot_pgd,
-        reserved: base.reserved.clone(),
-        base,
+        reserved: base.reserved,
         counters: Box::new(String::new),
         // The machine's TLB: no frame freed or reused while a TLB may reach it,
         // no write through a stale translation.

@@ -21,11 +21,10 @@ pub type InvariantCheck = Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result
 
 /// A modelled machine as the boot path sees it: a
 /// [`pvops_model::host::Platform`] (the one constructor of host machines)
-/// with what the integration tests check on it.
+/// with what the integration tests check on it. Its fields may be changed
+/// before booting (a counting `mem`, a wrapped transport): [`HostPlatform::base`]
+/// hands the changed platform to the constructor.
 pub struct HostPlatform {
-    /// The platform as `pvops_model::host` built it; the fields below up to
-    /// `reserved` are its, copied for the tests that read them.
-    pub base: Platform,
     /// Short name for reports.
     pub label: &'static str,
     /// How the "kernel" was entered.
@@ -59,6 +58,23 @@ pub struct HostPlatform {
 }
 
 impl HostPlatform {
+    /// The platform as [`pvops_model::host`] takes it, with any field
+    /// changed since: its [`Platform::frames`] and [`Platform::boot_early`]
+    /// are how every host allocator and backend here is made.
+    pub fn base(&self) -> Platform {
+        Platform {
+            entry: self.entry,
+            handover: self.handover,
+            platform: self.platform,
+            mem: self.mem,
+            nr_frames: self.nr_frames,
+            boot_pgd: self.boot_pgd,
+            reserved: self.reserved.clone(),
+            machine: self.machine,
+            xen: self.xen,
+        }
+    }
+
     /// The boot environment to give the registry.
     pub fn env(&self) -> BootEnv<'static> {
         BootEnv { entry: self.entry, handover: self.handover, platform: self.platform }
@@ -82,7 +98,7 @@ pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
 /// steps as the kernel (early path, adopt the boot root, the kernel half's
 /// three slots — direct map, probe page, kernel image — then frame metadata).
 pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, PvError> {
-    let h = host.base.clone().boot_early(desc)?;
+    let h = host.base().boot_early(desc)?;
     let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?));
     // Early boot: no frame metadata yet.
     for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {

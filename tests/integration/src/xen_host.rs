@@ -72,8 +72,7 @@ pub fn xen_platform_smp(nr_pages: u64, p2m_seed: u64, vcpus: usize) -> HostPlatf
         oracle: Box::leak(Box::new(XenOracle(model))),
         nr_frames: nr_pages,
         boot_pgd: base.boot_pgd,
-        reserved: base.reserved.clone(),
-        base,
+        reserved: base.reserved,
         counters: Box::new(move || {
             let c = model.counters();
             format!(

@@ -15,7 +15,7 @@ fn early_mm(
     desc: &pvops::BackendDesc,
     host: &HostPlatform,
 ) -> (&'static dyn PvMmuOps, &'static FrameAllocator<'static>, Mm<'static>) {
-    let h = host.base.clone().boot_early(desc).expect("boot");
+    let h = host.base().boot_early(desc).expect("boot");
     let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd).expect("adopt");
     (h.ops, h.frames, mm)
 }

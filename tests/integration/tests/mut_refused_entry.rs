@@ -179,7 +179,7 @@ fn setup(kind: Refuse, burst: i64) -> Setup {
     let inner = (desc.instantiate)(&host.env()).expect("native backend");
     let ops: &'static Refusing =
         Box::leak(Box::new(Refusing { inner, kind, burst, calls: AtomicI64::new(0), from: AtomicI64::new(i64::MAX) }));
-    let frames = host.base.frames();
+    let frames = host.base().frames();
     let mm: &'static Mm<'static> =
         Box::leak(Box::new(Mm::adopt_boot(ops as &dyn PvMmuOps, frames, host.boot_pgd).expect("adopt")));
     mm.init_metadata().expect("metadata");

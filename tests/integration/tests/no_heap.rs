@@ -111,7 +111,7 @@ fn host(entries: usize, nr_pages: u64) -> Host {
     let mut platform = model.platform();
     platform.transport = Box::leak(Box::new(Hypervisor(platform.transport)));
     let ops: &'static XenBackend = Box::leak(Box::new(XenBackend::with_batch_entries(platform, entries)));
-    let frames = h.base.frames();
+    let frames = h.base().frames();
     let mm: &'static Mm<'static, XenBackend> = Box::leak(Box::new(Mm::adopt_boot(ops, frames, h.boot_pgd).unwrap()));
     for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {
         let page = frames.alloc_zeroed_frame().unwrap();

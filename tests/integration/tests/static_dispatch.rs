@@ -12,7 +12,7 @@ fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
     for host in platforms() {
         let ops: &'static Builtin = Box::leak(Box::new(Builtin::init(&host.env()).expect("a backend")));
         assert!(ops.is_builtin(), "{}: expected a built-in backend", host.label);
-        let frames = host.base.frames();
+        let frames = host.base().frames();
         let mm: Mm<'_, Builtin> = Mm::adopt_boot(ops, frames, host.boot_pgd).expect("adopt");
         let kpage = frames.alloc_zeroed_frame().expect("frame");
         mm.map_kernel(pvops_integration::KERNEL_VA, kpage, true).expect("kernel page");
