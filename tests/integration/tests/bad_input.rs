@@ -88,6 +88,14 @@ fn cases() -> Vec<Case> {
             call: |mm, _, f| mm.map(&f.active, VA, PageFlags::CODE).map(|_| ()),
         },
         Case {
+            entry_point: "Mm::map",
+            input: "a space another Mm made",
+            call: |mm, _, f| {
+                let other = Mm::adopt_boot(mm.ops(), mm.frames(), mm.init_pgd())?;
+                other.map(&f.active, VA + 0x1000, PageFlags::DATA).map(|_| ())
+            },
+        },
+        Case {
             entry_point: "Mm::unmap",
             input: "nothing mapped there",
             call: |mm, _, f| mm.unmap(&f.active, VA + 0x1000),
