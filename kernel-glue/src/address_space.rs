@@ -284,8 +284,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// already, the backend is told at once
     /// ([`PvMmuOps::frame_metadata_ready`], through its adopt of the root).
     ///
-    /// On a host model, [`pvops_model::host`](../pvops_model/host/index.html)
-    /// builds the three arguments (see the crate docs).
+    /// On a host model, `pvops_model::host` builds the three arguments
+    /// (see the crate docs).
     pub fn adopt_boot(ops: &'a O, frames: &'a FrameAllocator<'a>, boot_pgd: Pfn) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
         Ok(Mm {

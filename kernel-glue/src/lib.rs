@@ -30,13 +30,14 @@
 //! handover: the backend the registry picked, a [`FrameAllocator`] over its
 //! memory, the root it booted on. On the host, `pvops_model::host` builds
 //! them on a model, consistent, so setting up `Mm` is three statements; the
-//! model (never kernel-glue or the backend) then says what an access reaches.
+//! model (never kernel-glue or the backend) then says what an access reaches
+//! (`Host::oracle`, a `pvops_model::AccessOracle`).
 //!
 //! Natively (a machine model with a TLB):
 //!
 //! ```
 //! use kernel_glue::{FaultFix, Mm, PageFlags};
-//! use pvops_model::{Access, AccessOracle};
+//! use pvops_model::Access;
 //! # use pvops_native as _; use pvops_xen64 as _;
 //! let h = pvops_model::host::native(256)?;
 //! let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?;
@@ -68,7 +69,7 @@
 //!
 //! ```
 //! use kernel_glue::{Mm, PageFlags};
-//! use pvops_model::{Access, AccessOracle};
+//! use pvops_model::Access;
 //! # use pvops_native as _; use pvops_xen64 as _;
 //! let h = pvops_model::host::xen64(1024)?;
 //! let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?;

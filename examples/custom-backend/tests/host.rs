@@ -4,7 +4,7 @@
 use kernel_glue::{Mm, PageFlags};
 use pvops::{PvError, VirtAddr};
 use pvops_model::host::Platform;
-use pvops_model::{Access, AccessOracle};
+use pvops_model::Access;
 use pvops_native as _;
 use pvops_trace as _;
 use pvops_xen64 as _;

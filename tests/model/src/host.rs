@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use kernel_glue::{Mm, PageFlags};
-//! use pvops_model::{Access, AccessOracle};
+//! use pvops_model::Access;
 //! # use pvops_native as _; use pvops_xen64 as _;
 //! let h = pvops_model::host::xen64(1024)?;
 //! let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?;
