@@ -8,8 +8,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pvops::pte::flags;
 use pvops::{
-    CpuMask, Cpus, Flush, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE,
-    USER_LIMIT, USER_PGD_SLOTS,
+    CpuMask, Cpus, Flush, Level, Pfn, PhysMem, Pte, PvError, PvMmuOps, VirtAddr, ENTRIES_PER_TABLE, USER_LIMIT,
+    USER_PGD_SLOTS,
 };
 
 extern crate alloc;
@@ -93,7 +93,9 @@ pub(crate) const SOFT_SHARED: u64 = 1 << 10;
 /// One user address space (Linux's `mm_struct`). Dropping it does nothing:
 /// it must be given back with [`Mm::exit`], which is where errors can be seen.
 /// Only [`Mm::create`] (and `fork`) make one, on a freshly allocated root, so
-/// it is never `init_mm`: no method needs to check that.
+/// it is never `init_mm`: no method needs to check that. It belongs to the
+/// [`Mm`] that made it: every other `Mm` refuses it with
+/// [`PvError::ForeignSpace`] and changes nothing.
 ///
 /// `Sync`: threads of one process run on several CPUs at once. Its tables
 /// change under its own lock (Linux's `page_table_lock`), and every update
@@ -108,6 +110,8 @@ pub struct AddressSpace {
 /// (Linux's `pgd_list`), which kernel-half sync and `pin_all` walk.
 pub(crate) struct SpaceState {
     pub(crate) pgd: Pfn,
+    /// The id of the [`Mm`] that made it (`Mm::id`).
+    pub(crate) owner: u64,
     pub(crate) pinned: AtomicBool,
     /// Pinned by [`Mm::pin_all`] rather than by a first activation (Linux's
     /// `PG_savepinned`): [`Mm::unpin_all`] unpins exactly these.
@@ -147,10 +151,11 @@ impl PartialEq for AddressSpace {
 impl Eq for AddressSpace {}
 
 impl AddressSpace {
-    fn new(pgd: Pfn, pinned: bool) -> Self {
+    fn new(pgd: Pfn, pinned: bool, owner: u64) -> Self {
         AddressSpace {
             shared: Arc::new(SpaceState {
                 pgd,
+                owner,
                 pinned: AtomicBool::new(pinned),
                 save_pinned: AtomicBool::new(false),
                 cpus: AtomicU64::new(0),
@@ -208,6 +213,9 @@ pub(crate) fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
 /// `Sync`: every method may be called from any CPU at once; per-space work is
 /// serialised by the space's lock, `init_mm`'s kernel half by its own.
 pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
+    /// Unique among the `Mm`s of this program (`NEXT_MM_ID`): the owner
+    /// stamped into every space it makes.
+    id: u64,
     pub(crate) ops: &'a O,
     pub(crate) mem: &'a dyn PhysMem,
     pub(crate) frames: &'a FrameAllocator<'a>,
@@ -228,6 +236,11 @@ pub struct Mm<'a, O: PvMmuOps + ?Sized = dyn PvMmuOps> {
 
 /// `Mm::running` of a CPU that runs no user address space.
 const NONE: u64 = u64::MAX;
+
+/// The next [`Mm`]'s id: a space carries its maker's, so a space handed to
+/// another `Mm` (whose allocator and backend state never saw its frames) is
+/// refused rather than torn down with the wrong allocator.
+static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<O: PvMmuOps + ?Sized> core::fmt::Debug for Mm<'_, O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -264,18 +277,21 @@ pub(crate) fn user_va(addr: u64) -> Result<VirtAddr, PvError> {
 }
 
 impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
-    /// Takes over the root the platform booted on as `init_mm`. Works before frame
-    /// metadata exists (the early-boot path).
-    pub fn adopt_boot(
-        ops: &'a O,
-        mem: &'a dyn PhysMem,
-        frames: &'a FrameAllocator<'a>,
-        boot_pgd: Pfn,
-    ) -> Result<Self, PvError> {
+    /// Takes over the root the platform booted on as `init_mm`. The memory
+    /// is the allocator's ([`FrameAllocator::mem`]): one place, so the two
+    /// cannot disagree. Works before frame metadata exists (the early-boot
+    /// path: call [`Mm::init_metadata`] at its end); if the metadata exists
+    /// already, the backend is told at once
+    /// ([`PvMmuOps::frame_metadata_ready`], through its adopt of the root).
+    ///
+    /// On a host model, `pvops_model::host` builds the three arguments
+    /// (see the crate docs).
+    pub fn adopt_boot(ops: &'a O, frames: &'a FrameAllocator<'a>, boot_pgd: Pfn) -> Result<Self, PvError> {
         ops.adopt_boot_root(frames, boot_pgd)?;
         Ok(Mm {
+            id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
             ops,
-            mem,
+            mem: frames.mem(),
             frames,
             init_pgd: boot_pgd,
             init_lock: AtomicBool::new(false),
@@ -283,6 +299,28 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             cow_copies: AtomicU64::new(0),
             running: [const { AtomicU64::new(NONE) }; pvops::MAX_CPUS],
         })
+    }
+
+    /// The end of early boot: creates the frame metadata
+    /// ([`FrameAllocator::init_metadata`]) and tells the backend
+    /// ([`PvMmuOps::frame_metadata_ready`]; xen64 marks the boot tables
+    /// pinned there). From its return on, the metadata is right (a pin count
+    /// taken from it matches the hypervisor's) and [`Mm::create`] works.
+    /// Idempotent.
+    pub fn init_metadata(&self) -> Result<(), PvError> {
+        self.frames.init_metadata();
+        self.ops.frame_metadata_ready(self.frames)
+    }
+
+    /// Refuses a space another `Mm` made: one private check at the entry
+    /// of every public method that takes a space.
+    #[inline]
+    pub(crate) fn check_owner(&self, space: &AddressSpace) -> Result<(), PvError> {
+        if space.state().owner == self.id {
+            Ok(())
+        } else {
+            Err(PvError::ForeignSpace { pgd: space.pgd() })
+        }
     }
 
     /// The backend in use.
@@ -443,7 +481,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             let _ = self.frames.free_frame(pgd);
             return Err(err);
         }
-        let space = AddressSpace::new(pgd, false);
+        let space = AddressSpace::new(pgd, false, self.id);
         live.push(space.state().clone());
         Ok(space)
     }
@@ -466,6 +504,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// be in effect before the space's lock is released, or another CPU
     /// would walk tables whose updates are still queued here.
     pub fn map(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<Pfn, PvError> {
+        self.check_owner(space)?;
         self.map_issued(space, addr, perm.user_bits(), None)
     }
 
@@ -477,6 +516,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// both). Otherwise as [`Mm::map`]: on error nothing changed, the
     /// reference too.
     pub fn map_frame(&self, space: &AddressSpace, addr: u64, frame: Pfn, perm: PageFlags) -> Result<(), PvError> {
+        self.check_owner(space)?;
         self.map_issued(space, addr, perm.user_bits() | SOFT_SHARED, Some(frame)).map(|_| ())
     }
 
@@ -599,6 +639,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// be done, the page is unmapped and its frame is kept (never handed out
     /// while a TLB may still reach it), and the error says why.
     pub fn unmap(&self, space: &AddressSpace, addr: u64) -> Result<(), PvError> {
+        self.check_owner(space)?;
         let va = user_va(addr)?;
         let _locked = self.lock(space);
         let l1 = find_l1(self.ops, space.pgd(), va)?.ok_or(PvError::NotMapped { addr: va })?;
@@ -651,6 +692,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// were not cleared stay mapped; a cleared page's frame, or an unlinked
     /// table, is freed only once a flush succeeded (else kept, logged).
     pub fn unmap_range(&self, space: &AddressSpace, addr: u64, pages: u64) -> Result<u64, PvError> {
+        self.check_owner(space)?;
         let (start, end) = user_range(addr, pages)?;
         let _locked = self.lock(space);
         crate::lifecycle::regions_remove(&mut space.state().regions.lock(), addr, end);
@@ -782,6 +824,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// The frame and user permissions mapped at `addr`, if any.
     pub fn translate(&self, space: &AddressSpace, addr: u64) -> Result<Option<(Pfn, PageFlags)>, PvError> {
+        self.check_owner(space)?;
         let _locked = self.lock(space);
         self.translate_locked(space, addr)
     }
@@ -803,11 +846,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// Under the space's lock, so another CPU cannot unmap and free the
     /// frame between the lookup and the store.
     pub fn poke(&self, space: &AddressSpace, addr: u64, value: u64) -> Result<(), PvError> {
+        self.check_owner(space)?;
         self.with_frame_at(space, addr, |frame| self.mem.write_entry(frame, ((addr & 0xfff) / 8) as usize, value))
     }
 
     /// Reads a 64-bit word from the page mapped at `addr` (kernel-side access).
     pub fn peek(&self, space: &AddressSpace, addr: u64) -> Result<u64, PvError> {
+        self.check_owner(space)?;
         self.with_frame_at(space, addr, |frame| self.mem.read_entry(frame, ((addr & 0xfff) / 8) as usize))
     }
 
@@ -833,6 +878,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// [`Mm::active_pgd`] tells which. Either way this CPU stays in the
     /// space's cpumask (it only ever costs an extra flush).
     pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
+        self.check_owner(space)?;
         if !space.is_pinned() {
             let _locked = self.lock(space);
             if !space.is_pinned() {
@@ -883,6 +929,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// in a caller's (the child is not pinned yet: its tables are plain
     /// stores, nothing waits for the caller's leave).
     pub fn fork(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
+        self.check_owner(parent)?;
         let _locked = self.lock(parent);
         let child = self.create()?;
         self.ops.lazy_mmu_enter();
@@ -969,6 +1016,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// reachable); calling `exit` on it again finishes the job. A table whose
     /// release the backend refuses is the one frame lost (kept, not freed).
     pub fn exit(&self, space: AddressSpace) -> Result<(), (PvError, AddressSpace)> {
+        if let Err(e) = self.check_owner(&space) {
+            return Err((e, space));
+        }
         // Under the space's lock: `pin_all`/`unpin_all` reach it through the
         // live list and must never pin or unpin it mid-teardown.
         let state = space.state().clone();

@@ -81,7 +81,7 @@ impl Inner {
 
 impl core::fmt::Debug for FrameAllocator<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "FrameAllocator({} of {} free)", self.free_frames(), self.nr_frames)
+        write!(f, "FrameAllocator({} of {} free)", self.free_count(), self.nr_frames)
     }
 }
 
@@ -92,11 +92,11 @@ impl<'m> FrameAllocator<'m> {
     /// ```
     /// # struct Mem; impl pvops::PhysMem for Mem { fn read_entry(&self, _: pvops::Pfn, _: usize) -> u64 { 0 } fn write_entry(&self, _: pvops::Pfn, _: usize, _: u64) {} fn compare_exchange_entry(&self, _: pvops::Pfn, _: usize, _: u64, _: u64) -> Result<u64, u64> { Err(0) } }
     /// use kernel_glue::FrameAllocator;
-    /// use pvops::{MmServices, Pfn};
+    /// use pvops::Pfn;
     /// let frames = FrameAllocator::new(&Mem, 64);
     /// frames.add_free_range(Pfn(16), 48);
     /// let f = frames.alloc_zeroed_frame().unwrap();
-    /// assert_eq!(frames.free_frames(), 47);
+    /// assert_eq!(frames.free_count(), 47);
     /// frames.free_frame(f).unwrap();
     /// ```
     pub fn new(mem: &'m dyn PhysMem, nr_frames: u64) -> Self {
@@ -145,14 +145,52 @@ impl<'m> FrameAllocator<'m> {
         self.meta.call_once(|| (0..self.nr_frames).map(|_| Meta::default()).collect());
     }
 
-    /// Frames currently free.
-    pub fn free_frames(&self) -> u64 {
+    /// How many frames are free now (a count; [`MmServices::free_frame`]
+    /// is the one that frees a frame).
+    pub fn free_count(&self) -> u64 {
         self.inner.lock().free_count
     }
 
     /// Total frames.
     pub fn nr_frames(&self) -> u64 {
         self.nr_frames
+    }
+
+    /// The memory its frames live in: the one [`crate::Mm::adopt_boot`]
+    /// uses, so an `Mm` and its allocator can never name different memories.
+    pub fn mem(&self) -> &'m dyn PhysMem {
+        self.mem
+    }
+
+    /// A new zeroed frame, holding one reference. The same as
+    /// [`MmServices::alloc_zeroed_frame`], callable without importing the
+    /// trait (the trait is how backends see the allocator).
+    ///
+    /// ```
+    /// # struct Mem; impl pvops::PhysMem for Mem { fn read_entry(&self, _: pvops::Pfn, _: usize) -> u64 { 0 } fn write_entry(&self, _: pvops::Pfn, _: usize, _: u64) {} fn compare_exchange_entry(&self, _: pvops::Pfn, _: usize, _: u64, _: u64) -> Result<u64, u64> { Err(0) } }
+    /// let frames = kernel_glue::FrameAllocator::new(&Mem, 64);
+    /// frames.add_free_range(pvops::Pfn(1), 63);
+    /// let f = frames.alloc_zeroed_frame()?;
+    /// frames.free_frame(f)?;
+    /// # Ok::<(), pvops::PvError>(())
+    /// ```
+    #[inline]
+    pub fn alloc_zeroed_frame(&self) -> Result<pvops::Pfn, PvError> {
+        MmServices::alloc_zeroed_frame(self)
+    }
+
+    /// Frees a frame nobody else references (see [`MmServices::free_frame`]);
+    /// callable without importing the trait.
+    #[inline]
+    pub fn free_frame(&self, pfn: Pfn) -> Result<(), PvError> {
+        MmServices::free_frame(self, pfn)
+    }
+
+    /// True once [`FrameAllocator::init_metadata`] ran (the end of early
+    /// boot); callable without importing the trait.
+    #[inline]
+    pub fn has_metadata(&self) -> bool {
+        MmServices::has_metadata(self)
     }
 
     /// Successful allocations so far.

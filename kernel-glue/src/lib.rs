@@ -24,35 +24,85 @@
 //! A caller's own `lazy_mmu_enter`/`leave` around them nests safely (the
 //! backends count the depth).
 //!
+//! ## Setting up `Mm`
+//!
+//! A kernel builds the three things [`Mm::adopt_boot`] takes from its boot
+//! handover: the backend the registry picked, a [`FrameAllocator`] over its
+//! memory, the root it booted on. On the host, `pvops_model::host` builds
+//! them on a model, consistent, so setting up `Mm` is three statements; the
+//! model (never kernel-glue or the backend) then says what an access reaches
+//! (`Host::oracle`, a `pvops_model::AccessOracle`).
+//!
+//! Natively (a machine model with a TLB):
+//!
 //! ```
-//! use kernel_glue::{FaultFix, FrameAllocator, Mm, PageFlags};
-//! use pvops::{Pfn, PvMmuOps};
-//! use pvops_model::Machine;
-//! use pvops_native::NativeBackend;
-//!
-//! // A machine of 256 frames that booted on the root in frame 1.
-//! let machine = Machine::leaked(256);
-//! machine.set_cr3(Pfn(1).addr());
-//! let ops: &'static dyn PvMmuOps = Box::leak(Box::new(NativeBackend::new(machine, machine)));
-//! let frames = FrameAllocator::new(machine, 256);
-//! frames.add_free_range(Pfn(2), 254);
-//! let mm = Mm::adopt_boot(ops, machine, &frames, Pfn(1))?; // early boot: no metadata yet
-//! frames.init_metadata();
-//!
+//! use kernel_glue::{FaultFix, Mm, PageFlags};
+//! use pvops_model::Access;
+//! # use pvops_native as _; use pvops_xen64 as _;
+//! let h = pvops_model::host::native(256)?;
+//! let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?;
 //! let mut space = mm.create()?;
+//!
 //! let page = mm.map(&space, 0x40_0000, PageFlags::DATA)?;
-//! assert_eq!(mm.translate(&space, 0x40_0000)?, Some((page, PageFlags::DATA)));
+//! let va = pvops::VirtAddr::try_new(0x40_0000)?;
+//! assert_eq!(h.oracle().reach_from(space.pgd(), va, Access::USER_WRITE), Ok(page));
+//! assert!(h.oracle().reach_from(space.pgd(), va, Access::USER_EXECUTE).is_err(), "DATA is no-execute");
 //! mm.activate(&space)?; // first use: pinned on Xen; cr3 switch
+//! assert_eq!(h.oracle().reach(va, Access::USER_READ), Ok(page));
 //! let child = mm.fork(&space)?;
 //! // Copy-on-write: the child shares the page until one of them writes it.
 //! let cow = mm.fork_cow(&space)?;
 //! assert_eq!(mm.handle_fault(&cow, 0x40_0000, true), Ok(FaultFix::CopiedOnWrite));
 //! assert_eq!(mm.handle_fault(&space, 0x40_0000, true), Ok(FaultFix::ReusedSoleOwner));
 //! mm.activate_init()?;
+//! let free = h.frames.free_count();
 //! mm.exit(space).map_err(|(e, _)| e)?;
 //! mm.exit(child).map_err(|(e, _)| e)?;
 //! mm.exit(cow).map_err(|(e, _)| e)?;
-//! assert_eq!(frames.free_frames(), 254, "every frame came back");
+//! assert!(h.frames.free_count() > free, "their frames came back");
+//! # Ok::<(), pvops::PvError>(())
+//! ```
+//!
+//! On the Xen PV model (the same three statements; Xen's rules are checked
+//! on every hypercall, and the model says what user mode reaches once the
+//! space is loaded):
+//!
+//! ```
+//! use kernel_glue::{Mm, PageFlags};
+//! use pvops_model::Access;
+//! # use pvops_native as _; use pvops_xen64 as _;
+//! let h = pvops_model::host::xen64(1024)?;
+//! let mm = Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?;
+//! let space = mm.create()?;
+//!
+//! let page = mm.map(&space, 0x40_0000, PageFlags::DATA)?;
+//! mm.activate(&space)?; // pinned: changes are hypercalls from now on
+//! let va = pvops::VirtAddr::try_new(0x40_0000)?;
+//! assert_eq!(h.oracle().reach(va, Access::USER_WRITE), Ok(page));
+//! let xen = h.xen.expect("the Xen model");
+//! assert!(xen.counters().hypercalls > 0);
+//! mm.activate_init()?;
+//! mm.exit(space).map_err(|(e, _)| e)?;
+//! # Ok::<(), pvops::PvError>(())
+//! ```
+//!
+//! A kernel does the same from its own handover, in early boot (before the
+//! frame metadata exists) and then ends it with [`Mm::init_metadata`]:
+//!
+//! ```
+//! use kernel_glue::{FrameAllocator, Mm};
+//! use pvops::Pfn;
+//! # use pvops_native as _; use pvops_xen64 as _;
+//! # let p = pvops_model::host::Platform::native(256, 1);
+//! # let (mem, nr_frames, boot_root) = (p.mem, p.nr_frames, p.boot_pgd);
+//! # let ops = (p.select()?.instantiate)(&p.env())?;
+//! let frames = FrameAllocator::new(mem, nr_frames);
+//! frames.add_free_range(Pfn(2), nr_frames - 2); // what the boot allocator left free
+//! let mm = Mm::adopt_boot(ops, &frames, boot_root)?; // early boot: no metadata yet
+//! // ... map the kernel's own pages (`Mm::map_kernel`) ...
+//! mm.init_metadata()?; // the end of early boot: `create` works from here
+//! let space = mm.create()?;
+//! mm.exit(space).map_err(|(e, _)| e)?;
 //! # Ok::<(), pvops::PvError>(())
 //! ```
 #![no_std]

@@ -20,7 +20,6 @@ use crate::address_space::{
     lock, next_l1, user_range, user_va, AddressSpace, Backing, Mm, PageFlags, Region, SpaceState, SOFT_COW, SOFT_SHARED,
 };
 use crate::walk::{ensure_l1, find_l1, undo, NewTables, TABLE_FLAGS};
-use pvops::MmServices;
 
 /// How [`Mm::handle_fault`] resolved a fault: the access can be retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,13 +111,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// lazy-MMU batch for the whole range (on Xen, into a live space,
     /// ⌈N/32⌉-ish multicalls).
     pub fn map_range(&self, space: &AddressSpace, addr: u64, pages: u64, perm: PageFlags) -> Result<(), PvError> {
+        self.check_owner(space)?;
         let (_, end) = user_range(addr, pages)?;
         let _locked = self.lock(space);
         self.check_unmapped(space, addr, end)?;
         // Every page needs a frame: refuse what cannot fit before anything
         // is written, and reserve the bookkeeping up front, fallibly, so a
         // huge range is an error rather than a failed allocation (a panic).
-        if pages > self.frames.free_frames() {
+        if pages > self.frames.free_count() {
             return Err(PvError::OutOfMemory);
         }
         let mut leaves = Vec::new();
@@ -233,6 +233,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// ([`Mm::handle_fault`]). Refused ([`PvError::AlreadyMapped`]) if any
     /// page in the range is mapped or already reserved; nothing changes.
     pub fn reserve_zero(&self, space: &AddressSpace, addr: u64, pages: u64, perm: PageFlags) -> Result<(), PvError> {
+        self.check_owner(space)?;
         let (start, end) = user_range(addr, pages)?;
         if pages == 0 {
             return Ok(());
@@ -260,6 +261,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// two — the clear with the flush of every holder (`INVLPG_MULTI`),
     /// then the new entry. A reuse is one protection change (one hypercall).
     pub fn handle_fault(&self, space: &AddressSpace, addr: u64, write: bool) -> Result<FaultFix, FaultKill> {
+        self.check_owner(space).map_err(FaultKill::Backend)?;
         let page = addr & !0xfff;
         let va = user_va(page).map_err(|_| FaultKill::NotMapped)?;
         let _locked = self.lock(space);
@@ -385,6 +387,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// already write-protected stay so, harmlessly: their first write
     /// reuses the frame.
     pub fn fork_cow(&self, parent: &AddressSpace) -> Result<AddressSpace, PvError> {
+        self.check_owner(parent)?;
         let _locked = self.lock(parent);
         let child = self.create()?;
         *child.state().regions.lock() = parent.state().regions.lock().clone();
@@ -431,6 +434,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// `mprotect` of one page: [`Mm::protect_range`] of 1.
     pub fn protect(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<(), PvError> {
+        self.check_owner(space)?;
         self.protect_range(space, addr, 1, perm).map(|_| ())
     }
 
@@ -447,6 +451,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// private page shared by a copy-on-write fork stays write-protected
     /// when made writable (copy-on-write), never writable in two spaces.
     pub fn protect_range(&self, space: &AddressSpace, addr: u64, pages: u64, perm: PageFlags) -> Result<u64, PvError> {
+        self.check_owner(space)?;
         let (start, end) = user_range(addr, pages)?;
         let _locked = self.lock(space);
         let mut leaves = Vec::new();

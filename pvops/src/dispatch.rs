@@ -209,6 +209,9 @@ macro_rules! static_dispatch {
                 fn adopt_boot_root(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
                     -> ::core::result::Result<(), $crate::PvError>);
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],
+                fn frame_metadata_ready(&self, mm: &dyn $crate::MmServices)
+                    -> ::core::result::Result<(), $crate::PvError>);
+            $crate::__pvops_method!($name, $other, $first, [$($variant),*],
                 fn pgd_alloc(&self, mm: &dyn $crate::MmServices, pgd: $crate::Pfn)
                     -> ::core::result::Result<(), $crate::PvError>);
             $crate::__pvops_method!($name, $other, $first, [$($variant),*],

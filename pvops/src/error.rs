@@ -108,6 +108,13 @@ pub enum PvError {
         /// A CPU that has it loaded.
         cpu: usize,
     },
+    /// An address space was handed to a memory manager that did not make
+    /// it (kernel-glue's `Mm`): its tables, pins and frames belong to
+    /// another `Mm`'s allocator and backend state. Refused; nothing changed.
+    ForeignSpace {
+        /// The space's root.
+        pgd: Pfn,
+    },
     /// A backend was entered again on the same CPU while one of its calls
     /// was in progress there (an interrupt handler ran with events unmasked).
     Reentered {
@@ -146,6 +153,9 @@ impl fmt::Display for PvError {
             PvError::CpuOffline { cpu } => write!(f, "CPU {cpu} is not online"),
             PvError::CpuTimeout { cpu } => write!(f, "CPU {cpu} did not acknowledge the cross-call"),
             PvError::RootInUse { pgd, cpu } => write!(f, "root {:#x} is still loaded on CPU {cpu}", pgd.0),
+            PvError::ForeignSpace { pgd } => {
+                write!(f, "address space {:#x} belongs to another memory manager", pgd.0)
+            }
             PvError::Reentered { cpu } => {
                 write!(f, "backend re-entered on CPU {cpu} (an interrupt ran inside a call)")
             }

@@ -76,6 +76,19 @@ pub trait PvMmuOps: Sync {
         Ok(())
     }
 
+    /// Frame metadata exists from now on ([`MmServices::has_metadata`]): the
+    /// end of early boot, called once by the core right after it creates the
+    /// metadata (kernel-glue's `Mm::init_metadata`), or by its adopt of the
+    /// boot root when the metadata already existed. A backend that keeps
+    /// state there records the boot tables now (xen64 marks them pinned,
+    /// Linux's `xen_mark_init_mm_pinned`), so what the metadata says is true
+    /// from this point on, before any other call. Idempotent. Default: nothing.
+    /// A wrapper backend forwards it.
+    fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+        let _ = mm;
+        Ok(())
+    }
+
     /// A new top-level table `pgd` (zeroed, kernel half filled by the caller)
     /// is about to be used by an address space. MUST fail with
     /// [`PvError::OutOfMemory`] and change nothing when a needed frame cannot be had.

@@ -42,6 +42,9 @@ impl PvMmuOps for XenPvhBackend {
     fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.inner.adopt_boot_root(mm, pgd)
     }
+    fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+        self.inner.frame_metadata_ready(mm)
+    }
     fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.inner.pgd_alloc(mm, pgd)
     }

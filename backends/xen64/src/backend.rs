@@ -4,7 +4,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ops::Range;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pvops::{CpuMask, Cpus, Flush, Level, Mfn, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr, MAX_CPUS};
 
@@ -45,7 +45,7 @@ pub(crate) struct Cx<'a> {
     /// Every vCPU's loaded kernel root (pfn; `u64::MAX`: never set).
     roots: &'a [AtomicU64],
     /// Set once the boot tables are marked pinned (shared by all vCPUs).
-    boot_marked: &'a spin::Mutex<bool>,
+    boot_marked: &'a AtomicBool,
 }
 
 impl Cx<'_> {
@@ -98,19 +98,32 @@ impl Cx<'_> {
         Ok(crate::direct_map::remap(self.platform.direct_map_base, pfn, self.mfn(pfn)?, writable))
     }
 
-    /// True in steady state (frame metadata exists). The first time, the boot
-    /// tables are marked pinned: the one logged switch out of early boot.
+    /// True in steady state (frame metadata exists). Metadata that exists
+    /// before [`PvMmuOps::frame_metadata_ready`] marked the boot tables
+    /// pinned is refused: the metadata would say the boot tables are plain
+    /// frames, and a write to one would go out as a direct store Xen refuses.
     pub(crate) fn steady(&mut self, mm: &dyn MmServices) -> Result<bool, PvError> {
         if !mm.has_metadata() {
             return Ok(false);
         }
-        let boot_marked = self.boot_marked;
-        let mut marked = boot_marked.lock();
-        if !*marked {
-            boot::mark_boot_tables_pinned(self, mm)?;
-            *marked = true;
+        if !self.boot_marked.load(Ordering::Acquire) {
+            return Err(PvError::WrongState { what: "frame metadata exists but frame_metadata_ready was not called" });
         }
         Ok(true)
+    }
+
+    /// The switch out of early boot: marks the boot tables pinned in frame
+    /// metadata, once (the one logged switch).
+    fn mark_boot_tables(&mut self, mm: &dyn MmServices) -> Result<(), PvError> {
+        if !mm.has_metadata() {
+            return Err(PvError::WrongState { what: "frame_metadata_ready before frame metadata exists" });
+        }
+        if self.boot_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        boot::mark_boot_tables_pinned(self, mm)?;
+        self.boot_marked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Another vCPU that has `pgd` loaded as its kernel root, if any (what
@@ -143,7 +156,7 @@ pub struct XenBackend {
     /// Each vCPU's counters (`OpStats` then `FlushCounts`), published at the
     /// end of each of its calls.
     counts: Vec<[AtomicU64; COUNTS]>,
-    boot_marked: spin::Mutex<bool>,
+    boot_marked: AtomicBool,
 }
 
 /// Lazy-section nesting held without growing (deeper nesting still works,
@@ -188,7 +201,7 @@ impl XenBackend {
             vcpus: (0..MAX_CPUS).map(|_| spin::Mutex::new(None)).collect(),
             roots: (0..MAX_CPUS).map(|_| AtomicU64::new(platform.boot_root.0)).collect(),
             counts: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            boot_marked: spin::Mutex::new(false),
+            boot_marked: AtomicBool::new(false),
         }
     }
 
@@ -326,14 +339,25 @@ impl PvMmuOps for XenBackend {
 
     /// The root Xen's builder loaded and pinned is init_mm's pgd. Only that
     /// root is accepted. With frame metadata, its tables are marked pinned at
-    /// once; without, on the first steady-state call (see `boot.rs`).
+    /// once; without, at [`PvMmuOps::frame_metadata_ready`] (see `boot.rs`).
     fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.with(|cx| {
             if pgd != cx.st.boot_root {
                 return Err(PvError::WrongState { what: "adopt_boot_root: not the root Xen loaded" });
             }
-            cx.steady(mm).map(|_| ())
+            if mm.has_metadata() {
+                cx.mark_boot_tables(mm)?;
+            }
+            Ok(())
         })
+    }
+
+    /// The end of early boot: the boot root and every table under it are
+    /// marked pinned in frame metadata now (Linux's `xen_mark_init_mm_pinned`),
+    /// so a pin count taken from the metadata from here on is right, and
+    /// later writes to those tables still go by hypercall.
+    fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+        self.with(|cx| cx.mark_boot_tables(mm))
     }
 
     fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {

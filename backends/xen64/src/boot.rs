@@ -11,9 +11,11 @@
 //!    only the kernel base pointer;
 //! 4. a new table is made read-only at once; a released one writable.
 //!
-//! The switch to steady state happens once, on the first call that sees
-//! metadata: the boot tables are marked pinned in it (Linux's
+//! The switch to steady state happens once, at `PvMmuOps::frame_metadata_ready`
+//! (kernel-glue's `Mm::init_metadata`, or `Mm::adopt_boot` when metadata
+//! already exists): the boot tables are marked pinned in the metadata (Linux's
 //! `xen_mark_init_mm_pinned`), so later writes to them still go by hypercall.
+//! A call that finds metadata before that point is refused (`WrongState`).
 
 use pvops::{Level, MmServices, Pfn, PvError, ENTRIES_PER_TABLE};
 

@@ -72,6 +72,9 @@ impl PvMmuOps for TraceBackend {
     fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.record(self.inner.adopt_boot_root(mm, pgd), Event::AdoptBootRoot(pgd))
     }
+    fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+        self.record(self.inner.frame_metadata_ready(mm), Event::MetadataReady)
+    }
     fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.record(self.inner.pgd_alloc(mm, pgd), Event::PgdAlloc(pgd))
     }

@@ -10,6 +10,8 @@ use pvops::{Level, Pfn, Pte, VirtAddr};
 pub enum Event {
     /// `adopt_boot_root(pgd)`.
     AdoptBootRoot(Pfn),
+    /// `frame_metadata_ready()`: the end of early boot.
+    MetadataReady,
     /// `pgd_alloc(pgd)`.
     PgdAlloc(Pfn),
     /// `pgd_free(pgd)`.
@@ -49,6 +51,7 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Event::AdoptBootRoot(p) => write!(f, "adopt {:#x}", p.0),
+            Event::MetadataReady => write!(f, "metadata_ready"),
             Event::PgdAlloc(p) => write!(f, "pgd_alloc {:#x}", p.0),
             Event::PgdFree(p) => write!(f, "pgd_free {:#x}", p.0),
             Event::AllocPt(r, l, p) => write!(f, "alloc_pt {:#x} {} {:#x}", r.0, level_digit(l), p.0),
@@ -109,6 +112,7 @@ impl FromStr for Event {
         let pfn = |x: Result<u64, ParseError>| x.map(Pfn);
         let e = match op {
             "adopt" => Event::AdoptBootRoot(pfn(num(w.next()))?),
+            "metadata_ready" => Event::MetadataReady,
             "pgd_alloc" => Event::PgdAlloc(pfn(num(w.next()))?),
             "pgd_free" => Event::PgdFree(pfn(num(w.next()))?),
             "alloc_pt" => Event::AllocPt(pfn(num(w.next()))?, level(w.next())?, pfn(num(w.next()))?),

@@ -27,6 +27,7 @@ pub enum ReplayError {
 pub fn apply(ops: &dyn PvMmuOps, mm: &dyn MmServices, e: &Event) -> Result<(), PvError> {
     match *e {
         Event::AdoptBootRoot(p) => ops.adopt_boot_root(mm, p),
+        Event::MetadataReady => ops.frame_metadata_ready(mm),
         Event::PgdAlloc(p) => ops.pgd_alloc(mm, p),
         Event::PgdFree(p) => ops.pgd_free(mm, p),
         Event::AllocPt(r, l, p) => ops.alloc_pt(mm, r, l, p),

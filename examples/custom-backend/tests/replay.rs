@@ -1,28 +1,21 @@
 //! A recorded trace replays onto a fresh machine and rebuilds the same page tables.
 
-use kernel_glue::{FrameAllocator, Mm, PageFlags};
+use kernel_glue::{Mm, PageFlags};
 use pvops::{Pfn, PvMmuOps};
-use pvops_model::Machine;
+use pvops_model::host::{self, Platform};
+use pvops_native as _;
 use pvops_native::NativeBackend;
 use pvops_trace::{replay, Event, TraceBackend};
 
 const FRAMES: u64 = 256;
 
-fn machine() -> &'static Machine {
-    let m = Machine::leaked(FRAMES);
-    m.set_cr3(Pfn(1).addr());
-    m
-}
-
 #[test]
 fn replaying_a_trace_rebuilds_identical_page_tables() {
-    let original = machine();
-    let inner: &'static dyn PvMmuOps = Box::leak(Box::new(NativeBackend::new(original, original)));
-    let trace: &'static TraceBackend = Box::leak(Box::new(TraceBackend::new(inner)));
-    let frames = Box::leak(Box::new(FrameAllocator::new(original, FRAMES)));
-    frames.add_free_range(Pfn(2), FRAMES - 2);
-    frames.init_metadata();
-    let mm = Mm::adopt_boot(trace, original, frames, Pfn(1)).expect("boot");
+    // A host machine, its backend wrapped in a trace.
+    let h = host::native(FRAMES).expect("a native host");
+    let trace: &'static TraceBackend = Box::leak(Box::new(TraceBackend::new(h.ops)));
+    let mm = Mm::adopt_boot(trace, h.frames, h.boot_pgd).expect("boot");
+    let (original, frames) = (h.machine, h.frames);
     let a = mm.create().expect("create");
     for i in 0..5 {
         mm.map(&a, 0x40_0000 + i * 0x1000 + i * (1 << 39), PageFlags::DATA).expect("map");
@@ -47,11 +40,12 @@ fn replaying_a_trace_rebuilds_identical_page_tables() {
     assert!(text.contains("protect ") && text.contains("clear_ad "), "protection change not recorded:\n{text}");
 
     // Replay onto a fresh machine (data frames are not part of the trace: compare tables).
-    let copy = machine();
+    let fresh = Platform::native(FRAMES, 1);
+    let copy = fresh.machine;
     let target: &'static dyn PvMmuOps = Box::leak(Box::new(NativeBackend::new(copy, copy)));
-    let frames2 = FrameAllocator::new(copy, FRAMES);
+    let frames2 = fresh.frames();
     frames2.init_metadata();
-    let n = replay(&text, target, &frames2).expect("replays");
+    let n = replay(&text, target, frames2).expect("replays");
     assert_eq!(n, text.lines().count());
     let tables: Vec<Pfn> = trace
         .events()
@@ -75,12 +69,12 @@ fn replaying_a_trace_rebuilds_identical_page_tables() {
 
 #[test]
 fn bad_trace_lines_are_reported_with_their_line_number() {
-    let m = machine();
-    let target: &'static dyn PvMmuOps = Box::leak(Box::new(NativeBackend::new(m, m)));
-    let frames = FrameAllocator::new(m, FRAMES);
-    let err = replay("flush_all\nset 9 0x1 0 0x0\n", target, &frames).expect_err("bad level");
+    let p = Platform::native(FRAMES, 1);
+    let target: &'static dyn PvMmuOps = Box::leak(Box::new(NativeBackend::new(p.machine, p.machine)));
+    let frames = p.frames();
+    let err = replay("flush_all\nset 9 0x1 0 0x0\n", target, frames).expect_err("bad level");
     assert!(matches!(err, pvops_trace::ReplayError::Parse { line: 2, .. }), "{err:?}");
-    let err = replay("set 1 0x5 600 0x0\n", target, &frames).expect_err("bad index");
+    let err = replay("set 1 0x5 600 0x0\n", target, frames).expect_err("bad index");
     assert!(matches!(err, pvops_trace::ReplayError::Op { line: 1, .. }), "{err:?}");
 }
 
@@ -89,6 +83,7 @@ fn every_event_round_trips_through_text() {
     use pvops::{Level, Pte, VirtAddr};
     let events = [
         Event::AdoptBootRoot(Pfn(1)),
+        Event::MetadataReady,
         Event::PgdAlloc(Pfn(2)),
         Event::PgdFree(Pfn(2)),
         Event::AllocPt(Pfn(2), Level::L3, Pfn(3)),

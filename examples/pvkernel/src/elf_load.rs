@@ -59,7 +59,7 @@ pub fn check_refusals(vm: &Vm) -> Refusals {
                      before: (u64, u64),
                      up_front: bool| {
         r.tried += 1;
-        let left = before.0 as i64 - vm.frames.free_frames() as i64;
+        let left = before.0 as i64 - vm.frames.free_count() as i64;
         let allocated = vm.frames.allocations() - before.1;
         let verdict = match got {
             Ok(l) => {
@@ -79,7 +79,7 @@ pub fn check_refusals(vm: &Vm) -> Refusals {
             Err(why) => kprintln!("elf refusal {name}: FAILED: {why} ({left} frames left)"),
         }
     };
-    let now = || (vm.frames.free_frames(), vm.frames.allocations());
+    let now = || (vm.frames.free_count(), vm.frames.allocations());
     for case in user_elf::craft::bad_cases() {
         let before = now();
         judge(case.name, load(vm, &case.bytes), &|e| *e == LoadError::Elf(case.expect), before, true);

@@ -336,7 +336,7 @@ impl Programs {
             nr::MUNMAP => self.munmap(pid, a[0], a[1]),
             nr::MPROTECT => self.mprotect(pid, a[0], a[1], a[2]),
             nr::PVOPS_STAT => match a[0] {
-                0 => self.vm.frames.nr_frames() - self.vm.frames.free_frames(),
+                0 => self.vm.frames.nr_frames() - self.vm.frames.free_count(),
                 1 => self.vm.mm.cow_copies(),
                 _ => EINVAL,
             },

@@ -296,6 +296,9 @@ mod no_lazy {
         fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
             self.0.adopt_boot_root(mm, pgd)
         }
+        fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+            self.0.frame_metadata_ready(mm)
+        }
         fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
             self.0.pgd_alloc(mm, pgd)
         }

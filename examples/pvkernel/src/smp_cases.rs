@@ -208,7 +208,7 @@ pub fn run_all(v: &Vm, cpu: usize) -> Summary {
         ("call_errors", call_errors),
     ];
     for (name, case) in cases {
-        let free_before = v.frames.free_frames();
+        let free_before = v.frames.free_count();
         let agent = match Agent::start(cpu) {
             Ok(a) => a,
             Err(e) => {
@@ -219,7 +219,7 @@ pub fn run_all(v: &Vm, cpu: usize) -> Summary {
         };
         let r = case(v, &agent);
         let stopped = agent.stop();
-        let leaked = free_before as i64 - v.frames.free_frames() as i64;
+        let leaked = free_before as i64 - v.frames.free_count() as i64;
         s.run += 1;
         match (r, stopped) {
             (Ok((true, what)), Ok(())) if leaked == 0 => {
@@ -341,11 +341,11 @@ fn lazy_exit(v: &Vm, agent: &Agent) -> Result<(bool, alloc::string::String), PvE
         _ => u64::MAX,
     });
     // While the AP runs A, exit must be refused, naming it, nothing changed.
-    let free = v.frames.free_frames();
+    let free = v.frames.free_count();
     let space = match mm.exit(space) {
         Err((e, space)) => {
             let still = agent.run(&|| read(X));
-            let unchanged = v.frames.free_frames() == free && still == OLD;
+            let unchanged = v.frames.free_count() == free && still == OLD;
             if e != (PvError::RootInUse { pgd, cpu: agent.cpu }) || !unchanged {
                 let _ = agent.run(&|| code(mm.activate_init()));
                 let _ = mm.exit(space);

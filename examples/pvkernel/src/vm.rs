@@ -9,9 +9,9 @@
 //! KernelOps::init_static(&BootEnv{entry, handover, platform}) -> ops ("native" / "xen64" / "xen-pvh"),
 //!   the registry's selection, published for pvops::ops() and held by value
 //! FrameAllocator::new(mem, nr_frames) + the boot allocator's free frames
-//! Mm::adopt_boot(ops, mem, frames, boot_root)        (no frame metadata yet)
+//! Mm::adopt_boot(ops, frames, boot_root)             (memory: the allocator's; no frame metadata yet)
 //! mm.map_kernel(KERNEL_PROBE_VA, frame, writable)    (early path)
-//! frames.init_metadata()                             (steady state from here)
+//! mm.init_metadata()                                 (metadata + backend told: steady state from here)
 //! ```
 
 use alloc::boxed::Box;
@@ -106,14 +106,14 @@ pub fn boot(
     }
     log::info!(
         "frames: {} of {} free after boot (boot allocator handed over {} in {} ranges)",
-        frames.free_frames(),
+        frames.free_count(),
         nr_frames,
         free.total(),
         free.as_slice().len()
     );
 
     let mm: &'static Mm<'static, KernelOps> =
-        Box::leak(Box::new(step("Mm::adopt_boot", Mm::adopt_boot(ops, mem, frames, boot_root))?));
+        Box::leak(Box::new(step("Mm::adopt_boot", Mm::adopt_boot(ops, frames, boot_root))?));
     // Early boot: still no frame metadata.
     let probe_frame = step("probe frame", frames.alloc_zeroed_frame())?;
     step("map_kernel", mm.map_kernel(KERNEL_PROBE_VA, probe_frame, true))?;
@@ -121,7 +121,9 @@ pub fn boot(
     mem.write_entry(probe_frame, 0, 0x6b65_726e_656c_2121);
     #[cfg(feature = "broken-isolation")]
     step("broken-isolation", expose_probe_page_natively(ops, frames, boot_root))?;
-    frames.init_metadata();
+    // The end of early boot, at one point: metadata created and the backend
+    // told (xen64 marks the boot tables pinned here).
+    step("Mm::init_metadata", mm.init_metadata())?;
     log::info!(
         "init_mm: root {:?} adopted by {}, frame metadata ready, kernel page {:#x} -> {:?}",
         boot_root,

@@ -44,7 +44,7 @@ pub const DEMO_PAGES: u64 = 8;
 /// README table. Returns the frames it did not give back.
 pub fn hypercall_demo(mm: &Mm<'_, KernelOps>, pages: u64) -> Result<i64, PvError> {
     let name = mm.ops().name();
-    let free_before = mm.frames().free_frames() as i64;
+    let free_before = mm.frames().free_count() as i64;
     let start = SeamCounts::now();
     let mut n = 0;
     let mut step = |what: &str, f: &mut dyn FnMut() -> Result<(), PvError>| {
@@ -74,7 +74,7 @@ pub fn hypercall_demo(mm: &Mm<'_, KernelOps>, pages: u64) -> Result<i64, PvError
     let mut b = Some(b);
     step("exit B (unpin, free)", &mut || b.take().map_or(Ok(()), |s| mm.exit(s).map_err(|(e, _)| e)))?;
     kprintln!("HCDEMO backend={name} steps={n} {}", SeamCounts::now().since(&start));
-    Ok(free_before - mm.frames().free_frames() as i64)
+    Ok(free_before - mm.frames().free_count() as i64)
 }
 
 /// Runs the user workload; `Ok(true)` when isolation and copy independence held.
@@ -217,7 +217,7 @@ pub fn run(v: Vm) -> ! {
 
     // 3. The user workload (with the TLB test).
     let seams_before = SeamCounts::now();
-    let free_before = v.frames.free_frames();
+    let free_before = v.frames.free_count();
     let pins_before = vm::pinned_frames(v.frames);
     let stats_before = v.ops.stats();
     let isolation = match user_workload(&v) {
@@ -292,7 +292,7 @@ pub fn run(v: Vm) -> ! {
     }
     #[cfg(feature = "leak-pin")]
     leak_pin(&v);
-    let frames_leaked = free_before as i64 - v.frames.free_frames() as i64;
+    let frames_leaked = free_before as i64 - v.frames.free_count() as i64;
     kprintln!("workload {}: {} (measured at the seams)", backend, user);
     kprintln!("attack suite {}: {attack_hc} hypercalls (transport trapped {attack_traps})", backend);
     if platform::is_xen() {

@@ -115,7 +115,7 @@ pub fn run(v: &Vm) -> Result<bool, PvError> {
     if !platform::is_xen() {
         return Ok(true);
     }
-    let free = v.frames.free_frames();
+    let free = v.frames.free_count();
     let t0 = crate::xen::time::now_ns();
     for l1 in PIN_L1S {
         pin_unpin(v, l1)?;
@@ -124,7 +124,7 @@ pub fn run(v: &Vm) -> Result<bool, PvError> {
         lazy_map(v, n)?;
     }
     let ms = (crate::xen::time::now_ns() - t0) / 1_000_000;
-    let leaked = free as i64 - v.frames.free_frames() as i64;
+    let leaked = free as i64 - v.frames.free_count() as i64;
     let rows = 2 * PIN_L1S.len() + LAZY_PAGES.len();
     kprintln!("XENSWEEP done rows={rows} frames_leaked={leaked} took={ms}ms (Xen system time)");
     Ok(leaked == 0)

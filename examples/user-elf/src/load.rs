@@ -69,7 +69,7 @@ pub fn load<O: PvMmuOps + ?Sized>(
     // More pages than free frames cannot load (a huge .bss, say): refused up
     // front, as Linux's overcommit check refuses the mapping, rather than
     // after taking every free frame.
-    if image.pages() > mm.frames().free_frames() {
+    if image.pages() > mm.frames().free_count() {
         return Err(LoadError::Mm(PvError::OutOfMemory));
     }
     let space = mm.create().map_err(LoadError::Mm)?;

@@ -19,7 +19,7 @@ const LAYOUT: Layout = Layout { stack_top: 0x7000_0000_0000, stack_pages: 4 };
 /// Free frames are as before, the models' invariants hold, and under Xen
 /// no free frame is still a table or read-only to the guest.
 fn clean(name: &str, host: &HostPlatform, booted: &Booted, free_before: u64, what: &str) {
-    assert_eq!(booted.frames.free_frames(), free_before, "{name}: {what}: frames left behind");
+    assert_eq!(booted.frames.free_count(), free_before, "{name}: {what}: frames left behind");
     if let Err(e) = (host.invariants)(booted.frames, &[]) {
         panic!("{name}: {what}: {e}");
     }
@@ -39,7 +39,7 @@ fn clean(name: &str, host: &HostPlatform, booted: &Booted, free_before: u64, wha
 fn the_good_image_lands_as_its_segments_say() {
     for (name, host, booted) in boot_builtin_backends() {
         let mm = booted.mm;
-        let free = booted.frames.free_frames();
+        let free = booted.frames.free_count();
         let bytes = good();
         let l = load(mm, host.mem, &bytes, LAYOUT).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(l.entry, CODE_VA);
@@ -75,7 +75,7 @@ fn bad_images_are_refused_before_anything_is_allocated() {
             bad_cases().into_iter().map(|c| (c.name, c.bytes, LoadError::Elf(c.expect))).collect();
         cases.push(("huge-bss", huge_bss(), LoadError::Mm(PvError::OutOfMemory)));
         for (case, bytes, want) in cases {
-            let (free, allocs) = (booted.frames.free_frames(), booted.frames.allocations());
+            let (free, allocs) = (booted.frames.free_count(), booted.frames.allocations());
             let got = load(booted.mm, host.mem, &bytes, LAYOUT);
             assert_eq!(got.as_ref().map(|l| l.entry).err(), Some(&want), "{name}: {case}");
             assert_eq!(booted.frames.allocations(), allocs, "{name}: {case}: allocated before refusing");
@@ -90,7 +90,7 @@ fn a_load_failing_at_any_allocation_leaves_nothing_behind() {
         let bytes = good();
         let mut k = 0;
         loop {
-            let free = booted.frames.free_frames();
+            let free = booted.frames.free_count();
             booted.frames.fail_allocation_after(Some(k));
             let got = load(booted.mm, host.mem, &bytes, LAYOUT);
             let armed = booted.frames.injection_armed();

@@ -34,7 +34,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::fmt::Write as _;
 
 use kernel_glue::{FrameAllocator, Mm, PageFlags};
-use pvops::{BootEnv, EntryKind, MmServices, Pfn, PhysMem, PvMmuOps, VirtAddr, USER_LIMIT};
+use pvops::{BootEnv, EntryKind, Pfn, PhysMem, PvMmuOps, VirtAddr, USER_LIMIT};
 use pvops_native::{DirectMap, NativeCpu, NativePlatform};
 
 use crate::builtin::Builtin;
@@ -625,7 +625,7 @@ impl<O: PvMmuOps + ?Sized> Impl for Mm<'static, O> {
         s.pgd().0
     }
     fn free_frames(&self) -> u64 {
-        self.frames().free_frames()
+        self.frames().free_count()
     }
 }
 
@@ -707,13 +707,13 @@ pub fn boot(each: u64) -> Result<Trio, String> {
     };
     let (fa, fb) = (allocator(2), allocator(2 + each));
     let dyn_mm: &'static Mm<'static> =
-        Box::leak(Box::new(Mm::adopt_boot(dyn_ops, mem, fa, BOOT_PGD).map_err(|e| e.to_string())?));
+        Box::leak(Box::new(Mm::adopt_boot(dyn_ops, fa, BOOT_PGD).map_err(|e| e.to_string())?));
     let static_mm: &'static Mm<'static, Builtin> =
-        Box::leak(Box::new(Mm::adopt_boot(builtin, mem, fb, BOOT_PGD).map_err(|e| e.to_string())?));
+        Box::leak(Box::new(Mm::adopt_boot(builtin, fb, BOOT_PGD).map_err(|e| e.to_string())?));
     let kpage = fa.alloc_zeroed_frame().map_err(|e| e.to_string())?;
     dyn_mm.map_kernel(KERNEL_VA, kpage, true).map_err(|e| e.to_string())?;
-    fa.init_metadata();
-    fb.init_metadata();
+    dyn_mm.init_metadata().map_err(|e| e.to_string())?;
+    static_mm.init_metadata().map_err(|e| e.to_string())?;
     let hand: &'static Hand = Box::leak(Box::new(Hand::new(&plat, 2 + 2 * each, each, BOOT_PGD.0)));
     Ok(Trio { plat, dyn_mm, static_mm, hand })
 }

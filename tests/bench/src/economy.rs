@@ -7,7 +7,7 @@
 
 use kernel_glue::{AddressSpace, Mm, PageFlags};
 use pvops::pte::flags;
-use pvops::{Level, MmServices, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
+use pvops::{Level, OpStats, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
 use pvops_integration::platform::{boot_backend, Booted, HostPlatform};
 use pvops_integration::xen_host::xen_platform;
 use pvops_model::XenModel;

@@ -161,11 +161,11 @@ fn teardown(b: &SmpBooted, spaces: Vec<AddressSpace>) -> Result<(), String> {
 /// Runs `f` (as vCPU 0) and returns its result with what the models counted
 /// and the frames it took.
 fn counted<T>(b: &SmpBooted, f: impl FnOnce() -> Result<T, String>) -> Result<(T, LcCost), String> {
-    let free = b.frames.free_frames();
+    let free = b.frames.free_count();
     let before = smp::snapshot(b);
     let r = f()?;
     let model = smp::delta(before, smp::snapshot(b));
-    Ok((r, LcCost { model, frames: free.saturating_sub(b.frames.free_frames()), copies: 0 }))
+    Ok((r, LcCost { model, frames: free.saturating_sub(b.frames.free_count()), copies: 0 }))
 }
 
 /// Runs `op` once on `b` (vCPU 0 runs it; the space is loaded on vCPU 0, and
@@ -271,7 +271,7 @@ pub fn measure() -> Result<Vec<LcRow>, String> {
     let mut rows = Vec::new();
     for backend in BACKENDS {
         let b = smp::boot(backend)?;
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         for op in Op::all() {
             for both in [true, false] {
                 let cost = run_op(&b, op, both).map_err(|e| format!("{backend} {op:?} both={both}: {e}"))?;
@@ -279,8 +279,8 @@ pub fn measure() -> Result<Vec<LcRow>, String> {
             }
         }
         b.check_quiescent()?;
-        if b.frames.free_frames() != free0 {
-            return Err(format!("{backend}: {} frames leaked", free0 - b.frames.free_frames()));
+        if b.frames.free_count() != free0 {
+            return Err(format!("{backend}: {} frames leaked", free0 - b.frames.free_count()));
         }
     }
     Ok(rows)

@@ -10,8 +10,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kernel_glue::{FrameAllocator, Mm, PageFlags};
-use pvops::{MmServices, Pfn};
+use kernel_glue::{Mm, PageFlags};
+
 use pvops_integration::platform::KERNEL_VA;
 use pvops_integration::xen_host::xen_platform;
 use pvops_native::NativeBackend;
@@ -110,15 +110,11 @@ pub fn measure() -> Result<Memory, String> {
     let backend = XenBackend::new(*p);
     m.xen_heap = live_bytes() - h0;
     {
-        let frames = FrameAllocator::new(host.mem, host.nr_frames);
-        frames.add_free_range(Pfn(0), host.nr_frames);
-        for &r in &host.reserved {
-            frames.reserve(r);
-        }
-        let mm = Mm::adopt_boot(&backend, host.mem, &frames, host.boot_pgd).map_err(|e| e.to_string())?;
+        let frames = host.base().frames();
+        let mm = Mm::adopt_boot(&backend, frames, host.boot_pgd).map_err(|e| e.to_string())?;
         let kpage = frames.alloc_zeroed_frame().map_err(|e| e.to_string())?;
         mm.map_kernel(KERNEL_VA, kpage, true).map_err(|e| e.to_string())?;
-        frames.init_metadata();
+        mm.init_metadata().map_err(|e| e.to_string())?;
         for _ in 0..LIVES {
             let s = mm.create().map_err(|e| e.to_string())?;
             for i in 0..64 {

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 
 use kernel_glue::{FrameAllocator, Mm, PageFlags};
-use pvops::{BootEnv, EntryKind, MmServices, Pfn, PvMmuOps};
+use pvops::{BootEnv, EntryKind, Pfn, PvMmuOps};
 use pvops_integration::native_host::native_platform;
 use pvops_integration::platform::{boot_backend, KERNEL_VA};
 use pvops_integration::xen_host::xen_platform;
@@ -105,11 +105,11 @@ fn boot(backend: &str, nr: u64) -> Result<Booted, String> {
         frames.add_free_range(Pfn(0), nr);
         frames.reserve(Pfn(0));
         frames.reserve(boot_pgd);
-        let mm = Mm::adopt_boot(ops, mem, frames, boot_pgd).map_err(|e| e.to_string())?;
+        let mm = Mm::adopt_boot(ops, frames, boot_pgd).map_err(|e| e.to_string())?;
         let mm: &'static Mm<'static> = Box::leak(Box::new(mm));
         let kpage = frames.alloc_zeroed_frame().map_err(|e| e.to_string())?;
         mm.map_kernel(KERNEL_VA, kpage, true).map_err(|e| e.to_string())?;
-        frames.init_metadata();
+        mm.init_metadata().map_err(|e| e.to_string())?;
         return Ok((mm, ops, frames, None));
     }
     let host = if backend == "xen64" { xen_platform(nr) } else { native_platform(nr) };
@@ -133,21 +133,21 @@ pub fn child(backend: &str, pages: u64) -> Result<(), String> {
         );
         Ok(())
     };
-    let free0 = frames.free_frames();
+    let free0 = frames.free_count();
     let mut a = None;
     phase("create", &mut || {
         a = Some(mm.create().map_err(|e| e.to_string())?);
         Ok(())
     })?;
     let a = a.ok_or("no space")?;
-    let free_created = frames.free_frames();
+    let free_created = frames.free_count();
     phase("map", &mut || {
         for i in 0..pages {
             mm.map(&a, BASE + i * 4096, PageFlags::DATA).map_err(|e| format!("map page {i}: {e}"))?;
         }
         Ok(())
     })?;
-    let free_mapped = frames.free_frames();
+    let free_mapped = frames.free_count();
     let mut b = None;
     phase("fork", &mut || {
         b = Some(mm.fork(&a).map_err(|e| e.to_string())?);
@@ -170,7 +170,7 @@ pub fn child(backend: &str, pages: u64) -> Result<(), String> {
         }
         Ok(())
     })?;
-    let leaked = free0 as i64 - frames.free_frames() as i64;
+    let leaked = free0 as i64 - frames.free_count() as i64;
     if leaked != 0 {
         return Err(format!("{leaked} frames not returned"));
     }

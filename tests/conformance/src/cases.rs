@@ -53,10 +53,10 @@ fn expect_err<T>(r: Result<T, PvError>, want: fn(&PvError) -> bool, what: &str) 
 }
 
 fn create_then_exit_returns_every_frame<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
-    let before = env.mm.frames().free_frames();
+    let before = env.mm.frames().free_count();
     let s = ok(env.mm.create(), "create")?;
     exit(env.mm, s)?;
-    ensure!(env.mm.frames().free_frames() == before, "frames not returned");
+    ensure!(env.mm.frames().free_count() == before, "frames not returned");
     Ok(())
 }
 
@@ -130,9 +130,9 @@ fn unmap_of_nothing_is_rejected<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseR
 fn unmap_removes_the_mapping_and_frees_the_frame<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
         ok(mm.map(s, VA, PageFlags::DATA), "map")?;
-        let before = mm.frames().free_frames();
+        let before = mm.frames().free_count();
         ok(mm.unmap(s, VA), "unmap")?;
-        ensure!(mm.frames().free_frames() == before + 1, "frame not freed");
+        ensure!(mm.frames().free_count() == before + 1, "frame not freed");
         ensure!(ok(mm.translate(s, VA), "translate")?.is_none(), "still mapped");
         Ok(())
     })
@@ -261,9 +261,9 @@ fn fork_copies_are_independent<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseRe
 
 fn fork_of_an_empty_space_is_empty<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     with_space(env, |mm, s| {
-        let before = mm.frames().free_frames();
+        let before = mm.frames().free_count();
         let c = ok(mm.fork(s), "fork")?;
-        let used = before - mm.frames().free_frames();
+        let used = before - mm.frames().free_count();
         let r = ok(mm.translate(&c, VA), "t").and_then(|t| {
             ensure!(t.is_none(), "child has a page");
             Ok(())
@@ -305,7 +305,7 @@ fn exit_of_the_active_space_is_refused<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -
 }
 
 fn exit_returns_every_frame_of_a_large_space<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
-    let before = env.mm.frames().free_frames();
+    let before = env.mm.frames().free_count();
     with_space(env, |mm, s| {
         for i in 0..40u64 {
             // Spread over several L1, L2 and L3 tables.
@@ -314,7 +314,7 @@ fn exit_returns_every_frame_of_a_large_space<O: PvMmuOps + ?Sized>(env: &Env<'_,
         }
         ok(mm.activate(s), "activate")
     })?;
-    ensure!(env.mm.frames().free_frames() == before, "frames leaked");
+    ensure!(env.mm.frames().free_count() == before, "frames leaked");
     Ok(())
 }
 
@@ -419,14 +419,14 @@ fn sweep<O: PvMmuOps + ?Sized>(
     let frames = env.mm.frames();
     let mut k = 0;
     loop {
-        let before = frames.free_frames();
+        let before = frames.free_count();
         frames.fail_allocation_after(Some(k));
         let r = op(env.mm);
         frames.fail_allocation_after(None);
         ensure!(
-            frames.free_frames() == before,
+            frames.free_count() == before,
             "{what}: k={k}: {} frame(s) leaked (result {r:?})",
-            before as i64 - frames.free_frames() as i64
+            before as i64 - frames.free_count() as i64
         );
         match r {
             Err(PvError::OutOfMemory) => k += 1,

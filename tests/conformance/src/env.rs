@@ -5,7 +5,7 @@ use alloc::string::String;
 use core::fmt;
 
 use kernel_glue::Mm;
-use pvops::{MmServices, Pfn, PvMmuOps};
+use pvops::{Pfn, PvMmuOps};
 
 /// What user (or kernel) mode can reach through the translation that is live now.
 pub trait Machine {
@@ -70,14 +70,14 @@ impl<O: PvMmuOps + ?Sized> Env<'_, O> {
     /// init_mm active, no frame leaked, no fault injection left armed.
     pub fn run_case(&self, case: &Case<O>) -> CaseResult {
         let frames = self.mm.frames();
-        let before = frames.free_frames();
+        let before = frames.free_count();
         let result = (case.run)(self);
         frames.fail_allocation_after(None);
         if self.mm.active_pgd() != self.mm.init_pgd() {
             let _ = self.mm.activate_init();
             return result.and(Err(String::from("case left a user address space active")));
         }
-        let after = frames.free_frames();
+        let after = frames.free_count();
         if after != before {
             return result.and(Err(format!("{} frame(s) leaked", before as i64 - after as i64)));
         }

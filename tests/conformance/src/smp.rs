@@ -14,7 +14,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use kernel_glue::{AddressSpace, Mm, PageFlags};
-use pvops::{CpuMask, MmServices, PvError, PvMmuOps};
+use pvops::{CpuMask, PvError, PvMmuOps};
 
 use crate::env::{Case, CaseResult, Env};
 
@@ -166,7 +166,7 @@ fn perm_bits(p: PageFlags) -> u64 {
 fn exit_drops_the_root_on_a_cpu_that_still_holds_it<O: PvMmuOps + ?Sized>(env: &Env<'_, O>) -> CaseResult {
     let mm = env.mm;
     let cpu = other(mm)?;
-    let before = mm.frames().free_frames();
+    let before = mm.frames().free_count();
     let s = ok(mm.create(), "create")?;
     let pgd = s.pgd();
     let set_up = (|| {
@@ -198,7 +198,7 @@ fn exit_drops_the_root_on_a_cpu_that_still_holds_it<O: PvMmuOps + ?Sized>(env: &
         return Err(format!("exit of {pgd:?} held by CPU {cpu}: {e} (cleanup: {again:?})"));
     }
     where_?;
-    ensure!(mm.frames().free_frames() == before, "frames not returned");
+    ensure!(mm.frames().free_count() == before, "frames not returned");
     Ok(())
 }
 

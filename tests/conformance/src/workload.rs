@@ -37,7 +37,7 @@ fn step<T, O: PvMmuOps + ?Sized>(
 /// (0 unless something leaked).
 pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Step>, i64), PvError> {
     let ops = mm.ops();
-    let free_before = mm.frames().free_frames() as i64;
+    let free_before = mm.frames().free_count() as i64;
     let mut steps = Vec::new();
     let a = step(ops, &mut steps, "create A".into(), || mm.create())?;
     step(ops, &mut steps, format!("map {pages} pages in A (unpinned)"), || {
@@ -57,7 +57,7 @@ pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Ste
     step(ops, &mut steps, "switch to init_mm".into(), || mm.activate_init())?;
     step(ops, &mut steps, "exit A (unpin, free)".into(), || mm.exit(a).map_err(|(e, _)| e))?;
     step(ops, &mut steps, "exit B (unpin, free)".into(), || mm.exit(b).map_err(|(e, _)| e))?;
-    let leaked = free_before - mm.frames().free_frames() as i64;
+    let leaked = free_before - mm.frames().free_count() as i64;
     Ok((steps, leaked))
 }
 

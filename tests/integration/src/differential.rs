@@ -53,7 +53,7 @@ pub fn runners_seeded(p2m_seed: u64) -> Vec<Runner> {
         .filter_map(|d| {
             let host = platform_for_seeded(d, p2m_seed)?;
             let booted = boot_backend(d, &host).ok()?;
-            let free_at_start = booted.frames.free_frames();
+            let free_at_start = booted.frames.free_count();
             Some(Runner { name: d.name, host, booted, spaces: Vec::new(), active: None, free_at_start })
         })
         .collect()
@@ -206,7 +206,7 @@ pub fn run_sequence_on(runners: &mut [Runner], ops: &[Op]) -> Result<(), String>
         for s in r.spaces.drain(..) {
             mm.exit(s).map_err(|(e, _)| format!("{}: final exit: {e}", r.name))?;
         }
-        let free = r.booted.frames.free_frames();
+        let free = r.booted.frames.free_count();
         if free != r.free_at_start {
             return Err(format!("{}: {} frame(s) leaked", r.name, r.free_at_start as i64 - free as i64));
         }

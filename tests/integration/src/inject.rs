@@ -40,7 +40,7 @@ pub fn sweep(
     let booted = boot_backend(desc, &host).map_err(|e| e.to_string())?;
     let mm = booted.mm;
     for k in 0..10_000u64 {
-        let free_before = booted.frames.free_frames();
+        let free_before = booted.frames.free_count();
         match inject {
             Inject::Allocation => booted.frames.fail_allocation_after(Some(k)),
             Inject::Hypercall(code) => host.xen.ok_or("no hypervisor")?.inject_hypercall_failure(k, code),
@@ -98,7 +98,7 @@ pub fn cleanup(mm: &Mm<'_>, spaces: &mut Vec<AddressSpace>) -> Result<(), String
 /// No frame leaked, the models' invariants hold, the machine is quiescent,
 /// and (Xen) every free frame is reusable: no type left, alias writable again.
 pub fn check_clean(host: &HostPlatform, booted: &Booted, free_before: u64, what: &str) -> Result<(), String> {
-    let free = booted.frames.free_frames();
+    let free = booted.frames.free_count();
     if free != free_before {
         return Err(format!("{what}: {} frame(s) leaked", free_before as i64 - free as i64));
     }

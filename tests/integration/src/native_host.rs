@@ -1,14 +1,10 @@
 //! The native host platform: a [`Machine`] behind `NativePlatform`.
 
-use pvops::{EntryKind, Pfn};
+use pvops::Pfn;
 use pvops_conformance::Machine as Oracle;
 use pvops_model::{Access, Machine};
-use pvops_native::NativePlatform;
 
 use crate::platform::HostPlatform;
-
-/// Frame 0 is never handed out; frame 1 is the boot root.
-const BOOT_PGD: Pfn = Pfn(1);
 
 struct NativeOracle(&'static Machine);
 
@@ -46,22 +42,18 @@ pub fn native_platform(nr_frames: u64) -> HostPlatform {
 /// Its `Cpus` are the machine's ([`pvops_model::ModelCpus`]): cross-calls
 /// are IPIs the other vCPUs take at their preemption points.
 pub fn native_platform_smp(nr_frames: u64, vcpus: usize) -> HostPlatform {
-    let machine = Machine::leaked_smp(nr_frames, vcpus);
-    for cpu in 0..vcpus {
-        pvops_model::on_vcpu(cpu, || machine.set_cr3(BOOT_PGD.addr()));
-    }
-    let platform: &'static NativePlatform =
-        Box::leak(Box::new(NativePlatform { mem: machine, cpu: machine, cpus: machine.cpus() }));
+    let base = pvops_model::host::Platform::native(nr_frames, vcpus);
+    let machine: &'static Machine = base.machine;
     HostPlatform {
         label: "native-model",
-        entry: EntryKind::Pvh,
-        handover: "hvm_start_info 0x336ec578",
-        platform,
-        mem: machine,
+        entry: base.entry,
+        handover: base.handover,
+        platform: base.platform,
+        mem: base.mem,
         oracle: Box::leak(Box::new(NativeOracle(machine))),
         nr_frames,
-        boot_pgd: BOOT_PGD,
-        reserved: vec![Pfn(0), BOOT_PGD],
+        boot_pgd: base.boot_pgd,
+        reserved: base.reserved,
         counters: Box::new(String::new),
         // The machine's TLB: no frame freed or reused while a TLB may reach it,
         // no write through a stale translation.

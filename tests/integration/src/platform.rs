@@ -4,6 +4,7 @@ use std::any::Any;
 
 use kernel_glue::{FrameAllocator, Mm};
 use pvops::{BackendDesc, BootEnv, EntryKind, Pfn, PhysMem, PvError, PvMmuOps};
+use pvops_model::host::Platform;
 
 /// The kernel-half address the suite uses as "a kernel mapping" (direct-map slot 273).
 pub const KERNEL_VA: u64 = 0xffff_8880_0000_0000;
@@ -18,7 +19,11 @@ pub const INIT_MM_KERNEL_SLOTS: [usize; 3] = [273, 402, 511];
 /// A check over the allocator and the live pgds; `Err` says what is broken.
 pub type InvariantCheck = Box<dyn Fn(&FrameAllocator<'static>, &[Pfn]) -> Result<(), String>>;
 
-/// A modelled machine as the boot path sees it.
+/// A modelled machine as the boot path sees it: a
+/// [`pvops_model::host::Platform`] (the one constructor of host machines)
+/// with what the integration tests check on it. Its fields may be changed
+/// before booting (a counting `mem`, a wrapped transport): [`HostPlatform::base`]
+/// hands the changed platform to the constructor.
 pub struct HostPlatform {
     /// Short name for reports.
     pub label: &'static str,
@@ -53,6 +58,23 @@ pub struct HostPlatform {
 }
 
 impl HostPlatform {
+    /// The platform as [`pvops_model::host`] takes it, with any field
+    /// changed since: its [`Platform::frames`] and [`Platform::boot_early`]
+    /// are how every host allocator and backend here is made.
+    pub fn base(&self) -> Platform {
+        Platform {
+            entry: self.entry,
+            handover: self.handover,
+            platform: self.platform,
+            mem: self.mem,
+            nr_frames: self.nr_frames,
+            boot_pgd: self.boot_pgd,
+            reserved: self.reserved.clone(),
+            machine: self.machine,
+            xen: self.xen,
+        }
+    }
+
     /// The boot environment to give the registry.
     pub fn env(&self) -> BootEnv<'static> {
         BootEnv { entry: self.entry, handover: self.handover, platform: self.platform }
@@ -65,7 +87,7 @@ pub fn platforms() -> Vec<HostPlatform> {
 }
 
 /// The p2m seed of [`platforms`].
-pub const DEFAULT_P2M_SEED: u64 = 0x5eed;
+pub const DEFAULT_P2M_SEED: u64 = pvops_model::host::DEFAULT_P2M_SEED;
 
 /// [`platforms`], with the Xen model's p2m scrambled from `p2m_seed`.
 pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
@@ -76,20 +98,15 @@ pub fn platforms_seeded(p2m_seed: u64) -> Vec<HostPlatform> {
 /// steps as the kernel (early path, adopt the boot root, the kernel half's
 /// three slots — direct map, probe page, kernel image — then frame metadata).
 pub fn boot_backend(desc: &BackendDesc, host: &HostPlatform) -> Result<Booted, PvError> {
-    let ops: &'static dyn PvMmuOps = (desc.instantiate)(&host.env())?;
-    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-    frames.add_free_range(Pfn(0), host.nr_frames);
-    for &r in &host.reserved {
-        frames.reserve(r);
-    }
-    let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd)?));
+    let h = host.base().boot_early(desc)?;
+    let mm: &'static Mm<'static> = Box::leak(Box::new(Mm::adopt_boot(h.ops, h.frames, h.boot_pgd)?));
     // Early boot: no frame metadata yet.
     for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {
-        let kpage = pvops::MmServices::alloc_zeroed_frame(frames)?;
+        let kpage = h.frames.alloc_zeroed_frame()?;
         mm.map_kernel(va, kpage, writable)?;
     }
-    frames.init_metadata();
-    Ok(Booted { ops, frames, mm })
+    mm.init_metadata()?;
+    Ok(Booted { ops: h.ops, frames: h.frames, mm })
 }
 
 /// The result of [`boot_backend`].

@@ -1,7 +1,7 @@
 //! The Xen host platform: a [`XenModel`] (strict PV MMU rules) behind `XenPlatform`.
 
 use kernel_glue::FrameAllocator;
-use pvops::{EntryKind, MmServices, Pfn};
+use pvops::{MmServices, Pfn};
 use pvops_conformance::Machine as Oracle;
 use pvops_model::XenModel;
 
@@ -58,18 +58,21 @@ pub fn xen_platform_seeded(nr_pages: u64, p2m_seed: u64) -> HostPlatform {
 /// (`VCPUOP_initialise` with `ctrlreg[3]` = `pt_base`). Its `Cpus` are the
 /// model's: event masks are the vCPUs' upcall masks, cross-calls event-channel IPIs.
 pub fn xen_platform_smp(nr_pages: u64, p2m_seed: u64, vcpus: usize) -> HostPlatform {
-    let model = XenModel::leaked_smp(nr_pages, p2m_seed, vcpus);
-    let platform: &'static pvops_xen64::XenPlatform = Box::leak(Box::new(model.platform()));
+    let base = pvops_model::host::Platform::xen64(nr_pages, vcpus, p2m_seed);
+    let model: &'static XenModel = match base.xen {
+        Some(model) => model,
+        None => unreachable!("Platform::xen64 has a Xen model"),
+    };
     HostPlatform {
         label: "xen-model",
-        entry: EntryKind::XenPv,
-        handover: "xen-3.0-x86_64p",
-        platform,
-        mem: model,
+        entry: base.entry,
+        handover: base.handover,
+        platform: base.platform,
+        mem: base.mem,
         oracle: Box::leak(Box::new(XenOracle(model))),
         nr_frames: nr_pages,
-        boot_pgd: model.pt_base(),
-        reserved: model.reserved_pfns().to_vec(),
+        boot_pgd: base.boot_pgd,
+        reserved: base.reserved,
         counters: Box::new(move || {
             let c = model.counters();
             format!(

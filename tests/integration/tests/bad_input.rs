@@ -36,7 +36,7 @@ fn snapshot(host: &HostPlatform, b: &Booted) -> Snapshot {
         }
     }
     Snapshot {
-        frames: b.frames.free_frames(),
+        frames: b.frames.free_count(),
         memory_hash: h,
         hypercalls: b.ops.stats().hypercalls,
         active: b.mm.active_pgd(),
@@ -86,6 +86,14 @@ fn cases() -> Vec<Case> {
             entry_point: "Mm::map",
             input: "page already mapped (duplicate)",
             call: |mm, _, f| mm.map(&f.active, VA, PageFlags::CODE).map(|_| ()),
+        },
+        Case {
+            entry_point: "Mm::map",
+            input: "a space another Mm made",
+            call: |mm, _, f| {
+                let other = Mm::adopt_boot(mm.ops(), mm.frames(), mm.init_pgd())?;
+                other.map(&f.active, VA + 0x1000, PageFlags::DATA).map(|_| ())
+            },
         },
         Case {
             entry_point: "Mm::unmap",

@@ -97,7 +97,7 @@ fn a_multicall_stopped_at_any_entry_leaves_nothing_behind() {
     let mut points = 0;
     for entry in 0..4usize {
         for k in 0..1000u64 {
-            let free_before = b.frames.free_frames();
+            let free_before = b.frames.free_count();
             model.inject_multicall_failure(k, entry, -errno::EFAULT);
             let mut spaces = Vec::new();
             let r = workload(mm, &mut spaces);
@@ -107,7 +107,7 @@ fn a_multicall_stopped_at_any_entry_leaves_nothing_behind() {
                 mm.exit(s).unwrap_or_else(|(e, _)| panic!("entry {entry} k={k}: exit after {r:?}: {e}"));
             }
             let what = format!("entry {entry} k={k} ({r:?})");
-            assert_eq!(b.frames.free_frames(), free_before, "{what}: frames leaked");
+            assert_eq!(b.frames.free_count(), free_before, "{what}: frames leaked");
             (host.invariants)(b.frames, &[]).unwrap_or_else(|e| panic!("{what}: {e}"));
             model.check_quiescent().unwrap_or_else(|e| panic!("{what}: {e}"));
             for pfn in (0..host.nr_frames).map(pvops::Pfn) {

@@ -92,7 +92,7 @@ fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
     mm.map(&s, UVA, PageFlags::DATA).unwrap();
     mm.activate(&s).unwrap();
     let user = pvops_xen64::attached_user_pgd(mm.frames(), s.pgd()).unwrap().unwrap();
-    let free_before = b.frames.free_frames();
+    let free_before = b.frames.free_count();
     let failures_before = model.counters().failures;
 
     // One multicall: remap L3 (sub-op 0), kernel slot (1), user slot (2), ...
@@ -104,7 +104,7 @@ fn a_map_whose_half_done_pgd_pair_cannot_be_repaired_is_still_undone_whole() {
     assert_eq!(model.counters().failures - failures_before, 2, "the user twin and its repair were refused");
     assert!(!model.clear_injections(), "both injections fired");
     assert_eq!((model.read_guest(s.pgd(), 1), model.read_guest(user, 1)), (0, 0), "the undo cleared the pair");
-    assert_eq!(b.frames.free_frames(), free_before, "every frame of the failed map is back");
+    assert_eq!(b.frames.free_count(), free_before, "every frame of the failed map is back");
     for pfn in (0..b.frames.nr_frames()).map(Pfn) {
         if b.frames.is_free(pfn) {
             assert!(
@@ -135,7 +135,7 @@ fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
     let mm = b.mm;
     let mut lost = 0;
     for k in 0..24u64 {
-        let free_before = b.frames.free_frames();
+        let free_before = b.frames.free_count();
         let s = mm.create().unwrap();
         mm.map(&s, UVA, PageFlags::DATA).unwrap();
         mm.activate(&s).unwrap();
@@ -158,7 +158,7 @@ fn a_map_whose_undo_is_refused_never_frees_a_frame_that_is_still_a_table() {
         mm.activate_init().unwrap();
         mm.exit(s).map_err(|(e, _)| e).unwrap_or_else(|e| panic!("{what}: exit: {e}"));
         model.check_quiescent().unwrap_or_else(|e| panic!("{what}: {e}"));
-        lost += free_before - b.frames.free_frames();
+        lost += free_before - b.frames.free_count();
     }
     println!("{lost} frame(s) kept out of circulation over the double failures");
 }

@@ -10,7 +10,7 @@
 //! free count for leaks. Never from kernel-glue's own records.
 
 use kernel_glue::{AddressSpace, FaultFix, FaultKill, PageFlags};
-use pvops::{MmServices, Pfn, PvError, VirtAddr};
+use pvops::{Pfn, PvError, VirtAddr};
 use pvops_integration::platform::{boot_smp, SmpBooted};
 use pvops_model::{on_vcpu, Access};
 use pvops_native as _;
@@ -81,7 +81,7 @@ fn finish(b: &SmpBooted, spaces: Vec<AddressSpace>, free_at_start: u64) {
     if let Err(e) = b.check_quiescent() {
         panic!("{}: at the end: {e}", b.name);
     }
-    assert_eq!(b.frames.free_frames(), free_at_start, "{}: frames leaked", b.name);
+    assert_eq!(b.frames.free_count(), free_at_start, "{}: frames leaked", b.name);
 }
 
 // ---- 1. shared frames and reference counts ----
@@ -92,7 +92,7 @@ fn finish(b: &SmpBooted, spaces: Vec<AddressSpace>, free_at_start: u64) {
 #[test]
 fn a_shared_frame_lives_until_its_last_mapping_goes() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let (a, c) = (b.mm.create().unwrap(), b.mm.create().unwrap());
         let f = b.frames.alloc_zeroed_frame().unwrap();
         b.mm.map_frame(&a, VA, f, PageFlags::DATA).unwrap();
@@ -105,10 +105,10 @@ fn a_shared_frame_lives_until_its_last_mapping_goes() {
         assert_eq!(on_vcpu(1, || user_write(b, VA + PAGE)), None, "{}: read-only there", b.name);
         b.mm.poke(&a, VA + 8, 0xfeed).unwrap();
         assert_eq!(word(b, f, 1), 0xfeed);
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         b.mm.unmap(&a, VA).unwrap();
         check(b, "after the first unmap");
-        assert_eq!(b.frames.free_frames(), free, "{}: still mapped in the other space", b.name);
+        assert_eq!(b.frames.free_count(), free, "{}: still mapped in the other space", b.name);
         assert_eq!(on_vcpu(1, || b.user_read(VA + PAGE)), Some(f), "{}", b.name);
         on_vcpu(1, || b.mm.activate_init()).unwrap();
         assert_eq!(b.mm.unmap_range(&c, VA + PAGE, 1), Ok(1));
@@ -121,7 +121,7 @@ fn a_shared_frame_lives_until_its_last_mapping_goes() {
 #[test]
 fn map_frame_of_a_free_frame_is_refused() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         let f = b.frames.alloc_zeroed_frame().unwrap();
         b.frames.free_frame(f).unwrap();
@@ -138,7 +138,7 @@ fn map_frame_of_a_free_frame_is_refused() {
 #[test]
 fn map_range_larger_than_memory_is_refused_up_front() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         let allocs = b.frames.allocations();
         let before = hypercalls(b);
@@ -148,7 +148,7 @@ fn map_range_larger_than_memory_is_refused_up_front() {
         assert_eq!(hypercalls(b), before, "{}: nothing written", b.name);
         // Just one page more than is free: refused the same way, not
         // discovered frame by frame.
-        let pages = b.frames.free_frames() + 1;
+        let pages = b.frames.free_count() + 1;
         assert_eq!(b.mm.map_range(&s, VA, pages, PageFlags::DATA), Err(PvError::OutOfMemory), "{}", b.name);
         assert_eq!(b.frames.allocations(), allocs, "{}: nothing allocated", b.name);
         assert_eq!(b.mm.translate(&s, VA).unwrap(), None);
@@ -162,7 +162,7 @@ fn map_range_larger_than_memory_is_refused_up_front() {
 #[test]
 fn addresses_outside_user_space_get_the_documented_errors() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         let kernel_half = 0xffff_8000_0000_0000;
         let limit = pvops::USER_LIMIT;
@@ -182,14 +182,14 @@ fn addresses_outside_user_space_get_the_documented_errors() {
 #[test]
 fn map_range_is_all_or_nothing() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map(&s, VA + 5 * PAGE, PageFlags::DATA).unwrap();
         b.mm.activate(&s).unwrap();
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         let r = b.mm.map_range(&s, VA, 10, PageFlags::DATA);
         assert!(matches!(r, Err(PvError::AlreadyMapped { .. })), "{}: {r:?}", b.name);
-        assert_eq!(b.frames.free_frames(), free, "{}: nothing taken", b.name);
+        assert_eq!(b.frames.free_count(), free, "{}: nothing taken", b.name);
         assert_eq!(user_write(b, VA), None, "{}: nothing written", b.name);
         assert!(b.mm.map_range(&s, pvops::USER_LIMIT - PAGE, 2, PageFlags::DATA).is_err());
         assert!(b.mm.map_range(&s, VA + 1, 1, PageFlags::DATA).is_err());
@@ -211,13 +211,13 @@ fn map_range_is_all_or_nothing() {
 #[test]
 fn map_range_allocation_failure_at_every_point_takes_everything_back() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map(&s, 0x7000_0000, PageFlags::DATA).unwrap();
         b.mm.activate(&s).unwrap();
         let start = 0x60_0000 - 3 * PAGE;
         for k in 0.. {
-            let free = b.frames.free_frames();
+            let free = b.frames.free_count();
             b.frames.fail_allocation_after(Some(k));
             let r = b.mm.map_range(&s, start, 6, PageFlags::DATA);
             let armed = b.frames.injection_armed();
@@ -228,7 +228,7 @@ fn map_range_allocation_failure_at_every_point_takes_everything_back() {
                 break;
             }
             assert_eq!(r, Err(PvError::OutOfMemory), "{} k={k}", b.name);
-            assert_eq!(b.frames.free_frames(), free, "{} k={k}: leaked", b.name);
+            assert_eq!(b.frames.free_count(), free, "{} k={k}: leaked", b.name);
             for i in 0..6 {
                 assert_eq!(b.user_read(start + i * PAGE), None, "{} k={k}: page {i} left", b.name);
             }
@@ -248,7 +248,7 @@ fn map_range_allocation_failure_at_every_point_takes_everything_back() {
 #[test]
 fn tables_an_unmap_covers_are_freed_only_after_the_flush() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map_range(&s, VA, 3, PageFlags::DATA).unwrap();
         on_vcpu(1, || b.mm.activate(&s)).unwrap();
@@ -256,10 +256,10 @@ fn tables_an_unmap_covers_are_freed_only_after_the_flush() {
         for i in 0..3 {
             assert!(on_vcpu(1, || b.user_read(VA + i * PAGE)).is_some());
         }
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         assert_eq!(b.mm.unmap_range(&s, 0, 1 << 18), Ok(3));
         check(b, "after the unmap");
-        assert_eq!(b.frames.free_frames(), free + 3 + 2, "{}: 3 pages, their L1 and L2", b.name);
+        assert_eq!(b.frames.free_count(), free + 3 + 2, "{}: 3 pages, their L1 and L2", b.name);
         for i in 0..3 {
             assert_eq!(on_vcpu(1, || b.user_read(VA + i * PAGE)), None, "{}", b.name);
         }
@@ -267,9 +267,9 @@ fn tables_an_unmap_covers_are_freed_only_after_the_flush() {
         b.mm.map(&s, VA, PageFlags::DATA).unwrap();
         assert!(on_vcpu(1, || user_write(b, VA)).is_some());
         // One whole L1 span (2 MiB from VA): only the L1 goes.
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         assert_eq!(b.mm.unmap_range(&s, VA, 512), Ok(1));
-        assert_eq!(b.frames.free_frames(), free + 1 + 1, "{}: the page and its L1", b.name);
+        assert_eq!(b.frames.free_count(), free + 1 + 1, "{}: the page and its L1", b.name);
         check(b, "after the second unmap");
         finish(b, vec![s], free0);
     });
@@ -280,16 +280,16 @@ fn tables_an_unmap_covers_are_freed_only_after_the_flush() {
 #[test]
 fn a_table_still_in_use_is_kept() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map_range(&s, VA, 4, PageFlags::DATA).unwrap();
         b.mm.activate(&s).unwrap();
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         assert_eq!(b.mm.unmap_range(&s, VA, 3), Ok(3));
-        assert_eq!(b.frames.free_frames(), free + 3, "{}", b.name);
+        assert_eq!(b.frames.free_count(), free + 3, "{}", b.name);
         assert!(user_write(b, VA + 3 * PAGE).is_some(), "{}: the fourth page is still mapped", b.name);
         assert_eq!(b.mm.unmap_range(&s, VA + 3 * PAGE, 1), Ok(1));
-        assert_eq!(b.frames.free_frames(), free + 4, "{}: tables kept", b.name);
+        assert_eq!(b.frames.free_count(), free + 4, "{}: tables kept", b.name);
         check(b, "after the unmap");
         finish(b, vec![s], free0);
     });
@@ -304,18 +304,18 @@ fn a_table_still_in_use_is_kept() {
 #[test]
 fn demand_zero_pages_are_backed_on_first_touch_only() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.activate(&s).unwrap();
         let big = 0x1000_0000;
         b.mm.reserve_zero(&s, big, 4096, PageFlags::DATA).unwrap();
         b.mm.reserve_zero(&s, VA, 4, PageFlags::RODATA).unwrap();
-        assert_eq!(b.frames.free_frames(), free0 - root_frames(b), "{}: only the roots", b.name);
+        assert_eq!(b.frames.free_count(), free0 - root_frames(b), "{}: only the roots", b.name);
         assert!(matches!(
             b.mm.reserve_zero(&s, big + 4095 * PAGE, 2, PageFlags::DATA),
             Err(PvError::AlreadyMapped { .. })
         ));
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         for (i, page) in [0u64, 1000, 4095].into_iter().enumerate() {
             let va = big + page * PAGE;
             assert_eq!(user_write(b, va), None, "{}: not backed before the touch", b.name);
@@ -326,7 +326,7 @@ fn demand_zero_pages_are_backed_on_first_touch_only() {
             let _ = i;
         }
         // Three pages and their tables (one L3, L2; L1s for pages 0, 1000 and 4095: 3).
-        assert_eq!(free - b.frames.free_frames(), 3 + 1 + 1 + 3, "{}", b.name);
+        assert_eq!(free - b.frames.free_count(), 3 + 1 + 1 + 3, "{}", b.name);
         assert_eq!(b.mm.handle_fault(&s, 0x3000_0000, false), Err(FaultKill::NotMapped));
         assert_eq!(b.mm.handle_fault(&s, 0xffff_8000_0000_0000, false), Err(FaultKill::NotMapped));
         assert_eq!(b.mm.handle_fault(&s, VA, true), Err(FaultKill::WriteToReadOnly));
@@ -345,11 +345,11 @@ fn demand_zero_pages_are_backed_on_first_touch_only() {
 #[test]
 fn demand_zero_without_memory_kills_and_leaks_nothing() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.reserve_zero(&s, VA, 8, PageFlags::DATA).unwrap();
         for k in 0..4 {
-            let free = b.frames.free_frames();
+            let free = b.frames.free_count();
             b.frames.fail_allocation_after(Some(k));
             let r = b.mm.handle_fault(&s, VA, true);
             let armed = b.frames.injection_armed();
@@ -359,7 +359,7 @@ fn demand_zero_without_memory_kills_and_leaks_nothing() {
                 break;
             }
             assert_eq!(r, Err(FaultKill::OutOfMemory), "{} k={k}", b.name);
-            assert_eq!(b.frames.free_frames(), free, "{} k={k}", b.name);
+            assert_eq!(b.frames.free_count(), free, "{} k={k}", b.name);
         }
         finish(b, vec![s], free0);
     });
@@ -374,7 +374,7 @@ fn demand_zero_without_memory_kills_and_leaks_nothing() {
 #[test]
 fn fork_cow_copies_only_what_is_written() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         b.mm.map_range(&p, VA, 4, PageFlags::DATA).unwrap();
         for i in 0..4 {
@@ -382,10 +382,10 @@ fn fork_cow_copies_only_what_is_written() {
         }
         b.mm.activate(&p).unwrap();
         let frames: Vec<Pfn> = (0..4).map(|i| user_write(b, VA + i * PAGE).unwrap()).collect();
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         let c = b.mm.fork_cow(&p).unwrap();
         // The child's roots, L3, L2, L1: no data page.
-        assert_eq!(free - b.frames.free_frames(), root_frames(b) + 3, "{}: no page copied at fork", b.name);
+        assert_eq!(free - b.frames.free_count(), root_frames(b) + 3, "{}: no page copied at fork", b.name);
         for i in 0..4 {
             assert_eq!(user_write(b, VA + i * PAGE), None, "{}: parent page {i} write-protected", b.name);
             assert_eq!(b.user_read(VA + i * PAGE), Some(frames[i as usize]));
@@ -428,7 +428,7 @@ fn fork_cow_copies_only_what_is_written() {
 #[test]
 fn fork_cow_keeps_read_only_and_shared_pages_as_they_are() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         b.mm.map(&p, VA, PageFlags::RODATA).unwrap();
         let f = b.frames.alloc_zeroed_frame().unwrap();
@@ -449,16 +449,16 @@ fn fork_cow_keeps_read_only_and_shared_pages_as_they_are() {
 #[test]
 fn a_cow_fault_without_memory_kills_and_leaks_nothing() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         let f = b.mm.map(&p, VA, PageFlags::DATA).unwrap();
         let c = b.mm.fork_cow(&p).unwrap();
         b.mm.activate(&c).unwrap();
-        let free = b.frames.free_frames();
+        let free = b.frames.free_count();
         b.frames.fail_allocation_after(Some(0));
         assert_eq!(b.mm.handle_fault(&c, VA, true), Err(FaultKill::OutOfMemory));
         b.frames.fail_allocation_after(None);
-        assert_eq!(b.frames.free_frames(), free);
+        assert_eq!(b.frames.free_count(), free);
         assert_eq!(b.user_read(VA), Some(f));
         assert_eq!(user_write(b, VA), None);
         finish(b, vec![p, c], free0);
@@ -474,7 +474,7 @@ fn a_cow_fault_without_memory_kills_and_leaks_nothing() {
 #[test]
 fn protect_range_reaches_every_holder_and_checks_before_writing() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map_range(&s, VA, 8, PageFlags::DATA).unwrap();
         on_vcpu(1, || b.mm.activate(&s)).unwrap();
@@ -510,7 +510,7 @@ fn protect_range_reaches_every_holder_and_checks_before_writing() {
 #[test]
 fn protect_writable_on_a_cow_page_keeps_it_copy_on_write() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         let f = b.mm.map(&p, VA, PageFlags::DATA).unwrap();
         let c = b.mm.fork_cow(&p).unwrap();
@@ -528,7 +528,7 @@ fn protect_writable_on_a_cow_page_keeps_it_copy_on_write() {
 #[test]
 fn protect_applies_to_reserved_pages_too() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.reserve_zero(&s, VA, 4, PageFlags::DATA).unwrap();
         assert_eq!(b.mm.protect_range(&s, VA, 2, PageFlags::RODATA), Ok(0));
@@ -546,7 +546,7 @@ fn protect_applies_to_reserved_pages_too() {
 #[test]
 fn a_new_kernel_slot_reaches_every_live_pgd_and_no_user() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let (s, t) = (b.mm.create().unwrap(), b.mm.create().unwrap());
         b.mm.map(&s, VA, PageFlags::DATA).unwrap();
         b.mm.activate(&s).unwrap();
@@ -573,7 +573,7 @@ fn a_new_kernel_slot_reaches_every_live_pgd_and_no_user() {
 fn pin_all_pins_every_unpinned_space_and_unpin_all_undoes_exactly_that() {
     let b = boot("xen64");
     let m = b.xen.unwrap();
-    let free0 = b.frames.free_frames();
+    let free0 = b.frames.free_count();
     let (s, t, u) = (b.mm.create().unwrap(), b.mm.create().unwrap(), b.mm.create().unwrap());
     b.mm.map(&t, VA, PageFlags::DATA).unwrap();
     b.mm.activate(&s).unwrap();
@@ -621,7 +621,7 @@ fn raw_leaf(b: &SmpBooted, pgd: Pfn, va: u64) -> u64 {
 fn accessed_and_dirty_bits_survive_protect_and_fork() {
     use pvops::pte::flags::{ACCESSED, DIRTY, WRITABLE};
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         b.mm.map_range(&s, VA, 2, PageFlags::DATA).unwrap();
         b.mm.activate(&s).unwrap();
@@ -679,7 +679,7 @@ fn a_cow_copy_flushes_the_other_holders_before_the_copy_goes_in() {
 fn hypercall_counts() {
     let b = boot("xen64");
     let m = b.xen.unwrap();
-    let free0 = b.frames.free_frames();
+    let free0 = b.frames.free_count();
     for n in [1u64, 32, 64, 512] {
         let s = b.mm.create().unwrap();
         b.mm.map_range(&s, VA, n, PageFlags::DATA).unwrap();
@@ -705,7 +705,7 @@ fn hypercall_counts() {
         exit(&b, child);
         b.mm.protect_range(&s, VA, n, PageFlags::DATA).unwrap();
         m.reset_counters();
-        let f = b.frames.free_frames();
+        let f = b.frames.free_count();
         let child = b.mm.fork_cow(&s).unwrap();
         let c = m.counters();
         println!(
@@ -713,7 +713,7 @@ fn hypercall_counts() {
             c.hypercalls,
             c.mmu_updates,
             c.invlpg_multis + c.tlb_flush_multis,
-            f - b.frames.free_frames()
+            f - b.frames.free_count()
         );
         assert!(c.hypercalls <= n.div_ceil(32) + 1, "fork_cow N={n}: {c:?}");
         m.reset_counters();
@@ -729,7 +729,7 @@ fn hypercall_counts() {
         exit(&b, s);
     }
     b.check_quiescent().unwrap();
-    assert_eq!(b.frames.free_frames(), free0);
+    assert_eq!(b.frames.free_count(), free0);
 }
 
 /// `exit` drops references, it does not free shared frames: the parent of
@@ -739,7 +739,7 @@ fn hypercall_counts() {
 #[test]
 fn exit_of_a_cow_parent_leaves_the_childs_pages() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         b.mm.map_range(&p, VA, 4, PageFlags::DATA).unwrap();
         let c = b.mm.fork_cow(&p).unwrap();
@@ -793,7 +793,7 @@ fn map_range_into_a_pinned_space_costs_a_batch_per_32_pages() {
 fn both_models_answer_the_same_access_questions() {
     use pvops_model::{AccessOracle, Refused};
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let s = b.mm.create().unwrap();
         let data = b.mm.map(&s, VA, PageFlags::DATA).unwrap();
         let code = b.mm.map(&s, VA + PAGE, PageFlags::CODE).unwrap();

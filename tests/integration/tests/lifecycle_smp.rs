@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use kernel_glue::{AddressSpace, FaultFix, PageFlags};
-use pvops::{MmServices, Pfn, VirtAddr};
+use pvops::{Pfn, VirtAddr};
 use pvops_integration::platform::{boot_smp, SmpBooted};
 use pvops_model::sched::seed_range;
 use pvops_model::{on_vcpu, Access, Explorer, ModelCpus, Point, SmpState};
@@ -85,7 +85,7 @@ impl SmpState for Cow {
 
 fn cow_setup(name: &str, seed: u64) -> Cow {
     let b = boot(name, seed);
-    let free_before = b.frames.free_frames();
+    let free_before = b.frames.free_count();
     let parent = b.mm.create().expect("create");
     b.mm.map(&parent, VA, PageFlags::DATA).expect("map");
     b.mm.poke(&parent, VA, 7).expect("poke");
@@ -151,8 +151,8 @@ fn cow_check(c: Cow) -> Result<(), String> {
         c.b.mm.exit(s).map_err(|(e, _)| err(e))?;
     }
     c.b.check_quiescent()?;
-    if c.b.frames.free_frames() != c.free_before {
-        return Err(format!("{} frames leaked", c.free_before - c.b.frames.free_frames()));
+    if c.b.frames.free_count() != c.free_before {
+        return Err(format!("{} frames leaked", c.free_before - c.b.frames.free_count()));
     }
     Ok(())
 }
@@ -276,7 +276,7 @@ fn pin_exit_check(c: PinExit) -> Result<(), String> {
     }
     c.b.mm.exit(c.other).map_err(|(e, _)| err(e))?;
     c.b.check_quiescent()?;
-    if c.b.frames.free_frames() != c.free_before {
+    if c.b.frames.free_count() != c.free_before {
         return Err("frames leaked".into());
     }
     Ok(())
@@ -289,7 +289,7 @@ fn pin_all_racing_with_an_exit_never_pins_a_dying_space() {
             .run(
                 |seed| {
                     let b = boot(name, seed);
-                    let free_before = b.frames.free_frames();
+                    let free_before = b.frames.free_count();
                     let space = b.mm.create().expect("create");
                     b.mm.map(&space, VA, PageFlags::DATA).expect("map");
                     let other = b.mm.create().expect("create");

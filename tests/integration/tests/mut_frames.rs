@@ -59,7 +59,7 @@ impl Rng {
 }
 
 fn agree(frames: &FrameAllocator<'_>, free: &BTreeSet<u64>, nr: u64, step: usize) {
-    assert_eq!(frames.free_frames(), free.len() as u64, "step {step}: free count");
+    assert_eq!(frames.free_count(), free.len() as u64, "step {step}: free count");
     for f in 0..nr + 70 {
         assert_eq!(frames.is_free(Pfn(f)), free.contains(&f), "step {step}: frame {f}");
     }

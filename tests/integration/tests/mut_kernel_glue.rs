@@ -201,7 +201,7 @@ fn a_map_reported_failed_after_it_took_effect_is_taken_back_flushed_only_if_load
     assert!(t.host.oracle.user_access(VA, true).is_some(), "user mode uses the space");
 
     for (space, loaded) in [(&s, true), (&idle, false)] {
-        let free_before = frames.free_frames();
+        let free_before = frames.free_count();
         t.transport.armed.store(true, Ordering::SeqCst);
         model.reset_counters();
         let r = mm.map(space, FAR_VA, PageFlags::DATA);
@@ -217,7 +217,7 @@ fn a_map_reported_failed_after_it_took_effect_is_taken_back_flushed_only_if_load
         }
         assert_eq!(mm.translate(space, FAR_VA), Ok(None), "loaded {loaded}: taken back");
         assert_eq!(t.host.oracle.user_access(FAR_VA, false), None, "loaded {loaded}");
-        assert_eq!(frames.free_frames(), free_before, "loaded {loaded}: page and tables freed again");
+        assert_eq!(frames.free_count(), free_before, "loaded {loaded}: page and tables freed again");
     }
     mm.activate_init().expect("init");
     mm.exit(s).map_err(|(e, _)| e).expect("exit");
@@ -232,7 +232,7 @@ fn a_map_reported_failed_after_it_took_effect_is_taken_back_flushed_only_if_load
 fn a_map_whose_take_back_is_refused_stays_mapped_and_exit_frees_it() {
     let t = lossy_xen();
     let (mm, frames, model) = (t.booted.mm, t.booted.frames, t.model);
-    let free_at_start = frames.free_frames();
+    let free_at_start = frames.free_count();
     let s = mm.create().expect("create");
     mm.map(&s, VA, PageFlags::DATA).expect("map");
     mm.activate(&s).expect("activate");
@@ -252,6 +252,6 @@ fn a_map_whose_take_back_is_refused_stays_mapped_and_exit_frees_it() {
 
     mm.activate_init().expect("init");
     mm.exit(s).map_err(|(e, _)| e).expect("exit");
-    assert_eq!(frames.free_frames(), free_at_start, "exit freed the page and its tables");
+    assert_eq!(frames.free_count(), free_at_start, "exit freed the page and its tables");
     model.check_quiescent().expect("quiescent");
 }

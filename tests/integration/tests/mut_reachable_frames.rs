@@ -130,7 +130,7 @@ fn sweep(name: &str, inject: Inject) -> u64 {
     let b = boot_backend(desc, &host).expect("boot");
     let check = |live: &[AddressSpace]| no_reachable_frame_is_free(&host, &b, live);
     for k in 0..2_000 {
-        let free_before = b.frames.free_frames();
+        let free_before = b.frames.free_count();
         match inject {
             Inject::Allocation => b.frames.fail_allocation_after(Some(k)),
             Inject::SubOp => host.xen.expect("xen").inject_subop_failure(k, -errno::EINVAL),
@@ -153,7 +153,7 @@ fn sweep(name: &str, inject: Inject) -> u64 {
         (host.invariants)(b.frames, &[]).unwrap_or_else(|e| panic!("{name} k={k}: {e}"));
         // A lost frame (kept rather than freed, logged) is allowed only on
         // the paths that document it; this workload hits none of them.
-        assert_eq!(b.frames.free_frames(), free_before, "{name} k={k}: frames leaked");
+        assert_eq!(b.frames.free_count(), free_before, "{name} k={k}: frames leaked");
         if armed {
             return k;
         }

@@ -80,6 +80,9 @@ impl PvMmuOps for Refusing {
     fn adopt_boot_root(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.inner.adopt_boot_root(mm, pgd)
     }
+    fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
+        self.inner.frame_metadata_ready(mm)
+    }
     fn pgd_alloc(&self, mm: &dyn MmServices, pgd: Pfn) -> Result<(), PvError> {
         self.inner.pgd_alloc(mm, pgd)
     }
@@ -176,14 +179,10 @@ fn setup(kind: Refuse, burst: i64) -> Setup {
     let inner = (desc.instantiate)(&host.env()).expect("native backend");
     let ops: &'static Refusing =
         Box::leak(Box::new(Refusing { inner, kind, burst, calls: AtomicI64::new(0), from: AtomicI64::new(i64::MAX) }));
-    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-    frames.add_free_range(Pfn(0), host.nr_frames);
-    for &r in &host.reserved {
-        frames.reserve(r);
-    }
+    let frames = host.base().frames();
     let mm: &'static Mm<'static> =
-        Box::leak(Box::new(Mm::adopt_boot(ops as &dyn PvMmuOps, host.mem, frames, host.boot_pgd).expect("adopt")));
-    frames.init_metadata();
+        Box::leak(Box::new(Mm::adopt_boot(ops as &dyn PvMmuOps, frames, host.boot_pgd).expect("adopt")));
+    mm.init_metadata().expect("metadata");
     Setup { host, ops, frames, mm }
 }
 
@@ -252,7 +251,7 @@ fn workload(s: &Setup, live: &mut Vec<AddressSpace>) {
 fn sweep(kind: Refuse, burst: i64) -> u64 {
     let s = setup(kind, burst);
     for k in 0..5_000i64 {
-        let free_before = s.frames.free_frames();
+        let free_before = s.frames.free_count();
         s.ops.arm(Some(k));
         let mut live = Vec::new();
         workload(&s, &mut live);
@@ -265,7 +264,7 @@ fn sweep(kind: Refuse, burst: i64) -> u64 {
         }
         // A refused release is a table kept, not freed (logged): the only
         // loss allowed, one frame per refusal.
-        let lost = free_before - s.frames.free_frames();
+        let lost = free_before - s.frames.free_count();
         let allowed = if matches!(kind, Refuse::ReleasePt) { burst as u64 } else { 0 };
         assert!(lost <= allowed, "{kind:?} k={k}: {lost} frame(s) lost");
         if armed {
@@ -299,7 +298,7 @@ fn a_refused_table_release_at_any_point_frees_nothing_still_a_table() {
 fn a_pgd_link_that_stays_although_refused_is_undone() {
     let s = setup(Refuse::PgdLinkStays, 1);
     let space = s.mm.create().expect("create");
-    let free_before = s.frames.free_frames();
+    let free_before = s.frames.free_count();
     s.ops.arm(Some(0));
     let va = 0x40_0000u64 + (5 << 39);
     let r = s.mm.map(&space, va, PageFlags::DATA);
@@ -307,7 +306,7 @@ fn a_pgd_link_that_stays_although_refused_is_undone() {
     s.ops.arm(None);
     let slot = VirtAddr::try_new(va).expect("va").index(Level::L4);
     assert_eq!(s.host.mem.read_entry(space.pgd(), slot), 0, "the L4 slot is empty again");
-    assert_eq!(s.frames.free_frames(), free_before, "the new table and the page are free again");
+    assert_eq!(s.frames.free_count(), free_before, "the new table and the page are free again");
     no_reachable_frame_is_free(&s, std::slice::from_ref(&space)).expect("invariants");
     s.mm.exit(space).map_err(|(e, _)| e).expect("exit");
 }

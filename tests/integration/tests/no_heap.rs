@@ -111,18 +111,13 @@ fn host(entries: usize, nr_pages: u64) -> Host {
     let mut platform = model.platform();
     platform.transport = Box::leak(Box::new(Hypervisor(platform.transport)));
     let ops: &'static XenBackend = Box::leak(Box::new(XenBackend::with_batch_entries(platform, entries)));
-    let frames: &'static FrameAllocator<'static> = Box::leak(Box::new(FrameAllocator::new(h.mem, h.nr_frames)));
-    frames.add_free_range(Pfn(0), h.nr_frames);
-    for &r in &h.reserved {
-        frames.reserve(r);
-    }
-    let mm: &'static Mm<'static, XenBackend> =
-        Box::leak(Box::new(Mm::adopt_boot(ops, h.mem, frames, h.boot_pgd).unwrap()));
+    let frames = h.base().frames();
+    let mm: &'static Mm<'static, XenBackend> = Box::leak(Box::new(Mm::adopt_boot(ops, frames, h.boot_pgd).unwrap()));
     for (va, writable) in [(KERNEL_VA, true), (KERNEL_PROBE_VA, true), (KERNEL_IMAGE_VA, false)] {
-        let page = MmServices::alloc_zeroed_frame(frames).unwrap();
+        let page = frames.alloc_zeroed_frame().unwrap();
         mm.map_kernel(va, page, writable).unwrap();
     }
-    frames.init_metadata();
+    mm.init_metadata().unwrap();
     Host { model, ops, frames, mm }
 }
 

@@ -228,7 +228,7 @@ impl SmpState for Exit {
 
 fn exit_setup(name: &str, seed: u64) -> Exit {
     let b = boot(name, seed);
-    let free_before = b.frames.free_frames();
+    let free_before = b.frames.free_count();
     let space = b.mm.create().expect("create");
     let other = b.mm.create().expect("create");
     b.mm.map(&space, VA, PageFlags::DATA).expect("map");
@@ -298,7 +298,7 @@ fn exit_check(c: Exit) -> Result<(), String> {
             return Err(format!("vCPU {cpu} is on {root:?}, not init_mm's {boot_root:?}"));
         }
     }
-    let free = c.b.frames.free_frames();
+    let free = c.b.frames.free_count();
     if free != c.free_before {
         return Err(format!("{} frames free after exit, {} before create", free, c.free_before));
     }

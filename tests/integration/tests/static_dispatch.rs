@@ -1,8 +1,7 @@
 //! kernel-glue over a statically dispatched backend (`Mm<Builtin>`): the
 //! registry's choice, no vtable on the hot path, same behaviour.
 
-use kernel_glue::{FrameAllocator, Mm, PageFlags};
-use pvops::{MmServices, Pfn};
+use kernel_glue::{Mm, PageFlags};
 use pvops_integration::builtin::Builtin;
 use pvops_integration::platforms;
 use pvops_native as _;
@@ -13,17 +12,12 @@ fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
     for host in platforms() {
         let ops: &'static Builtin = Box::leak(Box::new(Builtin::init(&host.env()).expect("a backend")));
         assert!(ops.is_builtin(), "{}: expected a built-in backend", host.label);
-        let frames: &'static FrameAllocator<'static> =
-            Box::leak(Box::new(FrameAllocator::new(host.mem, host.nr_frames)));
-        frames.add_free_range(Pfn(0), host.nr_frames);
-        for &r in &host.reserved {
-            frames.reserve(r);
-        }
-        let mm: Mm<'_, Builtin> = Mm::adopt_boot(ops, host.mem, frames, host.boot_pgd).expect("adopt");
+        let frames = host.base().frames();
+        let mm: Mm<'_, Builtin> = Mm::adopt_boot(ops, frames, host.boot_pgd).expect("adopt");
         let kpage = frames.alloc_zeroed_frame().expect("frame");
         mm.map_kernel(pvops_integration::KERNEL_VA, kpage, true).expect("kernel page");
-        frames.init_metadata();
-        let before = frames.free_frames();
+        mm.init_metadata().expect("metadata");
+        let before = frames.free_count();
 
         let a = mm.create().expect("create");
         let f = mm.map(&a, 0x40_0000, PageFlags::DATA).expect("map");
@@ -38,7 +32,7 @@ fn address_spaces_work_over_the_static_dispatch_enum_on_every_platform() {
         mm.activate_init().expect("init");
         mm.exit(a).map_err(|(e, _)| e).expect("exit a");
         mm.exit(b).map_err(|(e, _)| e).expect("exit b");
-        assert_eq!(frames.free_frames(), before, "{}: frames leaked", host.label);
+        assert_eq!(frames.free_count(), before, "{}: frames leaked", host.label);
 
         // The whole conformance suite, statically dispatched.
         let env = pvops_conformance::Env { mm: &mm, machine: host.oracle, kernel_va: pvops_integration::KERNEL_VA };

@@ -20,14 +20,14 @@ fn forty_pages_are_two_hypercalls_with_one_flush() {
     // Outside the range, in the same L1: the tables stay (see `lifecycle` for freed tables).
     mm.map(&s, KEEP, PageFlags::DATA).unwrap();
     mm.activate(&s).unwrap();
-    let free = b.frames.free_frames();
+    let free = b.frames.free_count();
     model.reset_counters();
     assert_eq!(mm.unmap_range(&s, VA, 40).unwrap(), 40);
     let c = model.counters();
     // 32 mmu_update records fill a batch's argument space (512 bytes); the
     // other 8 and the one flush for the range go in the second.
     assert_eq!((c.hypercalls, c.mmu_updates, c.mmuext_ops), (2, 40, 1), "{c:?}");
-    assert_eq!(b.frames.free_frames(), free + 40, "every frame back after the flush");
+    assert_eq!(b.frames.free_count(), free + 40, "every frame back after the flush");
     for i in 0..40 {
         assert_eq!(model.probe(VA + i * 0x1000, true, false).ok(), None);
     }
@@ -84,7 +84,7 @@ fn a_range_whose_flush_never_ran_is_flushed_again_before_its_frames_are_freed() 
     for i in 0..3 {
         assert!(host.oracle.user_access(VA + i * 0x1000, true).is_some(), "the TLB caches page {i}");
     }
-    let free = booted.frames.free_frames();
+    let free = booted.frames.free_count();
     // Entry 0: the three clears; entry 1: the flush, which never runs.
     model.inject_multicall_failure(0, 1, -errno::EFAULT);
     let r = mm.unmap_range(&s, VA, 3);
@@ -94,7 +94,7 @@ fn a_range_whose_flush_never_ran_is_flushed_again_before_its_frames_are_freed() 
     for i in 0..3 {
         assert_eq!(host.oracle.user_access(VA + i * 0x1000, false), None, "page {i} still reachable");
     }
-    assert_eq!(booted.frames.free_frames(), free + 3, "freed after the second flush");
+    assert_eq!(booted.frames.free_count(), free + 3, "freed after the second flush");
     mm.activate_init().unwrap();
     mm.exit(s).map_err(|(e, _)| e).unwrap();
 }

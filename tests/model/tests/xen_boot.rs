@@ -87,13 +87,36 @@ fn leaving_early_boot_marks_the_boot_tables_pinned() {
     assert!(matches!(g.ops().adopt_boot_root(g.mm, Pfn(100)), Err(PvError::WrongState { .. })));
 }
 
+/// The boot tables are marked at one documented point,
+/// `frame_metadata_ready`; a call that finds metadata before it is refused
+/// (no lazy marking on the first call) and changes nothing.
 #[test]
-fn the_first_steady_state_call_marks_the_boot_tables_without_adopt() {
+fn frame_metadata_ready_is_the_point_the_boot_tables_are_marked() {
     let g = early();
     let page = g.mm.alloc_zeroed_frame().unwrap();
     g.map(g.init_pgd(), KVA, page, KERNEL_PAGE).unwrap();
+    let va = VirtAddr::try_new(KVA).unwrap();
+    let l1 = g.table_for(g.init_pgd(), va, Level::L1).unwrap().unwrap();
     g.mm.set_has_metadata(true);
     let other = g.mm.alloc_zeroed_frame().unwrap();
+    let hypercalls = g.model.counters().hypercalls;
+    let e = g.ops().set_pte(g.mm, l1, va.index(Level::L1) + 1, Pte::new(other, KERNEL_PAGE));
+    assert!(matches!(e, Err(PvError::WrongState { .. })), "{e:?}");
+    assert_eq!(g.model.counters().hypercalls, hypercalls, "refused, nothing issued");
+    assert!(!g.mm.is_pinned(g.init_pgd()).unwrap(), "not marked by a refused call");
+    g.ops().frame_metadata_ready(g.mm).unwrap();
+    for pfn in [g.init_pgd(), l1] {
+        assert!(g.mm.is_pinned(pfn).unwrap(), "{pfn:?}");
+    }
+    g.ops().frame_metadata_ready(g.mm).unwrap();
     g.map(g.init_pgd(), KVA + 0x1000, other, KERNEL_PAGE).unwrap();
     assert!(g.model.violations().is_empty(), "{:?}", g.model.violations());
+    assert_eq!(g.model.access(KVA + 0x1000, false, false), Ok(other));
+}
+
+/// Before metadata exists the point is refused: there is nowhere to mark.
+#[test]
+fn frame_metadata_ready_before_metadata_is_refused() {
+    let g = early();
+    assert!(matches!(g.ops().frame_metadata_ready(g.mm), Err(PvError::WrongState { .. })));
 }

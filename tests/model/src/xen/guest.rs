@@ -36,6 +36,10 @@ impl XenGuest {
         let model = XenModel::leaked(nr_pages, seed);
         let mm = GuestMm::leaked(model);
         let backend = Box::leak(Box::new(XenBackend::new(model.platform())));
+        // Metadata exists from the start: the backend marks the boot tables now.
+        if let Err(e) = backend.frame_metadata_ready(mm) {
+            panic!("xen64 refused the end of early boot on a fresh model: {e}");
+        }
         XenGuest { model, mm, backend }
     }
 
