@@ -651,7 +651,7 @@ fn accessed_and_dirty_bits_survive_protect_and_fork() {
 #[test]
 fn a_cow_copy_flushes_the_other_holders_before_the_copy_goes_in() {
     each(|b| {
-        let free0 = b.frames.free_frames();
+        let free0 = b.frames.free_count();
         let p = b.mm.create().unwrap();
         b.mm.map_range(&p, VA, 1, PageFlags::DATA).unwrap();
         let c = b.mm.fork_cow(&p).unwrap();

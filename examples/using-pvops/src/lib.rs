@@ -1,0 +1,2 @@
+#![doc = include_str!("../../../docs/using-pvops.md")]
+#![no_std]
