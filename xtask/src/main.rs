@@ -418,7 +418,7 @@ const MEMBER_MANIFESTS: [&str; 11] = [
 /// The library crates a kernel author depends on, in publishing order.
 const PUBLISHED: [&str; 5] = ["pvops", "pvops-native", "pvops-xen64", "pvops-xen-pvh", "kernel-glue"];
 
-/// `cargo package` of every library crate: the manifests are publishable
+/// `cargo publish --dry-run` of every library crate: the manifests are publishable
 /// (versions on path dependencies, metadata, no missing files). `verify`
 /// also builds each packaged crate on its own against the others' packages
 /// (slower: `cargo xtask publish-check`; `test` runs the quick form).
@@ -437,8 +437,10 @@ fn publish_check(verify: bool) -> Result<(), String> {
         }
     }
     manifest::check(&workspace, &members, &PUBLISHED)?;
+    // `cargo publish --dry-run` of all of them at once: cargo packages each and
+    // resolves the others against the packages (no upload).
     let mut c = cargo();
-    c.arg("package");
+    c.args(["publish", "--dry-run"]);
     for p in PUBLISHED {
         c.args(["-p", p]);
     }

@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use pvops::{MmServices, Pfn};
+use pvops::Pfn;
 use pvops_calibration::{corpus::CASES, run, Platform, SCRATCH_FRAMES};
 use pvops_xen64::attached_user_pgd;
 

@@ -45,7 +45,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kernel_glue::{AddressSpace, PageFlags};
-use pvops::{CpuMask, Cpus, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps};
+use pvops::{CpuMask, Cpus, Flush, Level, Pfn, Pte, PvError, PvMmuOps};
 
 use crate::kprintln;
 use crate::oracle::KernelOracle;

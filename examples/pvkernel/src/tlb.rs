@@ -13,7 +13,7 @@
 //! when Xen runs with XPTI.
 
 use kernel_glue::PageFlags;
-use pvops::{MmServices, PvError};
+use pvops::PvError;
 
 use crate::kprintln;
 use crate::vm::Vm;

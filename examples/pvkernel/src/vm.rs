@@ -22,7 +22,7 @@ use core::fmt;
 use kernel_glue::{FrameAllocator, Mm};
 #[cfg(feature = "broken-isolation")]
 use pvops::{pte::flags, Pte};
-use pvops::{BootEnv, EntryKind, Level, MmServices, Pfn, PhysMem, PvError, PvMmuOps, VirtAddr};
+use pvops::{BootEnv, EntryKind, Level, Pfn, PhysMem, PvError, PvMmuOps, VirtAddr};
 
 use crate::backends::KernelOps;
 use crate::memory;
@@ -159,7 +159,7 @@ pub fn path(ops: &dyn PvMmuOps, root: Pfn, va: u64) -> Result<[(Pfn, Level, usiz
 /// kernel half every address space shares. (On Xen the user pgd has no
 /// kernel half; see `workload::expose_probe_page_in`.)
 #[cfg(feature = "broken-isolation")]
-fn expose_probe_page_natively(ops: &dyn PvMmuOps, mm: &dyn MmServices, root: Pfn) -> Result<(), PvError> {
+fn expose_probe_page_natively(ops: &dyn PvMmuOps, mm: &dyn pvops::MmServices, root: Pfn) -> Result<(), PvError> {
     // xen-pvh is the native backend under Xen: one pgd, shared kernel half.
     if !matches!(ops.name(), "native" | "xen-pvh") {
         return Ok(());

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use kernel_glue::PageFlags;
 use pvops::pte::flags;
-use pvops::{MmServices, Pfn, Pte, PvError, PvMmuOps};
+use pvops::{Pfn, Pte, PvError, PvMmuOps};
 
 use crate::seams::SeamCounts;
 use crate::vm::{self, Vm};
