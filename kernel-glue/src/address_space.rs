@@ -62,8 +62,6 @@ pub(crate) enum Backing {
     Zeroed,
     /// This frame, which gains a reference.
     Shared(Pfn),
-    /// A new frame holding a copy of this one (fork), not zeroed first.
-    CopyOf(Pfn),
 }
 
 impl From<Option<Pfn>> for Backing {
@@ -160,20 +158,24 @@ impl AddressSpace {
         }
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> &Arc<SpaceState> {
         &self.shared
     }
 
     /// The frame of its top-level table (the kernel pgd on Xen).
+    #[inline]
     pub fn pgd(&self) -> Pfn {
         self.shared.pgd
     }
     /// True once it has been activated (pinned on Xen).
+    #[inline]
     pub fn is_pinned(&self) -> bool {
         self.shared.pinned.load(Ordering::Acquire)
     }
     /// The CPUs that may hold its translations in their TLBs (every CPU
     /// that activated it since it was created): the targets of a shootdown.
+    #[inline]
     pub fn cpumask(&self) -> CpuMask {
         CpuMask(self.shared.cpus.load(Ordering::Acquire))
     }
@@ -183,6 +185,7 @@ impl AddressSpace {
 pub(crate) struct Locked<'s>(&'s AtomicBool);
 
 impl Drop for Locked<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
@@ -192,6 +195,7 @@ impl Drop for Locked<'_> {
 /// vCPU there). The holder may be waiting for this CPU to answer an IPI (a
 /// native shootdown): `Mm` methods are called with interrupts (events)
 /// enabled, so this CPU answers while it spins.
+#[inline]
 pub(crate) fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
     while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         cpus.relax();
@@ -367,7 +371,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.issued_now(|| {
             // The kernel half is in every space: a table undone there may be cached anywhere.
             let all = self.cpus().online();
-            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS, all)?;
+            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS, || all)?;
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
@@ -542,9 +546,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let _ = self.frames.put_frame(m.frame);
     }
 
-    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork):
+    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for `fork_cow`):
     /// a leaf with `bits` for the frame `backing` says (a shared one gains a
     /// reference). On error the frame's reference is dropped again.
+    #[inline(always)]
     pub(crate) fn map_queued(
         &self,
         space: &AddressSpace,
@@ -553,8 +558,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         backing: Backing,
     ) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
-        if let Some(l1) = find_l1(self.ops, space.pgd(), va)? {
-            if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
+        let index = va.index(Level::L1);
+        // One walk when the tables are there (the common case): the L1 it
+        // finds is the one to write, nothing is built and nothing needs undoing.
+        let found = find_l1(self.ops, space.pgd(), va)?;
+        if let Some(l1) = found {
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
@@ -564,20 +573,21 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 f
             }
             Backing::Zeroed => self.frames.alloc_zeroed_frame()?,
-            Backing::CopyOf(f) => self.frames.alloc_copy_of(f)?,
         };
-        let holders = self.holders(space);
-        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, holders) {
-            Ok(built) => built,
-            Err(e) => {
-                let _ = self.frames.put_frame(frame);
-                return Err(e);
-            }
+        let (l1, made) = match found {
+            Some(l1) => (l1, NewTables::default()),
+            None => match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, || self.holders(space)) {
+                Ok(built) => built,
+                Err(e) => {
+                    let _ = self.frames.put_frame(frame);
+                    return Err(e);
+                }
+            },
         };
-        let index = va.index(Level::L1);
         if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, bits)) {
-            // Tables built for this page alone go again.
-            undo(self.ops, self.frames, space.pgd(), &made, holders);
+            // Tables built for this page alone go again (holders asked only
+            // now: under the space's lock they are what they were).
+            undo(self.ops, self.frames, space.pgd(), &made, self.holders(space));
             let _ = self.frames.put_frame(frame);
             return Err(e);
         }
@@ -844,12 +854,18 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
         }
         let me = self.cpus().this_cpu();
+        let bit = CpuMask::one(me).0;
         // Under the space's lock: an unmap reads the cpumask under it too,
         // so either it sees this CPU (and shoots it down), or its clear was
         // issued before this CPU loads the root and walks the tables.
-        {
+        // Only once (Linux's `switch_mm_irqs_off` tests the bit first): only
+        // this CPU sets its bit and nothing clears it while the space lives,
+        // so seeing it set (this CPU's own earlier store, in program order)
+        // means that join already happened under the lock, and every unmap
+        // since has seen it. A CPU beyond `MAX_CPUS` has no bit: locked path.
+        if bit == 0 || space.state().cpus.load(Ordering::Relaxed) & bit == 0 {
             let _locked = self.lock(space);
-            space.state().cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+            space.state().cpus.fetch_or(bit, Ordering::AcqRel);
         }
         self.set_running(me, space.pgd().0);
         self.ops.write_cr3(self.frames, space.pgd())
@@ -904,20 +920,63 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
     }
 
+    /// Copies every present user page of `parent` into `child` (fresh,
+    /// unpinned, not loaded anywhere): a parallel walk, as Linux's
+    /// `copy_p4d_range` … `copy_pte_range` does — the child's L1 for a
+    /// parent L1 is found or built once, at its first present page (never
+    /// for an empty one), then each page is one whole-frame copy into a
+    /// fresh frame, not zeroed first, and one leaf write (never a table, so
+    /// writable through the direct map on Xen). On error what the child got
+    /// so far stays in it: `fork` tears the whole child down.
     fn copy_user_half(&self, parent: &AddressSpace, child: &AddressSpace) -> Result<(), PvError> {
-        let mut result = Ok(());
-        self.for_each_user_page(parent.pgd(), &mut |va, _, _, pte| {
-            if result.is_err() {
-                return;
+        let root = parent.pgd();
+        for i4 in 0..USER_PGD_SLOTS {
+            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
+            if !e4.is_present() {
+                continue;
             }
-            result = (|| {
-                // One whole-frame copy into a fresh frame, not zeroed first
-                // (never a table, so writable through the direct map on Xen).
-                self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), Backing::CopyOf(pte.pfn()))?;
-                Ok(())
-            })();
-        })?;
-        result
+            for i3 in 0..ENTRIES_PER_TABLE {
+                let e3 = self.ops.read_entry(Level::L3, e4.pfn(), i3)?;
+                if !e3.is_present() {
+                    continue;
+                }
+                for i2 in 0..ENTRIES_PER_TABLE {
+                    let e2 = self.ops.read_entry(Level::L2, e3.pfn(), i2)?;
+                    if e2.is_present() {
+                        self.copy_l1(child, e2.pfn(), VirtAddr::from_indices(i4, i3, i2, 0))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Mm::copy_user_half`] of one parent L1 table `from`, which maps the
+    /// 2 MiB from `base`.
+    fn copy_l1(&self, child: &AddressSpace, from: Pfn, base: VirtAddr) -> Result<(), PvError> {
+        let mut to = None;
+        for i1 in 0..ENTRIES_PER_TABLE {
+            let e = self.ops.read_entry(Level::L1, from, i1)?;
+            if !e.is_present() {
+                continue;
+            }
+            let l1 = match to {
+                Some(l1) => l1,
+                None => {
+                    let (l1, _) =
+                        ensure_l1(self.ops, self.frames, child.pgd(), base, TABLE_FLAGS, || self.holders(child))?;
+                    to = Some(l1);
+                    l1
+                }
+            };
+            let frame = self.frames.alloc_copy_of(e.pfn())?;
+            let leaf = Pte::new(frame, PageFlags::of_leaf(e).user_bits());
+            if let Err(err) = self.ops.set_entry(self.frames, Level::L1, l1, i1, leaf) {
+                let _ = self.frames.put_frame(frame);
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `f` for every present user page below `root`, in address order.

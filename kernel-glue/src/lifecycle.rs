@@ -170,7 +170,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let mut va = addr;
         while va < end {
             let chunk = next_l1(va).min(end);
-            let (l1, m) = ensure_l1(self.ops, self.frames, space.pgd(), VirtAddr::try_new(va)?, TABLE_FLAGS, holders)?;
+            let (l1, m) =
+                ensure_l1(self.ops, self.frames, space.pgd(), VirtAddr::try_new(va)?, TABLE_FLAGS, || holders)?;
             made.push(m);
             for page in (va..chunk).step_by(pvops::PAGE_SIZE as usize) {
                 let index = VirtAddr::try_new(page)?.index(Level::L1);

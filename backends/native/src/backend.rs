@@ -78,6 +78,7 @@ fn check_ad_bits(bits: u64) -> Result<(), PvError> {
     Ok(())
 }
 
+#[inline]
 fn check_index(index: usize) -> Result<(), PvError> {
     if index >= ENTRIES_PER_TABLE {
         return Err(PvError::BadIndex { index });
@@ -124,6 +125,7 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn read_entry(&self, _level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
         check_index(index)?;
         Ok(Pte(self.mem.read_entry(table, index)))
@@ -144,6 +146,7 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn read_cr3(&self) -> Pfn {
         Pfn::containing(self.cpu.read_cr3() & pvops::pte::flags::ADDR_MASK)
     }
@@ -161,11 +164,13 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError> {
         self.cpu.invlpg(va);
         Ok(())
     }
 
+    #[inline]
     fn cpus(&self) -> &dyn Cpus {
         self.cpus
     }
@@ -173,12 +178,15 @@ impl PvMmuOps for NativeBackend {
     /// Natively every store takes effect at once: nothing is ever queued,
     /// so sections nest trivially (an inner leave issues nothing, because
     /// there is nothing) and no failure is ever deferred.
+    #[inline]
     fn lazy_mmu_enter(&self) {}
 
+    #[inline]
     fn lazy_mmu_leave(&self) -> Result<(), PvError> {
         Ok(())
     }
 
+    #[inline]
     fn lazy_mmu_flush(&self) -> Result<(), PvError> {
         Ok(())
     }
