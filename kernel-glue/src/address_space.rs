@@ -326,7 +326,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub(crate) fn holders(&self, space: &AddressSpace) -> CpuMask {
         let cpus = self.cpus();
         let me = cpus.this_cpu();
-        let others = space.cpumask().and(cpus.online()).without(me);
+        let others = space.cpumask().without(me);
+        // The online set only matters when another CPU is in the cpumask.
+        let others = if others.is_empty() { others } else { others.and(cpus.online()) };
         if self.is_loaded(space.pgd()) {
             others.with(me)
         } else {

@@ -91,6 +91,10 @@ pub(crate) fn regions_remove(regions: &mut Vec<Region>, start: u64, end: u64) {
 
 /// Gives the parts of the regions inside `start..end` the permission `perm`.
 fn regions_set_perm(regions: &mut Vec<Region>, start: u64, end: u64, perm: PageFlags) {
+    // Nothing reserved there (the common case): nothing to rebuild.
+    if !regions.iter().any(|r| r.start < end && r.end > start) {
+        return;
+    }
     let inside: Vec<Region> = regions
         .iter()
         .filter(|r| r.start < end && r.end > start)
@@ -409,7 +413,50 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
 
     /// `mprotect` of one page: [`Mm::protect_range`] of 1.
     pub fn protect(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<(), PvError> {
-        self.protect_range(space, addr, 1, perm).map(|_| ())
+        // `protect_range` for one page, without its list of leaves (a heap
+        // allocation): one walk, the same checks, writes and flush.
+        let va = user_va(addr)?;
+        let _locked = self.lock(space);
+        let index = va.index(Level::L1);
+        let leaf = match find_l1(self.ops, space.pgd(), va)? {
+            Some(l1) => Some((l1, self.ops.read_entry(Level::L1, l1, index)?)).filter(|(_, e)| e.is_present()),
+            None => None,
+        };
+        if leaf.is_none() && region_at(&space.state().regions.lock(), addr).is_none() {
+            return Err(PvError::NotMapped { addr: va });
+        }
+        if let Some((l1, e)) = leaf {
+            let new = self.with_perm(e, perm);
+            if new(e.flags()) != e.flags() {
+                let holders = self.holders(space);
+                self.issued_now(|| {
+                    self.modify_leaf(l1, index, new)?;
+                    if !holders.is_empty() {
+                        self.ops.flush_tlb_multi(holders, Flush::Range { start: va, pages: 1 })?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        regions_set_perm(&mut space.state().regions.lock(), addr, addr + pvops::PAGE_SIZE, perm);
+        Ok(())
+    }
+
+    /// The flags of the present leaf `e` given `perm`: a private page shared
+    /// by a copy-on-write fork stays write-protected when made writable.
+    fn with_perm(&self, e: Pte, perm: PageFlags) -> impl Fn(u64) -> u64 {
+        let shared = e.0 & SOFT_SHARED != 0;
+        let sole = self.frames.refcount(e.pfn()) == 1;
+        move |cur: u64| {
+            let mut b = cur & !(flags::WRITABLE | flags::NO_EXECUTE | SOFT_COW);
+            if perm.writable {
+                b |= if shared || sole { flags::WRITABLE } else { SOFT_COW };
+            }
+            if !perm.executable {
+                b |= flags::NO_EXECUTE;
+            }
+            b
+        }
     }
 
     /// `mprotect`: gives every page of `pages` pages from `addr` the
@@ -454,18 +501,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let changed = self.issued_now(|| {
             let mut changed = 0u64;
             for &(l1, index, e) in &leaves {
-                let shared = e.0 & SOFT_SHARED != 0;
-                let sole = self.frames.refcount(e.pfn()) == 1;
-                let new = |cur: u64| {
-                    let mut b = cur & !(flags::WRITABLE | flags::NO_EXECUTE | SOFT_COW);
-                    if perm.writable {
-                        b |= if shared || sole { flags::WRITABLE } else { SOFT_COW };
-                    }
-                    if !perm.executable {
-                        b |= flags::NO_EXECUTE;
-                    }
-                    b
-                };
+                let new = self.with_perm(e, perm);
                 if new(e.flags()) != e.flags() {
                     self.modify_leaf(l1, index, new)?;
                     changed += 1;

@@ -1,6 +1,5 @@
 //! Walking and building page tables through `PvMmuOps` only.
 
-
 use pvops::pte::flags;
 use pvops::{CpuMask, Flush, Level, MmServices, Pfn, Pte, PvError, PvMmuOps, VirtAddr};
 

@@ -46,6 +46,8 @@ mod bits {
     pub const W: u64 = 1 << 1;
     pub const U: u64 = 1 << 2;
     pub const NX: u64 = 1 << 63;
+    /// Accessed and dirty: the hardware's, kept across a protection change.
+    pub const AD: u64 = (1 << 5) | (1 << 6);
     pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
     /// Intermediate tables: present, writable, user (the leaf decides).
     pub const TABLE: u64 = P | W | U;
@@ -443,6 +445,46 @@ impl Hand {
         Ok(())
     }
 
+    /// Gives the page at `va` the permission (`writable`, `executable`)
+    /// (Linux's `change_pte_range`): the entry is taken with an atomic
+    /// exchange to 0 (`ptep_modify_prot_start`), written back with the new
+    /// bits and the accessed/dirty bits the exchange returned
+    /// (`ptep_modify_prot_commit`), and flushed from this CPU's TLB if the
+    /// space is loaded here; an entry that already has them is left alone.
+    pub fn protect(&self, s: &HandSpace, va: u64, writable: bool, executable: bool) -> Result<(), HandError> {
+        Self::check(va)?;
+        let _g = spin(&s.lock);
+        if s.cpus.load(Ordering::Acquire) & !ME != 0 {
+            return Err(HandError::InUse); // another CPU: a shootdown this code does not do
+        }
+        let l1 = self.find_l1(s.pgd, va).ok_or(HandError::NotMapped)?;
+        let i = (va >> 12) & 511;
+        let e = self.rd(l1, i);
+        if e & bits::P == 0 {
+            return Err(HandError::NotMapped);
+        }
+        let mut want = e & !(bits::W | bits::NX);
+        if writable {
+            want |= bits::W;
+        }
+        if !executable {
+            want |= bits::NX;
+        }
+        if want == e {
+            return Ok(());
+        }
+        // SAFETY: 12. as for `rd`: a slot of an L1 table of this space, in the
+        // direct map, 8-byte aligned; the hardware updates entries only with
+        // locked operations, so an atomic view of the word is sound.
+        let slot = unsafe { AtomicU64::from_ptr(self.slot(l1, i)) };
+        let old = slot.swap(0, Ordering::AcqRel);
+        slot.store((want & !bits::AD) | (old & bits::AD), Ordering::Release);
+        if self.cpu.read_cr3() == s.pgd << 12 {
+            self.cpu.invlpg(VirtAddr::new_const(va));
+        }
+        Ok(())
+    }
+
     /// A copy of `parent`'s user half: a parallel walk (Linux's
     /// `copy_p4d_range` … `copy_pte_range`), each child table allocated
     /// once (only above present pages, as `Mm::fork` does), each page
@@ -578,6 +620,8 @@ pub trait Impl {
     fn map(&self, s: &Self::Space, va: u64, perm: PageFlags) -> Result<(), String>;
     /// Unmap a page.
     fn unmap(&self, s: &Self::Space, va: u64) -> Result<(), String>;
+    /// Change a page's permission.
+    fn protect(&self, s: &Self::Space, va: u64, perm: PageFlags) -> Result<(), String>;
     /// Fork (copy every page).
     fn fork(&self, s: &Self::Space) -> Result<Self::Space, String>;
     /// Load it on this CPU.
@@ -607,6 +651,10 @@ impl<O: PvMmuOps + ?Sized> Impl for Mm<'static, O> {
     #[inline]
     fn unmap(&self, s: &Self::Space, va: u64) -> Result<(), String> {
         Mm::unmap(self, s, va).map_err(|e| e.to_string())
+    }
+    #[inline]
+    fn protect(&self, s: &Self::Space, va: u64, perm: PageFlags) -> Result<(), String> {
+        Mm::protect(self, s, va, perm).map_err(|e| e.to_string())
     }
     fn fork(&self, s: &Self::Space) -> Result<Self::Space, String> {
         Mm::fork(self, s).map_err(|e| e.to_string())
@@ -644,6 +692,10 @@ impl Impl for Hand {
     #[inline]
     fn unmap(&self, s: &HandSpace, va: u64) -> Result<(), String> {
         Hand::unmap(self, s, va).map_err(|e| format!("{e:?}"))
+    }
+    #[inline]
+    fn protect(&self, s: &HandSpace, va: u64, perm: PageFlags) -> Result<(), String> {
+        Hand::protect(self, s, va, perm.writable, perm.executable).map_err(|e| format!("{e:?}"))
     }
     fn fork(&self, s: &HandSpace) -> Result<HandSpace, String> {
         Hand::fork(self, s).map_err(|e| format!("{e:?}"))
@@ -724,7 +776,7 @@ pub fn boot(each: u64) -> Result<Trio, String> {
 /// The implementations, in column order.
 pub const IMPLS: [&str; 3] = ["dyn", "static", "hand"];
 /// The operations, in row order.
-pub const OPS: [&str; 6] = ["map_first", "map", "unmap", "fork", "switch", "exit"];
+pub const OPS: [&str; 7] = ["map_first", "map", "protect", "unmap", "fork", "switch", "exit"];
 /// Pages of the measured space (besides its first page).
 pub const PAGES: u64 = 1_000;
 /// Switches measured.
@@ -749,6 +801,14 @@ fn unmap_pages<I: Impl>(i: &I, s: &I::Space, first: u64, n: u64) -> Result<(), S
 }
 
 #[inline(never)]
+fn protect_pages<I: Impl>(i: &I, s: &I::Space, first: u64, n: u64, perm: PageFlags) -> Result<(), String> {
+    for k in 0..n {
+        i.protect(s, first + k * 4096, perm)?;
+    }
+    Ok(())
+}
+
+#[inline(never)]
 fn switches<I: Impl>(i: &I, a: &I::Space, b: &I::Space, n: u64) -> Result<(), String> {
     for _ in 0..n / 2 {
         i.switch(a)?;
@@ -768,6 +828,8 @@ fn workload<I: Impl>(name: &str, i: &I, plat: &Platform) -> Result<Vec<(&'static
     plat.fill(i.pgd(&w), BASE, 7)?;
     let wc = i.fork(&w)?;
     switches(i, &w, &wc, 2)?;
+    i.switch(&w)?;
+    protect_pages(i, &w, BASE, 2, PageFlags::RODATA)?;
     unmap_pages(i, &w, BASE, 2)?;
     i.switch_init()?;
     i.exit(wc)?;
@@ -788,11 +850,20 @@ fn workload<I: Impl>(name: &str, i: &I, plat: &Platform) -> Result<Vec<(&'static
         return Err(format!("{name}: the last switch did not load the fork"));
     }
     i.switch(&a)?;
+    cg::region(&label("protect"), || protect_pages(i, &a, BASE, n + 1, PageFlags::RODATA))?;
     cg::region(&label("unmap"), || unmap_pages(i, &a, BASE, n + 1))?;
     i.switch_init()?;
     cg::region(&label("exit"), || i.exit(b))?;
     i.exit(a)?;
-    Ok(vec![("map_first", 1), ("map", n), ("unmap", n + 1), ("fork", n + 1), ("switch", SWITCHES), ("exit", n + 1)])
+    Ok(vec![
+        ("map_first", 1),
+        ("map", n),
+        ("protect", n + 1),
+        ("unmap", n + 1),
+        ("fork", n + 1),
+        ("switch", SWITCHES),
+        ("exit", n + 1),
+    ])
 }
 
 /// The child side (`child baseline`): the workload on each implementation,
@@ -882,7 +953,7 @@ pub fn measure(valgrind: &std::path::Path, work: &std::path::Path) -> Result<Bas
 /// The target of an operation (framework ÷ hand-written), if it has one.
 pub fn target(op: &str) -> Option<f64> {
     match op {
-        "map_first" | "map" | "unmap" | "switch" => Some(1.25),
+        "map_first" | "map" | "protect" | "unmap" | "switch" => Some(1.25),
         "fork" => Some(1.1),
         _ => None,
     }
@@ -892,6 +963,10 @@ fn what(op: &str) -> String {
     match op {
         "map_first" => "map the first page of an empty space (3 new tables), per page".into(),
         "map" => format!("map, per page ({PAGES} contiguous pages after the first)"),
+        "protect" => format!(
+            "protect (`Mm::protect`: read-write to read-only), per page ({} pages, space loaded: one `invlpg` each)",
+            PAGES + 1
+        ),
         "unmap" => format!("unmap, per page ({} pages, space loaded: one `invlpg` each)", PAGES + 1),
         "fork" => format!("fork, per page ({} pages, every page copied)", PAGES + 1),
         "switch" => "switch (cr3 write), per switch".into(),
@@ -1009,7 +1084,7 @@ const KINDS: [(&str, &[&str]); 8] = [
         "one word of page-table memory per call (`<DirectMap as PhysMem>::read_entry`/`write_entry`)",
         &["DirectMap as pvops::services::PhysMem>::read_entry", "DirectMap as pvops::services::PhysMem>::write_entry"],
     ),
-    ("zeroing frames word by word (`PhysMem::zero_frame`)", &["zero_frame"]),
+    ("zeroing and copying whole frames (`PhysMem::zero_frame`, `copy_frame`)", &["zero_frame", "copy_frame"]),
     ("frame allocator (`FrameAllocator`: bitmap, metadata, its lock)", &["FrameAllocator", "spin::"]),
     ("table walks (`find_l1`, `ensure_l1`)", &["kernel_glue::walk::"]),
     (
@@ -1287,10 +1362,15 @@ mod tests {
         refused.push(i.map(&a, USER_LIMIT, PageFlags::DATA).is_err());
         refused.push(i.unmap(&a, BASE + 0x2000).is_err());
         refused.push(i.unmap(&a, 0x7000_0000_0000).is_err());
+        refused.push(i.protect(&a, BASE + 0x2000, PageFlags::RODATA).is_err());
         let mut used = vec![free0 - i.free_frames()];
         let f0 = flushes();
         i.unmap(&a, BASE + 0x1000)?;
         i.unmap(&a, 1 << 30)?;
+        // Data to code, code to data, and one that changes nothing (no flush).
+        i.protect(&a, BASE, PageFlags::CODE)?;
+        i.protect(&a, BASE + 0x5000, PageFlags::DATA)?;
+        i.protect(&a, BASE + (1 << 21), PageFlags::RODATA)?;
         let f1 = flushes();
         used.push(free0 - i.free_frames());
         let b = i.fork(&a)?;
@@ -1332,8 +1412,12 @@ mod tests {
         let contents = |s: &Snap| s.pages.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>();
         assert_eq!(contents(&hand.parent), contents(&hand.child), "fork copies every page");
         assert!(hand.parent.pages.iter().all(|x| x.3 == 0), "pages were filled");
-        assert_eq!(hand.refused, [true; 5]);
-        assert_eq!(hand.flushes, [(2, 0), (0, 0)], "one invlpg per unmap of the loaded space, none otherwise");
+        assert_eq!(hand.refused, [true; 6]);
+        assert_eq!(
+            hand.flushes,
+            [(4, 0), (0, 0)],
+            "one invlpg per unmap or protection change of the loaded space, none otherwise"
+        );
         assert!(hand.cr3_ok);
         assert_eq!(hand.leaked, 0);
         assert!(hand.parent.kernel.iter().any(|&e| e & bits::P != 0), "the kernel half is shared");
