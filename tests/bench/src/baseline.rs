@@ -1,10 +1,10 @@
 //! Issue 15 item 6: the framework against hand-written page-table code, side
 //! by side in one Callgrind run.
 //!
-//! [`Hand`] is what a kernel without pvops would write for the same four
-//! operations — map one page (allocating missing tables), unmap it, fork an
-//! address space (copying every page, as `Mm::fork` does) and switch (a cr3
-//! write) — as straight-line code over the same memory: the host buffer that
+//! [`Hand`] is what a kernel without pvops would write for the same five
+//! operations — map one page (allocating missing tables), change its
+//! permission (`Mm::protect`), unmap it, fork an address space (copying
+//! every page, as `Mm::fork` does) and switch (a cr3 write) — as straight-line code over the same memory: the host buffer that
 //! `pvops_native::DirectMap` maps (the bare-metal path), read and written
 //! through its own direct-map pointer, its own 4-level walk, its own frame
 //! allocator, and the TLB through the same [`NativeCpu`] seam. It is as
@@ -1022,7 +1022,8 @@ pub fn markdown(b: &Baseline) -> String {
          `cargo xtask bench --baseline` regenerates this section alone). *hand* is straight-line code \
          with its own 4-level walk, its own frame allocator — a LIFO free list threaded through a \
          per-frame array under a spin lock (Linux's per-CPU page lists), O(1) with no bitmap scan — \
-         frames zeroed with `rep stosq` and copied with `rep movsq` (Linux's `clear_page_rep` and \
+         a permission change as an atomic exchange to 0 and a store keeping the accessed/dirty bits \
+         (Linux's `ptep_modify_prot_start`/`commit`), frames zeroed with `rep stosq` and copied with `rep movsq` (Linux's `clear_page_rep` and \
          `copy_page`; Callgrind counts each of their 512 iterations), a frame for a copy not zeroed \
          first, the TLB through the same `NativeCpu` seam, a per-space lock around map/unmap/fork and \
          the space's cpumask set on switch (Linux's `page_table_lock`, `mm_cpumask`). *dyn* is \
