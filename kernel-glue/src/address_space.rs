@@ -71,12 +71,13 @@ impl From<Option<Pfn>> for Backing {
     }
 }
 
-/// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
+/// A leaf write queued by `Mm::map_queued`, with what is needed to take it
+/// back (and the tables it built, in the caller's [`NewTables`]: an
+/// out-parameter, so the common map into existing tables moves no list).
 pub(crate) struct Queued {
     pub(crate) frame: Pfn,
     pub(crate) l1: Pfn,
     pub(crate) index: usize,
-    pub(crate) made: NewTables,
 }
 
 /// Software bit (x86 AVL bit 9, free for the OS natively and left to the
@@ -500,8 +501,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         bits: u64,
         frame: Option<Pfn>,
     ) -> Result<Pfn, PvError> {
+        let mut made = NewTables::default();
         self.ops.lazy_mmu_enter();
-        let queued = self.map_queued(space, addr, bits, frame.into());
+        let queued = self.map_queued(space, addr, bits, frame.into(), &mut made);
         let flushed = self.ops.lazy_mmu_flush();
         let left = self.ops.lazy_mmu_leave();
         match (queued, flushed.and(left)) {
@@ -509,7 +511,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             (Ok(m), Err(e)) => {
                 // Some record of the batch was refused: take the whole map back,
                 // whichever of its records took effect.
-                self.take_back(space, &m);
+                self.take_back(space, &m, &made);
                 Err(e)
             }
             // map_queued undid its own work (and issued the undo).
@@ -523,7 +525,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// hypervisor refuses the clear, the page stays mapped (its tables and
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
-    fn take_back(&self, space: &AddressSpace, m: &Queued) {
+    fn take_back(&self, space: &AddressSpace, m: &Queued, made: &NewTables) {
         let holders = self.holders(space);
         let cleared = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
@@ -540,7 +542,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
         }
-        undo(self.ops, self.frames, space.pgd(), &m.made, holders);
+        undo(self.ops, self.frames, space.pgd(), made, holders);
         if !holders.is_empty() && cleared.is_err() {
             log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
@@ -558,6 +560,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         addr: u64,
         bits: u64,
         backing: Backing,
+        made: &mut NewTables,
     ) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
         let index = va.index(Level::L1);
@@ -576,10 +579,13 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             Backing::Zeroed => self.frames.alloc_zeroed_frame()?,
         };
-        let (l1, made) = match found {
-            Some(l1) => (l1, NewTables::default()),
+        let l1 = match found {
+            Some(l1) => l1,
             None => match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, || self.holders(space)) {
-                Ok(built) => built,
+                Ok((l1, built)) => {
+                    *made = built;
+                    l1
+                }
                 Err(e) => {
                     let _ = self.frames.put_frame(frame);
                     return Err(e);
@@ -589,11 +595,11 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, bits)) {
             // Tables built for this page alone go again (holders asked only
             // now: under the space's lock they are what they were).
-            undo(self.ops, self.frames, space.pgd(), &made, self.holders(space));
+            undo(self.ops, self.frames, space.pgd(), made, self.holders(space));
             let _ = self.frames.put_frame(frame);
             return Err(e);
         }
-        Ok(Queued { frame, l1, index, made })
+        Ok(Queued { frame, l1, index })
     }
 
     /// Unmaps the page at `addr` and drops its frame's reference (freeing

@@ -206,6 +206,7 @@ impl<'m> FrameAllocator<'m> {
     /// Drops one reference (Linux's `put_page`); the last one frees the
     /// frame. Returns true when it was freed. Without metadata (early boot)
     /// every frame has one owner: it is freed at once.
+    #[inline]
     pub fn put_frame(&self, pfn: Pfn) -> Result<bool, PvError> {
         let Some(m) = self.meta.get() else {
             return self.free_frame(pfn).map(|()| true);
@@ -310,6 +311,7 @@ impl MmServices for FrameAllocator<'_> {
         Ok(pfn)
     }
 
+    #[inline]
     fn free_frame(&self, pfn: Pfn) -> Result<(), PvError> {
         {
             let mut inner = self.inner.lock();

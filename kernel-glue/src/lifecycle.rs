@@ -383,7 +383,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 if cow {
                     bits = (bits & !flags::WRITABLE) | SOFT_COW;
                 }
-                self.map_queued(&child, va.as_u64(), bits, Backing::Shared(pte.pfn()))?;
+                self.map_queued(&child, va.as_u64(), bits, Backing::Shared(pte.pfn()), &mut NewTables::default())?;
                 if cow && pte.is_writable() {
                     self.modify_leaf(l1, index, |cur| (cur & !flags::WRITABLE) | SOFT_COW)?;
                     protected = true;

@@ -11,7 +11,8 @@ pub(crate) const TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE | flags::US
 pub(crate) const KERNEL_TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE;
 
 /// Finds the L1 table covering `va` below `root`, without building anything.
-#[inline]
+/// Inlined: it is most of every single-page operation's own work.
+#[inline(always)]
 pub(crate) fn find_l1<O: PvMmuOps + ?Sized>(ops: &O, root: Pfn, va: VirtAddr) -> Result<Option<Pfn>, PvError> {
     let mut table = root;
     for level in [Level::L4, Level::L3, Level::L2] {

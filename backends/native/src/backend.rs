@@ -6,8 +6,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::pte::flags;
 use pvops::{
-    Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, MAX_CPUS,
-    PAGE_SHIFT,
+    CpuMask, Cpus, Flush, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr,
+    ENTRIES_PER_TABLE, MAX_CPUS, PAGE_SHIFT,
 };
 
 use crate::cpu::NativeCpu;
@@ -45,6 +45,22 @@ impl NativeBackend {
         let me = self.cpus.this_cpu();
         let online = self.cpus.online();
         (0..MAX_CPUS).find(|&c| c != me && online.contains(c) && self.roots[c].load(Ordering::Acquire) == pgd.0)
+    }
+
+    /// `flush` on this CPU: `invlpg` per page up to 32 pages, else a full
+    /// flush (what the trait's default does through `flush_tlb_one`/`_all`).
+    #[inline]
+    fn flush_here(&self, flush: Flush) -> Result<(), PvError> {
+        match flush {
+            Flush::Page(va) => self.cpu.invlpg(va),
+            Flush::Range { start, pages } if pages <= 32 => {
+                for i in 0..pages {
+                    self.cpu.invlpg(VirtAddr::try_new(start.as_u64().wrapping_add(i << PAGE_SHIFT))?);
+                }
+            }
+            Flush::Range { .. } | Flush::All => self.cpu.flush_all(),
+        }
+        Ok(())
     }
 
     /// Refuses `pgd` while it is loaded here or on another CPU.
@@ -95,6 +111,7 @@ impl PvMmuOps for NativeBackend {
         0..0
     }
 
+    #[inline]
     fn pgd_alloc(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -103,10 +120,12 @@ impl PvMmuOps for NativeBackend {
         self.check_unloaded(pgd, "pgd_free of the loaded pgd")
     }
 
+    #[inline]
     fn alloc_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
         Ok(())
     }
 
+    #[inline]
     fn release_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -151,6 +170,7 @@ impl PvMmuOps for NativeBackend {
         Pfn::containing(self.cpu.read_cr3() & pvops::pte::flags::ADDR_MASK)
     }
 
+    #[inline]
     fn activate_mm(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -168,6 +188,21 @@ impl PvMmuOps for NativeBackend {
     fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError> {
         self.cpu.invlpg(va);
         Ok(())
+    }
+
+    /// The trait's portable default (a local flush, a cross-call running
+    /// the same on every other online target), written out here so a
+    /// static-dispatch call site inlines it: a flush of this CPU alone —
+    /// every unmap of a space only it has loaded — asks for neither the
+    /// online set nor a cross-call.
+    #[inline]
+    fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
+        let me = self.cpus.this_cpu();
+        let others = cpus.without(me);
+        let others = if others.is_empty() { others } else { others.and(self.cpus.online()) };
+        let remote = if others.is_empty() { Ok(()) } else { self.cpus.call_on(others, &|| self.flush_here(flush)) };
+        let here = if cpus.contains(me) { self.flush_here(flush) } else { Ok(()) };
+        remote.and(here)
     }
 
     #[inline]
