@@ -66,6 +66,7 @@ pub(crate) enum Backing {
 
 impl From<Option<Pfn>> for Backing {
     /// `None`: a new zeroed frame; `Some(f)`: `f`, shared.
+    #[inline]
     fn from(frame: Option<Pfn>) -> Self {
         frame.map_or(Backing::Zeroed, Backing::Shared)
     }
@@ -349,8 +350,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
     }
 
+    #[inline]
     pub(crate) fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
-        lock(self.cpus(), &space.state().lock)
+        let l = &space.state().lock;
+        // Uncontended (the common case): taken without asking for the CPUs.
+        if l.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Locked(l);
+        }
+        lock(self.cpus(), l)
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -488,6 +495,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// [`Mm::map`]/[`Mm::map_frame`]: a leaf with `bits` for a new frame or `frame`.
+    #[inline]
     fn map_issued(&self, space: &AddressSpace, addr: u64, bits: u64, frame: Option<Pfn>) -> Result<Pfn, PvError> {
         let _locked = self.lock(space);
         self.map_locked(space, addr, bits, frame)
