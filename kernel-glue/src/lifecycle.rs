@@ -445,12 +445,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// The flags of the present leaf `e` given `perm`: a private page shared
     /// by a copy-on-write fork stays write-protected when made writable.
     fn with_perm(&self, e: Pte, perm: PageFlags) -> impl Fn(u64) -> u64 {
-        let shared = e.0 & SOFT_SHARED != 0;
-        let sole = self.frames.refcount(e.pfn()) == 1;
+        // The reference count only matters for a private page made writable.
+        let writable = perm.writable && (e.0 & SOFT_SHARED != 0 || self.frames.refcount(e.pfn()) == 1);
         move |cur: u64| {
             let mut b = cur & !(flags::WRITABLE | flags::NO_EXECUTE | SOFT_COW);
             if perm.writable {
-                b |= if shared || sole { flags::WRITABLE } else { SOFT_COW };
+                b |= if writable { flags::WRITABLE } else { SOFT_COW };
             }
             if !perm.executable {
                 b |= flags::NO_EXECUTE;

@@ -230,6 +230,7 @@ impl PvMmuOps for NativeBackend {
     /// `ptep_modify_prot_start`, arch/x86/include/asm/pgtable.h). Once the
     /// slot is empty no CPU can set A/D in it: a walk that would set one
     /// finds it not present and faults.
+    #[inline]
     fn protect_start(&self, _mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
         check_index(index)?;
         let mut cur = self.mem.read_entry(table, index);
@@ -250,6 +251,7 @@ impl PvMmuOps for NativeBackend {
     /// through a translation it cached before the exchange ORs D into the
     /// withdrawn entry (SDM vol. 3A §4.8), and that bit is kept too.
     /// Anything else means no `protect_start` emptied the slot: refused.
+    #[inline]
     fn protect_commit(
         &self,
         _mm: &dyn MmServices,
