@@ -860,14 +860,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// space's cpumask (it only ever costs an extra flush).
     pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
         if !space.is_pinned() {
-            let _locked = self.lock(space);
-            if !space.is_pinned() {
-                // Pinned by `pin_all` already: the pin becomes the activation's.
-                if !space.state().save_pinned.swap(false, Ordering::AcqRel) {
-                    self.ops.activate_mm(self.frames, space.pgd())?;
-                }
-                space.state().pinned.store(true, Ordering::Release);
-            }
+            self.first_activation(space)?;
         }
         let me = self.cpus().this_cpu();
         let bit = CpuMask::one(me).0;
@@ -880,11 +873,35 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         // means that join already happened under the lock, and every unmap
         // since has seen it. A CPU beyond `MAX_CPUS` has no bit: locked path.
         if bit == 0 || space.state().cpus.load(Ordering::Relaxed) & bit == 0 {
-            let _locked = self.lock(space);
-            space.state().cpus.fetch_or(bit, Ordering::AcqRel);
+            self.join(space, bit);
         }
         self.set_running(me, space.pgd().0);
         self.ops.write_cr3(self.frames, space.pgd())
+    }
+
+    /// [`Mm::activate`]'s pin (once per space), out of line: the switch
+    /// itself keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn first_activation(&self, space: &AddressSpace) -> Result<(), PvError> {
+        let _locked = self.lock(space);
+        if !space.is_pinned() {
+            // Pinned by `pin_all` already: the pin becomes the activation's.
+            if !space.state().save_pinned.swap(false, Ordering::AcqRel) {
+                self.ops.activate_mm(self.frames, space.pgd())?;
+            }
+            space.state().pinned.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// [`Mm::activate`]'s join of the cpumask (`bit`), under the space's
+    /// lock (once per CPU and space), out of line like `first_activation`.
+    #[cold]
+    #[inline(never)]
+    fn join(&self, space: &AddressSpace, bit: u64) {
+        let _locked = self.lock(space);
+        space.state().cpus.fetch_or(bit, Ordering::AcqRel);
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
