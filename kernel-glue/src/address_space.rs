@@ -533,6 +533,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// hypervisor refuses the clear, the page stays mapped (its tables and
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
+    #[cold]
+    #[inline(never)]
     fn take_back(&self, space: &AddressSpace, m: &Queued, made: &NewTables) {
         let holders = self.holders(space);
         let cleared = self.issued_now(|| {
@@ -641,19 +643,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             Ok(())
         });
-        if let Err(e) = done {
-            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
-                // The clear did not take effect: nothing changed.
-                return Err(e);
-            }
-            if !holders.is_empty() {
-                // Cleared, but the flush may not have happened: flush everything,
-                // or keep the frame rather than hand it out.
-                log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
-                self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
-            }
+        if let Err(err) = done {
+            self.unmap_failed(l1, index, va, holders, err)?;
         }
         self.frames.put_frame(e.pfn()).map(|_| ())
+    }
+
+    /// [`Mm::unmap`] whose clear-and-flush batch failed with `e`: `Err` if
+    /// the clear did not take effect (nothing changed) or no flush could be
+    /// done (the frame is then kept); `Ok` once everything was flushed.
+    /// Out of line: the common path keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn unmap_failed(&self, l1: Pfn, index: usize, va: VirtAddr, holders: CpuMask, e: PvError) -> Result<(), PvError> {
+        if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+            // The clear did not take effect: nothing changed.
+            return Err(e);
+        }
+        if !holders.is_empty() {
+            // Cleared, but the flush may not have happened: flush everything,
+            // or keep the frame rather than hand it out.
+            log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
+            self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
+        }
+        Ok(())
     }
 
     /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones

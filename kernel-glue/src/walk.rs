@@ -140,6 +140,8 @@ fn build<O: PvMmuOps + ?Sized>(
 /// nor swallows failures of an enclosing section's updates. One whose
 /// release is refused is kept (lost, logged), never freed while still a
 /// table; so is everything if the flush is refused.
+#[cold]
+#[inline(never)]
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables, holders: CpuMask) {
     if made.is_empty() {
         return;
