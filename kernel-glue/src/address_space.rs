@@ -62,23 +62,23 @@ pub(crate) enum Backing {
     Zeroed,
     /// This frame, which gains a reference.
     Shared(Pfn),
-    /// A new frame holding a copy of this one (fork), not zeroed first.
-    CopyOf(Pfn),
 }
 
 impl From<Option<Pfn>> for Backing {
     /// `None`: a new zeroed frame; `Some(f)`: `f`, shared.
+    #[inline]
     fn from(frame: Option<Pfn>) -> Self {
         frame.map_or(Backing::Zeroed, Backing::Shared)
     }
 }
 
-/// A leaf write queued by `Mm::map_queued`, with what is needed to take it back.
+/// A leaf write queued by `Mm::map_queued`, with what is needed to take it
+/// back (and the tables it built, in the caller's [`NewTables`]: an
+/// out-parameter, so the common map into existing tables moves no list).
 pub(crate) struct Queued {
     pub(crate) frame: Pfn,
     pub(crate) l1: Pfn,
     pub(crate) index: usize,
-    pub(crate) made: NewTables,
 }
 
 /// Software bit (x86 AVL bit 9, free for the OS natively and left to the
@@ -165,20 +165,24 @@ impl AddressSpace {
         }
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> &Arc<SpaceState> {
         &self.shared
     }
 
     /// The frame of its top-level table (the kernel pgd on Xen).
+    #[inline]
     pub fn pgd(&self) -> Pfn {
         self.shared.pgd
     }
     /// True once it has been activated (pinned on Xen).
+    #[inline]
     pub fn is_pinned(&self) -> bool {
         self.shared.pinned.load(Ordering::Acquire)
     }
     /// The CPUs that may hold its translations in their TLBs (every CPU
     /// that activated it since it was created): the targets of a shootdown.
+    #[inline]
     pub fn cpumask(&self) -> CpuMask {
         CpuMask(self.shared.cpus.load(Ordering::Acquire))
     }
@@ -188,6 +192,7 @@ impl AddressSpace {
 pub(crate) struct Locked<'s>(&'s AtomicBool);
 
 impl Drop for Locked<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
@@ -197,6 +202,7 @@ impl Drop for Locked<'_> {
 /// vCPU there). The holder may be waiting for this CPU to answer an IPI (a
 /// native shootdown): `Mm` methods are called with interrupts (events)
 /// enabled, so this CPU answers while it spins.
+#[inline]
 pub(crate) fn lock<'s>(cpus: &dyn Cpus, lock: &'s AtomicBool) -> Locked<'s> {
     while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         cpus.relax();
@@ -360,7 +366,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub(crate) fn holders(&self, space: &AddressSpace) -> CpuMask {
         let cpus = self.cpus();
         let me = cpus.this_cpu();
-        let others = space.cpumask().and(cpus.online()).without(me);
+        let others = space.cpumask().without(me);
+        // The online set only matters when another CPU is in the cpumask.
+        let others = if others.is_empty() { others } else { others.and(cpus.online()) };
         if self.is_loaded(space.pgd()) {
             others.with(me)
         } else {
@@ -380,8 +388,14 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
     }
 
+    #[inline]
     pub(crate) fn lock<'s>(&self, space: &'s AddressSpace) -> Locked<'s> {
-        lock(self.cpus(), &space.state().lock)
+        let l = &space.state().lock;
+        // Uncontended (the common case): taken without asking for the CPUs.
+        if l.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Locked(l);
+        }
+        lock(self.cpus(), l)
     }
 
     /// Maps a kernel page (kernel half, supervisor only) into `init_mm`.
@@ -405,7 +419,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.issued_now(|| {
             // The kernel half is in every space: a table undone there may be cached anywhere.
             let all = self.cpus().online();
-            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS, all)?;
+            let (l1, _) = ensure_l1(self.ops, self.frames, self.init_pgd, va, KERNEL_TABLE_FLAGS, || all)?;
             if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
@@ -521,6 +535,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     }
 
     /// [`Mm::map`]/[`Mm::map_frame`]: a leaf with `bits` for a new frame or `frame`.
+    #[inline]
     fn map_issued(&self, space: &AddressSpace, addr: u64, bits: u64, frame: Option<Pfn>) -> Result<Pfn, PvError> {
         let _locked = self.lock(space);
         self.map_locked(space, addr, bits, frame)
@@ -534,8 +549,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         bits: u64,
         frame: Option<Pfn>,
     ) -> Result<Pfn, PvError> {
+        let mut made = NewTables::default();
         self.ops.lazy_mmu_enter();
-        let queued = self.map_queued(space, addr, bits, frame.into());
+        let queued = self.map_queued(space, addr, bits, frame.into(), &mut made);
         let flushed = self.ops.lazy_mmu_flush();
         let left = self.ops.lazy_mmu_leave();
         match (queued, flushed.and(left)) {
@@ -543,7 +559,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             (Ok(m), Err(e)) => {
                 // Some record of the batch was refused: take the whole map back,
                 // whichever of its records took effect.
-                self.take_back(space, &m);
+                self.take_back(space, &m, &made);
                 Err(e)
             }
             // map_queued undid its own work (and issued the undo).
@@ -557,7 +573,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// hypervisor refuses the clear, the page stays mapped (its tables and
     /// frame are the space's, freed by `exit`); if it refuses the flush, the
     /// frame is kept (lost, logged) rather than handed out.
-    fn take_back(&self, space: &AddressSpace, m: &Queued) {
+    #[cold]
+    #[inline(never)]
+    fn take_back(&self, space: &AddressSpace, m: &Queued, made: &NewTables) {
         let holders = self.holders(space);
         let cleared = self.issued_now(|| {
             self.ops.set_entry(self.frames, Level::L1, m.l1, m.index, Pte::EMPTY)?;
@@ -574,7 +592,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             log::error!("map undo: {:?} is still mapped ({cleared:?}); left in the space", m.frame);
             return;
         }
-        undo(self.ops, self.frames, space.pgd(), &m.made, holders);
+        undo(self.ops, self.frames, space.pgd(), made, holders);
         if !holders.is_empty() && cleared.is_err() {
             log::error!("map undo: no flush after unmapping {:?} ({cleared:?}); frame kept", m.frame);
             return;
@@ -582,19 +600,25 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let _ = self.frames.put_frame(m.frame);
     }
 
-    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for fork):
+    /// [`Mm::map`] without issuing what a lazy-MMU batch holds (for `fork_cow`):
     /// a leaf with `bits` for the frame `backing` says (a shared one gains a
     /// reference). On error the frame's reference is dropped again.
+    #[inline(always)]
     pub(crate) fn map_queued(
         &self,
         space: &AddressSpace,
         addr: u64,
         bits: u64,
         backing: Backing,
+        made: &mut NewTables,
     ) -> Result<Queued, PvError> {
         let va = user_va(addr)?;
-        if let Some(l1) = find_l1(self.ops, space.pgd(), va)? {
-            if self.ops.read_entry(Level::L1, l1, va.index(Level::L1))?.is_present() {
+        let index = va.index(Level::L1);
+        // One walk when the tables are there (the common case): the L1 it
+        // finds is the one to write, nothing is built and nothing needs undoing.
+        let found = find_l1(self.ops, space.pgd(), va)?;
+        if let Some(l1) = found {
+            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
                 return Err(PvError::AlreadyMapped { addr: va });
             }
         }
@@ -604,24 +628,28 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 f
             }
             Backing::Zeroed => self.frames.alloc_zeroed_frame()?,
-            Backing::CopyOf(f) => self.frames.alloc_copy_of(f)?,
         };
-        let holders = self.holders(space);
-        let (l1, made) = match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, holders) {
-            Ok(built) => built,
-            Err(e) => {
-                let _ = self.frames.put_frame(frame);
-                return Err(e);
-            }
+        let l1 = match found {
+            Some(l1) => l1,
+            None => match ensure_l1(self.ops, self.frames, space.pgd(), va, TABLE_FLAGS, || self.holders(space)) {
+                Ok((l1, built)) => {
+                    *made = built;
+                    l1
+                }
+                Err(e) => {
+                    let _ = self.frames.put_frame(frame);
+                    return Err(e);
+                }
+            },
         };
-        let index = va.index(Level::L1);
         if let Err(e) = self.ops.set_entry(self.frames, Level::L1, l1, index, Pte::new(frame, bits)) {
-            // Tables built for this page alone go again.
-            undo(self.ops, self.frames, space.pgd(), &made, holders);
+            // Tables built for this page alone go again (holders asked only
+            // now: under the space's lock they are what they were).
+            undo(self.ops, self.frames, space.pgd(), made, self.holders(space));
             let _ = self.frames.put_frame(frame);
             return Err(e);
         }
-        Ok(Queued { frame, l1, index, made })
+        Ok(Queued { frame, l1, index })
     }
 
     /// Unmaps the page at `addr` and drops its frame's reference (freeing
@@ -656,19 +684,30 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             }
             Ok(())
         });
-        if let Err(e) = done {
-            if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
-                // The clear did not take effect: nothing changed.
-                return Err(e);
-            }
-            if !holders.is_empty() {
-                // Cleared, but the flush may not have happened: flush everything,
-                // or keep the frame rather than hand it out.
-                log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
-                self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
-            }
+        if let Err(err) = done {
+            self.unmap_failed(l1, index, va, holders, err)?;
         }
         self.frames.put_frame(e.pfn()).map(|_| ())
+    }
+
+    /// [`Mm::unmap`] whose clear-and-flush batch failed with `e`: `Err` if
+    /// the clear did not take effect (nothing changed) or no flush could be
+    /// done (the frame is then kept); `Ok` once everything was flushed.
+    /// Out of line: the common path keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn unmap_failed(&self, l1: Pfn, index: usize, va: VirtAddr, holders: CpuMask, e: PvError) -> Result<(), PvError> {
+        if self.ops.read_entry(Level::L1, l1, index)?.is_present() {
+            // The clear did not take effect: nothing changed.
+            return Err(e);
+        }
+        if !holders.is_empty() {
+            // Cleared, but the flush may not have happened: flush everything,
+            // or keep the frame rather than hand it out.
+            log::warn!("unmap {:#x}: flush failed ({e}); flushing everything", va.as_u64());
+            self.issued_now(|| self.ops.flush_tlb_multi(holders, Flush::All))?;
+        }
+        Ok(())
     }
 
     /// Unmaps every mapped page of `pages` pages from `addr` (unmapped ones
@@ -880,25 +919,48 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     pub fn activate(&self, space: &AddressSpace) -> Result<(), PvError> {
         self.check_owner(space)?;
         if !space.is_pinned() {
-            let _locked = self.lock(space);
-            if !space.is_pinned() {
-                // Pinned by `pin_all` already: the pin becomes the activation's.
-                if !space.state().save_pinned.swap(false, Ordering::AcqRel) {
-                    self.ops.activate_mm(self.frames, space.pgd())?;
-                }
-                space.state().pinned.store(true, Ordering::Release);
-            }
+            self.first_activation(space)?;
         }
         let me = self.cpus().this_cpu();
+        let bit = CpuMask::one(me).0;
         // Under the space's lock: an unmap reads the cpumask under it too,
         // so either it sees this CPU (and shoots it down), or its clear was
         // issued before this CPU loads the root and walks the tables.
-        {
-            let _locked = self.lock(space);
-            space.state().cpus.fetch_or(CpuMask::one(me).0, Ordering::AcqRel);
+        // Only once (Linux's `switch_mm_irqs_off` tests the bit first): only
+        // this CPU sets its bit and nothing clears it while the space lives,
+        // so seeing it set (this CPU's own earlier store, in program order)
+        // means that join already happened under the lock, and every unmap
+        // since has seen it. A CPU beyond `MAX_CPUS` has no bit: locked path.
+        if bit == 0 || space.state().cpus.load(Ordering::Relaxed) & bit == 0 {
+            self.join(space, bit);
         }
         self.set_running(me, space.pgd().0);
         self.ops.write_cr3(self.frames, space.pgd())
+    }
+
+    /// [`Mm::activate`]'s pin (once per space), out of line: the switch
+    /// itself keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn first_activation(&self, space: &AddressSpace) -> Result<(), PvError> {
+        let _locked = self.lock(space);
+        if !space.is_pinned() {
+            // Pinned by `pin_all` already: the pin becomes the activation's.
+            if !space.state().save_pinned.swap(false, Ordering::AcqRel) {
+                self.ops.activate_mm(self.frames, space.pgd())?;
+            }
+            space.state().pinned.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// [`Mm::activate`]'s join of the cpumask (`bit`), under the space's
+    /// lock (once per CPU and space), out of line like `first_activation`.
+    #[cold]
+    #[inline(never)]
+    fn join(&self, space: &AddressSpace, bit: u64) {
+        let _locked = self.lock(space);
+        space.state().cpus.fetch_or(bit, Ordering::AcqRel);
     }
 
     /// Switches back to `init_mm` (kernel only: no user pgd).
@@ -951,20 +1013,63 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         }
     }
 
+    /// Copies every present user page of `parent` into `child` (fresh,
+    /// unpinned, not loaded anywhere): a parallel walk, as Linux's
+    /// `copy_p4d_range` … `copy_pte_range` does — the child's L1 for a
+    /// parent L1 is found or built once, at its first present page (never
+    /// for an empty one), then each page is one whole-frame copy into a
+    /// fresh frame, not zeroed first, and one leaf write (never a table, so
+    /// writable through the direct map on Xen). On error what the child got
+    /// so far stays in it: `fork` tears the whole child down.
     fn copy_user_half(&self, parent: &AddressSpace, child: &AddressSpace) -> Result<(), PvError> {
-        let mut result = Ok(());
-        self.for_each_user_page(parent.pgd(), &mut |va, _, _, pte| {
-            if result.is_err() {
-                return;
+        let root = parent.pgd();
+        for i4 in 0..USER_PGD_SLOTS {
+            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
+            if !e4.is_present() {
+                continue;
             }
-            result = (|| {
-                // One whole-frame copy into a fresh frame, not zeroed first
-                // (never a table, so writable through the direct map on Xen).
-                self.map_queued(child, va.as_u64(), PageFlags::of_leaf(pte).user_bits(), Backing::CopyOf(pte.pfn()))?;
-                Ok(())
-            })();
-        })?;
-        result
+            for i3 in 0..ENTRIES_PER_TABLE {
+                let e3 = self.ops.read_entry(Level::L3, e4.pfn(), i3)?;
+                if !e3.is_present() {
+                    continue;
+                }
+                for i2 in 0..ENTRIES_PER_TABLE {
+                    let e2 = self.ops.read_entry(Level::L2, e3.pfn(), i2)?;
+                    if e2.is_present() {
+                        self.copy_l1(child, e2.pfn(), VirtAddr::from_indices(i4, i3, i2, 0))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Mm::copy_user_half`] of one parent L1 table `from`, which maps the
+    /// 2 MiB from `base`.
+    fn copy_l1(&self, child: &AddressSpace, from: Pfn, base: VirtAddr) -> Result<(), PvError> {
+        let mut to = None;
+        for i1 in 0..ENTRIES_PER_TABLE {
+            let e = self.ops.read_entry(Level::L1, from, i1)?;
+            if !e.is_present() {
+                continue;
+            }
+            let l1 = match to {
+                Some(l1) => l1,
+                None => {
+                    let (l1, _) =
+                        ensure_l1(self.ops, self.frames, child.pgd(), base, TABLE_FLAGS, || self.holders(child))?;
+                    to = Some(l1);
+                    l1
+                }
+            };
+            let frame = self.frames.alloc_copy_of(e.pfn())?;
+            let leaf = Pte::new(frame, PageFlags::of_leaf(e).user_bits());
+            if let Err(err) = self.ops.set_entry(self.frames, Level::L1, l1, i1, leaf) {
+                let _ = self.frames.put_frame(frame);
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `f` for every present user page below `root`, in address order.

@@ -244,6 +244,7 @@ impl<'m> FrameAllocator<'m> {
     /// Drops one reference (Linux's `put_page`); the last one frees the
     /// frame. Returns true when it was freed. Without metadata (early boot)
     /// every frame has one owner: it is freed at once.
+    #[inline]
     pub fn put_frame(&self, pfn: Pfn) -> Result<bool, PvError> {
         let Some(m) = self.meta.get() else {
             return self.free_frame(pfn).map(|()| true);
@@ -276,6 +277,7 @@ impl<'m> FrameAllocator<'m> {
     /// One allocation, counted and failure-injected like
     /// [`MmServices::alloc_zeroed_frame`]; the copy is one
     /// [`PhysMem::copy_frame`] into the fresh frame.
+    #[inline]
     pub fn alloc_copy_of(&self, from: Pfn) -> Result<Pfn, PvError> {
         let pfn = self.take_frame()?;
         // Outside the lock: the frame is this caller's alone now.
@@ -296,21 +298,31 @@ impl<'m> FrameAllocator<'m> {
                 }
                 inner.fail_at = Some(k - 1);
             }
-            let words = self.nr_frames.div_ceil(64) as usize;
-            // Next fit: from the word the last allocation came from (always < words).
+            // Next fit: from the word the last allocation came from (always
+            // < words), which still has a free frame on most calls: tested
+            // first, without the scan's index arithmetic.
             let start = inner.hint as usize;
-            let found = (0..words).map(|i| (start + i) % words).find(|&w| inner.free[w] != 0);
-            let Some(w) = found else {
-                return Err(PvError::OutOfMemory);
+            let w = match inner.free.get(start) {
+                Some(&bits) if bits != 0 => start,
+                _ => {
+                    let words = inner.free.len();
+                    let found = (0..words).map(|i| (start + i) % words).find(|&w| inner.free[w] != 0);
+                    let Some(w) = found else {
+                        return Err(PvError::OutOfMemory);
+                    };
+                    inner.hint = w as u64;
+                    w
+                }
             };
-            let b = inner.free[w].trailing_zeros() as u64;
-            inner.free[w] &= !(1 << b);
-            inner.hint = w as u64;
+            let bits = inner.free[w];
+            let b = bits.trailing_zeros() as u64;
+            inner.free[w] = bits & (bits - 1);
             let pfn = Pfn(w as u64 * 64 + b);
             inner.free_count -= 1;
             inner.allocations += 1;
             if let Some(m) = self.meta.get().and_then(|m| m.get(pfn.0 as usize)) {
-                m.reset();
+                m.private.store(0, Ordering::Release);
+                m.pinned.store(false, Ordering::Release);
                 m.refs.store(1, Ordering::Release);
             }
             pfn
@@ -329,6 +341,7 @@ impl MmServices for FrameAllocator<'_> {
         self.meta.get().is_some()
     }
 
+    #[inline]
     fn alloc_zeroed_frame(&self) -> Result<Pfn, PvError> {
         let pfn = self.take_frame()?;
         // Outside the lock: the frame is this caller's alone now.
@@ -336,6 +349,7 @@ impl MmServices for FrameAllocator<'_> {
         Ok(pfn)
     }
 
+    #[inline]
     fn free_frame(&self, pfn: Pfn) -> Result<(), PvError> {
         {
             let mut inner = self.inner.lock();

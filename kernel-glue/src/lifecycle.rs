@@ -90,6 +90,10 @@ pub(crate) fn regions_remove(regions: &mut Vec<Region>, start: u64, end: u64) {
 
 /// Gives the parts of the regions inside `start..end` the permission `perm`.
 fn regions_set_perm(regions: &mut Vec<Region>, start: u64, end: u64, perm: PageFlags) {
+    // Nothing reserved there (the common case): nothing to rebuild.
+    if !regions.iter().any(|r| r.start < end && r.end > start) {
+        return;
+    }
     let inside: Vec<Region> = regions
         .iter()
         .filter(|r| r.start < end && r.end > start)
@@ -170,7 +174,8 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let mut va = addr;
         while va < end {
             let chunk = next_l1(va).min(end);
-            let (l1, m) = ensure_l1(self.ops, self.frames, space.pgd(), VirtAddr::try_new(va)?, TABLE_FLAGS, holders)?;
+            let (l1, m) =
+                ensure_l1(self.ops, self.frames, space.pgd(), VirtAddr::try_new(va)?, TABLE_FLAGS, || holders)?;
             made.push(m);
             for page in (va..chunk).step_by(pvops::PAGE_SIZE as usize) {
                 let index = VirtAddr::try_new(page)?.index(Level::L1);
@@ -404,7 +409,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 if cow {
                     bits = (bits & !flags::WRITABLE) | SOFT_COW;
                 }
-                self.map_queued(&child, va.as_u64(), bits, Backing::Shared(pte.pfn()))?;
+                self.map_queued(&child, va.as_u64(), bits, Backing::Shared(pte.pfn()), &mut NewTables::default())?;
                 if cow && pte.is_writable() {
                     self.modify_leaf(l1, index, |cur| (cur & !flags::WRITABLE) | SOFT_COW)?;
                     protected = true;
@@ -435,7 +440,50 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// `mprotect` of one page: [`Mm::protect_range`] of 1.
     pub fn protect(&self, space: &AddressSpace, addr: u64, perm: PageFlags) -> Result<(), PvError> {
         self.check_owner(space)?;
-        self.protect_range(space, addr, 1, perm).map(|_| ())
+        // `protect_range` for one page, without its list of leaves (a heap
+        // allocation): one walk, the same checks, writes and flush.
+        let va = user_va(addr)?;
+        let _locked = self.lock(space);
+        let index = va.index(Level::L1);
+        let leaf = match find_l1(self.ops, space.pgd(), va)? {
+            Some(l1) => Some((l1, self.ops.read_entry(Level::L1, l1, index)?)).filter(|(_, e)| e.is_present()),
+            None => None,
+        };
+        if leaf.is_none() && region_at(&space.state().regions.lock(), addr).is_none() {
+            return Err(PvError::NotMapped { addr: va });
+        }
+        if let Some((l1, e)) = leaf {
+            let new = self.with_perm(e, perm);
+            if new(e.flags()) != e.flags() {
+                let holders = self.holders(space);
+                self.issued_now(|| {
+                    self.modify_leaf(l1, index, new)?;
+                    if !holders.is_empty() {
+                        self.ops.flush_tlb_multi(holders, Flush::Range { start: va, pages: 1 })?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        regions_set_perm(&mut space.state().regions.lock(), addr, addr + pvops::PAGE_SIZE, perm);
+        Ok(())
+    }
+
+    /// The flags of the present leaf `e` given `perm`: a private page shared
+    /// by a copy-on-write fork stays write-protected when made writable.
+    fn with_perm(&self, e: Pte, perm: PageFlags) -> impl Fn(u64) -> u64 {
+        // The reference count only matters for a private page made writable.
+        let writable = perm.writable && (e.0 & SOFT_SHARED != 0 || self.frames.refcount(e.pfn()) == 1);
+        move |cur: u64| {
+            let mut b = cur & !(flags::WRITABLE | flags::NO_EXECUTE | SOFT_COW);
+            if perm.writable {
+                b |= if writable { flags::WRITABLE } else { SOFT_COW };
+            }
+            if !perm.executable {
+                b |= flags::NO_EXECUTE;
+            }
+            b
+        }
     }
 
     /// `mprotect`: gives every page of `pages` pages from `addr` the
@@ -481,18 +529,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         let changed = self.issued_now(|| {
             let mut changed = 0u64;
             for &(l1, index, e) in &leaves {
-                let shared = e.0 & SOFT_SHARED != 0;
-                let sole = self.frames.refcount(e.pfn()) == 1;
-                let new = |cur: u64| {
-                    let mut b = cur & !(flags::WRITABLE | flags::NO_EXECUTE | SOFT_COW);
-                    if perm.writable {
-                        b |= if shared || sole { flags::WRITABLE } else { SOFT_COW };
-                    }
-                    if !perm.executable {
-                        b |= flags::NO_EXECUTE;
-                    }
-                    b
-                };
+                let new = self.with_perm(e, perm);
                 if new(e.flags()) != e.flags() {
                     self.modify_leaf(l1, index, new)?;
                     changed += 1;

@@ -11,6 +11,8 @@ pub(crate) const TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE | flags::US
 pub(crate) const KERNEL_TABLE_FLAGS: u64 = flags::PRESENT | flags::WRITABLE;
 
 /// Finds the L1 table covering `va` below `root`, without building anything.
+/// Inlined: it is most of every single-page operation's own work.
+#[inline(always)]
 pub(crate) fn find_l1<O: PvMmuOps + ?Sized>(ops: &O, root: Pfn, va: VirtAddr) -> Result<Option<Pfn>, PvError> {
     let mut table = root;
     for level in [Level::L4, Level::L3, Level::L2] {
@@ -23,35 +25,61 @@ pub(crate) fn find_l1<O: PvMmuOps + ?Sized>(ops: &O, root: Pfn, va: VirtAddr) ->
     Ok(Some(table))
 }
 
+/// (parent table, parent level, slot, new table).
+type Made = (Pfn, Level, usize, Pfn);
+
 /// Tables created by one [`ensure_l1`] call, so a failure can undo them.
+/// `None` beyond `len` (a byte each: `Level`'s niche), so an empty one —
+/// every map into existing tables — costs a few stores, not three tuples.
 pub(crate) struct NewTables {
-    /// (parent table, parent level, slot, new table).
-    created: [(Pfn, Level, usize, Pfn); 3],
+    created: [Option<Made>; 3],
     len: usize,
 }
 
 impl Default for NewTables {
+    #[inline]
     fn default() -> Self {
-        NewTables { created: [(Pfn(0), Level::L4, 0, Pfn(0)); 3], len: 0 }
+        NewTables { created: [None; 3], len: 0 }
+    }
+}
+
+impl NewTables {
+    /// Records one more table (at most one per level below L4: three).
+    fn push(&mut self, made: Made) {
+        if let Some(slot) = self.created.get_mut(self.len) {
+            *slot = Some(made);
+            self.len += 1;
+        }
+    }
+
+    /// The tables recorded, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = Made> + '_ {
+        self.created[..self.len].iter().rev().flatten().copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
 /// Finds or builds the L1 table covering `va` below `root`; returns it and the
 /// tables this call created (for [`undo`] if a later step fails). On failure
-/// every table this call created is unlinked and freed again.
+/// every table this call created is unlinked and freed again, flushed from
+/// the CPUs `holders` names (asked only then: the caller holds the space's
+/// lock, so the answer is the same as before the build).
 pub(crate) fn ensure_l1<O: PvMmuOps + ?Sized>(
     ops: &O,
     mm: &dyn MmServices,
     root: Pfn,
     va: VirtAddr,
     table_flags: u64,
-    holders: CpuMask,
+    holders: impl FnOnce() -> CpuMask,
 ) -> Result<(Pfn, NewTables), PvError> {
     let mut made = NewTables::default();
     match build(ops, mm, root, va, table_flags, &mut made) {
         Ok(l1) => Ok((l1, made)),
         Err(e) => {
-            undo(ops, mm, root, &made, holders);
+            undo(ops, mm, root, &made, holders());
             Err(e)
         }
     }
@@ -87,16 +115,14 @@ fn build<O: PvMmuOps + ?Sized>(
             // refused too), it is part of the space now: record it, so the
             // caller's undo unlinks it before anything is freed.
             if links(ops, level, table, slot) {
-                made.created[made.len] = (table, level, slot, new);
-                made.len += 1;
+                made.push((table, level, slot, new));
                 return Err(err);
             }
             let _ = ops.release_pt(mm, root, lower, new);
             let _ = mm.free_frame(new);
             return Err(err);
         }
-        made.created[made.len] = (table, level, slot, new);
-        made.len += 1;
+        made.push((table, level, slot, new));
         table = new;
     }
     Ok(table)
@@ -114,14 +140,15 @@ fn build<O: PvMmuOps + ?Sized>(
 /// nor swallows failures of an enclosing section's updates. One whose
 /// release is refused is kept (lost, logged), never freed while still a
 /// table; so is everything if the flush is refused.
+#[cold]
+#[inline(never)]
 pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn, made: &NewTables, holders: CpuMask) {
-    let made = &made.created[..made.len];
     if made.is_empty() {
         return;
     }
     ops.lazy_mmu_enter();
     let mut unlinked = 0;
-    for &(parent, level, slot, new) in made.iter().rev() {
+    for (parent, level, slot, new) in made.newest_first() {
         // These only fail if the hypervisor already refused us once. A failed
         // unlink counts as not done even if the slot reads empty: a mirrored
         // slot (xen64's user pgd) may still hold the link.
@@ -132,7 +159,7 @@ pub(crate) fn undo<O: PvMmuOps + ?Sized>(ops: &O, mm: &dyn MmServices, root: Pfn
         unlinked += 1;
     }
     let flushed = ops.flush_tlb_multi(holders, Flush::All).and(ops.lazy_mmu_flush());
-    for &(_, level, _, new) in made.iter().rev().take(unlinked) {
+    for (_, level, _, new) in made.newest_first().take(unlinked) {
         let lower = level.lower().unwrap_or(Level::L1);
         if let Err(e) = flushed {
             log::error!("undo: no TLB flush after unlinking {new:?} ({e}); frame kept");

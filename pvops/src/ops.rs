@@ -164,7 +164,9 @@ pub trait PvMmuOps: Sync {
             }),
             Flush::Range { .. } | Flush::All => self.flush_tlb_all(),
         };
-        let others = cpus.and(self.cpus().online()).without(me);
+        // The online set only matters when another CPU is a target.
+        let others = cpus.without(me);
+        let others = if others.is_empty() { others } else { others.and(self.cpus().online()) };
         let remote = if others.is_empty() { Ok(()) } else { self.cpus().call_on(others, &local) };
         let here = if cpus.contains(me) { local() } else { Ok(()) };
         remote.and(here)

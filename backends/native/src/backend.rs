@@ -6,8 +6,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::pte::flags;
 use pvops::{
-    Cpus, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr, ENTRIES_PER_TABLE, MAX_CPUS,
-    PAGE_SHIFT,
+    CpuMask, Cpus, Flush, Level, MmServices, Pfn, PhysMem, Pte, PvError, PvMmuOps, SingleCpu, VirtAddr,
+    ENTRIES_PER_TABLE, MAX_CPUS, PAGE_SHIFT,
 };
 
 use crate::cpu::NativeCpu;
@@ -47,6 +47,22 @@ impl NativeBackend {
         (0..MAX_CPUS).find(|&c| c != me && online.contains(c) && self.roots[c].load(Ordering::Acquire) == pgd.0)
     }
 
+    /// `flush` on this CPU: `invlpg` per page up to 32 pages, else a full
+    /// flush (what the trait's default does through `flush_tlb_one`/`_all`).
+    #[inline]
+    fn flush_here(&self, flush: Flush) -> Result<(), PvError> {
+        match flush {
+            Flush::Page(va) => self.cpu.invlpg(va),
+            Flush::Range { start, pages } if pages <= 32 => {
+                for i in 0..pages {
+                    self.cpu.invlpg(VirtAddr::try_new(start.as_u64().wrapping_add(i << PAGE_SHIFT))?);
+                }
+            }
+            Flush::Range { .. } | Flush::All => self.cpu.flush_all(),
+        }
+        Ok(())
+    }
+
     /// Refuses `pgd` while it is loaded here or on another CPU.
     fn check_unloaded(&self, pgd: Pfn, what: &'static str) -> Result<(), PvError> {
         if self.read_cr3() == pgd {
@@ -78,6 +94,7 @@ fn check_ad_bits(bits: u64) -> Result<(), PvError> {
     Ok(())
 }
 
+#[inline]
 fn check_index(index: usize) -> Result<(), PvError> {
     if index >= ENTRIES_PER_TABLE {
         return Err(PvError::BadIndex { index });
@@ -94,6 +111,7 @@ impl PvMmuOps for NativeBackend {
         0..0
     }
 
+    #[inline]
     fn pgd_alloc(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -102,10 +120,12 @@ impl PvMmuOps for NativeBackend {
         self.check_unloaded(pgd, "pgd_free of the loaded pgd")
     }
 
+    #[inline]
     fn alloc_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
         Ok(())
     }
 
+    #[inline]
     fn release_pt(&self, _mm: &dyn MmServices, _root: Pfn, _level: Level, _pfn: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -124,6 +144,7 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn read_entry(&self, _level: Level, table: Pfn, index: usize) -> Result<Pte, PvError> {
         check_index(index)?;
         Ok(Pte(self.mem.read_entry(table, index)))
@@ -144,10 +165,12 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn read_cr3(&self) -> Pfn {
         Pfn::containing(self.cpu.read_cr3() & pvops::pte::flags::ADDR_MASK)
     }
 
+    #[inline]
     fn activate_mm(&self, _mm: &dyn MmServices, _pgd: Pfn) -> Result<(), PvError> {
         Ok(())
     }
@@ -161,11 +184,28 @@ impl PvMmuOps for NativeBackend {
         Ok(())
     }
 
+    #[inline]
     fn flush_tlb_one(&self, va: VirtAddr) -> Result<(), PvError> {
         self.cpu.invlpg(va);
         Ok(())
     }
 
+    /// The trait's portable default (a local flush, a cross-call running
+    /// the same on every other online target), written out here so a
+    /// static-dispatch call site inlines it: a flush of this CPU alone —
+    /// every unmap of a space only it has loaded — asks for neither the
+    /// online set nor a cross-call.
+    #[inline]
+    fn flush_tlb_multi(&self, cpus: CpuMask, flush: Flush) -> Result<(), PvError> {
+        let me = self.cpus.this_cpu();
+        let others = cpus.without(me);
+        let others = if others.is_empty() { others } else { others.and(self.cpus.online()) };
+        let remote = if others.is_empty() { Ok(()) } else { self.cpus.call_on(others, &|| self.flush_here(flush)) };
+        let here = if cpus.contains(me) { self.flush_here(flush) } else { Ok(()) };
+        remote.and(here)
+    }
+
+    #[inline]
     fn cpus(&self) -> &dyn Cpus {
         self.cpus
     }
@@ -173,12 +213,15 @@ impl PvMmuOps for NativeBackend {
     /// Natively every store takes effect at once: nothing is ever queued,
     /// so sections nest trivially (an inner leave issues nothing, because
     /// there is nothing) and no failure is ever deferred.
+    #[inline]
     fn lazy_mmu_enter(&self) {}
 
+    #[inline]
     fn lazy_mmu_leave(&self) -> Result<(), PvError> {
         Ok(())
     }
 
+    #[inline]
     fn lazy_mmu_flush(&self) -> Result<(), PvError> {
         Ok(())
     }
@@ -187,6 +230,7 @@ impl PvMmuOps for NativeBackend {
     /// `ptep_modify_prot_start`, arch/x86/include/asm/pgtable.h). Once the
     /// slot is empty no CPU can set A/D in it: a walk that would set one
     /// finds it not present and faults.
+    #[inline]
     fn protect_start(&self, _mm: &dyn MmServices, table: Pfn, index: usize) -> Result<Pte, PvError> {
         check_index(index)?;
         let mut cur = self.mem.read_entry(table, index);
@@ -207,6 +251,7 @@ impl PvMmuOps for NativeBackend {
     /// through a translation it cached before the exchange ORs D into the
     /// withdrawn entry (SDM vol. 3A §4.8), and that bit is kept too.
     /// Anything else means no `protect_start` emptied the slot: refused.
+    #[inline]
     fn protect_commit(
         &self,
         _mm: &dyn MmServices,

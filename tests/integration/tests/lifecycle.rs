@@ -505,6 +505,35 @@ fn protect_range_reaches_every_holder_and_checks_before_writing() {
     });
 }
 
+/// `protect` of one page (its own path, no list of leaves) on a page both
+/// vCPUs wrote through: once it returns, a write fails on each (the flush
+/// reached both TLBs), reads still work; an unmapped page is refused and
+/// changes nothing; read-write again restores writes.
+#[test]
+fn protect_of_one_page_reaches_every_holder() {
+    each(|b| {
+        let free0 = b.frames.free_count();
+        let s = b.mm.create().unwrap();
+        b.mm.map_range(&s, VA, 2, PageFlags::DATA).unwrap();
+        on_vcpu(1, || b.mm.activate(&s)).unwrap();
+        b.mm.activate(&s).unwrap();
+        for cpu in [0, 1] {
+            assert!(on_vcpu(cpu, || user_write(b, VA)).is_some(), "{} cpu {cpu}: writable first", b.name);
+        }
+        assert!(matches!(b.mm.protect(&s, VA + 2 * PAGE, PageFlags::RODATA), Err(PvError::NotMapped { .. })));
+        b.mm.protect(&s, VA, PageFlags::RODATA).unwrap();
+        for cpu in [0, 1] {
+            assert_eq!(on_vcpu(cpu, || user_write(b, VA)), None, "{} cpu {cpu}: read-only now", b.name);
+            assert!(on_vcpu(cpu, || b.user_read(VA)).is_some());
+            assert!(on_vcpu(cpu, || user_write(b, VA + PAGE)).is_some(), "{} cpu {cpu}: neighbour unchanged", b.name);
+        }
+        b.mm.protect(&s, VA, PageFlags::DATA).unwrap();
+        assert!(on_vcpu(1, || user_write(b, VA)).is_some());
+        check(b, "after protect");
+        finish(b, vec![s], free0);
+    });
+}
+
 /// mprotect(read-write) of a page shared by a COW fork keeps it
 /// write-protected: the next write copies, never two writable mappings.
 #[test]
