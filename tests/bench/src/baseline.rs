@@ -35,10 +35,34 @@ use std::fmt::Write as _;
 
 use kernel_glue::{FrameAllocator, Mm, PageFlags};
 use pvops::{BootEnv, EntryKind, Pfn, PhysMem, PvMmuOps, VirtAddr, USER_LIMIT};
-use pvops_native::{DirectMap, NativeCpu, NativePlatform};
+use pvops_native::{DirectMap, NativeBackend, NativeCpu, NativePlatform};
 
-use crate::builtin::Builtin;
 use crate::cg;
+
+pvops::static_dispatch! {
+    /// The example kernel's `KernelOps` as this bench needs it: the native
+    /// backend by value and typed over its memory (`DirectMap`, word
+    /// accesses inlined), any other registered backend through its vtable.
+    pub enum Builtin {
+        /// A registered backend that is not built in.
+        dyn Other,
+        /// Bare metal, over the platform's own `DirectMap`.
+        Native(NativeBackend<DirectMap>) = "native" => native_on_platform_mem,
+    }
+}
+
+std::thread_local! {
+    /// The `DirectMap` of the platform being booted on this thread: where
+    /// [`Builtin`]'s constructor (a plain function of the boot environment)
+    /// finds the memory by its type, as a kernel would in a static.
+    static PLATFORM_MEM: core::cell::Cell<Option<&'static DirectMap>> = const { core::cell::Cell::new(None) };
+}
+
+/// [`NativeBackend::from_env_with`] on the platform memory [`boot`] set.
+fn native_on_platform_mem(env: &BootEnv<'_>) -> Result<NativeBackend<DirectMap>, pvops::PvError> {
+    let mem = PLATFORM_MEM.get().ok_or(pvops::PvError::WrongState { what: "baseline: no platform memory set" })?;
+    NativeBackend::from_env_with(env, mem)
+}
 
 /// Entry bits the hand-written code uses (x86-64 SDM vol. 3, 4.5).
 mod bits {
@@ -747,6 +771,7 @@ pub fn boot(each: u64) -> Result<Trio, String> {
     let env = BootEnv { entry: EntryKind::Pvh, handover: "hvm_start_info 0x336ec578", platform: plat.native };
     let desc = pvops::backends().into_iter().find(|d| d.name == "native").ok_or("native backend not linked")?;
     let dyn_ops: &'static dyn PvMmuOps = (desc.instantiate)(&env).map_err(|e| e.to_string())?;
+    PLATFORM_MEM.set(Some(plat.mem));
     let builtin: &'static Builtin = Box::leak(Box::new(Builtin::from_desc(desc, &env).map_err(|e| e.to_string())?));
     if !matches!(builtin, Builtin::Native(_)) {
         return Err("the registry did not give the native backend".into());
