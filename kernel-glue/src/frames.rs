@@ -282,7 +282,13 @@ impl<'m> FrameAllocator<'m> {
     fn release(&self, pfn: Pfn, m: &Meta) -> Result<(), PvError> {
         {
             let mut inner = self.inner.lock();
-            if inner.is_free(self.nr_frames, pfn) {
+            // `pfn < nr_frames`: `m` is its metadata. Its bitmap word is
+            // found once, for the test and the store.
+            let bit = 1 << (pfn.0 % 64);
+            let Some(word) = inner.free.get_mut((pfn.0 / 64) as usize) else {
+                return Err(PvError::BadFrame { pfn });
+            };
+            if *word & bit != 0 {
                 return Err(PvError::BadFrame { pfn });
             }
             if m.pinned.load(Ordering::Acquire) {
@@ -290,7 +296,7 @@ impl<'m> FrameAllocator<'m> {
             }
             m.private.store(0, Ordering::Release);
             m.pinned.store(false, Ordering::Release);
-            inner.free[(pfn.0 / 64) as usize] |= 1 << (pfn.0 % 64);
+            *word |= bit;
             inner.free_count += 1;
         }
         self.mem.frame_freed(pfn);
