@@ -27,7 +27,7 @@
 //! memory, called two ways: `Mm<dyn PvMmuOps>` (the registry's trait object,
 //! as the scaling bench's native-directmap) and `Mm<Builtin>` (static
 //! dispatch with the native backend typed over its `DirectMap`, as the
-//! example kernel's `KernelOps`). All three share one platform, one
+//! example kernel's `KernelOps` is over its counted direct map). All three share one platform, one
 //! `init_mm` (its kernel half) and one CPU; each has its own frames.
 
 use core::cell::UnsafeCell;
@@ -1054,8 +1054,9 @@ pub fn markdown(b: &Baseline) -> String {
          first, the TLB through the same `NativeCpu` seam, a per-space lock around map/unmap/fork and \
          the space's cpumask set on switch (Linux's `page_table_lock`, `mm_cpumask`). *dyn* is \
          `Mm<dyn PvMmuOps>` (the registry's trait object, as §3's native-directmap); *static* is \
-         `Mm<Builtin>` (static dispatch, the native backend typed over its memory — \
-         `NativeBackend<DirectMap>` —, as the example kernel's `KernelOps`). Every operation is warmed up first; \
+         `Mm<Builtin>` (static dispatch, the native backend typed over its memory, \
+         `NativeBackend<DirectMap>`, as the example kernel's `KernelOps` is over its counted direct map). \
+         Every operation is warmed up first; \
          the space being mapped and unmapped is loaded (cr3). A unit test checks that the three leave \
          the same page tables (kernel half, every table entry and its flags, every page's permissions \
          and contents), free the same number of frames and flush the same TLB entries \
@@ -1146,8 +1147,8 @@ fn what_is_left(w: &mut String, b: &Baseline) {
         "**What is left, and why** (`Mm<Builtin>`; the tables below give the figures). The gap is \
          structural on this path: \n\n\
          * **Page-table words** are no longer the gap: `Mm<Builtin>` holds the native backend typed over \
-         its memory (`NativeBackend<DirectMap>`, built by `NativeBackend::from_env_with`, as the example \
-         kernel's `KernelOps`), so every word is an inlined load, store or `cmpxchg` behind two range \
+         its memory (`NativeBackend<DirectMap>`, built by `NativeBackend::from_env_with`; the example \
+         kernel's `KernelOps` likewise, over its counted direct map), so every word is an inlined load, store or `cmpxchg` behind two range \
          checks (the backend's index, the direct map's frame bound) — the *one word per call* row is 0 \
          for it. `Mm<dyn PvMmuOps>` still pays a call into `DirectMap` per word ({word} Ir a call, \
          bounds check included). What stays a `&dyn PhysMem` call is the frame allocator's (its memory \
