@@ -66,6 +66,7 @@ impl Meta {
     fn get(&self) -> FrameInfo {
         FrameInfo { private: self.private.load(Ordering::Acquire), pinned: self.pinned.load(Ordering::Acquire) }
     }
+    #[inline]
     fn reset(&self) {
         self.private.store(0, Ordering::Release);
         self.pinned.store(false, Ordering::Release);
@@ -264,11 +265,42 @@ impl<'m> FrameAllocator<'m> {
             return Ok(false);
         }
         // Ours was the last: nobody else can take one now (`get_frame` refuses 0).
-        if let Err(e) = self.free_frame(pfn) {
+        if let Err(e) = self.release(pfn, m) {
             m.refs.store(1, Ordering::Release);
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// [`MmServices::free_frame`] of a frame whose last reference
+    /// `put_frame` just dropped, `m` its metadata: the same checks and
+    /// effects, less what that drop already settled — the count is 0 and
+    /// stays 0 (so it is neither tested against 1 nor stored again), `m`
+    /// is looked up once, `pfn` is in range. Inlined into `put_frame`: the
+    /// free on every unmap of a private page.
+    #[inline(always)]
+    fn release(&self, pfn: Pfn, m: &Meta) -> Result<(), PvError> {
+        {
+            let mut inner = self.inner.lock();
+            // `pfn < nr_frames`: `m` is its metadata. Its bitmap word is
+            // found once, for the test and the store.
+            let bit = 1 << (pfn.0 % 64);
+            let Some(word) = inner.free.get_mut((pfn.0 / 64) as usize) else {
+                return Err(PvError::BadFrame { pfn });
+            };
+            if *word & bit != 0 {
+                return Err(PvError::BadFrame { pfn });
+            }
+            if m.pinned.load(Ordering::Acquire) {
+                return Err(PvError::WrongState { what: "freeing a pinned frame" });
+            }
+            m.private.store(0, Ordering::Release);
+            m.pinned.store(false, Ordering::Release);
+            *word |= bit;
+            inner.free_count += 1;
+        }
+        self.mem.frame_freed(pfn);
+        Ok(())
     }
 
     /// A frame holding a copy of frame `from`, not zeroed first: fork and

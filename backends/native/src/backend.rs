@@ -13,8 +13,16 @@ use pvops::{
 use crate::cpu::NativeCpu;
 
 /// Direct page-table writes and one cr3 per CPU.
-pub struct NativeBackend {
-    mem: &'static dyn PhysMem,
+///
+/// `M` is the page-table memory's type. The default, `dyn PhysMem`, is what
+/// the registry builds ([`NativeBackend::new`], [`NativeBackend::from_env`]):
+/// every word is a vtable call. A kernel that knows its memory's type — a
+/// [`DirectMap`](crate::DirectMap) — names it ([`NativeBackend::with_mem`],
+/// [`NativeBackend::from_env_with`]) and, dispatched statically
+/// (`pvops::static_dispatch!`), gets every page-table word as an inlined
+/// load or store (`docs/PERFORMANCE.md`, "Framework vs hand-written").
+pub struct NativeBackend<M: PhysMem + ?Sized + 'static = dyn PhysMem> {
+    mem: &'static M,
     cpu: &'static dyn NativeCpu,
     cpus: &'static dyn Cpus,
     /// The root each CPU last loaded through this backend (pfn;
@@ -23,7 +31,7 @@ pub struct NativeBackend {
     roots: [AtomicU64; MAX_CPUS],
 }
 
-impl core::fmt::Debug for NativeBackend {
+impl<M: PhysMem + ?Sized + 'static> core::fmt::Debug for NativeBackend<M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("NativeBackend")
     }
@@ -32,6 +40,29 @@ impl core::fmt::Debug for NativeBackend {
 impl NativeBackend {
     /// A backend over the given seams.
     pub fn new(mem: &'static dyn PhysMem, cpu: &'static dyn NativeCpu) -> Self {
+        NativeBackend::with_mem(mem, cpu)
+    }
+}
+
+impl<M: PhysMem + ?Sized + 'static> NativeBackend<M> {
+    /// A backend over memory of the type `M`: with a concrete `M` (a
+    /// [`DirectMap`](crate::DirectMap)) its word accesses are direct calls,
+    /// inlined where the backend is (static dispatch); with `dyn PhysMem`
+    /// it is [`NativeBackend::new`].
+    ///
+    /// ```
+    /// use pvops::{Pfn, PhysMem};
+    /// use pvops_native::{BareMetalCpu, DirectMap, NativeBackend};
+    ///
+    /// let frames: &'static mut [u64] = Box::leak(vec![0u64; 2 * 512].into_boxed_slice());
+    /// // SAFETY: the leaked buffer holds 2 frames and lives forever.
+    /// let mem: &'static DirectMap = Box::leak(Box::new(unsafe { DirectMap::new(frames.as_mut_ptr() as u64, 2) }));
+    /// let backend: NativeBackend<DirectMap> = NativeBackend::with_mem(mem, &BareMetalCpu);
+    /// mem.write_entry(Pfn(1), 3, 0x1234);
+    /// # use pvops::{Level, PvMmuOps};
+    /// assert_eq!(backend.read_entry(Level::L1, Pfn(1), 3).unwrap().0, 0x1234);
+    /// ```
+    pub fn with_mem(mem: &'static M, cpu: &'static dyn NativeCpu) -> Self {
         NativeBackend { mem, cpu, cpus: &SingleCpu, roots: [const { AtomicU64::new(u64::MAX) }; MAX_CPUS] }
     }
 
@@ -102,7 +133,7 @@ fn check_index(index: usize) -> Result<(), PvError> {
     Ok(())
 }
 
-impl PvMmuOps for NativeBackend {
+impl<M: PhysMem + ?Sized + 'static> PvMmuOps for NativeBackend<M> {
     fn name(&self) -> &'static str {
         "native"
     }

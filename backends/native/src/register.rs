@@ -47,6 +47,45 @@ impl NativeBackend {
     }
 }
 
+impl<M: PhysMem + 'static> NativeBackend<M> {
+    /// [`NativeBackend::from_env`] with the platform's memory by its type:
+    /// `mem` must be the very object the [`NativePlatform`] in `env` holds
+    /// (the registry's backend and this one then write the same memory
+    /// through the same seam), else `WrongState`. A `pvops::static_dispatch!`
+    /// constructor for a kernel that keeps its [`DirectMap`](crate::DirectMap)
+    /// (say) where a plain function can reach it.
+    ///
+    /// ```
+    /// use pvops::{BootEnv, EntryKind, Level, Pfn, PhysMem, PvMmuOps, SingleCpu};
+    /// use pvops_native::{BareMetalCpu, DirectMap, NativeBackend, NativePlatform};
+    ///
+    /// let frames: &'static mut [u64] = Box::leak(vec![0u64; 2 * 512].into_boxed_slice());
+    /// // SAFETY: the leaked buffer holds 2 frames and lives forever.
+    /// let mem: &'static DirectMap = Box::leak(Box::new(unsafe { DirectMap::new(frames.as_mut_ptr() as u64, 2) }));
+    /// let platform = NativePlatform { mem, cpu: &BareMetalCpu, cpus: &SingleCpu };
+    /// let env = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &platform };
+    ///
+    /// let backend: NativeBackend<DirectMap> = NativeBackend::from_env_with(&env, mem)?;
+    /// mem.write_entry(Pfn(1), 3, 0x1234);
+    /// assert_eq!(backend.read_entry(Level::L1, Pfn(1), 3)?.0, 0x1234);
+    ///
+    /// // Another object over the same memory is not the platform's.
+    /// let other: &'static DirectMap = Box::leak(Box::new(*mem));
+    /// assert!(NativeBackend::from_env_with(&env, other).is_err());
+    /// # Ok::<(), pvops::PvError>(())
+    /// ```
+    pub fn from_env_with(env: &BootEnv<'_>, mem: &'static M) -> Result<Self, PvError> {
+        let p = env
+            .platform
+            .downcast_ref::<NativePlatform>()
+            .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
+        if !core::ptr::addr_eq(mem as *const M, p.mem as *const dyn PhysMem) {
+            return Err(PvError::WrongState { what: "native: memory is not the platform's" });
+        }
+        Ok(NativeBackend::with_mem(mem, p.cpu).with_cpus(p.cpus))
+    }
+}
+
 fn instantiate(env: &BootEnv<'_>) -> Result<&'static dyn PvMmuOps, PvError> {
     Ok(Box::leak(Box::new(NativeBackend::from_env(env)?)))
 }

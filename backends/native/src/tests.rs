@@ -213,3 +213,23 @@ fn direct_map_bulk_operations_equal_the_word_by_word_defaults() {
         word_buf[step * 300 % word_buf.len()] = step as u64 + 5;
     }
 }
+
+#[test]
+fn from_env_with_takes_only_the_platforms_own_memory() {
+    use pvops::{BootEnv, EntryKind, Level};
+    let (buf, map) = direct_map();
+    let mem: &'static DirectMap = Box::leak(Box::new(map));
+    let platform = NativePlatform { mem, cpu: &NoCpu, cpus: &pvops::SingleCpu };
+    let env = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &platform };
+    let typed: NativeBackend<DirectMap> = NativeBackend::from_env_with(&env, mem).unwrap();
+    let mm = NoMm;
+    typed.set_entry(&mm, Level::L1, Pfn(2), 5, Pte(0x77)).unwrap();
+    assert_eq!(buf[2 * 512 + 5], 0x77, "the typed backend writes the platform's memory");
+    assert_eq!(typed.read_entry(Level::L1, Pfn(2), 5), Ok(Pte(0x77)));
+    // The same frames through another object: not the platform's seam.
+    let copy: &'static DirectMap = Box::leak(Box::new(*mem));
+    assert!(matches!(NativeBackend::from_env_with(&env, copy), Err(pvops::PvError::WrongState { .. })));
+    // Not a native platform at all.
+    let wrong = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &0u32 };
+    assert!(matches!(NativeBackend::from_env_with(&wrong, mem), Err(pvops::PvError::WrongState { .. })));
+}

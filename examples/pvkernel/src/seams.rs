@@ -5,20 +5,29 @@
 //! counts (`xen::transport::TrapCounts`, decoded per multicall entry). These
 //! are the figures the kernel prints (`HCSTEP`, `HCDEMO`, `RESULT hypercalls=`).
 
-use pvops::PhysMem;
 pub use pvops_conformance::workload::CountingMem;
+use pvops_native::DirectMap;
 
 use crate::platform;
 use crate::xen::transport::{TrapCounts, TRANSPORT};
 
+/// The backend's memory: the direct map behind the store counter, both by
+/// type, so the native backend typed over it inlines every word access.
+pub type BackendMem = CountingMem<DirectMap>;
+
 /// The backend's `PhysMem` seam, set once at boot.
-static BACKEND_MEM: crate::sync::SpinLock<Option<&'static CountingMem>> = crate::sync::SpinLock::new(None);
+static BACKEND_MEM: crate::sync::SpinLock<Option<&'static BackendMem>> = crate::sync::SpinLock::new(None);
 
 /// Wraps `mem` in a counter and remembers it; hand the result to the backend.
-pub fn count_backend_stores(mem: &'static dyn PhysMem) -> &'static CountingMem {
-    let c: &'static CountingMem = alloc::boxed::Box::leak(alloc::boxed::Box::new(CountingMem::new(mem)));
+pub fn count_backend_stores(mem: &'static DirectMap) -> &'static BackendMem {
+    let c: &'static BackendMem = alloc::boxed::Box::leak(alloc::boxed::Box::new(CountingMem::of(mem)));
     *BACKEND_MEM.lock() = Some(c);
     c
+}
+
+/// The seam [`count_backend_stores`] made (none before it ran).
+pub fn backend_mem() -> Option<&'static BackendMem> {
+    *BACKEND_MEM.lock()
 }
 
 /// Hypervisor traffic and direct stores, as measured at the seams.

@@ -26,7 +26,8 @@
 //! The framework is `kernel_glue::Mm` on the native backend over the same
 //! memory, called two ways: `Mm<dyn PvMmuOps>` (the registry's trait object,
 //! as the scaling bench's native-directmap) and `Mm<Builtin>` (static
-//! dispatch, as the example kernel). All three share one platform, one
+//! dispatch with the native backend typed over its `DirectMap`, as the
+//! example kernel's `KernelOps` is over its counted direct map). All three share one platform, one
 //! `init_mm` (its kernel half) and one CPU; each has its own frames.
 
 use core::cell::UnsafeCell;
@@ -35,10 +36,34 @@ use std::fmt::Write as _;
 
 use kernel_glue::{FrameAllocator, Mm, PageFlags};
 use pvops::{BootEnv, EntryKind, Pfn, PhysMem, PvMmuOps, VirtAddr, USER_LIMIT};
-use pvops_native::{DirectMap, NativeCpu, NativePlatform};
+use pvops_native::{DirectMap, NativeBackend, NativeCpu, NativePlatform};
 
-use crate::builtin::Builtin;
 use crate::cg;
+
+pvops::static_dispatch! {
+    /// The example kernel's `KernelOps` as this bench needs it: the native
+    /// backend by value and typed over its memory (`DirectMap`, word
+    /// accesses inlined), any other registered backend through its vtable.
+    pub enum Builtin {
+        /// A registered backend that is not built in.
+        dyn Other,
+        /// Bare metal, over the platform's own `DirectMap`.
+        Native(NativeBackend<DirectMap>) = "native" => native_on_platform_mem,
+    }
+}
+
+std::thread_local! {
+    /// The `DirectMap` of the platform being booted on this thread: where
+    /// [`Builtin`]'s constructor (a plain function of the boot environment)
+    /// finds the memory by its type, as a kernel would in a static.
+    static PLATFORM_MEM: core::cell::Cell<Option<&'static DirectMap>> = const { core::cell::Cell::new(None) };
+}
+
+/// [`NativeBackend::from_env_with`] on the platform memory [`boot`] set.
+fn native_on_platform_mem(env: &BootEnv<'_>) -> Result<NativeBackend<DirectMap>, pvops::PvError> {
+    let mem = PLATFORM_MEM.get().ok_or(pvops::PvError::WrongState { what: "baseline: no platform memory set" })?;
+    NativeBackend::from_env_with(env, mem)
+}
 
 /// Entry bits the hand-written code uses (x86-64 SDM vol. 3, 4.5).
 mod bits {
@@ -747,6 +772,7 @@ pub fn boot(each: u64) -> Result<Trio, String> {
     let env = BootEnv { entry: EntryKind::Pvh, handover: "hvm_start_info 0x336ec578", platform: plat.native };
     let desc = pvops::backends().into_iter().find(|d| d.name == "native").ok_or("native backend not linked")?;
     let dyn_ops: &'static dyn PvMmuOps = (desc.instantiate)(&env).map_err(|e| e.to_string())?;
+    PLATFORM_MEM.set(Some(plat.mem));
     let builtin: &'static Builtin = Box::leak(Box::new(Builtin::from_desc(desc, &env).map_err(|e| e.to_string())?));
     if !matches!(builtin, Builtin::Native(_)) {
         return Err("the registry did not give the native backend".into());
@@ -1028,7 +1054,9 @@ pub fn markdown(b: &Baseline) -> String {
          first, the TLB through the same `NativeCpu` seam, a per-space lock around map/unmap/fork and \
          the space's cpumask set on switch (Linux's `page_table_lock`, `mm_cpumask`). *dyn* is \
          `Mm<dyn PvMmuOps>` (the registry's trait object, as §3's native-directmap); *static* is \
-         `Mm<Builtin>` (static dispatch, as the example kernel). Every operation is warmed up first; \
+         `Mm<Builtin>` (static dispatch, the native backend typed over its memory, \
+         `NativeBackend<DirectMap>`, as the example kernel's `KernelOps` is over its counted direct map). \
+         Every operation is warmed up first; \
          the space being mapped and unmapped is loaded (cr3). A unit test checks that the three leave \
          the same page tables (kernel half, every table entry and its flags, every page's permissions \
          and contents), free the same number of frames and flush the same TLB entries \
@@ -1079,45 +1107,66 @@ pub fn markdown(b: &Baseline) -> String {
 }
 
 /// Self instructions per call of the first function whose name contains
-/// `frag` in the `static` profile of `op`.
-fn per_call(b: &Baseline, op: &str, frag: &str) -> Option<f64> {
-    let p = b.profiles.get(&format!("baseline/static/{op}"))?;
+/// `frag` in the `imp` profile of `op`.
+fn per_call_in(b: &Baseline, imp: &str, op: &str, frag: &str) -> Option<f64> {
+    let p = b.profiles.get(&format!("baseline/{imp}/{op}"))?;
     let (_, c) = p.funcs.iter().find(|(n, c)| n.contains(frag) && c.calls > 0)?;
     Some(c.self_ir as f64 / c.calls as f64)
+}
+
+/// Inclusive instructions per unit of `op` of the first function whose
+/// name contains `frag` in the `static` profile, as text (— if absent).
+fn incl_per_unit(b: &Baseline, op: &str, frag: &str) -> String {
+    let cost = b
+        .profiles
+        .get(&format!("baseline/static/{op}"))
+        .and_then(|p| p.funcs.iter().find(|(n, c)| n.contains(frag) && c.calls > 0).map(|(_, c)| c.inclusive));
+    let units = b.cells.iter().find(|c| c.imp == "static" && c.op == op).map(|c| c.units);
+    match (cost, units) {
+        (Some(ir), Some(u)) if u > 0 => format!("{:.0}", ir as f64 / u as f64),
+        _ => "—".into(),
+    }
 }
 
 /// Why the missed ratios are missed: what the framework does per operation
 /// on this path that the hand-written code does not, with the profile's
 /// figures where one function carries them.
 fn what_is_left(w: &mut String, b: &Baseline) {
-    let word = per_call(b, "map", "DirectMap as pvops::services::PhysMem>::read_entry")
+    let word = per_call_in(b, "dyn", "map", "DirectMap as pvops::services::PhysMem>::read_entry")
         .map_or("—".into(), |v| format!("{v:.0}"));
     let switch = match (b.per("static", "switch"), b.per("hand", "switch")) {
         (Some(f), Some(h)) => format!("{} Ir", ir(f - h)),
         _ => "—".into(),
     };
+    let put = incl_per_unit(b, "unmap", "FrameAllocator::put_frame");
+    let lazy = incl_per_unit(b, "unmap", "Mm<O>::issued_now");
+    let holders = incl_per_unit(b, "unmap", "Mm<O>::holders");
+    let flush = incl_per_unit(b, "unmap", "as pvops::ops::PvMmuOps>::flush_tlb_multi");
     let _ = writeln!(
         w,
         "**What is left, and why** (`Mm<Builtin>`; the tables below give the figures). The gap is \
          structural on this path: \n\n\
-         * **Every page-table word crosses two seams**: the backend (`PvMmuOps::read_entry`/`set_entry`, \
-         inlined by static dispatch, one enum test each) and then `&dyn PhysMem`, a call into \
-         `DirectMap` ({word} Ir a call on its own, bounds check included) where the hand-written code \
-         does one load. A map reads 4 words and writes 1, an unmap the same, a protect reads 6 and does \
-         2 `cmpxchg` (the native start/commit pair keeps the accessed/dirty bits), fork per page reads \
-         ~1 and writes 1. Closing this needs a change of the seam (a direct-map window the native \
-         backend loads through without a call), not made here: public signatures were frozen for a \
-         parallel branch.\n\
+         * **Page-table words** are no longer the gap: `Mm<Builtin>` holds the native backend typed over \
+         its memory (`NativeBackend<DirectMap>`, built by `NativeBackend::from_env_with`; the example \
+         kernel's `KernelOps` likewise, over its counted direct map), so every word is an inlined load, store or `cmpxchg` behind two range \
+         checks (the backend's index, the direct map's frame bound) — the *one word per call* row is 0 \
+         for it. `Mm<dyn PvMmuOps>` still pays a call into `DirectMap` per word ({word} Ir a call, \
+         bounds check included). What stays a `&dyn PhysMem` call is the frame allocator's (its memory \
+         is part of `FrameAllocator`'s public signature): one per whole-frame zeroing or copy (a few Ir \
+         beside its 512 counted iterations) and one `frame_freed` per free (a no-op natively).\n\
          * **The frame allocator** keeps a bitmap (next fit from a hint), per-frame metadata (reset on \
          every allocation: private word, pinned flag, reference count), allocation counters and fault \
-         injection under its lock; freeing drops a reference first (`put_frame`) and refuses pinned or \
-         still-referenced frames, then tells the memory (`frame_freed`). The hand-written free list \
-         pops and pushes one word.\n\
-         * **Every operation** brackets a lazy-MMU section (three calls, no-ops natively) and returns \
-         `Result<_, PvError>`; unmap and protect ask which CPUs hold the space (`this_cpu`, \
-         `read_cr3`: two calls through `&dyn Cpus` and `&dyn NativeCpu`) and flush through \
-         `flush_tlb_multi` (`this_cpu` again, then `invlpg`); protect also takes the space's \
-         demand-zero region list lock (its reservations take the new permission too).\n\
+         injection under its lock: an allocation, inlined into map and fork, is ~37 Ir where the \
+         hand-written free list pops one word under its lock (~12; counted in the disassembly of \
+         `Mm::map`). Unmap frees through the reference count (`put_frame`: an atomic decrement, then for \
+         the last reference the bitmap bit, the pinned check, the metadata reset and `frame_freed`): \
+         {put} Ir a page, one lookup of the frame, without re-testing what the decrement settled.\n\
+         * **Every operation** brackets a lazy-MMU section and returns `Result<_, PvError>` \
+         (on unmap, `issued_now` with the clear and the flush it brackets: {lazy} Ir a page — three \
+         backend hooks, no-ops natively, the merging of their results, and `flush_tlb_multi`'s {flush} \
+         Ir: `this_cpu`, the cpumask, then `invlpg`); unmap and protect ask which CPUs hold the space \
+         (`holders`: {holders} Ir); protect also takes the space's demand-zero region list lock (its \
+         reservations take the new permission too).\n\
          * **A switch** checks the space is pinned, records the space this CPU runs (`Mm::exit` refuses \
          a space another CPU runs) and the backend records its root per CPU (`pgd_free` refuses a root \
          still loaded anywhere), each asking `this_cpu` through `&dyn Cpus`: {switch} more than the hand-written \

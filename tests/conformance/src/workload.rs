@@ -66,12 +66,15 @@ pub fn demo<O: PvMmuOps + ?Sized>(mm: &Mm<'_, O>, pages: u64) -> Result<(Vec<Ste
 /// (the kernel's `HCSTEP` lines and the host report), not by the backend's own
 /// statistics. A whole-frame zeroing or copy counts as one store per word
 /// (what the word-by-word defaults would count), and is forwarded whole.
-pub struct CountingMem {
-    inner: &'static dyn PhysMem,
+/// `M` is the inner memory's type: a concrete one (a kernel's `DirectMap`,
+/// through [`CountingMem::of`]) lets a backend typed over this seam inline
+/// every word access through it.
+pub struct CountingMem<M: PhysMem + ?Sized + 'static = dyn PhysMem> {
+    inner: &'static M,
     stores: AtomicU64,
 }
 
-impl core::fmt::Debug for CountingMem {
+impl<M: PhysMem + ?Sized + 'static> core::fmt::Debug for CountingMem<M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "CountingMem({} stores)", self.stores())
     }
@@ -80,6 +83,33 @@ impl core::fmt::Debug for CountingMem {
 impl CountingMem {
     /// Counts the stores to `inner`.
     pub const fn new(inner: &'static dyn PhysMem) -> Self {
+        CountingMem::of(inner)
+    }
+}
+
+impl<M: PhysMem + ?Sized + 'static> CountingMem<M> {
+    /// Counts the stores to `inner`, keeping its type.
+    ///
+    /// ```
+    /// use core::sync::atomic::{AtomicU64, Ordering};
+    /// use pvops::{Pfn, PhysMem};
+    /// use pvops_conformance::workload::CountingMem;
+    ///
+    /// /// One word of memory, by its own type.
+    /// struct Word(AtomicU64);
+    /// impl PhysMem for Word {
+    ///     fn read_entry(&self, _: Pfn, _: usize) -> u64 { self.0.load(Ordering::Relaxed) }
+    ///     fn write_entry(&self, _: Pfn, _: usize, v: u64) { self.0.store(v, Ordering::Relaxed) }
+    ///     fn compare_exchange_entry(&self, _: Pfn, _: usize, c: u64, n: u64) -> Result<u64, u64> {
+    ///         self.0.compare_exchange(c, n, Ordering::SeqCst, Ordering::SeqCst)
+    ///     }
+    /// }
+    /// static MEM: Word = Word(AtomicU64::new(0));
+    /// let counting: CountingMem<Word> = CountingMem::of(&MEM);
+    /// counting.write_entry(Pfn(0), 1, 5);
+    /// assert_eq!((counting.stores(), MEM.read_entry(Pfn(0), 1)), (1, 5));
+    /// ```
+    pub const fn of(inner: &'static M) -> Self {
         CountingMem { inner, stores: AtomicU64::new(0) }
     }
 
@@ -89,7 +119,7 @@ impl CountingMem {
     }
 }
 
-impl PhysMem for CountingMem {
+impl<M: PhysMem + ?Sized + 'static> PhysMem for CountingMem<M> {
     fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
         self.inner.read_entry(pfn, index)
     }

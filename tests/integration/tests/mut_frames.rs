@@ -174,6 +174,44 @@ fn the_allocator_agrees_with_a_set_of_free_frames_at_every_step() {
     }
 }
 
+/// `put_frame` of the last reference frees the frame exactly as
+/// `free_frame` does (its own path since the allocator's fast free): the
+/// frame counts as free, is reported to the memory once, its metadata is
+/// cleared; a pinned frame or one already free is refused and keeps its
+/// reference, counts and report untouched.
+#[test]
+fn put_of_the_last_reference_frees_as_free_frame_does() {
+    let mem = Mem::default();
+    let frames = FrameAllocator::new(&mem, 64);
+    frames.add_free_range(Pfn(0), 64);
+    frames.init_metadata();
+    let f = frames.alloc_zeroed_frame().expect("frame");
+    frames.set_private(f, 7).expect("private");
+    assert_eq!(frames.get_frame(f), Ok(2));
+    assert_eq!(frames.put_frame(f), Ok(false), "another reference holds it");
+    assert_eq!((frames.refcount(f), frames.is_free(f), frames.free_count()), (1, false, 63));
+
+    frames.set_pinned(f, true).expect("pin");
+    assert!(matches!(frames.put_frame(f), Err(PvError::WrongState { .. })), "a pinned frame is not freed");
+    assert_eq!((frames.refcount(f), frames.is_free(f), frames.free_count()), (1, false, 63));
+    assert!(mem.freed.lock().unwrap().is_empty(), "nothing reported");
+    frames.set_pinned(f, false).expect("unpin");
+
+    assert_eq!(frames.put_frame(f), Ok(true), "the last reference frees it");
+    assert_eq!((frames.refcount(f), frames.is_free(f), frames.free_count()), (0, true, 64));
+    assert_eq!(frames.info(f), Some(FrameInfo::default()), "metadata cleared");
+    assert_eq!(*mem.freed.lock().unwrap(), [f], "reported once");
+    assert!(matches!(frames.put_frame(f), Err(PvError::WrongState { .. })), "nobody holds it now");
+
+    // Freed behind its holder's back (the caller's word is law): the last
+    // put finds it free already, refuses, and keeps the reference.
+    let g = frames.alloc_zeroed_frame().expect("frame");
+    frames.add_free_range(g, 1);
+    assert_eq!(frames.put_frame(g), Err(PvError::BadFrame { pfn: g }));
+    assert_eq!((frames.refcount(g), frames.free_count()), (1, 64));
+    assert_eq!(mem.freed.lock().unwrap().len(), 1, "nothing more reported");
+}
+
 /// The allocator's `Debug` gives its counts.
 #[test]
 fn allocator_debug_gives_free_and_total() {
