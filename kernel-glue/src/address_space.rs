@@ -930,7 +930,10 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         // this CPU sets its bit and nothing clears it while the space lives,
         // so seeing it set (this CPU's own earlier store, in program order)
         // means that join already happened under the lock, and every unmap
-        // since has seen it. A CPU beyond `MAX_CPUS` has no bit: locked path.
+        // since has seen it — as long as this CPU stayed online, which the
+        // `Cpus::online` contract requires (shootdowns skip offline CPUs;
+        // pvops has no CPU hotplug). A CPU beyond `MAX_CPUS` has no bit:
+        // locked path.
         if bit == 0 || space.state().cpus.load(Ordering::Relaxed) & bit == 0 {
             self.join(space, bit);
         }

@@ -331,7 +331,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             self.issued_now(clear).and_then(|()| self.issued_now(install))
         };
         if let Err(err) = installed {
-            let now = self.ops.read_entry(Level::L1, l1, index).unwrap_or(e);
+            let Ok(now) = self.ops.read_entry(Level::L1, l1, index) else {
+                // Cannot tell whether the copy went in: keep both frames
+                // (lost, logged) rather than free one that may be mapped.
+                log::error!("COW fault at {:#x}: {err}; entry unreadable, {old:?} and {new:?} kept", va.as_u64());
+                return Err(kill(err));
+            };
             if !(now.is_present() && now.pfn() == new) {
                 // Not installed: the copy goes back, and the old entry too if
                 // the clear took effect (the page stays mapped, copy-on-write;

@@ -135,7 +135,13 @@ pub trait Cpus: Sync {
     /// The CPU running this call.
     fn this_cpu(&self) -> usize;
 
-    /// CPUs that are up (the boot CPU at least).
+    /// CPUs that are up (the boot CPU at least). A CPU, once up, MUST stay
+    /// up while address spaces exist: kernel-glue's shootdowns skip CPUs that
+    /// are not online, and a CPU that activated a space does not take the
+    /// space's lock again when it switches back to it (Linux's `switch_mm`
+    /// tests its `mm_cpumask` bit first). A platform that takes CPUs offline
+    /// must first clear the CPU from every space's cpumask (Linux's
+    /// `clear_tasks_mm_cpumask`); pvops has no CPU hotplug.
     fn online(&self) -> CpuMask;
 
     /// Masks interrupts (natively `cli`) or event delivery (Xen PV: this

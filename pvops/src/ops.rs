@@ -82,8 +82,10 @@ pub trait PvMmuOps: Sync {
     /// boot root when the metadata already existed. A backend that keeps
     /// state there records the boot tables now (xen64 marks them pinned,
     /// Linux's `xen_mark_init_mm_pinned`), so what the metadata says is true
-    /// from this point on, before any other call. Idempotent. Default: nothing.
-    /// A wrapper backend forwards it.
+    /// from this point on, before any other call. Called on the boot CPU
+    /// before other CPUs use the backend (xen64 refuses a call that finds
+    /// metadata but no marking yet). Idempotent. Default: nothing. A wrapper
+    /// backend forwards it.
     fn frame_metadata_ready(&self, mm: &dyn MmServices) -> Result<(), PvError> {
         let _ = mm;
         Ok(())

@@ -79,7 +79,9 @@ impl<M: PhysMem + 'static> NativeBackend<M> {
             .platform
             .downcast_ref::<NativePlatform>()
             .ok_or(PvError::WrongState { what: "native: platform is not a NativePlatform" })?;
-        if !core::ptr::addr_eq(mem as *const M, p.mem as *const dyn PhysMem) {
+        // The very object, compared by address: so a zero-sized `M` (every
+        // one shares a dangling address) can never prove it.
+        if core::mem::size_of_val(mem) == 0 || !core::ptr::addr_eq(mem as *const M, p.mem as *const dyn PhysMem) {
             return Err(PvError::WrongState { what: "native: memory is not the platform's" });
         }
         Ok(NativeBackend::with_mem(mem, p.cpu).with_cpus(p.cpus))

@@ -233,3 +233,26 @@ fn from_env_with_takes_only_the_platforms_own_memory() {
     let wrong = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &0u32 };
     assert!(matches!(NativeBackend::from_env_with(&wrong, mem), Err(pvops::PvError::WrongState { .. })));
 }
+
+/// A zero-sized memory type has no address of its own (every value shares
+/// one dangling pointer), so it can never prove it is the platform's.
+#[test]
+fn from_env_with_refuses_a_zero_sized_memory() {
+    use pvops::{BootEnv, EntryKind};
+    struct Nothing;
+    impl PhysMem for Nothing {
+        fn read_entry(&self, _: Pfn, _: usize) -> u64 {
+            0
+        }
+        fn write_entry(&self, _: Pfn, _: usize, _: u64) {}
+        fn compare_exchange_entry(&self, _: Pfn, _: usize, _: u64, _: u64) -> Result<u64, u64> {
+            Err(0)
+        }
+    }
+    let a: &'static Nothing = Box::leak(Box::new(Nothing));
+    let b: &'static Nothing = Box::leak(Box::new(Nothing));
+    assert!(core::ptr::addr_eq(a, b), "zero-sized boxes share an address");
+    let platform = NativePlatform { mem: a, cpu: &NoCpu, cpus: &pvops::SingleCpu };
+    let env = BootEnv { entry: EntryKind::Pvh, handover: "", platform: &platform };
+    assert!(matches!(NativeBackend::from_env_with(&env, b), Err(pvops::PvError::WrongState { .. })));
+}
