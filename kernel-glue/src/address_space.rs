@@ -997,9 +997,12 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.check_owner(parent)?;
         let _locked = self.lock(parent);
         let child = self.create()?;
+        // Filled with plain stores: `pin_all` must wait (see `fork_cow`).
+        let child_locked = self.lock(&child);
         self.ops.lazy_mmu_enter();
         let copied = self.copy_user_half(parent, &child);
         let flushed = self.ops.lazy_mmu_leave();
+        drop(child_locked);
         match copied.and(flushed) {
             Ok(()) => Ok(child),
             Err(e) => {

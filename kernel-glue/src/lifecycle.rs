@@ -400,6 +400,9 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         self.check_owner(parent)?;
         let _locked = self.lock(parent);
         let child = self.create()?;
+        // The child is in the live list from `create` on: `pin_all` must not
+        // pin it while it is being filled with plain stores (it waits here).
+        let child_locked = self.lock(&child);
         *child.state().regions.lock() = parent.state().regions.lock().clone();
         let mut pages = Vec::new();
         let walked = self.for_each_user_page(parent.pgd(), &mut |va, l1, index, pte| pages.push((va, l1, index, pte)));
@@ -426,6 +429,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
             Ok(())
         });
         let left = self.ops.lazy_mmu_leave();
+        drop(child_locked);
         match shared.and(left) {
             Ok(()) => Ok(child),
             Err(e) => {

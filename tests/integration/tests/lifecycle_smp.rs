@@ -302,3 +302,74 @@ fn pin_all_racing_with_an_exit_never_pins_a_dying_space() {
         assert!(e.distinct > e.runs as usize / 2, "{name}: interleavings vary: {e:?}");
     }
 }
+
+// ---- pin_all racing with fork_cow ----
+
+/// `fork_cow` (vCPU 0) fills its child with plain stores — the child is not
+/// pinned — while `pin_all` (vCPU 1) may find the child in the live list:
+/// it must not pin the child until the fill is done (Xen would refuse the
+/// next store into a pinned table, and the model records it).
+struct PinFork {
+    b: SmpBooted,
+    parent: AddressSpace,
+    child: Mutex<Option<AddressSpace>>,
+    free_before: u64,
+    delay: u64,
+}
+
+impl SmpState for PinFork {
+    fn cpus(&self) -> &ModelCpus {
+        self.b.cpus()
+    }
+}
+
+fn pin_fork_body(id: usize, c: &PinFork) -> Result<(), String> {
+    if id == 0 {
+        let child = c.b.mm.fork_cow(&c.parent).map_err(err)?;
+        *c.child.lock().map_err(err)? = Some(child);
+        return Ok(());
+    }
+    yields(&c.b, c.delay);
+    c.b.mm.pin_all().map(|_| ()).map_err(err)
+}
+
+fn pin_fork_check(c: PinFork) -> Result<(), String> {
+    c.b.check()?;
+    c.b.mm.unpin_all().map_err(err)?;
+    let child = c.child.lock().map_err(err)?.take().ok_or("no child")?;
+    // The child has every page of its parent, shared.
+    for i in 0..8 {
+        let va = VA + i * 0x1000;
+        let (p, q) = (c.b.mm.translate(&c.parent, va).map_err(err)?, c.b.mm.translate(&child, va).map_err(err)?);
+        if p.map(|x| x.0) != q.map(|x| x.0) || p.is_none() {
+            return Err(format!("{va:#x}: parent {p:?}, child {q:?}"));
+        }
+    }
+    c.b.mm.exit(child).map_err(|(e, _)| err(e))?;
+    c.b.mm.exit(c.parent).map_err(|(e, _)| err(e))?;
+    c.b.check_quiescent()?;
+    if c.b.frames.free_count() != c.free_before {
+        return Err("frames leaked".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn pin_all_racing_with_fork_cow_never_pins_a_child_mid_fill() {
+    for name in BACKENDS {
+        let e = explorer()
+            .run(
+                |seed| {
+                    let b = boot(name, seed);
+                    let free_before = b.frames.free_count();
+                    let parent = b.mm.create().expect("create");
+                    b.mm.map_range(&parent, VA, 8, PageFlags::DATA).expect("map_range");
+                    PinFork { b, parent, child: Mutex::new(None), free_before, delay: seed % 40 }
+                },
+                pin_fork_body,
+                pin_fork_check,
+            )
+            .unwrap_or_else(|f| panic!("{name}: {f}"));
+        assert!(e.distinct > e.runs as usize / 2, "{name}: interleavings vary: {e:?}");
+    }
+}
