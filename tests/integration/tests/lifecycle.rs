@@ -156,6 +156,37 @@ fn map_range_larger_than_memory_is_refused_up_front() {
     });
 }
 
+/// The up-front refusal is exact: a range into existing tables that needs
+/// every free frame, and not one more, is mapped (the model reaches each
+/// page, each through its own frame).
+#[test]
+fn map_range_needing_exactly_the_free_frames_is_mapped() {
+    each(|b| {
+        let free0 = b.frames.free_count();
+        let s = b.mm.create().unwrap();
+        b.mm.map(&s, VA, PageFlags::DATA).unwrap(); // the tables of the range
+        b.mm.activate(&s).unwrap();
+        // Hold frames until only `pages` are free.
+        let pages = 8;
+        let mut held = Vec::new();
+        while b.frames.free_count() > pages {
+            held.push(b.frames.alloc_zeroed_frame().unwrap());
+        }
+        b.mm.map_range(&s, VA + PAGE, pages, PageFlags::DATA)
+            .unwrap_or_else(|e| panic!("{}: a range of exactly the free frames: {e}", b.name));
+        let mut seen = std::collections::HashSet::new();
+        for i in 1..=pages {
+            let f = user_write(b, VA + i * PAGE).unwrap_or_else(|| panic!("{}: page {i} not mapped", b.name));
+            assert!(seen.insert(f), "{}: page {i} shares a frame", b.name);
+        }
+        check(b, "after map_range");
+        for f in held {
+            b.frames.free_frame(f).unwrap();
+        }
+        finish(b, vec![s], free0);
+    });
+}
+
 /// Addresses outside user space, as `PvError` documents them: the kernel
 /// half is `NotUserAddress`, `USER_LIMIT` itself (non-canonical) is
 /// `NonCanonical`, and a range crossing the limit is `NotUserAddress`.
