@@ -598,6 +598,30 @@ fn protect_applies_to_reserved_pages_too() {
     });
 }
 
+/// `protect` of one untouched demand-zero page (its own path) changes that
+/// page's reservation and no other: its write fault kills, its neighbours'
+/// are backed writable (the model reaches them for a user write).
+#[test]
+fn protect_of_one_reserved_page_changes_that_page_alone() {
+    each(|b| {
+        let free0 = b.frames.free_count();
+        let s = b.mm.create().unwrap();
+        b.mm.activate(&s).unwrap();
+        b.mm.reserve_zero(&s, VA, 4, PageFlags::DATA).unwrap();
+        b.mm.protect(&s, VA + PAGE, PageFlags::RODATA).unwrap();
+        assert_eq!(b.mm.handle_fault(&s, VA + PAGE, true), Err(FaultKill::WriteToReadOnly), "{}", b.name);
+        assert_eq!(b.mm.handle_fault(&s, VA + PAGE, false), Ok(FaultFix::ZeroFilled), "{}", b.name);
+        assert_eq!(user_write(b, VA + PAGE), None, "{}: the protected page is read-only", b.name);
+        for i in [0, 2, 3] {
+            let va = VA + i * PAGE;
+            assert_eq!(b.mm.handle_fault(&s, va, true), Ok(FaultFix::ZeroFilled), "{}: page {i}", b.name);
+            assert!(user_write(b, va).is_some(), "{}: page {i} writable", b.name);
+        }
+        check(b, "after protect");
+        finish(b, vec![s], free0);
+    });
+}
+
 // ---- 7. kernel-half sync ----
 
 /// A kernel slot added to init_mm after spaces exist reaches every live
