@@ -156,6 +156,37 @@ fn map_range_larger_than_memory_is_refused_up_front() {
     });
 }
 
+/// The up-front refusal is exact: a range into existing tables that needs
+/// every free frame, and not one more, is mapped (the model reaches each
+/// page, each through its own frame).
+#[test]
+fn map_range_needing_exactly_the_free_frames_is_mapped() {
+    each(|b| {
+        let free0 = b.frames.free_count();
+        let s = b.mm.create().unwrap();
+        b.mm.map(&s, VA, PageFlags::DATA).unwrap(); // the tables of the range
+        b.mm.activate(&s).unwrap();
+        // Hold frames until only `pages` are free.
+        let pages = 8;
+        let mut held = Vec::new();
+        while b.frames.free_count() > pages {
+            held.push(b.frames.alloc_zeroed_frame().unwrap());
+        }
+        b.mm.map_range(&s, VA + PAGE, pages, PageFlags::DATA)
+            .unwrap_or_else(|e| panic!("{}: a range of exactly the free frames: {e}", b.name));
+        let mut seen = std::collections::HashSet::new();
+        for i in 1..=pages {
+            let f = user_write(b, VA + i * PAGE).unwrap_or_else(|| panic!("{}: page {i} not mapped", b.name));
+            assert!(seen.insert(f), "{}: page {i} shares a frame", b.name);
+        }
+        check(b, "after map_range");
+        for f in held {
+            b.frames.free_frame(f).unwrap();
+        }
+        finish(b, vec![s], free0);
+    });
+}
+
 /// Addresses outside user space, as `PvError` documents them: the kernel
 /// half is `NotUserAddress`, `USER_LIMIT` itself (non-canonical) is
 /// `NonCanonical`, and a range crossing the limit is `NotUserAddress`.
@@ -563,6 +594,30 @@ fn protect_applies_to_reserved_pages_too() {
         assert_eq!(b.mm.protect_range(&s, VA, 2, PageFlags::RODATA), Ok(0));
         assert_eq!(b.mm.handle_fault(&s, VA, true), Err(FaultKill::WriteToReadOnly));
         assert_eq!(b.mm.handle_fault(&s, VA + 2 * PAGE, true), Ok(FaultFix::ZeroFilled));
+        finish(b, vec![s], free0);
+    });
+}
+
+/// `protect` of one untouched demand-zero page (its own path) changes that
+/// page's reservation and no other: its write fault kills, its neighbours'
+/// are backed writable (the model reaches them for a user write).
+#[test]
+fn protect_of_one_reserved_page_changes_that_page_alone() {
+    each(|b| {
+        let free0 = b.frames.free_count();
+        let s = b.mm.create().unwrap();
+        b.mm.activate(&s).unwrap();
+        b.mm.reserve_zero(&s, VA, 4, PageFlags::DATA).unwrap();
+        b.mm.protect(&s, VA + PAGE, PageFlags::RODATA).unwrap();
+        assert_eq!(b.mm.handle_fault(&s, VA + PAGE, true), Err(FaultKill::WriteToReadOnly), "{}", b.name);
+        assert_eq!(b.mm.handle_fault(&s, VA + PAGE, false), Ok(FaultFix::ZeroFilled), "{}", b.name);
+        assert_eq!(user_write(b, VA + PAGE), None, "{}: the protected page is read-only", b.name);
+        for i in [0, 2, 3] {
+            let va = VA + i * PAGE;
+            assert_eq!(b.mm.handle_fault(&s, va, true), Ok(FaultFix::ZeroFilled), "{}: page {i}", b.name);
+            assert!(user_write(b, va).is_some(), "{}: page {i} writable", b.name);
+        }
+        check(b, "after protect");
         finish(b, vec![s], free0);
     });
 }

@@ -310,3 +310,28 @@ fn a_pgd_link_that_stays_although_refused_is_undone() {
     no_reachable_frame_is_free(&s, std::slice::from_ref(&space)).expect("invariants");
     s.mm.exit(space).map_err(|(e, _)| e).expect("exit");
 }
+
+/// A map into tables that exist, whose leaf write is refused, built nothing:
+/// nothing is undone and no TLB is flushed (the machine's flush counters),
+/// and the page stays unmapped (the machine's walk).
+#[test]
+fn a_refused_leaf_write_into_existing_tables_flushes_nothing() {
+    let s = setup(Refuse::SetEntry, 1);
+    let space = s.mm.create().expect("create");
+    let va = 0x40_0000u64;
+    s.mm.map(&space, va, PageFlags::DATA).expect("map: the tables");
+    s.mm.activate(&space).expect("activate");
+    let free_before = s.frames.free_count();
+    let tlb_before = s.host.machine.tlb_counts();
+    s.ops.arm(Some(0));
+    let r = s.mm.map(&space, va + 0x1000, PageFlags::DATA);
+    assert!(!s.ops.armed() && r.is_err(), "the leaf write was refused: {r:?}");
+    s.ops.arm(None);
+    assert_eq!(s.host.machine.tlb_counts(), tlb_before, "(invlpg, full flushes, cr3 writes): nothing to flush");
+    let probe = VirtAddr::try_new(va + 0x1000).expect("va");
+    assert!(s.host.machine.access(probe, pvops_model::Access::USER_READ).is_err(), "not mapped");
+    assert_eq!(s.frames.free_count(), free_before, "the page's frame is free again");
+    no_reachable_frame_is_free(&s, std::slice::from_ref(&space)).expect("invariants");
+    s.mm.activate_init().expect("activate_init");
+    s.mm.exit(space).map_err(|(e, _)| e).expect("exit");
+}
