@@ -1028,7 +1028,16 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
     /// writable through the direct map on Xen). On error what the child got
     /// so far stays in it: `fork` tears the whole child down.
     fn copy_user_half(&self, parent: &AddressSpace, child: &AddressSpace) -> Result<(), PvError> {
-        let root = parent.pgd();
+        self.for_each_user_l1(parent.pgd(), |base, l1| self.copy_l1(child, l1, base))
+    }
+
+    /// Calls `f` for every present user L1 table below `root`, in address
+    /// order, with the address its first slot maps; stops at `f`'s first error.
+    fn for_each_user_l1(
+        &self,
+        root: Pfn,
+        mut f: impl FnMut(VirtAddr, Pfn) -> Result<(), PvError>,
+    ) -> Result<(), PvError> {
         for i4 in 0..USER_PGD_SLOTS {
             let e4 = self.ops.read_entry(Level::L4, root, i4)?;
             if !e4.is_present() {
@@ -1042,7 +1051,7 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
                 for i2 in 0..ENTRIES_PER_TABLE {
                     let e2 = self.ops.read_entry(Level::L2, e3.pfn(), i2)?;
                     if e2.is_present() {
-                        self.copy_l1(child, e2.pfn(), VirtAddr::from_indices(i4, i3, i2, 0))?;
+                        f(VirtAddr::from_indices(i4, i3, i2, 0), e2.pfn())?;
                     }
                 }
             }
@@ -1085,31 +1094,17 @@ impl<'a, O: PvMmuOps + ?Sized> Mm<'a, O> {
         root: Pfn,
         f: &mut dyn FnMut(VirtAddr, Pfn, usize, Pte),
     ) -> Result<(), PvError> {
-        for i4 in 0..USER_PGD_SLOTS {
-            let e4 = self.ops.read_entry(Level::L4, root, i4)?;
-            if !e4.is_present() {
-                continue;
-            }
-            for i3 in 0..ENTRIES_PER_TABLE {
-                let e3 = self.ops.read_entry(Level::L3, e4.pfn(), i3)?;
-                if !e3.is_present() {
-                    continue;
-                }
-                for i2 in 0..ENTRIES_PER_TABLE {
-                    let e2 = self.ops.read_entry(Level::L2, e3.pfn(), i2)?;
-                    if !e2.is_present() {
-                        continue;
-                    }
-                    for i1 in 0..ENTRIES_PER_TABLE {
-                        let e1 = self.ops.read_entry(Level::L1, e2.pfn(), i1)?;
-                        if e1.is_present() {
-                            f(VirtAddr::from_indices(i4, i3, i2, i1), e2.pfn(), i1, e1);
-                        }
-                    }
+        self.for_each_user_l1(root, |base, l1| {
+            for i1 in 0..ENTRIES_PER_TABLE {
+                let e1 = self.ops.read_entry(Level::L1, l1, i1)?;
+                if e1.is_present() {
+                    let va =
+                        VirtAddr::from_indices(base.index(Level::L4), base.index(Level::L3), base.index(Level::L2), i1);
+                    f(va, l1, i1, e1);
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Tears `space` down: unpin (Xen), free every table, drop every page's

@@ -34,17 +34,8 @@ fn main() {
                     failed = true;
                 }
             }
-            let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: KERNEL_VA };
-            let summary = pvops_conformance::run_all(&env, &mut |case, r| {
-                if let Err(why) = r {
-                    println!("  FAIL {} {}: {why}", desc.name, case.name);
-                }
-            });
-            println!(
-                "conformance {}: {}/{} passed (host model {})",
-                desc.name, summary.passed, summary.total, host.label
-            );
-            failed |= summary.passed != summary.total;
+            let report = pvops_integration::conformance::run_booted(desc.name, &host, &booted, None);
+            failed |= !pvops_integration::conformance::print_report(&report);
         }
         Err(e) => {
             println!("{}: boot on {} failed: {e}", desc.name, host.label);

@@ -78,6 +78,16 @@ pub fn run_backend_cases(name: &str, only: Option<&str>) -> Result<Report, Strin
     })?;
     let host = platform_for(desc).ok_or_else(|| format!("{name}: no host platform is accepted by its probe"))?;
     let booted = boot_backend(desc, &host).map_err(|e| format!("{name}: boot on {} failed: {e}", host.label))?;
+    let report = run_booted(desc.name, &host, &booted, only);
+    if report.cases.is_empty() {
+        return Err(format!("no case named {:?}", only.unwrap_or_default()));
+    }
+    Ok(report)
+}
+
+/// The suite (or only the case `only`) against backend `name` already
+/// booted on `host`, the model's checks after every case, then its end state.
+pub fn run_booted(name: &'static str, host: &HostPlatform, booted: &Booted, only: Option<&str>) -> Report {
     let env = pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: crate::KERNEL_VA };
     let mut cases = Vec::new();
     for case in pvops_conformance::CASES.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
@@ -92,11 +102,23 @@ pub fn run_backend_cases(name: &str, only: Option<&str>) -> Result<Report, Strin
         };
         cases.push((case.name, result));
     }
-    if cases.is_empty() {
-        return Err(format!("no case named {:?}", only.unwrap_or_default()));
-    }
     let end_state = (host.quiescent)();
-    Ok(Report { backend: desc.name, platform: host.label, cases, end_state })
+    Report { backend: name, platform: host.label, cases, end_state }
+}
+
+/// Prints the failed cases of `report` and its summary line (the host
+/// reports' format); true when everything passed.
+pub fn print_report(report: &Report) -> bool {
+    for (case, r) in &report.cases {
+        if let Err(why) = r {
+            println!("  FAIL {} {case}: {why}", report.backend);
+        }
+    }
+    if let Err(e) = &report.end_state {
+        println!("  FAIL {} end state: {e}", report.backend);
+    }
+    println!("{report}\n");
+    report.all_passed()
 }
 
 /// Runs the whole suite against the registered backend `name`.

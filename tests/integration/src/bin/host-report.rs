@@ -62,18 +62,8 @@ fn main() {
                 }
             }
         }
-        let env =
-            pvops_conformance::Env { mm: booted.mm, machine: host.oracle, kernel_va: pvops_integration::KERNEL_VA };
-        let summary = pvops_conformance::run_all(&env, &mut |case, r| {
-            if let Err(why) = r {
-                println!("  FAIL {} {}: {why}", desc.name, case.name);
-            }
-        });
-        println!(
-            "conformance {}: {}/{} passed (host model {})\n",
-            desc.name, summary.passed, summary.total, host.label
-        );
-        failed |= summary.passed != summary.total;
+        let report = pvops_integration::conformance::run_booted(desc.name, &host, &booted, None);
+        failed |= !pvops_integration::conformance::print_report(&report);
     }
     if failed {
         std::process::exit(1);
