@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use pvops_integration::native_host::native_platform_smp;
 use pvops_integration::platform::{boot_backend, KERNEL_VA};
-use pvops_integration::workload::{demo, render};
+use pvops_integration::workload::print_demo;
 use pvops_native as _;
 use pvops_xen64 as _;
 
@@ -23,17 +23,7 @@ fn main() {
     let host = xen_pvh_host(xen_cpuid);
     match boot_backend(desc, &host) {
         Ok(booted) => {
-            match demo(booted.mm, 8) {
-                Ok((steps, leaked)) => {
-                    print!("{}", render(desc.name, &steps));
-                    println!("[{}] frames leaked: {leaked}{}", desc.name, (host.counters)());
-                    failed |= leaked != 0;
-                }
-                Err(e) => {
-                    println!("{}: demo failed: {e}", desc.name);
-                    failed = true;
-                }
-            }
+            failed |= !print_demo(desc.name, booted.mm, &host, 8);
             let report = pvops_integration::conformance::run_booted(desc.name, &host, &booted, None);
             failed |= !pvops_integration::conformance::print_report(&report);
         }

@@ -42,6 +42,23 @@ pub fn render_counts(title: &str, rows: &[(String, [u64; 6])]) -> String {
     out
 }
 
+/// Runs the demo of `pages` pages on `mm` (backend `name`, on `host`) and
+/// prints its table and leak line as the host reports do; true when it ran
+/// and leaked nothing.
+pub fn print_demo(name: &str, mm: &Mm<'_>, host: &HostPlatform, pages: u64) -> bool {
+    match demo(mm, pages) {
+        Ok((steps, leaked)) => {
+            print!("{}", render(name, &steps));
+            println!("[{name}] frames leaked: {leaked}{}", (host.counters)());
+            leaked == 0
+        }
+        Err(e) => {
+            println!("{name}: demo failed: {e}");
+            false
+        }
+    }
+}
+
 /// The demo's steps (the names and order of `pvops_conformance::workload::demo`,
 /// which the kernel's `HCSTEP` lines and the README table use too), each
 /// measured by `measure` (cumulative counts in README column order).

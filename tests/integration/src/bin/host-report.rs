@@ -4,7 +4,7 @@
 //! `host-report [--backend NAME]` restricts the run to one backend.
 
 use pvops_integration::platform::{boot_backend, platform_for};
-use pvops_integration::workload::{demo, measured_xen_demo, render, render_counts};
+use pvops_integration::workload::{measured_xen_demo, print_demo, render_counts};
 use pvops_native as _;
 use pvops_trace as _;
 use pvops_xen64 as _;
@@ -40,17 +40,7 @@ fn main() {
                 continue;
             }
         };
-        match demo(booted.mm, 8) {
-            Ok((steps, leaked)) => {
-                print!("{}", render(desc.name, &steps));
-                println!("[{}] frames leaked: {leaked}{}", desc.name, (host.counters)());
-                failed |= leaked != 0;
-            }
-            Err(e) => {
-                println!("{}: demo failed: {e}", desc.name);
-                failed = true;
-            }
-        }
+        failed |= !print_demo(desc.name, booted.mm, &host, 8);
         if desc.name == "xen64" {
             // The same steps counted at the model's transport and PhysMem seam
             // (what xtask checks against the README table).
